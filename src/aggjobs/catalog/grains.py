@@ -1,0 +1,97 @@
+"""Time grains and UTC bucket arithmetic (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, date, datetime, timedelta
+
+from ..errors import InvalidTimestamp
+
+
+class Grain(enum.Enum):
+    """A bucket width. `value` is the name users type; `column` names the bucket column."""
+
+    HOUR = "hour"
+    DAY = "day"
+    WEEK = "week"
+
+    @property
+    def column(self) -> str:
+        return self.value
+
+    @property
+    def table_suffix(self) -> str:
+        return {"hour": "hourly", "day": "daily", "week": "weekly"}[self.value]
+
+    @property
+    def step(self) -> timedelta:
+        return {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[
+            self.value
+        ]
+
+    @property
+    def finer(self) -> Grain | None:
+        """The grain this one is merged from; None for the hour, which reads raw rows."""
+        return {"hour": None, "day": Grain.HOUR, "week": Grain.DAY}[self.value]
+
+    @property
+    def coarser(self) -> Grain | None:
+        return {"hour": Grain.DAY, "day": Grain.WEEK, "week": None}[self.value]
+
+    def floor(self, ts: datetime) -> datetime:
+        """Start of the UTC bucket holding `ts` (hour, UTC midnight, or Monday UTC midnight)."""
+        ts = as_utc(ts)
+        if self is Grain.HOUR:
+            return ts.replace(minute=0, second=0, microsecond=0)
+        day = ts.replace(hour=0, minute=0, second=0, microsecond=0)
+        if self is Grain.DAY:
+            return day
+        return day - timedelta(days=day.weekday())
+
+    def ceil(self, ts: datetime) -> datetime:
+        """Start of the first bucket at or after `ts`."""
+        start = self.floor(ts)
+        return start if start == as_utc(ts) else start + self.step
+
+    def buckets(self, start: datetime, end: datetime) -> list[datetime]:
+        """Bucket starts in [start, end), both aligned."""
+        out, cur = [], self.floor(start)
+        while cur < end:
+            out.append(cur)
+            cur += self.step
+        return out
+
+
+def as_utc(ts: datetime) -> datetime:
+    """Aware UTC datetime; a naive one is taken to be UTC already."""
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
+
+
+def bucket_date(ts: datetime) -> date:
+    return as_utc(ts).date()
+
+
+def parse_timestamp(text: str) -> datetime:
+    """ISO 8601 date or timestamp; without an offset it is UTC. 'now' is accepted."""
+    text = text.strip()
+    if text.lower() == "now":
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidTimestamp(
+            f"cannot parse timestamp {text!r}: use ISO 8601, e.g. 2026-11-28 or 2026-11-28T13:00Z"
+        ) from None
+    return as_utc(parsed)
+
+
+def chunks(start: datetime, end: datetime, step: timedelta) -> list[tuple[datetime, datetime]]:
+    """[start, end) cut into consecutive pieces of at most `step`."""
+    out, cur = [], start
+    while cur < end:
+        nxt = min(cur + step, end)
+        out.append((cur, nxt))
+        cur = nxt
+    return out

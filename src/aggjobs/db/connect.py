@@ -1,0 +1,91 @@
+"""Connections: URL resolution, per-purpose session limits, error translation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from ..errors import DatabaseUnavailable, LockBusy
+from ..settings import Settings, get_settings
+from .embedded import embedded_url
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """The configured URL, or the embedded server's (started on demand)."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        return normalize_url(settings.database_url)
+    return embedded_url(settings.data_dir)
+
+
+def normalize_url(url: str) -> str:
+    """Accept SQLAlchemy-style URLs (postgresql+psycopg://) as well as libpq ones."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.startswith(("postgresql+", "postgres+")):
+        return "postgresql://" + rest
+    return url
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionLimits:
+    """What one session may take; applied with SET at connect time."""
+
+    statement_timeout_ms: int
+    lock_timeout_ms: int
+    work_mem: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SessionLimits:
+        return cls(
+            statement_timeout_ms=settings.statement_timeout_ms,
+            lock_timeout_ms=settings.lock_timeout_ms,
+            work_mem=settings.work_mem,
+        )
+
+    def options(self) -> str:
+        return (
+            f"-c statement_timeout={self.statement_timeout_ms} "
+            f"-c lock_timeout={self.lock_timeout_ms} -c work_mem={self.work_mem}"
+        )
+
+
+def connect(
+    purpose: str,
+    *,
+    url: str | None = None,
+    settings: Settings | None = None,
+    autocommit: bool = True,
+) -> psycopg.Connection:
+    """A connection named `aggjobs:<purpose>` in pg_stat_activity, with the session limits."""
+    settings = settings or get_settings()
+    url = url or database_url(settings)
+    try:
+        return psycopg.connect(
+            url,
+            autocommit=autocommit,
+            application_name=f"aggjobs:{purpose}",
+            options=SessionLimits.from_settings(settings).options(),
+            connect_timeout=10,
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database: {first_line(exc)}") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors that users can act on into aggjobs errors with one-line reasons."""
+    try:
+        yield
+    except pg_errors.LockNotAvailable as exc:
+        raise LockBusy(f"a lock was busy: {first_line(exc)}") from exc
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"database error: {first_line(exc)}") from exc

@@ -1,0 +1,115 @@
+"""Versioned, transactional, idempotent migrations, then the catalog's generated objects.
+
+Numbered files in `migrations/` run once each, in order, recorded in
+aggjobs.schema_migrations; `schema.sql` is what they add up to (a test keeps the two in
+agreement). After them, `sync_catalog` creates what the catalog declares: one table per
+rollup and grain, its watermark rows, and the change-tracking triggers of each source. All
+of it runs in one transaction under an advisory lock, so concurrent `migrate`s serialize and
+a failure changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib.resources import files
+
+import psycopg
+from psycopg import sql
+
+from ..catalog import ROLLUPS, SOURCES
+from ..sql import rollup as rollup_sql
+from ..sql import tracking
+
+MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+BOOTSTRAP = """
+CREATE SCHEMA IF NOT EXISTS aggjobs;
+CREATE TABLE IF NOT EXISTS aggjobs.schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    found = []
+    for entry in files(__package__).joinpath("migrations").iterdir():
+        match = MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+def canonical_schema() -> str:
+    return files(__package__).joinpath("schema.sql").read_text()
+
+
+def migrate(conn: psycopg.Connection) -> list[Migration]:
+    """Apply pending migrations and sync the catalog; returns the migrations applied."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('aggjobs.migrate'))")
+        conn.execute(BOOTSTRAP)
+        done = {row[0] for row in conn.execute("SELECT version FROM aggjobs.schema_migrations")}
+        applied = [m for m in migrations() if m.version not in done]
+        for m in applied:
+            conn.execute(m.sql)  # type: ignore[arg-type]
+            conn.execute(
+                "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (%s, %s)",
+                (m.version, m.name),
+            )
+        sync_catalog(conn)
+    return applied
+
+
+def apply_canonical_schema(conn: psycopg.Connection) -> None:
+    """Create the schema from schema.sql directly (for tests comparing it with migrations)."""
+    with conn.transaction():
+        conn.execute(BOOTSTRAP)
+        conn.execute(canonical_schema())  # type: ignore[arg-type]
+        for m in migrations():
+            conn.execute(
+                "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (%s, %s)",
+                (m.version, m.name),
+            )
+        sync_catalog(conn)
+
+
+def sync_catalog(conn: psycopg.Connection) -> None:
+    """Create the declared rollup tables, watermarks and source triggers if missing."""
+    for source in SOURCES:
+        conn.execute(
+            "INSERT INTO aggjobs.sources (source) VALUES (%s) ON CONFLICT DO NOTHING",
+            (source.name,),
+        )
+        threshold = conn.execute(
+            "SELECT threshold FROM aggjobs.sources WHERE source = %s", (source.name,)
+        ).fetchone()[0]
+        conn.execute(tracking.create_function(source))
+        for stmt in tracking.create_triggers(source, threshold):
+            conn.execute(stmt)
+    for rollup in ROLLUPS:
+        for grain in rollup.grains:
+            conn.execute(rollup_sql.create_table(rollup, grain))
+            conn.execute(rollup_sql.create_bucket_index(rollup, grain))
+            conn.execute(
+                "INSERT INTO aggjobs.watermarks (rollup, grain) VALUES (%s, %s)"
+                " ON CONFLICT DO NOTHING",
+                (rollup.name, grain.value),
+            )
+
+
+def current_version(conn: psycopg.Connection) -> int | None:
+    row = conn.execute(
+        sql.SQL("SELECT to_regclass('aggjobs.schema_migrations') IS NOT NULL")
+    ).fetchone()
+    if not row or not row[0]:
+        return None
+    return conn.execute("SELECT max(version) FROM aggjobs.schema_migrations").fetchone()[0]

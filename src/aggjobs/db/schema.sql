@@ -1,0 +1,163 @@
+-- The canonical schema: what all numbered migrations add up to. A test applies this file and
+-- the migrations to two databases and compares them; change both together.
+
+CREATE SCHEMA IF NOT EXISTS analytics;
+
+CREATE TABLE IF NOT EXISTS public.agent_runs (
+    id bigint PRIMARY KEY,
+    workspace_id bigint NOT NULL,
+    user_id bigint,
+    agent_id bigint,
+    status text NOT NULL,
+    started_at timestamptz NOT NULL,
+    completed_at timestamptz,
+    runtime_seconds double precision,
+    credits_consumed numeric(14,4)
+);
+CREATE TABLE IF NOT EXISTS public.user_events (
+    id bigint PRIMARY KEY,
+    workspace_id bigint NOT NULL,
+    user_id bigint NOT NULL,
+    event_type text NOT NULL,
+    occurred_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS public.credit_transactions (
+    id bigint PRIMARY KEY,
+    workspace_id bigint NOT NULL,
+    user_id bigint,
+    kind text NOT NULL,
+    amount numeric(14,4) NOT NULL,
+    created_at timestamptz NOT NULL
+);
+
+-- The engine scans whole hours by time and single workspace-hours by (workspace, time).
+CREATE INDEX IF NOT EXISTS agent_runs_started_at_idx ON public.agent_runs (started_at);
+CREATE INDEX IF NOT EXISTS agent_runs_workspace_started_at_idx
+    ON public.agent_runs (workspace_id, started_at);
+CREATE INDEX IF NOT EXISTS user_events_occurred_at_idx ON public.user_events (occurred_at);
+CREATE INDEX IF NOT EXISTS user_events_workspace_occurred_at_idx
+    ON public.user_events (workspace_id, occurred_at);
+CREATE INDEX IF NOT EXISTS credit_transactions_created_at_idx
+    ON public.credit_transactions (created_at);
+CREATE INDEX IF NOT EXISTS credit_transactions_workspace_created_at_idx
+    ON public.credit_transactions (workspace_id, created_at);
+
+-- Per source: rows whose time is before `threshold` are change-tracked (NULL: none). The
+-- triggers carry the same instant as a constant in their WHEN clause, so writes ahead of it
+-- cost nothing.
+CREATE TABLE aggjobs.sources (
+    source text PRIMARY KEY,
+    threshold timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Per rollup and grain: every bucket before `watermark` is materialized (NULL: none yet).
+-- `reset_requested` (hour grain): the source was truncated; the next refresh starts over.
+CREATE TABLE aggjobs.watermarks (
+    rollup text NOT NULL,
+    grain text NOT NULL CHECK (grain IN ('hour', 'day', 'week')),
+    watermark timestamptz,
+    reset_requested boolean NOT NULL DEFAULT false,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (rollup, grain)
+);
+
+-- Written by the platform's writes through the tracking triggers: append-only, no index and
+-- no unique key, so that concurrent writers never wait on each other here.
+-- workspace_id NULL with bucket NULL records a TRUNCATE of the source.
+CREATE TABLE aggjobs.invalidation_log (
+    source text NOT NULL,
+    workspace_id bigint,
+    bucket timestamptz,
+    logged_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Groups to recompute, per rollup and grain; filled from invalidation_log and by finer
+-- grains' recomputes, consumed in the same transaction as the recompute.
+CREATE TABLE aggjobs.pending_groups (
+    rollup text NOT NULL,
+    grain text NOT NULL CHECK (grain IN ('hour', 'day', 'week')),
+    bucket timestamptz NOT NULL,
+    workspace_id bigint NOT NULL,
+    since timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (rollup, grain, bucket, workspace_id)
+);
+
+-- Backfills: resumable progress (the grain being recomputed and how far), one row per rollup
+-- and requested range.
+CREATE TABLE aggjobs.backfills (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    rollup text NOT NULL,
+    range_start timestamptz NOT NULL,
+    range_end timestamptz NOT NULL,
+    grain text NOT NULL CHECK (grain IN ('hour', 'day', 'week')),
+    done_until timestamptz NOT NULL,
+    status text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'succeeded', 'failed')),
+    error text,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    CHECK (range_start < range_end)
+);
+CREATE UNIQUE INDEX backfills_one_open_per_range
+    ON aggjobs.backfills (rollup, range_start, range_end) WHERE status <> 'succeeded';
+
+-- Log-bucket sketch: bucket i holds (gamma^(i-1), gamma^i] with gamma = 1.015; its
+-- representative 2*gamma^i/(gamma+1) is within (gamma-1)/(gamma+1) = 0.745% of every value in
+-- it. Values <= 1e-9 share bucket -32768 (represented by 0); +Infinity and NaN bucket 32767.
+CREATE FUNCTION aggjobs.sketch_key(x double precision) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN x <= 1e-9 THEN -32768
+        WHEN x = 'Infinity'::float8 OR x = 'NaN'::float8 THEN 32767
+        ELSE ceil(ln(x) / ln(1.015::float8))::integer
+    END
+$$;
+
+CREATE FUNCTION aggjobs.sketch_value(k integer) RETURNS double precision
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN k = -32768 THEN 0::float8
+        WHEN k = 32767 THEN 'Infinity'::float8
+        ELSE 2 * power(1.015::float8, k) / 2.015::float8
+    END
+$$;
+
+-- percentile_cont(q) read off a sketch whose keys are ascending: interpolates between the
+-- representatives of the two order statistics percentile_cont interpolates between, so its
+-- relative error is bounded by the buckets' (a convex combination keeps the bound).
+CREATE FUNCTION aggjobs.sketch_quantile(keys integer[], counts bigint[], q double precision)
+RETURNS double precision
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    n bigint := 0;
+    pos double precision;
+    lo_rank bigint;
+    frac double precision;
+    seen bigint := 0;
+    lo_value double precision;
+    i integer;
+BEGIN
+    IF keys IS NULL OR cardinality(keys) = 0 THEN
+        RETURN NULL;
+    END IF;
+    FOR i IN 1 .. cardinality(counts) LOOP
+        n := n + counts[i];
+    END LOOP;
+    pos := q * (n - 1);
+    lo_rank := floor(pos)::bigint;
+    frac := pos - lo_rank;
+    FOR i IN 1 .. cardinality(keys) LOOP
+        seen := seen + counts[i];
+        IF lo_value IS NULL AND seen > lo_rank THEN
+            lo_value := aggjobs.sketch_value(keys[i]);
+            IF frac = 0 THEN
+                RETURN lo_value;
+            END IF;
+        END IF;
+        IF lo_value IS NOT NULL AND seen > lo_rank + 1 THEN
+            RETURN lo_value + frac * (aggjobs.sketch_value(keys[i]) - lo_value);
+        END IF;
+    END LOOP;
+    RETURN lo_value;
+END
+$$;

@@ -1,0 +1,38 @@
+"""One exception base; the CLI prints `str(error)` as a one-line reason and exits non-zero."""
+
+from __future__ import annotations
+
+
+class AggjobsError(Exception):
+    """aggjobs failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class ConfigError(AggjobsError):
+    """The configuration is invalid."""
+
+
+class UnknownRollup(AggjobsError):
+    """No rollup has that name."""
+
+
+class InvalidRange(AggjobsError):
+    """The time range is invalid."""
+
+
+class InvalidTimestamp(AggjobsError):
+    """The timestamp cannot be parsed."""
+
+
+class DatabaseUnavailable(AggjobsError):
+    """The database cannot be reached."""
+
+
+class LockBusy(AggjobsError):
+    """Another process holds the lock this work needs."""
+
+
+class MigrationRequired(AggjobsError):
+    """The database schema is missing or out of date: run `aggjobs migrate`."""

@@ -1,0 +1,23 @@
+"""SQL: generated from the catalog (`rollup`) and static named queries (`queries.sql`)."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib.resources import files
+
+from psycopg import sql
+
+_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@cache
+def queries() -> dict[str, str]:
+    """Named static queries: each block of queries.sql under a `-- name: x` header."""
+    text = files(__package__).joinpath("queries.sql").read_text()
+    parts = _HEADER.split(text)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def query(name: str) -> sql.SQL:
+    return sql.SQL(queries()[name])  # type: ignore[arg-type]

@@ -1,0 +1,103 @@
+-- Static queries, each under a `-- name: x` header, loaded by aggjobs.sql.query(name).
+
+-- name: try_rollup_lock
+-- Serializes all writes to one rollup's tables (refresh, backfill, repair), across hosts.
+SELECT pg_try_advisory_lock(hashtext('aggjobs.rollup'), hashtext(%(rollup)s))
+
+-- name: rollup_unlock
+SELECT pg_advisory_unlock(hashtext('aggjobs.rollup'), hashtext(%(rollup)s))
+
+-- name: watermarks
+SELECT grain, watermark, reset_requested FROM aggjobs.watermarks WHERE rollup = %(rollup)s
+
+-- name: set_watermark
+UPDATE aggjobs.watermarks SET watermark = %(watermark)s, updated_at = now()
+WHERE rollup = %(rollup)s AND grain = %(grain)s
+
+-- name: reset_watermarks
+UPDATE aggjobs.watermarks SET watermark = NULL, reset_requested = false, updated_at = now()
+WHERE rollup = %(rollup)s
+
+-- name: drop_all_pending
+DELETE FROM aggjobs.pending_groups WHERE rollup = %(rollup)s
+
+-- name: lock_threshold
+SELECT threshold FROM aggjobs.sources WHERE source = %(source)s FOR UPDATE
+
+-- name: set_threshold
+UPDATE aggjobs.sources SET threshold = %(threshold)s, updated_at = now() WHERE source = %(source)s
+
+-- name: fan_out
+-- Moves the source's logged changes to every rollup on it as pending hour groups; a NULL
+-- workspace marks a TRUNCATE. Runs in READ COMMITTED: a concurrent fan-out skips the rows
+-- this one deleted, so each logged change lands once.
+WITH moved AS (
+    DELETE FROM aggjobs.invalidation_log WHERE source = %(source)s
+    RETURNING workspace_id, bucket
+), queued AS (
+    INSERT INTO aggjobs.pending_groups (rollup, grain, bucket, workspace_id)
+    SELECT DISTINCT r.rollup, 'hour', m.bucket, m.workspace_id
+    FROM moved AS m CROSS JOIN unnest(%(rollups)s::text[]) AS r(rollup)
+    WHERE m.workspace_id IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) AS moved,
+       count(*) FILTER (WHERE workspace_id IS NULL) AS truncations,
+       (SELECT count(*) FROM queued) AS queued
+FROM moved
+
+-- name: request_reset
+UPDATE aggjobs.watermarks SET reset_requested = true, updated_at = now()
+WHERE rollup = ANY(%(rollups)s::text[]) AND grain = 'hour'
+
+-- name: take_pending
+-- A batch of dirty groups behind the watermark, removed in the transaction that recomputes
+-- them (so the recompute's later snapshot sees every change that logged them).
+DELETE FROM aggjobs.pending_groups AS p
+USING (
+    SELECT bucket, workspace_id FROM aggjobs.pending_groups
+    WHERE rollup = %(rollup)s AND grain = %(grain)s AND bucket < %(watermark)s
+    ORDER BY bucket, workspace_id
+    LIMIT %(limit)s
+) AS batch
+WHERE p.rollup = %(rollup)s AND p.grain = %(grain)s
+  AND p.bucket = batch.bucket AND p.workspace_id = batch.workspace_id
+RETURNING p.bucket, p.workspace_id
+
+-- name: drop_pending_range
+DELETE FROM aggjobs.pending_groups
+WHERE rollup = %(rollup)s AND grain = %(grain)s AND bucket >= %(lo)s AND bucket < %(hi)s
+
+-- name: pending_counts
+SELECT rollup, grain, count(*) AS groups, min(bucket) AS oldest_bucket, min(since) AS oldest_since
+FROM aggjobs.pending_groups GROUP BY rollup, grain
+
+-- name: unlogged_changes
+SELECT source, count(*) AS changes, min(logged_at) AS oldest FROM aggjobs.invalidation_log
+GROUP BY source
+
+-- name: open_backfill
+-- The unfinished backfill of this rollup and range, or a new one.
+WITH existing AS (
+    SELECT id, grain, done_until FROM aggjobs.backfills
+    WHERE rollup = %(rollup)s AND range_start = %(lo)s AND range_end = %(hi)s
+      AND status <> 'succeeded'
+), created AS (
+    INSERT INTO aggjobs.backfills (rollup, range_start, range_end, grain, done_until)
+    SELECT %(rollup)s, %(lo)s, %(hi)s, 'hour', %(lo)s
+    WHERE NOT EXISTS (SELECT 1 FROM existing)
+    RETURNING id, grain, done_until
+)
+SELECT id, grain, done_until, true AS resumed FROM existing
+UNION ALL
+SELECT id, grain, done_until, false FROM created
+
+-- name: backfill_progress
+UPDATE aggjobs.backfills SET grain = %(grain)s, done_until = %(done_until)s, status = 'running',
+    error = NULL
+WHERE id = %(id)s
+
+-- name: backfill_finish
+UPDATE aggjobs.backfills SET status = %(status)s, error = %(error)s, finished_at = now()
+WHERE id = %(id)s

@@ -1,0 +1,526 @@
+"""SQL generated from rollup definitions, composed with psycopg.sql only.
+
+Every statement reads one *scoped relation* aliased `r`: the rows of the input (the raw
+source for the first grain, the finer rollup table otherwise) restricted either to a time
+range or to a set of (workspace, bucket) keys. The same measure definitions then produce:
+
+- `insert`: the rows of the target grain for that scope (partial state included), and
+- `reference`: the same outputs computed straight from the raw rows, for `verify`.
+
+Each measure contributes aggregates computed in one GROUP BY (`g`), optional auxiliary
+subqueries joined on the group (sketches and sets, which need a second level of grouping),
+and the final expression of each target column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from psycopg import sql
+
+from ..catalog.grains import Grain
+from ..catalog.model import (
+    Avg,
+    Count,
+    Difference,
+    DistinctCount,
+    Filter,
+    Measure,
+    Quantile,
+    Rollup,
+    Sum,
+)
+
+Composable = sql.Composable
+I = sql.Identifier
+L = sql.Literal
+S = sql.SQL
+
+STATE_KEYS, STATE_COUNTS, STATE_SUM, STATE_N, STATE_SET = "__keys", "__counts", "__sum", "__n", "__set"
+
+
+class Scope(Enum):
+    """How the scoped relation is restricted. Parameters: `lo`/`hi` or `ws`/`bk` arrays."""
+
+    RANGE = "range"
+    KEYS = "keys"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    not_null: bool = False
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def bucket_type(grain: Grain) -> str:
+    return "timestamptz" if grain is Grain.HOUR else "date"
+
+
+def output_columns(measure: Measure) -> list[Column]:
+    match measure:
+        case Count():
+            return [Column(measure.name, "bigint", not_null=True)]
+        case Sum() | Difference():
+            return [Column(measure.name, "numeric")]
+        case Avg() | Quantile():
+            return [Column(measure.name, "double precision")]
+        case DistinctCount():
+            return [Column(measure.name, "bigint", not_null=True)]
+    raise TypeError(measure)
+
+
+def state_columns(measure: Measure) -> list[Column]:
+    """Partial-aggregate state kept beside the outputs so that coarser grains can merge."""
+    n = measure.name
+    match measure:
+        case Avg():
+            return [Column(n + STATE_SUM, "double precision"), Column(n + STATE_N, "bigint")]
+        case Quantile():
+            return [Column(n + STATE_KEYS, "integer[]"), Column(n + STATE_COUNTS, "bigint[]")]
+        case DistinctCount():
+            return [Column(n + STATE_SET, "bigint[]")]
+    return []
+
+
+def target_columns(rollup: Rollup, grain: Grain) -> list[Column]:
+    dims = [Column(d, "bigint", not_null=True) for d in rollup.dimensions]
+    bucket = [Column(grain.column, bucket_type(grain), not_null=True)]
+    outputs = [c for m in rollup.measures for c in output_columns(m)]
+    states = [c for m in rollup.measures for c in state_columns(m)]
+    return dims + bucket + outputs + states + [Column("updated_at", "timestamptz", True)]
+
+
+def table_ident(rollup: Rollup, grain: Grain) -> sql.Identifier:
+    return I(rollup.schema, rollup.table(grain))
+
+
+def create_table(rollup: Rollup, grain: Grain) -> Composable:
+    cols = [
+        S("{} {}{}").format(I(c.name), S(c.type), S(" NOT NULL" if c.not_null else ""))
+        for c in target_columns(rollup, grain)
+    ]
+    keys = sql.SQL(", ").join(I(c) for c in (*rollup.dimensions, grain.column))
+    return S("CREATE TABLE IF NOT EXISTS {} ({}, UNIQUE ({}))").format(
+        table_ident(rollup, grain), S(", ").join(cols), keys
+    )
+
+
+def create_bucket_index(rollup: Rollup, grain: Grain) -> Composable:
+    """Range recomputes delete and verify by bucket alone."""
+    return S("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+        I(f"{rollup.table(grain)}_{grain.column}_idx"), table_ident(rollup, grain), I(grain.column)
+    )
+
+
+# ---------------------------------------------------------------------------- input side
+
+
+@dataclass(frozen=True)
+class Input:
+    """The relation a grain reads: its table, time column and that column's type."""
+
+    table: sql.Identifier
+    time_column: str
+    is_date: bool
+    is_raw: bool
+
+
+def input_of(rollup: Rollup, grain: Grain, *, raw: bool = False) -> Input:
+    finer = rollup.finer(grain)
+    if raw or finer is None:
+        src = rollup.source
+        return Input(I(src.schema, src.table), src.time_column, is_date=False, is_raw=True)
+    return Input(table_ident(rollup, finer), finer.column, finer is not Grain.HOUR, False)
+
+
+def utc_date(ts: Composable) -> Composable:
+    return S("({} AT TIME ZONE 'UTC')::date").format(ts)
+
+
+def bucket_expr(col: Composable, *, is_date: bool, grain: Grain) -> Composable:
+    """The UTC bucket of `col` at `grain`, whatever the session's TimeZone."""
+    if is_date:
+        if grain is Grain.DAY:
+            return col
+        return S("date_trunc('week', {}::timestamp)::date").format(col)
+    if grain is Grain.HOUR:
+        return S("date_trunc('hour', {}, 'UTC')").format(col)
+    if grain is Grain.DAY:
+        return utc_date(col)
+    return S("date_trunc('week', {} AT TIME ZONE 'UTC')::date").format(col)
+
+
+def as_utc_timestamptz(col: Composable, *, is_date: bool) -> Composable:
+    """A bucket value (timestamptz or UTC date) as the timestamptz of its start."""
+    if is_date:
+        return S("({}::timestamp AT TIME ZONE 'UTC')").format(col)
+    return col
+
+
+STEP_HOURS = {Grain.HOUR: 1, Grain.DAY: 24, Grain.WEEK: 168}
+
+
+def bound(ts: Composable, *, is_date: bool) -> Composable:
+    """A timestamptz bound, converted for comparison with a date column."""
+    return utc_date(ts) if is_date else ts
+
+
+def scoped(inp: Input, key_column: str, grain: Grain, scope: Scope) -> Composable:
+    """The input restricted to the scope, aliased `r`.
+
+    Keys are (workspace, bucket start as timestamptz); a key covers [start, start + step),
+    computed in hours so that no DST rule of the session's TimeZone can stretch a day.
+    """
+    t = I(inp.time_column)
+    if scope is Scope.RANGE:
+        lo = bound(S("{}::timestamptz").format(sql.Placeholder("lo")), is_date=inp.is_date)
+        hi = bound(S("{}::timestamptz").format(sql.Placeholder("hi")), is_date=inp.is_date)
+        return S("(SELECT * FROM {} WHERE {} >= {} AND {} < {}) AS r").format(
+            inp.table, t, lo, t, hi
+        )
+    start = S("k.b")
+    end = S("k.b + make_interval(hours => {})").format(L(STEP_HOURS[grain]))
+    return S(
+        "(SELECT s.* FROM unnest({}::bigint[], {}::timestamptz[]) AS k(ws, b)"
+        " JOIN {} AS s ON s.{} = k.ws AND s.{} >= {} AND s.{} < {}) AS r"
+    ).format(
+        sql.Placeholder("ws"),
+        sql.Placeholder("bk"),
+        inp.table,
+        I(key_column),
+        t,
+        bound(start, is_date=inp.is_date),
+        t,
+        bound(end, is_date=inp.is_date),
+    )
+
+
+# ---------------------------------------------------------------------------- measures
+
+
+@dataclass
+class Parts:
+    """What the measures contribute to one statement."""
+
+    aggs: list[tuple[str, Composable]] = field(default_factory=list)
+    auxes: list[tuple[str, Composable]] = field(default_factory=list)
+    finals: dict[str, Composable] = field(default_factory=dict)
+
+
+def rcol(name: str) -> Composable:
+    return I("r", name)
+
+
+def filtered(agg: Composable, where: Filter | None) -> Composable:
+    if where is None:
+        return agg
+    return S("{} FILTER (WHERE {} = {})").format(agg, rcol(where.column), L(where.value))
+
+
+def zero_if(expr: Composable, flag: bool) -> Composable:
+    return S("coalesce({}, 0)").format(expr) if flag else expr
+
+
+@dataclass(frozen=True)
+class Context:
+    """One statement being generated: the input, the grain produced, the grouping."""
+
+    rollup: Rollup
+    grain: Grain
+    inp: Input
+    rel: Composable
+
+    @property
+    def groups(self) -> list[tuple[str, Composable]]:
+        dims = [(d, rcol(d)) for d in self.rollup.dimensions]
+        b = bucket_expr(rcol(self.inp.time_column), is_date=self.inp.is_date, grain=self.grain)
+        return dims + [(self.grain.column, b)]
+
+    def group_select(self) -> Composable:
+        return S(", ").join(S("{} AS {}").format(e, I(a)) for a, e in self.groups)
+
+    def group_by(self) -> Composable:
+        return S(", ").join(L(i + 1) for i in range(len(self.groups)))
+
+
+def add_measure(parts: Parts, m: Measure, ctx: Context, *, with_state: bool) -> None:
+    raw = ctx.inp.is_raw
+    g = lambda alias: I("g", alias)  # noqa: E731
+    match m:
+        case Count():
+            agg = filtered(S("count(*)"), m.where) if raw else S("sum({})::bigint").format(rcol(m.name))
+            parts.aggs.append((m.name, agg))
+            parts.finals[m.name] = g(m.name)
+        case Sum():
+            src = rcol(m.column) if raw else rcol(m.name)
+            agg = filtered(S("sum({})").format(src), m.where if raw else None)
+            parts.aggs.append((m.name, zero_if(agg, m.zero_if_empty)))
+            parts.finals[m.name] = g(m.name)
+        case Avg():
+            add_avg(parts, m, raw=raw, with_state=with_state)
+        case Quantile():
+            add_quantile(parts, m, ctx, with_state=with_state)
+        case DistinctCount():
+            add_distinct(parts, m, ctx, with_state=with_state)
+        case Difference():
+            parts.finals[m.name] = S("coalesce({}, 0) - coalesce({}, 0)").format(
+                parts.finals[m.minuend], parts.finals[m.subtrahend]
+            )
+
+
+def add_avg(parts: Parts, m: Avg, *, raw: bool, with_state: bool) -> None:
+    s, n = m.name + STATE_SUM, m.name + STATE_N
+    if raw:
+        parts.aggs += [
+            (m.name, S("avg({})").format(rcol(m.column))),
+            (s, S("sum({})").format(rcol(m.column))),
+            (n, S("count({})").format(rcol(m.column))),
+        ]
+    else:
+        parts.aggs += [
+            (m.name, S("sum({}) / nullif(sum({}), 0)::float8").format(rcol(s), rcol(n))),
+            (s, S("sum({})").format(rcol(s))),
+            (n, S("sum({})::bigint").format(rcol(n))),
+        ]
+    parts.finals[m.name] = I("g", m.name)
+    if with_state:
+        parts.finals[s], parts.finals[n] = I("g", s), I("g", n)
+
+
+def aux_query(ctx: Context, inner_select: Composable, inner_from: Composable,
+              inner_where: Composable, outer_select: Composable) -> Composable:
+    """Two levels of grouping: per (group, item) inside, per group outside."""
+    names = S(", ").join(I(a) for a, _ in ctx.groups)
+    return S(
+        "SELECT {names}, {outer} FROM (SELECT {groups}, {inner} FROM {frm} WHERE {where}"
+        " GROUP BY {positions}) AS x GROUP BY {names}"
+    ).format(
+        names=names,
+        outer=outer_select,
+        groups=ctx.group_select(),
+        inner=inner_select,
+        frm=inner_from,
+        where=inner_where,
+        positions=S(", ").join(L(i) for i in range(1, len(ctx.groups) + 2)),
+    )
+
+
+def add_quantile(parts: Parts, m: Quantile, ctx: Context, *, with_state: bool) -> None:
+    keys, counts = m.name + STATE_KEYS, m.name + STATE_COUNTS
+    alias = f"q_{m.name}"
+    if ctx.inp.is_raw:
+        parts.aggs.append(
+            (m.name, S("percentile_cont({}) WITHIN GROUP (ORDER BY {})").format(
+                L(m.q), rcol(m.column)))
+        )
+        parts.finals[m.name] = I("g", m.name)
+        if not with_state:
+            return
+        inner = S("aggjobs.sketch_key({}) AS k, count(*) AS c").format(rcol(m.column))
+        where = S("{} IS NOT NULL").format(rcol(m.column))
+        frm = ctx.rel
+    else:
+        inner = S("u.k AS k, sum(u.c)::bigint AS c")
+        frm = S("{}, unnest({}, {}) AS u(k, c)").format(ctx.rel, rcol(keys), rcol(counts))
+        where = S("true")
+        parts.finals[m.name] = S("aggjobs.sketch_quantile({}, {}, {})").format(
+            I(alias, "keys"), I(alias, "counts"), L(m.q)
+        )
+    outer = S("array_agg(k ORDER BY k) AS keys, array_agg(c ORDER BY k) AS counts")
+    parts.auxes.append((alias, aux_query(ctx, inner, frm, where, outer)))
+    if with_state:
+        parts.finals[keys], parts.finals[counts] = I(alias, "keys"), I(alias, "counts")
+
+
+def add_distinct(parts: Parts, m: DistinctCount, ctx: Context, *, with_state: bool) -> None:
+    state = m.name + STATE_SET
+    if ctx.inp.is_raw:
+        parts.aggs.append((m.name, S("count(DISTINCT {})").format(rcol(m.column))))
+        parts.finals[m.name] = I("g", m.name)
+        if with_state:
+            parts.aggs.append(
+                (state, S("array_agg(DISTINCT {0} ORDER BY {0}) FILTER (WHERE {0} IS NOT NULL)")
+                 .format(rcol(m.column)))
+            )
+            parts.finals[state] = I("g", state)
+        return
+    alias = f"d_{m.name}"
+    names = S(", ").join(I(a) for a, _ in ctx.groups)
+    query = S(
+        "SELECT {groups}, array_agg(DISTINCT u.v ORDER BY u.v) AS members"
+        " FROM {rel}, unnest({col}) AS u(v) GROUP BY {names}"
+    ).format(groups=ctx.group_select(), rel=ctx.rel, col=rcol(state), names=names)
+    parts.auxes.append((alias, query))
+    parts.finals[m.name] = S("coalesce(cardinality({}), 0)").format(I(alias, "members"))
+    if with_state:
+        parts.finals[state] = I(alias, "members")
+
+
+def collect(ctx: Context, *, with_state: bool) -> Parts:
+    parts = Parts()
+    for m in ctx.rollup.measures:
+        add_measure(parts, m, ctx, with_state=with_state)
+    return parts
+
+
+def select_groups(ctx: Context, parts: Parts, columns: list[str]) -> Composable:
+    """SELECT <group columns>, <columns> for the scope, joining the auxiliary subqueries."""
+    names = [a for a, _ in ctx.groups]
+    g = S("SELECT {}, {} FROM {} GROUP BY {}").format(
+        ctx.group_select(),
+        S(", ").join(S("{} AS {}").format(e, I(a)) for a, e in parts.aggs),
+        ctx.rel,
+        ctx.group_by(),
+    )
+    joins = [
+        S("LEFT JOIN ({}) AS {} USING ({})").format(q, I(alias), S(", ").join(map(I, names)))
+        for alias, q in parts.auxes
+    ]
+    return S("SELECT {}, {} FROM ({}) AS g {}").format(
+        S(", ").join(I("g", n) for n in names),
+        S(", ").join(S("{} AS {}").format(parts.finals[c], I(c)) for c in columns),
+        g,
+        S(" ").join(joins),
+    )
+
+
+def context(rollup: Rollup, grain: Grain, scope: Scope, *, raw: bool = False) -> Context:
+    inp = input_of(rollup, grain, raw=raw)
+    return Context(rollup, grain, inp, scoped(inp, rollup.source.key_column, grain, scope))
+
+
+# ---------------------------------------------------------------------------- statements
+
+
+def value_columns(rollup: Rollup, grain: Grain) -> list[str]:
+    fixed = {*rollup.dimensions, grain.column, "updated_at"}
+    return [c.name for c in target_columns(rollup, grain) if c.name not in fixed]
+
+
+def output_names(rollup: Rollup) -> list[str]:
+    return [c.name for m in rollup.measures for c in output_columns(m)]
+
+
+def coarser_marking(rollup: Rollup, grain: Grain, changed: str) -> Composable:
+    """INSERT the coarser grain's groups holding the rows in CTE `changed` into
+    pending_groups, for buckets that grain has already materialized."""
+    coarser = rollup.coarser(grain)
+    if coarser is None:
+        return S("SELECT 1 WHERE false")
+    is_date = grain is not Grain.HOUR
+    start = as_utc_timestamptz(
+        bucket_expr(I(changed, grain.column), is_date=is_date, grain=coarser), is_date=True
+    )
+    return S(
+        "INSERT INTO aggjobs.pending_groups (rollup, grain, bucket, workspace_id)"
+        " SELECT DISTINCT {r}, {cg}, {start}, {ws} FROM {changed}"
+        " WHERE {start} < (SELECT watermark FROM aggjobs.watermarks"
+        " WHERE rollup = {r} AND grain = {cg})"
+        " ON CONFLICT DO NOTHING RETURNING 1"
+    ).format(
+        r=L(rollup.name),
+        cg=L(coarser.value),
+        start=start,
+        ws=I(changed, rollup.source.key_column),
+        changed=I(changed),
+    )
+
+
+def counted(cte_name: str, cte: Composable, marking: Composable) -> Composable:
+    return S(
+        "WITH {c} AS ({cte}), marked AS ({mark})"
+        " SELECT (SELECT count(*) FROM {c}), (SELECT count(*) FROM marked)"
+    ).format(c=I(cte_name), cte=cte, mark=marking)
+
+
+def delete_target(rollup: Rollup, grain: Grain, scope: Scope) -> Composable:
+    """Delete the target rows in scope; returns (rows deleted, coarser groups marked)."""
+    table, col = table_ident(rollup, grain), I(grain.column)
+    is_date = grain is not Grain.HOUR
+    ret = S("RETURNING {}, {}").format(I(rollup.source.key_column), col)
+    if scope is Scope.RANGE:
+        lo = bound(S("{}::timestamptz").format(sql.Placeholder("lo")), is_date=is_date)
+        hi = bound(S("{}::timestamptz").format(sql.Placeholder("hi")), is_date=is_date)
+        stmt = S("DELETE FROM {} WHERE {} >= {} AND {} < {} {}").format(table, col, lo, col, hi, ret)
+    else:
+        stmt = S(
+            "DELETE FROM {t} AS t USING unnest({ws}::bigint[], {bk}::timestamptz[]) AS k(ws, b)"
+            " WHERE t.{key} = k.ws AND t.{col} = {b} RETURNING t.{key}, t.{col}"
+        ).format(
+            t=table,
+            ws=sql.Placeholder("ws"),
+            bk=sql.Placeholder("bk"),
+            key=I(rollup.source.key_column),
+            col=col,
+            b=bound(S("k.b"), is_date=is_date),
+        )
+    return counted("gone", stmt, coarser_marking(rollup, grain, "gone"))
+
+
+def insert_target(rollup: Rollup, grain: Grain, scope: Scope) -> Composable:
+    """Recompute the groups in scope into the target; returns (rows written, groups marked)."""
+    ctx = context(rollup, grain, scope)
+    values = value_columns(rollup, grain)
+    parts = collect(ctx, with_state=True)
+    names = [*rollup.dimensions, grain.column, *values, "updated_at"]
+    select = select_groups(ctx, parts, values)
+    stmt = S("INSERT INTO {} ({}) SELECT *, now() FROM ({}) AS computed RETURNING {}, {}").format(
+        table_ident(rollup, grain),
+        S(", ").join(map(I, names)),
+        select,
+        I(rollup.source.key_column),
+        I(grain.column),
+    )
+    return counted("made", stmt, coarser_marking(rollup, grain, "made"))
+
+
+def reference(rollup: Rollup, grain: Grain) -> Composable:
+    """The outputs for [lo, hi) computed from the raw rows alone (what `verify` trusts)."""
+    ctx = context(rollup, grain, Scope.RANGE, raw=True)
+    parts = collect(ctx, with_state=False)
+    return select_groups(ctx, parts, output_names(rollup))
+
+
+def stored(rollup: Rollup, grain: Grain) -> Composable:
+    """The stored outputs for buckets in [lo, hi)."""
+    is_date = grain is not Grain.HOUR
+    col = I(grain.column)
+    names = [*rollup.dimensions, grain.column, *output_names(rollup)]
+    return S("SELECT {} FROM {} WHERE {} >= {} AND {} < {}").format(
+        S(", ").join(map(I, names)),
+        table_ident(rollup, grain),
+        col,
+        bound(S("{}::timestamptz").format(sql.Placeholder("lo")), is_date=is_date),
+        col,
+        bound(S("{}::timestamptz").format(sql.Placeholder("hi")), is_date=is_date),
+    )
+
+
+def min_input_time(rollup: Rollup, grain: Grain) -> Composable:
+    """The earliest input bucket start (timestamptz), to start a first refresh from."""
+    inp = input_of(rollup, grain)
+    return S("SELECT {} FROM {}").format(
+        as_utc_timestamptz(S("min({})").format(I(inp.time_column)), is_date=inp.is_date),
+        inp.table,
+    )
+
+
+def groups_per_bucket(rollup: Rollup, grain: Grain) -> Composable:
+    """How many groups each listed bucket holds now (to decide when to coalesce)."""
+    is_date = grain is not Grain.HOUR
+    col = I(grain.column)
+    return S(
+        "SELECT {b}, count(*) FROM {t} WHERE {col} = ANY({arr}) GROUP BY 1"
+    ).format(
+        b=as_utc_timestamptz(col, is_date=is_date),
+        t=table_ident(rollup, grain),
+        col=col,
+        arr=S("(SELECT array_agg({}) FROM unnest({}::timestamptz[]) AS x(b))").format(
+            bound(S("x.b"), is_date=is_date), sql.Placeholder("bk")
+        ),
+    )

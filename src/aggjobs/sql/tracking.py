@@ -1,0 +1,93 @@
+"""Change tracking on the sources: row triggers whose WHEN clause holds a constant threshold.
+
+A write is logged only when the row's time is before the threshold (the materialized
+point), so the platform's ordinary writes, ahead of it, run no trigger function at all: the
+WHEN clause is a comparison with a constant, evaluated before any function call. Moving the
+threshold is `CREATE OR REPLACE TRIGGER` in one short transaction; its SHARE ROW EXCLUSIVE
+lock waits for the writers in flight, so every write that commits afterwards sees the new
+threshold, and every write before it is visible to the refresh that follows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from psycopg import sql
+
+from ..catalog.model import Source
+
+I, L, S = sql.Identifier, sql.Literal, sql.SQL
+
+FUNCTION_PREFIX = "track_"
+TRIGGERS = ("aggjobs_track_insert", "aggjobs_track_update", "aggjobs_track_delete")
+
+
+def function_ident(source: Source) -> sql.Identifier:
+    return I("aggjobs", FUNCTION_PREFIX + source.name)
+
+
+def hour_of(row: str, source: Source) -> sql.Composable:
+    return S("date_trunc('hour', {}.{}, 'UTC')").format(S(row), I(source.time_column))
+
+
+def create_function(source: Source) -> sql.Composable:
+    """The trigger function: log (key, hour) of the old and the new row."""
+    key = I(source.key_column)
+    log = S(
+        "INSERT INTO aggjobs.invalidation_log (source, workspace_id, bucket) VALUES ({}, {}, {});"
+    )
+    return S(
+        """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        INSERT INTO aggjobs.invalidation_log (source) VALUES ({src});
+        RETURN NULL;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        {log_old}
+    END IF;
+    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE'
+            AND (OLD.{key}, {old_hour}) IS DISTINCT FROM (NEW.{key}, {new_hour})) THEN
+        {log_new}
+    END IF;
+    RETURN NULL;
+END
+$body$"""
+    ).format(
+        fn=function_ident(source),
+        src=L(source.name),
+        key=key,
+        old_hour=hour_of("OLD", source),
+        new_hour=hour_of("NEW", source),
+        log_old=log.format(L(source.name), S("OLD.{}").format(key), hour_of("OLD", source)),
+        log_new=log.format(L(source.name), S("NEW.{}").format(key), hour_of("NEW", source)),
+    )
+
+
+def create_triggers(source: Source, threshold: datetime | None) -> list[sql.Composable]:
+    """The three row triggers and the TRUNCATE trigger, with `threshold` as a constant
+    (None: track nothing yet)."""
+    table = I(source.schema, source.table)
+    t, th = I(source.time_column), S("{}::timestamptz").format(L(threshold))
+    conditions = {
+        "aggjobs_track_insert": ("INSERT", S("NEW.{} < {}").format(t, th)),
+        "aggjobs_track_update": (
+            "UPDATE",
+            S("(OLD.{t} < {th} OR NEW.{t} < {th}) AND OLD IS DISTINCT FROM NEW").format(t=t, th=th),
+        ),
+        "aggjobs_track_delete": ("DELETE", S("OLD.{} < {}").format(t, th)),
+    }
+    stmts = [
+        S(
+            "CREATE OR REPLACE TRIGGER {name} AFTER {op} ON {table} FOR EACH ROW"
+            " WHEN ({cond}) EXECUTE FUNCTION {fn}()"
+        ).format(name=I(name), op=S(op), table=table, cond=cond, fn=function_ident(source))
+        for name, (op, cond) in conditions.items()
+    ]
+    stmts.append(
+        S(
+            "CREATE OR REPLACE TRIGGER aggjobs_track_truncate AFTER TRUNCATE ON {}"
+            " FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+        ).format(table, function_ident(source))
+    )
+    return stmts
