@@ -7,7 +7,9 @@ from .families import ROLLUPS, SOURCES
 from .grains import Grain
 from .model import Rollup, Source
 
-__all__ = ["ROLLUPS", "SOURCES", "Grain", "Rollup", "Source", "get_rollup", "select_rollups"]
+__all__ = [
+    "ROLLUPS", "SOURCES", "Grain", "Rollup", "Source", "get_rollup", "rollups_on", "select_rollups",
+]
 
 
 def get_rollup(name: str) -> Rollup:

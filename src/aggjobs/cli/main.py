@@ -1,0 +1,232 @@
+"""The `aggjobs` command: thin commands over the engine.
+
+Bad input exits 2 with a one-line reason and changes nothing; `verify` exits 1 on mismatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Annotated
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..catalog import Grain, Rollup, select_rollups
+from ..catalog.grains import parse_timestamp
+from ..db.connect import connect, translate_errors
+from ..db.migrate import current_version, migrate as run_migrations
+from ..db.migrate import migrations
+from ..errors import AggjobsError, InvalidRange, MigrationRequired
+from ..settings import get_settings
+from . import render
+
+app = typer.Typer(
+    name="aggjobs",
+    help="Incremental, self-healing analytics rollups over PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+RollupNames = Annotated[
+    list[str] | None,
+    typer.Argument(help="Rollups to act on (default: all): execution_metrics, user_activity, "
+                   "credit_consumption.", show_default=False),
+]
+FromTs = Annotated[str, typer.Option("--from", help="Range start, ISO 8601 (UTC if no offset).")]
+ToTs = Annotated[str, typer.Option("--to", help="Range end (exclusive), ISO 8601.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def main() -> None:
+    """Entry point: one-line errors instead of tracebacks for expected failures."""
+    try:
+        code = app(standalone_mode=False)
+    except AggjobsError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+@contextlib.contextmanager
+def session(purpose: str, *, require_schema: bool = True) -> Iterator[psycopg.Connection]:
+    with translate_errors(), connect(purpose) as conn:
+        if require_schema and current_version(conn) != migrations()[-1].version:
+            raise MigrationRequired()
+        yield conn
+
+
+def past(text: str, what: str) -> datetime:
+    ts = parse_timestamp(text)
+    if ts > datetime.now(UTC):
+        raise InvalidRange(f"{what} {ts.isoformat()} is in the future")
+    return ts
+
+
+def time_range(lo_text: str, hi_text: str) -> tuple[datetime, datetime]:
+    lo, hi = past(lo_text, "--from"), past(hi_text, "--to")
+    if lo >= hi:
+        raise InvalidRange(f"--from {lo.isoformat()} must be before --to {hi.isoformat()}")
+    return lo, hi
+
+
+@contextlib.contextmanager
+def progress_bar() -> Iterator[Progress]:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=False, disable=not err_console.is_terminal,
+    ) as bar:
+        yield bar
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the schema: source tables if missing, `analytics`, `aggjobs`."""
+    with session("migrate", require_schema=False) as conn:
+        applied = run_migrations(conn)
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (up to date)"
+    console.print(f"migrations applied: {names}")
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(min=1, max=400, help="Days of history.")] = 7,
+    workspaces: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
+    runs_per_hour: Annotated[int, typer.Option(min=1, max=5_000_000)] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 42,
+) -> None:
+    """Load realistic synthetic runs, user events and credit ledger, ending now."""
+    from ..demo import DemoSpec, load_demo
+
+    spec = DemoSpec(days=days, workspaces=workspaces, runs_per_hour=runs_per_hour, seed=seed)
+    with session("demo") as conn, progress_bar() as bar:
+        task = bar.add_task("loading demo data", total=None)
+        result = load_demo(conn, spec, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    console.print(
+        f"demo data loaded: {result.runs:,} runs, {result.events:,} user events, "
+        f"{result.transactions:,} credit transactions from {result.start:%Y-%m-%d %H:%M} "
+        f"to {result.end:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+@app.command()
+def refresh(
+    rollups: RollupNames = None,
+    grain: Annotated[Grain | None, typer.Option(help="Only this grain.")] = None,
+    as_of: Annotated[str, typer.Option("--as-of", help="Reference time (default now).")] = "now",
+    max_buckets: Annotated[int | None, typer.Option(
+        min=1, help="At most this many new hours per rollup (default: all complete ones).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Incremental refresh: new complete buckets plus groups invalidated by late,
+    updated or deleted rows."""
+    from ..engine.refresh import refresh as run_refresh
+
+    chosen = select_rollups(rollups)
+    ref = past(as_of, "--as-of")
+    settings = get_settings()
+    reports = []
+    with session("refresh") as conn, progress_bar() as bar:
+        tasks: dict[str, int] = {}
+
+        def show(label: str, done: int, total: int) -> None:
+            task = tasks.setdefault(label, bar.add_task(label, total=total))
+            bar.update(task, completed=done, total=total)
+
+        for rollup in chosen:
+            reports.append(run_refresh(
+                conn, rollup, as_of=ref, settings=settings, grains=[grain] if grain else None,
+                max_buckets=max_buckets, progress=show,
+            ))
+    if as_json:
+        print(json.dumps([render.refresh_json(r) for r in reports], indent=2))
+    else:
+        console.print(render.refresh_table(reports))
+
+
+@app.command()
+def backfill(rollups: RollupNames = None, from_: FromTs = ..., to: ToTs = ...) -> None:
+    """Recompute a range of materialized buckets (all grains), chunked and resumable."""
+    from ..engine.backfill import backfill as run_backfill
+
+    chosen = select_rollups(rollups)
+    lo, hi = time_range(from_, to)
+    with session("backfill") as conn, progress_bar() as bar:
+        for rollup in chosen:
+            task = bar.add_task(f"backfill {rollup.name}", total=None)
+            report = run_backfill(
+                conn, rollup, lo, hi, settings=get_settings(),
+                progress=lambda d, t, task=task: bar.update(task, completed=d, total=t),
+            )
+            console.print(render.backfill_line(report))
+
+
+@app.command()
+def verify(
+    rollups: RollupNames = None,
+    from_: FromTs = ...,
+    to: ToTs = ...,
+    repair: Annotated[bool, typer.Option("--repair", help="Recompute mismatched groups.")] = False,
+    limit: Annotated[int, typer.Option(help="Mismatches listed at most.")] = 50,
+) -> None:
+    """Recompute from the raw rows and compare; exit 1 listing each mismatched bucket."""
+    from ..engine import verify as v
+
+    chosen = select_rollups(rollups)
+    lo, hi = time_range(from_, to)
+    failed = False
+    with session("verify") as conn:
+        for rollup in chosen:
+            failed |= verify_rollup(conn, rollup, lo, hi, repair=repair, limit=limit, v=v)
+    if failed:
+        raise typer.Exit(1)
+
+
+def verify_rollup(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime, *,
+                  repair: bool, limit: int, v) -> bool:
+    failed = False
+    for grain in rollup.grains:
+        report = v.verify_grain(conn, rollup, grain, lo, hi)
+        if report.mismatches and repair:
+            v.repair(conn, rollup, grain, report.mismatches)
+            again = v.verify_grain(conn, rollup, grain, lo, hi)
+            console.print(render.repaired_line(report, again))
+            report = again
+        console.print(render.verify_line(report))
+        if report.mismatches:
+            failed = True
+            console.print(render.mismatch_table(report.mismatches[:limit]))
+    return failed
+
+
+@app.command()
+def status(as_json: JsonFlag = False) -> None:
+    """Watermarks, freshness lag and pending dirty groups of every rollup and grain."""
+    from ..engine.status import rollup_status
+
+    with session("status") as conn:
+        rows = rollup_status(conn, now=datetime.now(UTC))
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        console.print(render.status_table(rows))

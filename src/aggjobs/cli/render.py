@@ -1,0 +1,112 @@
+"""Terminal and JSON renderings of engine reports (no logic, no I/O)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from rich.table import Table
+
+from ..engine.backfill import BackfillReport
+from ..engine.refresh import RefreshReport
+from ..engine.verify import Mismatch, VerifyReport, describe
+
+
+def ts(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def refresh_table(reports: list[RefreshReport]) -> Table:
+    table = Table(title="refresh")
+    for col in ("rollup", "grain", "watermark", "new buckets", "dirty groups",
+                "rows written", "seconds", "note"):
+        table.add_column(col, justify="right" if col[0] in "nrds" and col != "rollup" else "left")
+    for report in reports:
+        for g in report.grains:
+            table.add_row(report.rollup, g.grain.value, ts(g.watermark_after), str(g.new_buckets),
+                          f"{g.dirty_groups}" + (f" ({g.coalesced_buckets} whole buckets)"
+                                                 if g.coalesced_buckets else ""),
+                          f"{g.rows.written:,}", f"{g.seconds:.2f}", g.held_back or "")
+    return table
+
+
+def refresh_json(report: RefreshReport) -> dict:
+    return {
+        "rollup": report.rollup,
+        "as_of": iso(report.as_of),
+        "reset": report.reset,
+        "grains": [
+            {
+                "grain": g.grain.value,
+                "watermark_before": iso(g.watermark_before),
+                "watermark_after": iso(g.watermark_after),
+                "new_buckets": g.new_buckets,
+                "dirty_groups": g.dirty_groups,
+                "coalesced_buckets": g.coalesced_buckets,
+                "rows_deleted": g.rows.deleted,
+                "rows_written": g.rows.written,
+                "coarser_groups_marked": g.rows.marked,
+                "held_back": g.held_back,
+                "seconds": round(g.seconds, 3),
+            }
+            for g in report.grains
+        ],
+    }
+
+
+def backfill_line(report: BackfillReport) -> str:
+    line = (f"{report.rollup}: backfill #{report.backfill_id}"
+            f"{' (resumed)' if report.resumed else ''} recomputed {report.buckets:,} buckets, "
+            f"{report.rows.written:,} rows")
+    if report.beyond_watermark:
+        parts = ", ".join(f"{g} from {ts(wm)}" for g, wm in report.beyond_watermark.items())
+        line += f"; not materialized yet (run `aggjobs refresh`): {parts}"
+    return line
+
+
+def verify_line(report: VerifyReport) -> str:
+    n = len(report.mismatches or [])
+    verdict = "[green]ok[/green]" if not n else f"[red]{n} mismatches[/red]"
+    line = (f"{report.rollup} {report.grain.value}: {report.groups:,} groups from "
+            f"{ts(report.checked_from)} to {ts(report.checked_to)}: {verdict}")
+    if report.unmaterialized_from is not None:
+        line += f" (not materialized from {ts(report.unmaterialized_from)}: not checked)"
+    return line
+
+
+def repaired_line(before: VerifyReport, after: VerifyReport) -> str:
+    groups = {(m.bucket, m.workspace_id) for m in before.mismatches or []}
+    return (f"{before.rollup} {before.grain.value}: repaired {len(groups)} groups; "
+            f"{len(after.mismatches or [])} mismatches remain")
+
+
+def mismatch_table(mismatches: list[Mismatch]) -> Table:
+    table = Table()
+    for col in ("grain", "bucket", "workspace", "measure", "stored", "expected"):
+        table.add_column(col)
+    for m in mismatches:
+        table.add_row(m.grain.value, str(m.bucket), str(m.workspace_id), m.measure,
+                      describe(m.stored), describe(m.expected))
+    return table
+
+
+def lag(seconds: float | None) -> str:
+    return "-" if seconds is None else str(timedelta(seconds=int(seconds)))
+
+
+def status_table(rows: list[dict]) -> Table:
+    table = Table(title="rollups")
+    for col in ("table", "watermark", "lag", "pending groups", "unprocessed changes"):
+        table.add_column(col)
+    for row in rows:
+        behind = row["buckets_behind"]
+        colour = "green" if behind is not None and behind <= 1 else "yellow"
+        if row["watermark"] is None:
+            colour = "red"
+        table.add_row(row["table"], f"[{colour}]{ts(row['watermark'])}[/{colour}]",
+                      lag(row["lag_seconds"]), str(row["pending_groups"]),
+                      str(row["source_changes_not_fanned_out"]))
+    return table

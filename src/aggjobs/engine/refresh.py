@@ -1,0 +1,173 @@
+"""The incremental refresh of one rollup: new complete buckets plus dirty groups.
+
+For each grain, finest first, under the rollup's lock:
+1. dirty groups behind the watermark are recomputed, a bounded batch per transaction;
+2. complete buckets from the watermark up to the limit are recomputed, a chunk per
+   transaction, each advancing the watermark in the same transaction.
+
+A bucket is complete when it has ended at `as_of` and, for merged grains, when every finer
+bucket in it is materialized: a day is never built from an incomplete hour.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+
+from ..catalog import Grain, Rollup
+from ..catalog.grains import as_utc, chunks
+from ..settings import Settings
+from ..sql import rollup as rollup_sql
+from . import state
+from .recompute import Written, recompute_range, take_and_recompute
+
+log = logging.getLogger(__name__)
+
+CHUNK_BUCKETS = {Grain.DAY: 7, Grain.WEEK: 4}  # per transaction; the hour's is configurable
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class GrainReport:
+    grain: Grain
+    watermark_before: datetime | None = None
+    watermark_after: datetime | None = None
+    new_buckets: int = 0
+    dirty_groups: int = 0
+    coalesced_buckets: int = 0
+    rows: Written = field(default_factory=Written)
+    held_back: str | None = None  # why fewer buckets than complete were materialized
+    seconds: float = 0.0
+
+
+@dataclass
+class RefreshReport:
+    rollup: str
+    as_of: datetime
+    grains: list[GrainReport] = field(default_factory=list)
+    reset: bool = False
+
+    @property
+    def rows_written(self) -> int:
+        return sum(g.rows.written for g in self.grains)
+
+
+def refresh(
+    conn: psycopg.Connection,
+    rollup: Rollup,
+    *,
+    as_of: datetime,
+    settings: Settings,
+    grains: list[Grain] | None = None,
+    max_buckets: int | None = None,
+    lock_wait_s: float = 30.0,
+    progress: Progress | None = None,
+) -> RefreshReport:
+    """Bring the rollup up to date as of `as_of`; `max_buckets` bounds new hourly buckets."""
+    as_of = as_utc(as_of)
+    report = RefreshReport(rollup.name, as_of)
+    with state.rollup_lock(conn, rollup, wait_s=lock_wait_s):
+        report.reset = state.reset_if_requested(conn, rollup)
+        state.fan_out(conn, rollup.source)
+        for grain in rollup.grains:
+            if grains and grain not in grains:
+                continue
+            started = time.perf_counter()
+            grain_report = refresh_grain(conn, rollup, grain, as_of=as_of, settings=settings,
+                                         max_buckets=max_buckets, progress=progress)
+            grain_report.seconds = time.perf_counter() - started
+            report.grains.append(grain_report)
+    return report
+
+
+def complete_limit(rollup: Rollup, grain: Grain, as_of: datetime,
+                   marks: dict[Grain, datetime | None]) -> tuple[datetime | None, str | None]:
+    """End of the complete buckets of `grain` at `as_of`, and why it is lower, if it is."""
+    limit = grain.floor(as_of)
+    finer = rollup.finer(grain)
+    if finer is None:
+        return limit, None
+    finer_mark = marks.get(finer)
+    if finer_mark is None:
+        return None, f"no {finer.value} is materialized yet"
+    finer_limit = grain.floor(finer_mark)
+    if finer_limit < limit:
+        return finer_limit, f"waiting for {finer.value}s up to {limit.isoformat()}"
+    return limit, None
+
+
+def start_of(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
+             watermark: datetime | None, limit: datetime) -> datetime:
+    """Where new buckets start: the watermark, or the first input bucket on a first run."""
+    if watermark is not None:
+        return watermark
+    first = conn.execute(rollup_sql.min_input_time(rollup, grain)).fetchone()[0]
+    return limit if first is None else min(grain.floor(first), limit)
+
+
+def refresh_grain(conn: psycopg.Connection, rollup: Rollup, grain: Grain, *, as_of: datetime,
+                  settings: Settings, max_buckets: int | None,
+                  progress: Progress | None) -> GrainReport:
+    marks = state.watermarks(conn, rollup)
+    wm = marks.get(grain)
+    report = GrainReport(grain, watermark_before=wm, watermark_after=wm)
+    if wm is not None:
+        recompute_dirty(conn, rollup, grain, wm, settings, report)
+    limit, report.held_back = complete_limit(rollup, grain, as_of, marks)
+    if limit is None:
+        return report
+    start = start_of(conn, rollup, grain, wm, limit)
+    if max_buckets is not None and grain is Grain.HOUR:
+        capped = start + max_buckets * grain.step
+        if capped < limit:
+            limit, report.held_back = capped, f"at most {max_buckets} new hours per run"
+    if grain is Grain.HOUR:
+        tracked = state.track_until(conn, rollup.source, limit,
+                                    lock_timeout_ms=settings.trigger_lock_timeout_ms)
+        if tracked is None or tracked < limit:
+            limit = max(start, tracked) if tracked else start
+            report.held_back = "change tracking could not be moved (writers busy); retry later"
+    materialize(conn, rollup, grain, start, limit, settings, report, progress)
+    return report
+
+
+def recompute_dirty(conn: psycopg.Connection, rollup: Rollup, grain: Grain, wm: datetime,
+                    settings: Settings, report: GrainReport) -> None:
+    while True:
+        with conn.transaction():
+            batch, written = take_and_recompute(
+                conn, rollup, grain, watermark=wm,
+                limit=settings.dirty_groups_per_transaction,
+                coalesce_fraction=settings.coalesce_fraction,
+            )
+        if not batch.groups:
+            return
+        report.dirty_groups += batch.groups
+        report.coalesced_buckets += batch.coalesced_buckets
+        report.rows += written
+
+
+def materialize(conn: psycopg.Connection, rollup: Rollup, grain: Grain, start: datetime,
+                limit: datetime, settings: Settings, report: GrainReport,
+                progress: Progress | None) -> None:
+    """Recompute [start, limit) chunk by chunk, advancing the watermark with each chunk."""
+    if report.watermark_before is None and start >= limit:
+        with conn.transaction():  # an empty input: nothing before `limit` to materialize
+            state.set_watermark(conn, rollup, grain, limit)
+        report.watermark_after = limit
+        return
+    per_tx = settings.hours_per_transaction if grain is Grain.HOUR else CHUNK_BUCKETS[grain]
+    pieces = chunks(start, limit, per_tx * grain.step)
+    for i, (lo, hi) in enumerate(pieces):
+        with conn.transaction():
+            report.rows += recompute_range(conn, rollup, grain, lo, hi)
+            state.set_watermark(conn, rollup, grain, hi)
+        report.new_buckets += len(grain.buckets(lo, hi))
+        report.watermark_after = hi
+        if progress:
+            progress(f"{rollup.name} {grain.value}", i + 1, len(pieces))

@@ -1,0 +1,105 @@
+"""The engine's persistent state: rollup locks, watermarks, tracking thresholds, fan-out."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from ..catalog import Grain, Rollup, Source, rollups_on
+from ..errors import LockBusy
+from ..sql import query
+from ..sql import rollup as rollup_sql
+from ..sql import tracking
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def rollup_lock(conn: psycopg.Connection, rollup: Rollup, *, wait_s: float) -> Iterator[None]:
+    """Hold the rollup's session advisory lock: one writer of its tables at a time, on any
+    host. Released on exit, or by PostgreSQL when the session dies."""
+    deadline = time.monotonic() + wait_s
+    while not conn.execute(query("try_rollup_lock"), {"rollup": rollup.name}).fetchone()[0]:
+        if time.monotonic() >= deadline:
+            raise LockBusy(
+                f"rollup {rollup.name} is being written by another process "
+                f"(waited {wait_s:g} s); try again when it finishes"
+            )
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.execute(query("rollup_unlock"), {"rollup": rollup.name})
+
+
+def watermarks(conn: psycopg.Connection, rollup: Rollup) -> dict[Grain, datetime | None]:
+    rows = conn.execute(query("watermarks"), {"rollup": rollup.name}).fetchall()
+    return {Grain(grain): wm for grain, wm, _ in rows}
+
+
+def set_watermark(conn: psycopg.Connection, rollup: Rollup, grain: Grain, wm: datetime) -> None:
+    conn.execute(
+        query("set_watermark"), {"rollup": rollup.name, "grain": grain.value, "watermark": wm}
+    )
+
+
+def reset_if_requested(conn: psycopg.Connection, rollup: Rollup) -> bool:
+    """After a TRUNCATE of the source: empty the rollup and start it over."""
+    rows = conn.execute(query("watermarks"), {"rollup": rollup.name}).fetchall()
+    if not any(reset for _, _, reset in rows):
+        return False
+    with conn.transaction():
+        for grain in rollup.grains:
+            conn.execute(
+                sql.SQL("DELETE FROM {}").format(rollup_sql.table_ident(rollup, grain))
+            )
+        conn.execute(query("drop_all_pending"), {"rollup": rollup.name})
+        conn.execute(query("reset_watermarks"), {"rollup": rollup.name})
+    log.warning("rollup %s reset: its source %s was truncated", rollup.name, rollup.source.name)
+    return True
+
+
+def fan_out(conn: psycopg.Connection, source: Source) -> int:
+    """Move logged changes of `source` to pending groups of every rollup on it."""
+    names = [r.name for r in rollups_on(source)]
+    with conn.transaction():
+        moved, truncations, _ = conn.execute(
+            query("fan_out"), {"source": source.name, "rollups": names}
+        ).fetchone()
+        if truncations:
+            conn.execute(query("request_reset"), {"rollups": names})
+    return moved
+
+
+def track_until(
+    conn: psycopg.Connection, source: Source, until: datetime, *, lock_timeout_ms: int
+) -> datetime | None:
+    """Make sure changes to `source` rows before `until` are logged; returns the threshold
+    now in force, which is lower than `until` when writers held the table too long."""
+    current = None
+    try:
+        with conn.transaction():
+            # The row lock orders concurrent movers; the threshold only ever grows.
+            current = conn.execute(query("lock_threshold"), {"source": source.name}).fetchone()[0]
+            if current is not None and current >= until:
+                return current
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",))
+            for stmt in tracking.create_triggers(source, until):
+                conn.execute(stmt)
+            conn.execute(query("set_threshold"), {"source": source.name, "threshold": until})
+    except pg_errors.LockNotAvailable:
+        log.warning(
+            "could not move the tracking threshold of %s: writers held the table longer than "
+            "%d ms; materializing only up to %s this time",
+            source.name, lock_timeout_ms, current,
+        )
+        return current
+    return until

@@ -1,0 +1,43 @@
+"""What the engine knows about freshness: watermarks, lag, pending work, per rollup and grain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import psycopg
+
+from ..catalog import ROLLUPS
+from ..sql import query
+from . import state
+
+
+def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
+    """One dict per rollup and grain: watermark, lag behind the last complete bucket,
+    pending dirty groups, and changes logged on the source but not yet fanned out."""
+    pending = {
+        (r, g): (n, oldest) for r, g, n, oldest, _ in conn.execute(query("pending_counts"))
+    }
+    logged = {s: n for s, n, _ in conn.execute(query("unlogged_changes"))}
+    thresholds = dict(conn.execute("SELECT source, threshold FROM aggjobs.sources").fetchall())
+    rows = []
+    for rollup in ROLLUPS:
+        marks = state.watermarks(conn, rollup)
+        for grain in rollup.grains:
+            wm = marks.get(grain)
+            complete = grain.floor(now)
+            n, oldest = pending.get((rollup.name, grain.value), (0, None))
+            rows.append({
+                "rollup": rollup.name,
+                "grain": grain.value,
+                "table": f"{rollup.schema}.{rollup.table(grain)}",
+                "watermark": wm,
+                "lag_seconds": None if wm is None else max(0, (complete - wm).total_seconds()),
+                "buckets_behind": None if wm is None else len(grain.buckets(wm, complete)),
+                "pending_groups": n,
+                "oldest_pending_bucket": oldest,
+                "source_changes_not_fanned_out": logged.get(rollup.source.name, 0)
+                if grain is rollup.grains[0] else 0,
+                "tracking_threshold": thresholds.get(rollup.source.name)
+                if grain is rollup.grains[0] else None,
+            })
+    return rows
