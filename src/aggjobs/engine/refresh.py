@@ -72,8 +72,8 @@ def refresh(
     as_of = as_utc(as_of)
     report = RefreshReport(rollup.name, as_of)
     with state.rollup_lock(conn, rollup, wait_s=lock_wait_s):
-        report.reset = state.reset_if_requested(conn, rollup)
         state.fan_out(conn, rollup.source)
+        report.reset = state.reset_if_requested(conn, rollup)
         for grain in rollup.grains:
             if grains and grain not in grains:
                 continue

@@ -184,7 +184,7 @@ def scoped(inp: Input, key_column: str, grain: Grain, scope: Scope) -> Composabl
             inp.table, t, lo, t, hi
         )
     start = S("k.b")
-    end = S("k.b + make_interval(hours => {})").format(L(STEP_HOURS[grain]))
+    end = S("(k.b + make_interval(hours => {}))").format(L(STEP_HOURS[grain]))
     return S(
         "(SELECT s.* FROM unnest({}::bigint[], {}::timestamptz[]) AS k(ws, b)"
         " JOIN {} AS s ON s.{} = k.ws AND s.{} >= {} AND s.{} < {}) AS r"
@@ -515,12 +515,12 @@ def groups_per_bucket(rollup: Rollup, grain: Grain) -> Composable:
     is_date = grain is not Grain.HOUR
     col = I(grain.column)
     return S(
-        "SELECT {b}, count(*) FROM {t} WHERE {col} = ANY({arr}) GROUP BY 1"
+        "SELECT {b}, count(*) FROM {t} WHERE {col} IN"
+        " (SELECT {conv} FROM unnest({bk}::timestamptz[]) AS x(b)) GROUP BY 1"
     ).format(
         b=as_utc_timestamptz(col, is_date=is_date),
         t=table_ident(rollup, grain),
         col=col,
-        arr=S("(SELECT array_agg({}) FROM unnest({}::timestamptz[]) AS x(b))").format(
-            bound(S("x.b"), is_date=is_date), sql.Placeholder("bk")
-        ),
+        conv=bound(S("x.b"), is_date=is_date),
+        bk=sql.Placeholder("bk"),
     )
