@@ -68,7 +68,8 @@ def create_triggers(source: Source, threshold: datetime | None) -> list[sql.Comp
     """The three row triggers and the TRUNCATE trigger, with `threshold` as a constant
     (None: track nothing yet)."""
     table = I(source.schema, source.table)
-    t, th = I(source.time_column), S("{}::timestamptz").format(L(threshold))
+    t = I(source.time_column)
+    th = L(threshold) if threshold is not None else S("NULL::timestamptz")
     conditions = {
         "aggjobs_track_insert": ("INSERT", S("NEW.{} < {}").format(t, th)),
         "aggjobs_track_update": (

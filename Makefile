@@ -1,0 +1,30 @@
+# The two set-up commands: `make run` (demo data rolled up on the embedded PostgreSQL, then the
+# status) and `make test` (the whole suite). Each creates the virtual environment it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DAYS ?= 7
+
+.PHONY: run test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/aggjobs migrate
+	$(BIN)/aggjobs demo --days $(DEMO_DAYS)
+	$(BIN)/aggjobs refresh
+	$(BIN)/aggjobs verify --from "$$($(BIN)/python -c 'import datetime as d; print((d.datetime.now(d.UTC) - d.timedelta(days=$(DEMO_DAYS) + 7)).date())')" --to now
+	$(BIN)/aggjobs status
+
+test: $(BIN)/.installed
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/hourly.py
+
+clean:
+	rm -rf $(VENV) .aggjobs

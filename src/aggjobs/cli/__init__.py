@@ -1,0 +1,1 @@
+"""The `aggjobs` command line."""

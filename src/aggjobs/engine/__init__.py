@@ -1,0 +1,1 @@
+"""The engine: incremental refresh, backfill and verify (plain functions, no Celery)."""

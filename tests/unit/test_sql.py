@@ -1,0 +1,86 @@
+"""The SQL each rollup definition produces, pinned as text; and the catalog's rules.
+
+After an intended change to the generator, regenerate the snapshots with
+`AGGJOBS_UPDATE_SNAPSHOTS=1 pytest tests/unit/test_sql.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aggjobs.catalog import ROLLUPS, get_rollup, select_rollups
+from aggjobs.catalog.model import Count, Rollup, Source, Sum
+from aggjobs.errors import UnknownRollup
+from aggjobs.sql import queries
+from aggjobs.sql import rollup as r
+from aggjobs.sql import tracking
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+
+
+def generated(rollup: Rollup) -> str:
+    parts = []
+    for grain in rollup.grains:
+        stmts = {
+            "create_table": r.create_table(rollup, grain),
+            "insert_range": r.insert_target(rollup, grain, r.Scope.RANGE),
+            "insert_keys": r.insert_target(rollup, grain, r.Scope.KEYS),
+            "delete_range": r.delete_target(rollup, grain, r.Scope.RANGE),
+            "delete_keys": r.delete_target(rollup, grain, r.Scope.KEYS),
+            "reference": r.reference(rollup, grain),
+        }
+        parts += [f"-- {grain.value} {name}\n{s.as_string(None)};\n" for name, s in stmts.items()]
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("rollup", ROLLUPS, ids=lambda x: x.name)
+def test_generated_sql_is_pinned(rollup: Rollup) -> None:
+    path = SNAPSHOTS / f"{rollup.name}.sql"
+    text = generated(rollup)
+    if os.environ.get("AGGJOBS_UPDATE_SNAPSHOTS"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_hourly_p95_is_exact_and_merged_p95_reads_the_sketch() -> None:
+    em = get_rollup("execution_metrics")
+    hourly = r.insert_target(em, r.Grain.HOUR, r.Scope.RANGE).as_string(None)
+    daily = r.insert_target(em, r.Grain.DAY, r.Scope.RANGE).as_string(None)
+    assert "percentile_cont(0.95) WITHIN GROUP" in hourly
+    assert "percentile_cont" not in daily and "sketch_quantile" in daily
+    assert '"public"."agent_runs"' not in daily  # merged grains never re-read raw rows
+
+
+def test_tracking_triggers_compare_with_a_constant() -> None:
+    from datetime import UTC, datetime
+
+    source = get_rollup("execution_metrics").source
+    text = " ".join(s.as_string(None) for s in tracking.create_triggers(
+        source, datetime(2026, 11, 28, 13, tzinfo=UTC)))
+    assert "WHEN (NEW.\"started_at\" < '2026-11-28 13:00:00+00:00'::timestamptz)" in text
+    assert '::timestamptz::' not in text
+    none = tracking.create_triggers(source, None)[0].as_string(None)
+    assert "< NULL::timestamptz" in none
+
+
+def test_named_queries_load() -> None:
+    names = queries()
+    assert {"fan_out", "take_pending", "try_rollup_lock", "open_backfill"} <= names.keys()
+    assert all(body for body in names.values())
+
+
+def test_unknown_rollup_names_the_known_ones() -> None:
+    with pytest.raises(UnknownRollup, match="execution_metrics, user_activity, credit_consumption"):
+        select_rollups(["executions"])
+    assert [x.name for x in select_rollups(["user_activity", "user_activity"])] == ["user_activity"]
+
+
+def test_a_rollup_must_group_by_its_source_key() -> None:
+    src = Source(name="s", table="s", time_column="t")
+    with pytest.raises(ValueError, match="must include workspace_id"):
+        Rollup(name="x", source=src, dimensions=("agent_id",), measures=(Count(name="n"),))
+    with pytest.raises(ValueError, match="measure names repeat"):
+        Rollup(name="x", source=src, measures=(Count(name="n"), Sum(name="n", column="a")))
