@@ -1,0 +1,392 @@
+"""Synthetic but realistic data for the three source tables, loaded with set-based SQL.
+
+One transaction per day of data: the day's runs are drawn into a temp table by a single
+INSERT ... SELECT over generate_series, and the events and ledger rows are derived from
+them, again set-based. Nothing is sent row by row from Python.
+
+Shape of the data:
+- workspace k has weight ~ 1/k^1.1 (a few huge, many tiny); users and agents per workspace
+  grow with the weight;
+- runs per hour follow a daily curve (1x at 02 UTC, 3x at 14 UTC) and a weekly one
+  (weekends 0.4x), normalized so that the average over whole weeks is `runs_per_hour`;
+- runtime is log-normal (Box-Muller from random()), credits proportional to runtime;
+- the ledger agrees with the runs: one 'usage' row per finished run with credits, same
+  amount, workspace and user; plus weekly 'grant's, some 'refund's of failed runs and rare
+  'adjustment's;
+- about 0.5% of a day's runs are inserted with the next day (late arrivals).
+
+Reproducibility: each chunk calls setseed() with a value derived from (seed, chunk), and
+every random() is evaluated over rows in an explicit ORDER BY (inside MATERIALIZED CTEs,
+which PostgreSQL evaluates once and in order), so the same spec, end and starting ids give
+the same rows whatever the plan or the session's TimeZone. Times are computed only with
+epoch arithmetic, 'UTC' conversions and intervals without a day part (which, unlike
+'1 day', do not depend on the session TimeZone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+Progress = Callable[[int, int], None]
+
+HOURS_PER_CHUNK = 24
+LATE_SHARE = 0.005
+# Mean of the seasonal factor over a whole week: daily curve 2 - cos(.) averages 2, the
+# weekly one (5 weekdays at 1, 2 weekend days at 0.4) averages 5.8/7.
+SEASON_MEAN = 2 * 5.8 / 7
+# Ids of users and agents are workspace_id * ID_STRIDE + n, so pools never overlap.
+ID_STRIDE = 100_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoSpec:
+    days: int = 7
+    workspaces: int = 50
+    runs_per_hour: int = 2000  # platform-wide average over whole weeks
+    seed: int = 42
+    end: datetime | None = None  # exclusive end, default now (UTC); data covers [end - days, end)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    runs: int
+    events: int
+    transactions: int
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    index: int
+    start: datetime
+    end: datetime
+    grants: list[datetime]  # instants of the weekly grants falling in this chunk
+    last: bool
+
+
+@dataclass
+class _Ids:
+    """The next free id of each table (ids continue after what is already there)."""
+    run: int
+    event: int
+    transaction: int
+
+
+# --- staging -------------------------------------------------------------------------------
+
+STAGING = """
+DROP TABLE IF EXISTS pg_temp.demo_workspaces, pg_temp.demo_runs, pg_temp.demo_late;
+CREATE TEMP TABLE demo_workspaces (
+    k int PRIMARY KEY, w float8 NOT NULL, users int NOT NULL, agents int NOT NULL,
+    grant_amount numeric(14,4) NOT NULL
+);
+CREATE TEMP TABLE demo_runs (
+    id bigint, workspace_id bigint, user_id bigint, agent_id bigint, status text,
+    started_at timestamptz, completed_at timestamptz, runtime_seconds float8,
+    credits_consumed numeric(14,4), held boolean
+);
+CREATE TEMP TABLE demo_late (LIKE demo_runs);
+"""
+
+# Zipf-like weights; pools grow sublinearly with the weight; the weekly grant covers the
+# expected weekly usage (about 1.1 credits per run) with 20% to spare, in hundreds.
+WORKSPACES = """
+INSERT INTO pg_temp.demo_workspaces (k, w, users, agents, grant_amount)
+SELECT k, w, 2 + round(300 * w ^ 0.7)::int, 1 + round(60 * w ^ 0.7)::int,
+       greatest(100, ceil(%(rph)s::float8 * 168 * w * 1.1 * 1.2 / 100) * 100)
+FROM (SELECT k, power(k::float8, -1.1) / sum(power(k::float8, -1.1)) OVER () AS w
+      FROM generate_series(1, %(workspaces)s::int) AS k) AS z
+"""
+
+# The chunk's runs. Layers: per (hour, workspace) a randomly rounded expected count; one row
+# per run with its uniform draws; then the derived columns. Each random() sits above an
+# ORDER BY so that its sequence is fixed.
+GENERATE_RUNS = """
+WITH slots AS (
+    SELECT s, t0,
+           %(rph)s::float8 / %(season_mean)s::float8
+           -- daily: 1x at 02 UTC, 3x at 14 UTC (hour of day from the epoch, zone-free)
+           * (2 - cos(2 * pi() * (extract(epoch FROM t0) / 3600 + 0.5 - 2) / 24))
+           -- weekly: Saturday and Sunday (UTC) at 0.4x
+           * CASE WHEN extract(isodow FROM (t0 + interval '30 minutes') AT TIME ZONE 'UTC') >= 6
+                  THEN 0.4 ELSE 1 END AS expected
+    FROM generate_series(0, %(hours)s::int - 1) AS s,
+         LATERAL (SELECT %(chunk_start)s::timestamptz + s * interval '1 hour' AS t0) AS t
+),
+cells AS MATERIALIZED (
+    SELECT c.*, floor(c.expected * c.w * (0.85 + 0.3 * random()) + random())::int AS n
+    FROM (SELECT sl.s, sl.t0, sl.expected, ws.k, ws.w, ws.users, ws.agents
+          FROM slots AS sl CROSS JOIN pg_temp.demo_workspaces AS ws
+          ORDER BY sl.s, ws.k) AS c
+),
+draws AS MATERIALIZED (
+    SELECT r.*,
+           r.t0 + floor(random() * 3600e6) * interval '1 microsecond' AS started_at,
+           random() AS u_user, random() AS u_agent, random() AS u_status,
+           sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()) AS z,  -- Box-Muller N(0,1)
+           random() AS u_rate, random() AS u_running, random() AS u_late, random() AS u_sched
+    FROM (SELECT c.s, c.t0, c.k, c.users, c.agents, i
+          FROM cells AS c, generate_series(1, c.n) AS i
+          ORDER BY c.s, c.k, i) AS r
+),
+picked AS (
+    SELECT d.*,
+           1 + floor(d.agents * d.u_agent ^ 1.5)::int AS agent_n,  -- a few agents do most runs
+           CASE WHEN d.u_status < 0.91 THEN 'completed'
+                WHEN d.u_status < 0.99 THEN 'failed' ELSE 'cancelled' END AS final_status
+    FROM draws AS d
+),
+timed AS (
+    SELECT p.*,
+           -- log-normal runtime in ms: mu around 3 (by agent), sigma 1; failures end early
+           greatest(1, round(1000 * exp(3 + ((p.agent_n * 7) %% 5 - 2) * 0.25 + p.z)
+               * CASE p.final_status WHEN 'failed' THEN 0.4 WHEN 'cancelled' THEN 0.6
+                                     ELSE 1 END)) AS runtime_ms,
+           extract(epoch FROM %(end)s::timestamptz) - extract(epoch FROM p.started_at) AS age_s
+    FROM picked AS p
+),
+shaped AS (
+    SELECT t.*,
+           -- still running: would finish at or after `end`, or (last 30 minutes) long-running
+           t.started_at + t.runtime_ms * interval '1 millisecond' >= %(end)s::timestamptz
+           OR (t.age_s < 1800 AND t.u_running < 0.5 * (1 - t.age_s / 1800)) AS running
+    FROM timed AS t
+)
+INSERT INTO pg_temp.demo_runs
+SELECT %(first_id)s::bigint + row_number() OVER (ORDER BY started_at, s, k, i),
+       k,
+       CASE WHEN u_sched < 0.03 THEN NULL  -- scheduled runs have no user
+            ELSE k * %(stride)s::bigint + 1 + floor(users * u_user ^ 2)::int END,
+       k * %(stride)s::bigint + agent_n,
+       CASE WHEN running THEN 'running' ELSE final_status END,
+       started_at,
+       CASE WHEN NOT running THEN started_at + runtime_ms * interval '1 millisecond' END,
+       CASE WHEN NOT running THEN runtime_ms / 1000.0 END,
+       CASE WHEN NOT running THEN round((runtime_ms / 1000.0
+            * (0.02 + (agent_n %% 3) * 0.01) * (0.9 + 0.2 * u_rate))::numeric, 4) END,
+       u_late < %(late_share)s::float8 AND NOT %(last)s::boolean
+FROM shaped
+"""
+
+BATCH_COLUMNS = (
+    "id, workspace_id, user_id, agent_id, status, started_at, completed_at, runtime_seconds,"
+    " credits_consumed"
+)
+
+# The previous chunk's late runs join this chunk's batch, then this chunk's late ones wait.
+TAKE_LATE = f"""
+INSERT INTO pg_temp.demo_runs SELECT {BATCH_COLUMNS}, false FROM pg_temp.demo_late;
+TRUNCATE pg_temp.demo_late;
+"""
+HOLD_LATE = "INSERT INTO pg_temp.demo_late SELECT * FROM pg_temp.demo_runs WHERE held"
+
+INSERT_RUNS = f"""
+INSERT INTO public.agent_runs ({BATCH_COLUMNS})
+SELECT {BATCH_COLUMNS} FROM pg_temp.demo_runs WHERE NOT held ORDER BY id
+"""
+
+# Around each run of a known user: maybe a login and an edit before it, the start itself,
+# often a look at the dashboard after it. Only events inside [start, end) are kept.
+INSERT_EVENTS = """
+WITH kinds (ord, event_type, p, lo_s, hi_s) AS (VALUES
+    (1, 'login', 0.15, -3600, -60),
+    (2, 'edited_agent', 0.20, -1800, -10),
+    (3, 'run_started', 1.0, 0, 0),
+    (4, 'viewed_dashboard', 0.80, 5, 900)
+),
+drawn AS MATERIALIZED (
+    SELECT x.*, random() AS u_keep,
+           x.started_at + floor((x.lo_s + (x.hi_s - x.lo_s) * random()) * 1000)
+                          * interval '1 millisecond' AS occurred_at
+    FROM (SELECT r.id AS run_id, r.workspace_id, r.user_id, r.started_at, k.*
+          FROM pg_temp.demo_runs AS r CROSS JOIN kinds AS k
+          WHERE NOT r.held AND r.user_id IS NOT NULL
+          ORDER BY r.id, k.ord) AS x
+)
+INSERT INTO public.user_events (id, workspace_id, user_id, event_type, occurred_at)
+SELECT %(first_id)s::bigint + row_number() OVER (ORDER BY occurred_at, run_id, ord),
+       workspace_id, user_id, event_type, occurred_at
+FROM drawn
+WHERE u_keep < p
+  AND occurred_at >= %(start)s::timestamptz AND occurred_at < %(end)s::timestamptz
+"""
+
+# The ledger: usage mirrors each finished run exactly; refunds give back part of some failed
+# runs; grants open each week; adjustments are rare corrections either way.
+INSERT_TRANSACTIONS = """
+WITH refunds AS MATERIALIZED (
+    SELECT x.*, random() AS u_pick, random() AS u_share, random() AS u_delay
+    FROM (SELECT id, workspace_id, user_id, completed_at, credits_consumed
+          FROM pg_temp.demo_runs
+          WHERE NOT held AND status = 'failed' AND credits_consumed > 0
+          ORDER BY id) AS x
+),
+adjustments AS MATERIALIZED (
+    SELECT ws.*, random() AS u_pick, random() AS u_amount, random() AS u_when
+    FROM (SELECT k, grant_amount FROM pg_temp.demo_workspaces ORDER BY k) AS ws
+),
+ledger (kind, src, workspace_id, user_id, amount, created_at) AS (
+    SELECT 'usage', id, workspace_id, user_id, credits_consumed,
+           CASE WHEN completed_at < %(end)s::timestamptz THEN completed_at ELSE started_at END
+    FROM pg_temp.demo_runs
+    WHERE NOT held AND credits_consumed > 0
+    UNION ALL
+    SELECT 'refund', id, workspace_id, user_id,
+           round(credits_consumed * (0.5 + 0.5 * u_share)::numeric, 4),
+           completed_at + floor(u_delay * 3600e3) * interval '1 millisecond'
+    FROM refunds
+    WHERE u_pick < 0.3
+    UNION ALL
+    SELECT 'grant', k, k, NULL::bigint, grant_amount, g
+    FROM pg_temp.demo_workspaces, unnest(%(grants)s::timestamptz[]) AS g
+    UNION ALL
+    SELECT 'adjustment', k, k, NULL::bigint,
+           round(((u_amount * 2 - 0.6) * grant_amount * 0.02)::numeric, 4),
+           %(chunk_start)s::timestamptz + floor(u_when * %(hours)s::int * 3600e3)
+                                          * interval '1 millisecond'
+    FROM adjustments
+    WHERE u_pick < 0.05
+)
+INSERT INTO public.credit_transactions (id, workspace_id, user_id, kind, amount, created_at)
+SELECT %(first_id)s::bigint + row_number() OVER (ORDER BY created_at, kind, src),
+       workspace_id, user_id, kind, amount, created_at
+FROM ledger
+WHERE amount <> 0 AND created_at < %(end)s::timestamptz
+"""
+
+
+# --- planning ------------------------------------------------------------------------------
+
+def _resolve_end(spec: DemoSpec) -> datetime:
+    if spec.end is None:
+        return datetime.now(UTC)
+    if spec.end.tzinfo is None or spec.end.utcoffset() is None:
+        raise ValueError("DemoSpec.end must be timezone-aware")  # a naive time is ambiguous
+    return spec.end.astimezone(UTC)
+
+
+def _validate(spec: DemoSpec) -> None:
+    if spec.days < 1 or spec.workspaces < 1 or spec.runs_per_hour < 0:
+        raise ValueError("DemoSpec needs days >= 1, workspaces >= 1 and runs_per_hour >= 0")
+    if spec.workspaces >= ID_STRIDE:
+        raise ValueError(f"at most {ID_STRIDE - 1} workspaces")
+
+
+def _grant_instants(start: datetime, end: datetime) -> list[datetime]:
+    """Monday 00:00 UTC of each week in [start, end), and `start` itself as the opening
+    grant of the first (partial) week."""
+    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    monday = midnight - timedelta(days=midnight.weekday())
+    instants = [start]
+    week = monday + timedelta(days=7)
+    while week < end:
+        if week > start:
+            instants.append(week)
+        week += timedelta(days=7)
+    return instants
+
+
+def _plan(spec: DemoSpec, start: datetime, end: datetime) -> list[_Chunk]:
+    """Whole days from `start`; each grant goes to the chunk that contains it."""
+    grants = _grant_instants(start, end)
+    chunks = []
+    for i in range(spec.days):
+        lo, hi = start + timedelta(days=i), start + timedelta(days=i + 1)
+        mine = [g for g in grants if lo <= g < hi]
+        chunks.append(_Chunk(i, lo, hi, mine, last=i == spec.days - 1))
+    return chunks
+
+
+def _chunk_seed(seed: int, index: int) -> float:
+    """A setseed() argument in [-1, 1) for (seed, chunk): chunks get unrelated sequences."""
+    digest = hashlib.blake2b(f"aggjobs-demo:{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**63 - 1
+
+
+# --- loading -------------------------------------------------------------------------------
+
+def _next_ids(conn: psycopg.Connection) -> _Ids:
+    row = conn.execute(
+        "SELECT (SELECT coalesce(max(id), 0) FROM public.agent_runs),"
+        " (SELECT coalesce(max(id), 0) FROM public.user_events),"
+        " (SELECT coalesce(max(id), 0) FROM public.credit_transactions)"
+    ).fetchone()
+    assert row is not None
+    return _Ids(row[0] + 1, row[1] + 1, row[2] + 1)
+
+
+def _create_staging(conn: psycopg.Connection, spec: DemoSpec) -> None:
+    with conn.transaction():
+        conn.execute(STAGING)
+        conn.execute(WORKSPACES, {"rph": spec.runs_per_hour, "workspaces": spec.workspaces})
+
+
+def _drop_staging(conn: psycopg.Connection) -> None:
+    if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        conn.execute(
+            "DROP TABLE IF EXISTS pg_temp.demo_workspaces, pg_temp.demo_runs, pg_temp.demo_late"
+        )
+
+
+def _load_chunk(conn: psycopg.Connection, spec: DemoSpec, chunk: _Chunk, ids: _Ids,
+                start: datetime, end: datetime) -> tuple[int, int, int]:
+    """One day in one transaction; returns the (runs, events, transactions) inserted."""
+    common: dict[str, Any] = {
+        "chunk_start": chunk.start, "hours": HOURS_PER_CHUNK, "start": start, "end": end,
+    }
+    # generate_series's default estimate (1000 rows per call) would make the planner JIT-
+    # compile every chunk (~0.6 s each); the sorts fit in memory with a larger work_mem.
+    conn.execute("SET LOCAL jit = off")
+    conn.execute("SET LOCAL work_mem = '64MB'")
+    conn.execute("SELECT setseed(%s)", (_chunk_seed(spec.seed, chunk.index),))
+    conn.execute("TRUNCATE pg_temp.demo_runs")
+    conn.execute(TAKE_LATE)
+    generated = conn.execute(GENERATE_RUNS, {
+        **common, "rph": spec.runs_per_hour, "season_mean": SEASON_MEAN, "stride": ID_STRIDE,
+        "first_id": ids.run - 1, "late_share": LATE_SHARE, "last": chunk.last,
+    }).rowcount
+    ids.run += generated
+    conn.execute(HOLD_LATE)
+    runs = conn.execute(INSERT_RUNS).rowcount
+    events = conn.execute(INSERT_EVENTS, {**common, "first_id": ids.event - 1}).rowcount
+    ids.event += events
+    transactions = conn.execute(INSERT_TRANSACTIONS, {
+        **common, "first_id": ids.transaction - 1, "grants": chunk.grants,
+    }).rowcount
+    ids.transaction += transactions
+    return runs, events, transactions
+
+
+def load_demo(conn: psycopg.Connection, spec: DemoSpec, *,
+              progress: Progress | None = None) -> DemoResult:
+    """Load `spec.days` days of demo data ending at `spec.end`, one transaction per day.
+
+    `conn` should be in autocommit mode; ids continue after the tables' current max(id).
+    """
+    _validate(spec)
+    if not conn.autocommit:
+        raise ValueError("load_demo needs an autocommit connection (it commits per day)")
+    end = _resolve_end(spec)
+    start = end - timedelta(days=spec.days)
+    chunks = _plan(spec, start, end)
+    ids = _next_ids(conn)
+    totals = [0, 0, 0]
+    _create_staging(conn, spec)
+    try:
+        for chunk in chunks:
+            with conn.transaction():
+                counts = _load_chunk(conn, spec, chunk, ids, start, end)
+            totals = [a + b for a, b in zip(totals, counts, strict=True)]
+            if progress is not None:
+                progress(chunk.index + 1, len(chunks))
+    finally:
+        _drop_staging(conn)
+    return DemoResult(runs=totals[0], events=totals[1], transactions=totals[2],
+                      start=start, end=end)
