@@ -15,7 +15,7 @@ from datetime import datetime
 import psycopg
 
 from ..catalog import Grain, Rollup
-from ..catalog.grains import chunks
+from ..catalog.grains import as_utc, chunks
 from ..errors import InvalidRange
 from ..settings import Settings
 from ..sql import query
@@ -52,7 +52,8 @@ def plan(rollup: Rollup, lo: datetime, hi: datetime, marks: dict[Grain, datetime
         wm = marks.get(grain)
         start, end = grain.floor(lo), grain.ceil(hi)
         if resume and grain is resume[0]:
-            start = max(start, resume[1])
+            # A job that failed before its first chunk recorded the unaligned --from.
+            start = max(start, grain.floor(resume[1]))
         end = min(end, wm) if wm is not None else start
         per_tx = settings.hours_per_transaction if grain is Grain.HOUR else CHUNK_BUCKETS[grain]
         plans.append(Plan(grain, chunks(start, end, per_tx * grain.step)))
@@ -70,7 +71,7 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
         ).fetchone()
     report = BackfillReport(rollup.name, job_id, resumed)
     marks = state.watermarks(conn, rollup)
-    resume = (Grain(grain), done_until) if resumed else None
+    resume = (Grain(grain), as_utc(done_until)) if resumed else None
     plans = plan(rollup, lo, hi, marks, settings, resume=resume)
     for grain_plan in plans:
         wm = marks.get(grain_plan.grain)

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from ..catalog import Grain, Rollup
+from ..catalog.grains import as_utc
 from ..sql import query
 from ..sql import rollup as rollup_sql
 from ..sql.rollup import Scope
@@ -95,12 +96,13 @@ def take_and_recompute(conn: psycopg.Connection, rollup: Rollup, grain: Grain, *
         return batch, written
     by_bucket: dict[datetime, list[int]] = defaultdict(list)
     for bucket, ws in rows:
-        by_bucket[bucket].append(ws)
-    sizes = dict(
-        conn.execute(
+        by_bucket[as_utc(bucket)].append(ws)  # UTC: bucket + step must not be wall-clock
+    sizes = {
+        as_utc(bucket): n
+        for bucket, n in conn.execute(
             rollup_sql.groups_per_bucket(rollup, grain), {"bk": list(by_bucket)}
-        ).fetchall()
-    )
+        )
+    }
     keys = []
     for bucket, members in sorted(by_bucket.items()):
         if len(members) > 1 and len(members) >= coalesce_fraction * sizes.get(bucket, 0):

@@ -107,7 +107,7 @@ def start_of(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
     if watermark is not None:
         return watermark
     first = conn.execute(rollup_sql.min_input_time(rollup, grain)).fetchone()[0]
-    return limit if first is None else min(grain.floor(first), limit)
+    return limit if first is None else min(grain.floor(as_utc(first)), limit)
 
 
 def refresh_grain(conn: psycopg.Connection, rollup: Rollup, grain: Grain, *, as_of: datetime,

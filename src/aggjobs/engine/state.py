@@ -13,6 +13,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from ..catalog import Grain, Rollup, Source, rollups_on
+from ..catalog.grains import as_utc
 from ..errors import LockBusy
 from ..sql import query
 from ..sql import rollup as rollup_sql
@@ -41,8 +42,10 @@ def rollup_lock(conn: psycopg.Connection, rollup: Rollup, *, wait_s: float) -> I
 
 
 def watermarks(conn: psycopg.Connection, rollup: Rollup) -> dict[Grain, datetime | None]:
+    """Per grain, the end of what is materialized, in UTC: psycopg returns timestamptz in the
+    session's TimeZone, where timedelta arithmetic is wall-clock and breaks across DST."""
     rows = conn.execute(query("watermarks"), {"rollup": rollup.name}).fetchall()
-    return {Grain(grain): wm for grain, wm, _ in rows}
+    return {Grain(grain): wm and as_utc(wm) for grain, wm, _ in rows}
 
 
 def set_watermark(conn: psycopg.Connection, rollup: Rollup, grain: Grain, wm: datetime) -> None:
@@ -89,6 +92,7 @@ def track_until(
         with conn.transaction():
             # The row lock orders concurrent movers; the threshold only ever grows.
             current = conn.execute(query("lock_threshold"), {"source": source.name}).fetchone()[0]
+            current = current and as_utc(current)
             if current is not None and current >= until:
                 return current
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",))
