@@ -47,25 +47,16 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 
 
 def main() -> None:
-    """Entry point: one-line errors instead of tracebacks for expected failures."""
+    """Entry point: one-line errors instead of tracebacks for expected failures.
+
+    Typer runs in standalone mode, so usage errors keep Click's own message and exit code 2;
+    only aggjobs' errors are caught here.
+    """
     try:
-        code = app(standalone_mode=False)
+        app()
     except AggjobsError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 @contextlib.contextmanager
