@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from rich import box
 from rich.table import Table
 
 from ..engine.backfill import BackfillReport
@@ -98,15 +99,19 @@ def lag(seconds: float | None) -> str:
 
 
 def status_table(rows: list[dict]) -> Table:
-    table = Table(title="rollups")
-    for col in ("table", "watermark", "lag", "pending groups", "unprocessed changes"):
-        table.add_column(col)
+    table = Table(title="rollups (times UTC)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("rollup", "grain", "watermark"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("lag", justify="right", no_wrap=True)
+    table.add_column("dirty", justify="right", no_wrap=True)  # pending groups to recompute
+    table.add_column("logged", justify="right", no_wrap=True)  # changes not yet fanned out
     for row in rows:
         behind = row["buckets_behind"]
         colour = "green" if behind is not None and behind <= 1 else "yellow"
         if row["watermark"] is None:
             colour = "red"
-        table.add_row(row["table"], f"[{colour}]{ts(row['watermark'])}[/{colour}]",
-                      lag(row["lag_seconds"]), str(row["pending_groups"]),
-                      str(row["source_changes_not_fanned_out"]))
+        watermark = ts(row["watermark"]).removesuffix(" UTC")
+        table.add_row(row["rollup"], row["grain"], f"[{colour}]{watermark}[/{colour}]",
+                      lag(row["lag_seconds"]), f"{row['pending_groups']:,}",
+                      f"{row['source_changes_not_fanned_out']:,}")
     return table
