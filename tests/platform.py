@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 
@@ -52,3 +52,36 @@ def refresh_all(conn: psycopg.Connection, settings: Settings, as_of: datetime, *
 def watermarks(conn: psycopg.Connection) -> dict:
     rows = conn.execute("SELECT rollup, grain, watermark FROM aggjobs.watermarks").fetchall()
     return {(r, g): wm for r, g, wm in rows}
+
+
+def seed_sources(conn: psycopg.Connection, start: datetime, *, rows: int, every: timedelta,
+                 event_offset: timedelta = timedelta()) -> None:
+    """`rows` rows in each source, one per `every` from `start`, over workspaces 1-3, with
+    every status and ledger kind, set-based."""
+    params = {"t0": start, "n": rows, "every": every, "offset": event_offset}
+    conn.execute(
+        """
+        INSERT INTO agent_runs (id, workspace_id, user_id, agent_id, status, started_at,
+                                runtime_seconds, credits_consumed)
+        SELECT 1000000 + g, 1 + g %% 3, 1 + g %% 7, 1,
+               (ARRAY['completed', 'failed', 'running', 'cancelled'])[1 + (g / 3) %% 4],
+               %(t0)s::timestamptz + g * %(every)s::interval,
+               CASE WHEN (g / 3) %% 4 = 2 THEN NULL ELSE 1 + (g * 37 %% 101) * 0.25 END,
+               CASE WHEN (g / 3) %% 4 = 2 THEN NULL ELSE (g %% 13) * 0.5 END
+        FROM generate_series(0, %(n)s - 1) AS g
+        """, params)
+    conn.execute(
+        """
+        INSERT INTO user_events (id, workspace_id, user_id, event_type, occurred_at)
+        SELECT 2000000 + g, 1 + g %% 3, g %% 11, 'login',
+               %(t0)s::timestamptz + g * %(every)s::interval + %(offset)s::interval
+        FROM generate_series(0, %(n)s - 1) AS g
+        """, params)
+    conn.execute(
+        """
+        INSERT INTO credit_transactions (id, workspace_id, user_id, kind, amount, created_at)
+        SELECT 3000000 + g, 1 + g %% 3, 1,
+               (ARRAY['usage', 'refund', 'grant', 'adjustment'])[1 + (g / 3) %% 4],
+               1 + (g %% 9) * 0.25, %(t0)s::timestamptz + g * %(every)s::interval
+        FROM generate_series(0, %(n)s - 1) AS g
+        """, params)

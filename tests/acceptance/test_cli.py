@@ -50,33 +50,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 def seed(conn: psycopg.Connection) -> None:
-    params = {"t0": T0, "n": DAYS * 24 * 6}
-    conn.execute(
-        """
-        INSERT INTO agent_runs (id, workspace_id, user_id, agent_id, status, started_at,
-                                runtime_seconds, credits_consumed)
-        SELECT 1000000 + g, 1 + g %% 3, 1 + g %% 7, 1,
-               (ARRAY['completed', 'failed', 'running', 'cancelled'])[1 + (g / 3) %% 4],
-               %(t0)s::timestamptz + g * interval '10 minutes',
-               CASE WHEN (g / 3) %% 4 = 2 THEN NULL ELSE 1 + (g * 37 %% 101) * 0.25 END,
-               CASE WHEN (g / 3) %% 4 = 2 THEN NULL ELSE (g %% 13) * 0.5 END
-        FROM generate_series(0, %(n)s - 1) AS g
-        """, params)
-    conn.execute(
-        """
-        INSERT INTO user_events (id, workspace_id, user_id, event_type, occurred_at)
-        SELECT 2000000 + g, 1 + g %% 3, g %% 11, 'login',
-               %(t0)s::timestamptz + g * interval '10 minutes'
-        FROM generate_series(0, %(n)s - 1) AS g
-        """, params)
-    conn.execute(
-        """
-        INSERT INTO credit_transactions (id, workspace_id, user_id, kind, amount, created_at)
-        SELECT 3000000 + g, 1 + g %% 3, 1,
-               (ARRAY['usage', 'refund', 'grant', 'adjustment'])[1 + (g / 3) %% 4],
-               1 + (g %% 9) * 0.25, %(t0)s::timestamptz + g * interval '10 minutes'
-        FROM generate_series(0, %(n)s - 1) AS g
-        """, params)
+    p.seed_sources(conn, T0, rows=DAYS * 24 * 6, every=timedelta(minutes=10))
 
 
 def checksum(conn: psycopg.Connection) -> dict[str, tuple]:

@@ -20,34 +20,9 @@ AS_OF = T0 + timedelta(days=9)  # two whole weeks materialized at every grain
 
 
 def seed(conn: psycopg.Connection, hours: int = 9 * 24) -> None:
-    """A few rows per hour in 3 workspaces for all three sources, set-based."""
-    params = {"t0": T0, "n": hours * 12}
-    conn.execute(
-        """
-        INSERT INTO agent_runs (id, workspace_id, user_id, agent_id, status, started_at,
-                                runtime_seconds, credits_consumed)
-        SELECT 1000000 + g, 1 + g %% 3, 1 + g %% 7, 1,
-               (ARRAY['completed', 'failed', 'running', 'cancelled'])[1 + (g / 3) %% 4],
-               %(t0)s::timestamptz + g * interval '5 minutes',
-               CASE WHEN (g / 3) %% 4 = 2 THEN NULL ELSE 1 + (g * 37 %% 101) * 0.25 END,
-               CASE WHEN (g / 3) %% 4 = 2 THEN NULL ELSE (g %% 13) * 0.5 END
-        FROM generate_series(0, %(n)s - 1) AS g
-        """, params)
-    conn.execute(
-        """
-        INSERT INTO user_events (id, workspace_id, user_id, event_type, occurred_at)
-        SELECT 2000000 + g, 1 + g %% 3, g %% 11, 'login',
-               %(t0)s::timestamptz + g * interval '5 minutes' + interval '1 minute'
-        FROM generate_series(0, %(n)s - 1) AS g
-        """, params)
-    conn.execute(
-        """
-        INSERT INTO credit_transactions (id, workspace_id, user_id, kind, amount, created_at)
-        SELECT 3000000 + g, 1 + g %% 3, 1,
-               (ARRAY['usage', 'refund', 'grant', 'adjustment'])[1 + (g / 3) %% 4],
-               1 + (g %% 9) * 0.25, %(t0)s::timestamptz + g * interval '5 minutes'
-        FROM generate_series(0, %(n)s - 1) AS g
-        """, params)
+    """A few rows per hour in 3 workspaces for all three sources."""
+    p.seed_sources(conn, T0, rows=hours * 12, every=timedelta(minutes=5),
+                   event_offset=timedelta(minutes=1))
 
 
 def assert_all_match(conn: psycopg.Connection) -> None:
