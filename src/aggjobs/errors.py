@@ -36,3 +36,7 @@ class LockBusy(AggjobsError):
 
 class MigrationRequired(AggjobsError):
     """The database schema is missing or out of date: run `aggjobs migrate`."""
+
+
+class UnknownJob(AggjobsError):
+    """No job has that name."""

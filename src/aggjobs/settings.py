@@ -9,6 +9,11 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+# Days kept per class of table (0: forever): raw source rows, hourly, daily and weekly
+# rollups, job history (PRODUCT.md section 6).
+RETENTION_DAYS = {"raw": 90, "hourly": 90, "daily": 730, "weekly": 0, "job_runs": 90}
+
+
 class Settings(BaseSettings):
     """Everything configurable about aggjobs; each field is also `AGGJOBS_<NAME>`."""
 
@@ -43,6 +48,46 @@ class Settings(BaseSettings):
         ge=1,
         description="How long moving the change-tracking threshold may wait behind writers.",
     )
+
+    # Jobs (Celery) ------------------------------------------------------------------------
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (redis://, amqp://); unset means kombu's SQLAlchemy "
+        "transport on the aggjobs database itself, which needs no extra service.",
+    )
+    schedule: dict[str, str] = Field(
+        default_factory=dict,
+        description='Cron overrides per job, e.g. {"hourly_rollup": "5 * * * *"}; '
+        '"off" disables a job\'s schedule.',
+    )
+    idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0)
+    job_time_limit_s: dict[str, int] = Field(
+        default_factory=dict,
+        description="Hard time limit per job, seconds (the soft limit is 90% of it).",
+    )
+    job_statement_timeout_ms: dict[str, int] = Field(
+        default_factory=dict, description="statement_timeout per job, overriding the default."
+    )
+    heavy_jobs_concurrency: int = Field(
+        default=1, ge=1, description="How many heavy jobs (daily, weekly, cleanup) run at once."
+    )
+    retry_attempts: int = Field(
+        default=4, ge=1, description="Tries of a step on transient database errors."
+    )
+    retry_base_s: float = Field(default=1.0, ge=0, description="First backoff; doubles, jittered.")
+    lock_wait_s: float = Field(
+        default=300.0, ge=0, description="How long a job waits for a rollup busy elsewhere."
+    )
+
+    # Retention (days; 0 keeps forever) --------------------------------------------------------
+    retention_days: dict[str, int] = Field(
+        default_factory=dict,
+        description='Overrides of RETENTION_DAYS, e.g. {"raw": 30}.',
+    )
+    cleanup_batch_rows: int = Field(default=10_000, ge=1)
+
+    def retention(self, kind: str) -> int:
+        return self.retention_days.get(kind, RETENTION_DAYS[kind])
 
 
 @lru_cache(maxsize=1)

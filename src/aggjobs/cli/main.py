@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -221,3 +222,91 @@ def status(as_json: JsonFlag = False) -> None:
         print(json.dumps(rows, indent=2, default=str))
     else:
         console.print(render.status_table(rows))
+
+
+JobName = Annotated[str, typer.Argument(
+    help="hourly_rollup, daily_rollup, weekly_rollup, cleanup_old_data or "
+         "refresh_materialized_views.", show_default=False)]
+
+
+@app.command()
+def run(
+    job: JobName,
+    as_of: Annotated[str, typer.Option("--as-of", help="Reference time (default now).")] = "now",
+    as_json: JsonFlag = False,
+) -> None:
+    """Run one job now, with the scheduled runs' guarantees (no overlap, history, retries).
+
+    Exit 0 when it succeeded, 1 when a step failed, 3 when it was skipped because another
+    run of the job holds it."""
+    from ..jobs.registry import get_job
+    from ..jobs.runner import RunRequest, run_job
+
+    get_job(job)  # an unknown job is a usage error before anything connects
+    ref = past(as_of, "--as-of")
+    with session(job):
+        pass  # the schema must be current; the runner opens its own session
+    with translate_errors():
+        result = run_job(RunRequest(job=job, as_of=ref, trigger="manual"), get_settings())
+    if as_json:
+        print(json.dumps(render.run_json(result), indent=2, default=str))
+    else:
+        console.print(render.run_table(result))
+    raise typer.Exit({"succeeded": 0, "skipped": 3}.get(result.status, 1))
+
+
+def celery(*args: str) -> None:
+    """Replace this process with Celery's own command on the aggjobs app."""
+    argv = [sys.executable, "-m", "celery", "-A", "aggjobs.jobs.app", *args]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+
+
+@app.command()
+def worker(
+    beat: Annotated[bool, typer.Option("--beat", help="Also run the scheduler (one per "
+                                       "deployment is enough; more are harmless).")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 2,
+    loglevel: Annotated[str, typer.Option(help="Celery's log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker executing the jobs (Celery's `worker` command)."""
+    with session("worker"):
+        pass
+    celery("worker", "-Q", "aggjobs", "--concurrency", str(concurrency), "--loglevel", loglevel,
+           *(["--beat"] if beat else []))
+
+
+@app.command()
+def beat(loglevel: Annotated[str, typer.Option(help="Celery's log level.")] = "INFO") -> None:
+    """Run the scheduler that sends the jobs at their times (Celery's `beat` command)."""
+    with session("beat"):
+        pass
+    celery("beat", "--loglevel", loglevel)
+
+
+@app.command()
+def up(
+    demo_days: Annotated[int, typer.Option(
+        min=0, help="Days of demo data to load when the sources are empty (0: none).")] = 7,
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 2,
+) -> None:
+    """Everything in one process tree: the database (embedded when AGGJOBS_DATABASE_URL is
+    unset) migrated, demo data if it is empty, the rollups caught up, then a worker with
+    the scheduler. Ctrl-C stops it."""
+    from ..demo import DemoSpec, load_demo
+    from ..jobs.runner import RunRequest, run_job
+
+    settings = get_settings()
+    with session("up", require_schema=False) as conn:
+        run_migrations(conn)
+        empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM agent_runs)").fetchone()[0]
+        if empty and demo_days:
+            console.print(f"loading {demo_days} days of demo data ...")
+            load_demo(conn, DemoSpec(days=demo_days))
+    for job in ("hourly_rollup", "daily_rollup", "weekly_rollup"):
+        with translate_errors():
+            result = run_job(RunRequest(job=job, trigger="manual", who="aggjobs up"), settings)
+        console.print(render.run_table(result))
+    console.print("starting the worker with the scheduler (Ctrl-C stops it)")
+    celery("worker", "-Q", "aggjobs", "--concurrency", str(concurrency), "--loglevel", "INFO",
+           "--beat")

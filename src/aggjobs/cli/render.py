@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime, timedelta
 
 from rich import box
@@ -10,6 +11,7 @@ from rich.table import Table
 from ..engine.backfill import BackfillReport
 from ..engine.refresh import RefreshReport
 from ..engine.verify import Mismatch, VerifyReport, describe
+from ..jobs.runner import RunResult
 
 
 def ts(value: datetime | None) -> str:
@@ -75,6 +77,8 @@ def verify_line(report: VerifyReport) -> str:
             f"{ts(report.checked_from)} to {ts(report.checked_to)}: {verdict}")
     if report.unmaterialized_from is not None:
         line += f" (not materialized from {ts(report.unmaterialized_from)}: not checked)"
+    if report.retained_from is not None:
+        line += f" (inputs before {ts(report.retained_from)} deleted by retention: not checked)"
     return line
 
 
@@ -115,3 +119,38 @@ def status_table(rows: list[dict]) -> Table:
                       lag(row["lag_seconds"]), f"{row['pending_groups']:,}",
                       f"{row['source_changes_not_fanned_out']:,}")
     return table
+
+
+STATUS_COLOUR = {"succeeded": "green", "skipped": "yellow", "failed": "red",
+                 "running": "cyan", "abandoned": "red"}
+
+
+def run_table(result: RunResult) -> Table:
+    colour = STATUS_COLOUR.get(result.status, "white")
+    title = f"{result.job}: run {result.id} [{colour}]{result.status}[/{colour}]"
+    if result.status == "skipped":
+        title += f" ({result.error})"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for col in ("step", "status", "rows", "seconds", "tries"):
+        table.add_column(col, justify="right" if col in ("rows", "seconds", "tries") else "left",
+                         no_wrap=True)
+    table.add_column("detail / error", overflow="fold")
+    for step in result.steps:
+        colour = STATUS_COLOUR.get(step.status, "white")
+        note = step.error or step_note(step.detail)
+        table.add_row(step.name, f"[{colour}]{step.status}[/{colour}]", f"{step.rows:,}",
+                      f"{step.seconds:.2f}", str(step.attempts), note)
+    return table
+
+
+def step_note(detail: dict) -> str:
+    """The parts of a step's detail worth a glance: why it held back or skipped."""
+    notes = [detail[k] for k in ("reason", "held_back") if detail.get(k)]
+    notes += [f"{g}: {d['held_back']}" for g, d in detail.items()
+              if isinstance(d, dict) and d.get("held_back")]
+    return "; ".join(notes)
+
+
+def run_json(result: RunResult) -> dict:
+    return {"id": result.id, "job": result.job, "status": result.status,
+            "error": result.error, "steps": [asdict(s) for s in result.steps]}

@@ -32,24 +32,30 @@ def normalize_url(url: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class SessionLimits:
-    """What one session may take; applied with SET at connect time."""
+    """What one session may take; applied as startup options at connect time."""
 
     statement_timeout_ms: int
     lock_timeout_ms: int
     work_mem: str
+    idle_in_transaction_timeout_ms: int
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SessionLimits:
+    def from_settings(cls, settings: Settings, job: str | None = None) -> SessionLimits:
+        """The defaults, with a job's own statement_timeout if one is configured."""
         return cls(
-            statement_timeout_ms=settings.statement_timeout_ms,
+            statement_timeout_ms=settings.job_statement_timeout_ms.get(
+                job or "", settings.statement_timeout_ms
+            ),
             lock_timeout_ms=settings.lock_timeout_ms,
             work_mem=settings.work_mem,
+            idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
         )
 
     def options(self) -> str:
         return (
             f"-c statement_timeout={self.statement_timeout_ms} "
-            f"-c lock_timeout={self.lock_timeout_ms} -c work_mem={self.work_mem}"
+            f"-c lock_timeout={self.lock_timeout_ms} -c work_mem={self.work_mem} "
+            f"-c idle_in_transaction_session_timeout={self.idle_in_transaction_timeout_ms}"
         )
 
 
@@ -59,6 +65,7 @@ def connect(
     url: str | None = None,
     settings: Settings | None = None,
     autocommit: bool = True,
+    limits: SessionLimits | None = None,
 ) -> psycopg.Connection:
     """A connection named `aggjobs:<purpose>` in pg_stat_activity, with the session limits."""
     settings = settings or get_settings()
@@ -68,7 +75,7 @@ def connect(
             url,
             autocommit=autocommit,
             application_name=f"aggjobs:{purpose}",
-            options=SessionLimits.from_settings(settings).options(),
+            options=(limits or SessionLimits.from_settings(settings)).options(),
             connect_timeout=10,
         )
     except psycopg.OperationalError as exc:

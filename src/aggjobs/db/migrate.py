@@ -83,7 +83,8 @@ def apply_canonical_schema(conn: psycopg.Connection) -> None:
 
 
 def sync_catalog(conn: psycopg.Connection) -> None:
-    """Create the declared rollup tables, watermarks and source triggers if missing."""
+    """Create the declared rollup tables, watermarks, source triggers and the materialized
+    views over the rollup tables, if missing."""
     for source in SOURCES:
         conn.execute(
             "INSERT INTO aggjobs.sources (source) VALUES (%s) ON CONFLICT DO NOTHING",
@@ -104,6 +105,7 @@ def sync_catalog(conn: psycopg.Connection) -> None:
                 " ON CONFLICT DO NOTHING",
                 (rollup.name, grain.value),
             )
+    conn.execute(files(__package__).joinpath("views.sql").read_text())  # type: ignore[arg-type]
 
 
 def current_version(conn: psycopg.Connection) -> int | None:

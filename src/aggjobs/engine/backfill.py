@@ -43,14 +43,19 @@ class Plan:
 
 
 def plan(rollup: Rollup, lo: datetime, hi: datetime, marks: dict[Grain, datetime | None],
-         settings: Settings, *, resume: tuple[Grain, datetime] | None) -> list[Plan]:
-    """Chunks per grain: the range widened to whole buckets, cut at the grain's watermark."""
+         settings: Settings, *, resume: tuple[Grain, datetime] | None,
+         horizons: dict[Grain, datetime | None] | None = None) -> list[Plan]:
+    """Chunks per grain: the range widened to whole buckets, cut at the grain's watermark
+    and at its retention horizon (its inputs before that are gone)."""
     plans = []
     for grain in rollup.grains:
         if resume and rollup.grains.index(grain) < rollup.grains.index(resume[0]):
             continue
         wm = marks.get(grain)
         start, end = grain.floor(lo), grain.ceil(hi)
+        horizon = (horizons or {}).get(grain)
+        if horizon is not None:
+            start = max(start, grain.ceil(horizon))
         if resume and grain is resume[0]:
             # A job that failed before its first chunk recorded the unaligned --from.
             start = max(start, grain.floor(resume[1]))
@@ -72,7 +77,8 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
     report = BackfillReport(rollup.name, job_id, resumed)
     marks = state.watermarks(conn, rollup)
     resume = (Grain(grain), as_utc(done_until)) if resumed else None
-    plans = plan(rollup, lo, hi, marks, settings, resume=resume)
+    plans = plan(rollup, lo, hi, marks, settings, resume=resume,
+                 horizons=state.horizons(conn, rollup))
     for grain_plan in plans:
         wm = marks.get(grain_plan.grain)
         if wm is None or wm < grain_plan.grain.ceil(hi):

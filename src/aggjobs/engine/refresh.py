@@ -22,6 +22,7 @@ import psycopg
 from ..catalog import Grain, Rollup
 from ..catalog.grains import as_utc, chunks
 from ..settings import Settings
+from ..sql import query
 from ..sql import rollup as rollup_sql
 from . import state
 from .recompute import Written, recompute_range, take_and_recompute
@@ -41,6 +42,7 @@ class GrainReport:
     dirty_groups: int = 0
     coalesced_buckets: int = 0
     rows: Written = field(default_factory=Written)
+    dropped_behind_horizon: int = 0  # late changes older than retention: not recomputable
     held_back: str | None = None  # why fewer buckets than complete were materialized
     seconds: float = 0.0
 
@@ -138,6 +140,13 @@ def refresh_grain(conn: psycopg.Connection, rollup: Rollup, grain: Grain, *, as_
 
 def recompute_dirty(conn: psycopg.Connection, rollup: Rollup, grain: Grain, wm: datetime,
                     settings: Settings, report: GrainReport) -> None:
+    dropped = conn.execute(
+        query("drop_pending_behind_horizon"), {"rollup": rollup.name, "grain": grain.value}
+    ).rowcount
+    if dropped:
+        report.dropped_behind_horizon = dropped
+        log.warning("%s %s: %d changed groups are older than retention and were not "
+                    "recomputed", rollup.name, grain.value, dropped)
     while True:
         with conn.transaction():
             batch, written = take_and_recompute(

@@ -48,6 +48,12 @@ def watermarks(conn: psycopg.Connection, rollup: Rollup) -> dict[Grain, datetime
     return {Grain(grain): wm and as_utc(wm) for grain, wm, _ in rows}
 
 
+def horizons(conn: psycopg.Connection, rollup: Rollup) -> dict[Grain, datetime | None]:
+    """Per grain, where retention has cut its inputs: buckets before it are not recomputed."""
+    rows = conn.execute(query("horizons"), {"rollup": rollup.name}).fetchall()
+    return {Grain(grain): h and as_utc(h) for grain, h in rows}
+
+
 def set_watermark(conn: psycopg.Connection, rollup: Rollup, grain: Grain, wm: datetime) -> None:
     conn.execute(
         query("set_watermark"), {"rollup": rollup.name, "grain": grain.value, "watermark": wm}

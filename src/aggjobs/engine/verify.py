@@ -47,6 +47,7 @@ class VerifyReport:
     groups: int = 0
     mismatches: list[Mismatch] | None = None
     unmaterialized_from: datetime | None = None
+    retained_from: datetime | None = None  # retention deleted the inputs before this
 
 
 def tolerance(rollup: Rollup, grain: Grain) -> dict[str, float]:
@@ -97,8 +98,18 @@ def verify_grain(conn: psycopg.Connection, rollup: Rollup, grain: Grain, lo: dat
     """Compare every materialized bucket of `grain` overlapping [lo, hi)."""
     wm = state.watermarks(conn, rollup).get(grain)
     start, end = grain.floor(lo), grain.ceil(hi)
+    # The reference reads raw rows: the finest grain's horizon bounds every grain.
+    cut = [h for g, h in state.horizons(conn, rollup).items()
+           if h is not None and rollup.grains.index(g) <= rollup.grains.index(grain)]
+    horizon = max(cut, default=None)
+    if horizon is not None and horizon > start:
+        start = min(grain.ceil(horizon), end)
+        retained_from = start
+    else:
+        retained_from = None
     limit = min(end, wm) if wm is not None else start
-    report = VerifyReport(rollup.name, grain, start, max(start, limit), mismatches=[])
+    report = VerifyReport(rollup.name, grain, start, max(start, limit), mismatches=[],
+                          retained_from=retained_from)
     if limit < end:
         report.unmaterialized_from = max(start, limit)
     stored_q, expected_q = rollup_sql.stored(rollup, grain), rollup_sql.reference(rollup, grain)

@@ -10,6 +10,9 @@ SELECT pg_advisory_unlock(hashtext('aggjobs.rollup'), hashtext(%(rollup)s))
 -- name: watermarks
 SELECT grain, watermark, reset_requested FROM aggjobs.watermarks WHERE rollup = %(rollup)s
 
+-- name: horizons
+SELECT grain, horizon FROM aggjobs.watermarks WHERE rollup = %(rollup)s
+
 -- name: set_watermark
 UPDATE aggjobs.watermarks SET watermark = %(watermark)s, updated_at = now()
 WHERE rollup = %(rollup)s AND grain = %(grain)s
@@ -64,6 +67,19 @@ USING (
 WHERE p.rollup = %(rollup)s AND p.grain = %(grain)s
   AND p.bucket = batch.bucket AND p.workspace_id = batch.workspace_id
 RETURNING p.bucket, p.workspace_id
+
+-- name: drop_pending_behind_horizon
+-- Changes behind the retention horizon: their bucket's inputs are gone, so recomputing it
+-- would replace a complete row with a partial one. They are dropped, and reported.
+DELETE FROM aggjobs.pending_groups AS p
+USING aggjobs.watermarks AS w
+WHERE p.rollup = %(rollup)s AND p.grain = %(grain)s
+  AND w.rollup = p.rollup AND w.grain = p.grain AND p.bucket < w.horizon
+
+-- name: set_horizon
+-- Only ever moves forward.
+UPDATE aggjobs.watermarks SET horizon = greatest(horizon, %(horizon)s), updated_at = now()
+WHERE rollup = %(rollup)s AND grain = %(grain)s
 
 -- name: drop_pending_range
 DELETE FROM aggjobs.pending_groups

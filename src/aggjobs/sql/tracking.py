@@ -31,7 +31,8 @@ def hour_of(row: str, source: Source) -> sql.Composable:
 
 
 def create_function(source: Source) -> sql.Composable:
-    """The trigger function: log (key, hour) of the old and the new row."""
+    """The trigger function: log (key, hour) of the old and the new row; retention's deletes
+    (transaction setting `aggjobs.retention` = 'on') are not logged."""
     key = I(source.key_column)
     log = S(
         "INSERT INTO aggjobs.invalidation_log (source, workspace_id, bucket) VALUES ({}, {}, {});"
@@ -41,6 +42,10 @@ def create_function(source: Source) -> sql.Composable:
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         INSERT INTO aggjobs.invalidation_log (source) VALUES ({src});
+        RETURN NULL;
+    END IF;
+    -- Retention deletes rows whose buckets stay as they are: nothing to recompute.
+    IF TG_OP = 'DELETE' AND current_setting('aggjobs.retention', true) = 'on' THEN
         RETURN NULL;
     END IF;
     IF TG_OP <> 'INSERT' THEN

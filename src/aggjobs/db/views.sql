@@ -1,0 +1,144 @@
+-- The materialized views, built from the rollup tables (never from raw rows) and refreshed
+-- CONCURRENTLY by `refresh_materialized_views`, so readers are never blocked; each has the
+-- unique index that CONCURRENTLY requires. Created after the catalog's tables, if missing.
+-- Windows are relative to the refresh time, in UTC.
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.workspace_overview AS
+WITH runs AS (
+    SELECT workspace_id,
+           sum(total_executions) FILTER (WHERE hour >= now() - interval '24 hours') AS runs_24h,
+           sum(successful_executions) FILTER (WHERE hour >= now() - interval '24 hours') AS ok_24h,
+           sum(total_executions) FILTER (WHERE hour >= now() - interval '7 days') AS runs_7d,
+           sum(successful_executions) FILTER (WHERE hour >= now() - interval '7 days') AS ok_7d,
+           max(hour) + interval '1 hour' AS last_run_hour_end
+    FROM analytics.execution_metrics_hourly
+    WHERE hour >= now() - interval '7 days'
+    GROUP BY workspace_id
+), runs_30d AS (
+    SELECT workspace_id, sum(total_executions) AS runs_30d, sum(successful_executions) AS ok_30d,
+           max(day) AS last_run_day
+    FROM analytics.execution_metrics_daily
+    WHERE day >= (now() AT TIME ZONE 'UTC')::date - 30
+    GROUP BY workspace_id
+), p95_7d AS (
+    -- Sketches of the last 7 days' hours merged: within 0.75% of the exact p95.
+    SELECT workspace_id,
+           aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(n ORDER BY k), 0.95)
+               AS p95_runtime_7d
+    FROM (
+        SELECT h.workspace_id, u.k, sum(u.n)::bigint AS n
+        FROM analytics.execution_metrics_hourly AS h,
+             unnest(h.p95_runtime__keys, h.p95_runtime__counts) AS u(k, n)
+        WHERE h.hour >= now() - interval '7 days'
+        GROUP BY 1, 2
+    ) AS merged
+    GROUP BY workspace_id
+), credits AS (
+    SELECT workspace_id,
+           sum(credits_used) FILTER (WHERE day >= (now() AT TIME ZONE 'UTC')::date - 7)
+               AS credits_used_7d,
+           sum(credits_used) AS credits_used_30d
+    FROM analytics.credit_consumption_daily
+    WHERE day >= (now() AT TIME ZONE 'UTC')::date - 30
+    GROUP BY workspace_id
+), users_7d AS (
+    -- Exact: the union of the hours' user sets, never a sum of counts.
+    SELECT h.workspace_id, count(DISTINCT u.user_id) AS active_users_7d,
+           max(h.hour) + interval '1 hour' AS last_event_hour_end
+    FROM analytics.user_activity_hourly AS h, unnest(h.active_users__set) AS u(user_id)
+    WHERE h.hour >= now() - interval '7 days'
+    GROUP BY h.workspace_id
+), health AS (
+    SELECT DISTINCT ON (workspace_id) workspace_id, score, status, day
+    FROM analytics.workspace_health_daily
+    ORDER BY workspace_id, day DESC
+), workspaces AS (
+    SELECT workspace_id FROM runs UNION SELECT workspace_id FROM runs_30d
+    UNION SELECT workspace_id FROM credits UNION SELECT workspace_id FROM users_7d
+    UNION SELECT workspace_id FROM health
+)
+SELECT w.workspace_id,
+       coalesce(r.runs_24h, 0)::bigint AS runs_24h,
+       round(r.ok_24h::numeric / nullif(r.runs_24h, 0), 4) AS success_rate_24h,
+       coalesce(r.runs_7d, 0)::bigint AS runs_7d,
+       round(r.ok_7d::numeric / nullif(r.runs_7d, 0), 4) AS success_rate_7d,
+       coalesce(m.runs_30d, 0)::bigint AS runs_30d,
+       round(m.ok_30d::numeric / nullif(m.runs_30d, 0), 4) AS success_rate_30d,
+       p.p95_runtime_7d,
+       coalesce(c.credits_used_7d, 0) AS credits_7d,
+       coalesce(c.credits_used_30d, 0) AS credits_30d,
+       coalesce(u.active_users_7d, 0) AS active_users_7d,
+       h.score AS health_score,
+       h.status AS health_status,
+       h.day AS health_day,
+       greatest(r.last_run_hour_end, u.last_event_hour_end,
+                (m.last_run_day + 1)::timestamp AT TIME ZONE 'UTC') AS last_activity,
+       now() AS refreshed_at
+FROM workspaces AS w
+LEFT JOIN runs AS r USING (workspace_id)
+LEFT JOIN runs_30d AS m USING (workspace_id)
+LEFT JOIN p95_7d AS p USING (workspace_id)
+LEFT JOIN credits AS c USING (workspace_id)
+LEFT JOIN users_7d AS u USING (workspace_id)
+LEFT JOIN health AS h USING (workspace_id);
+
+CREATE UNIQUE INDEX IF NOT EXISTS workspace_overview_workspace_idx
+    ON analytics.workspace_overview (workspace_id);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.platform_daily_overview AS
+WITH days AS (
+    SELECT day FROM generate_series((now() AT TIME ZONE 'UTC')::date - 89,
+                                    (now() AT TIME ZONE 'UTC')::date, interval '1 day') AS d(day)
+), runs AS (
+    SELECT day, sum(total_executions) AS runs, sum(successful_executions) AS ok,
+           sum(failed_executions) AS failed, count(*) AS active_workspaces,
+           sum(total_credits) AS run_credits
+    FROM analytics.execution_metrics_daily
+    WHERE day >= (now() AT TIME ZONE 'UTC')::date - 89
+    GROUP BY day
+), p95 AS (
+    SELECT day, aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(n ORDER BY k), 0.95)
+               AS p95_runtime
+    FROM (
+        SELECT d.day, u.k, sum(u.n)::bigint AS n
+        FROM analytics.execution_metrics_daily AS d,
+             unnest(d.p95_runtime__keys, d.p95_runtime__counts) AS u(k, n)
+        WHERE d.day >= (now() AT TIME ZONE 'UTC')::date - 89
+        GROUP BY 1, 2
+    ) AS merged
+    GROUP BY day
+), users AS (
+    SELECT d.day, count(DISTINCT u.user_id) AS active_users, sum(d.total_events) AS events
+    FROM analytics.user_activity_daily AS d
+    LEFT JOIN LATERAL unnest(d.active_users__set) AS u(user_id) ON true
+    WHERE d.day >= (now() AT TIME ZONE 'UTC')::date - 89
+    GROUP BY d.day
+), credits AS (
+    SELECT day, sum(credits_used) AS credits_used, sum(credits_refunded) AS credits_refunded,
+           sum(credits_granted) AS credits_granted, sum(net_credits) AS net_credits
+    FROM analytics.credit_consumption_daily
+    WHERE day >= (now() AT TIME ZONE 'UTC')::date - 89
+    GROUP BY day
+)
+SELECT d.day::date AS day,
+       coalesce(r.runs, 0)::bigint AS total_executions,
+       coalesce(r.ok, 0)::bigint AS successful_executions,
+       coalesce(r.failed, 0)::bigint AS failed_executions,
+       round(r.ok::numeric / nullif(r.runs, 0), 4) AS success_rate,
+       p.p95_runtime,
+       coalesce(r.active_workspaces, 0)::bigint AS active_workspaces,
+       coalesce(u.active_users, 0)::bigint AS active_users,
+       coalesce(u.events, 0)::bigint AS total_events,
+       coalesce(c.credits_used, 0) AS credits_used,
+       coalesce(c.credits_refunded, 0) AS credits_refunded,
+       coalesce(c.credits_granted, 0) AS credits_granted,
+       coalesce(c.net_credits, 0) AS net_credits,
+       now() AS refreshed_at
+FROM days AS d
+LEFT JOIN runs AS r ON r.day = d.day
+LEFT JOIN p95 AS p ON p.day = d.day
+LEFT JOIN users AS u ON u.day = d.day
+LEFT JOIN credits AS c ON c.day = d.day;
+
+CREATE UNIQUE INDEX IF NOT EXISTS platform_daily_overview_day_idx
+    ON analytics.platform_daily_overview (day);

@@ -1,0 +1,1 @@
+"""Scheduled jobs: what each does (registry), how a run behaves (runner), Celery (app)."""

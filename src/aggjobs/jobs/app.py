@@ -1,0 +1,121 @@
+"""The Celery app: the five jobs as plain synchronous tasks, and their beat schedule.
+
+Delivery is at least once (`acks_late`, rejected back to the queue when the worker dies);
+the runner makes a duplicate or redelivered task harmless: the job's advisory lock skips an
+overlapping run, and a scheduled run's slot (the instant its schedule fired) skips a second
+beat's copy. Start it with `aggjobs worker [--beat]` / `aggjobs beat`, or `celery -A
+aggjobs.jobs.app worker`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.schedules import crontab
+
+from ..catalog.grains import parse_timestamp
+from ..db.connect import database_url
+from ..errors import ConfigError
+from ..settings import Settings, get_settings
+from .registry import JOBS, Job
+from .runner import RunRequest, run_job
+
+log = logging.getLogger(__name__)
+
+
+def broker_url(settings: Settings) -> str:
+    """The configured broker, or kombu's SQLAlchemy transport on the aggjobs database."""
+    if settings.broker_url:
+        return settings.broker_url
+    scheme, _, rest = database_url(settings).partition("://")
+    return f"sqla+postgresql+psycopg://{rest}"
+
+
+def cron(job: Job, settings: Settings) -> crontab | None:
+    text = settings.schedule.get(job.name, job.cron)
+    if text.strip() == "off":
+        return None
+    fields = text.split()
+    if len(fields) != 5:
+        raise ConfigError(f"schedule of {job.name}: {text!r} is not a 5-field cron expression")
+    minute, hour, day_of_month, month, day_of_week = fields
+    return crontab(minute=minute, hour=hour, day_of_month=day_of_month,
+                   month_of_year=month, day_of_week=day_of_week)
+
+
+def beat_schedule(settings: Settings) -> dict:
+    entries = {}
+    for job in JOBS.values():
+        schedule = cron(job, settings)
+        if schedule is not None:
+            entries[job.name] = {"task": job.name, "schedule": schedule,
+                                 "kwargs": {"trigger": "schedule"}}
+    return entries
+
+
+def slot_of(schedule: crontab, now: datetime) -> datetime:
+    """The minute the schedule last fired at or before `now`: what identifies a scheduled
+    run, whichever beat sent it and whenever a worker took it."""
+    t = now.astimezone(UTC).replace(second=0, microsecond=0)
+    for _ in range(60 * 24 * 366):
+        if fires_at(schedule, t):
+            return t
+        t -= timedelta(minutes=1)
+    raise ConfigError(f"schedule {schedule} never fires")
+
+
+def fires_at(schedule: crontab, t: datetime) -> bool:
+    return (t.minute in schedule.minute and t.hour in schedule.hour
+            and t.isoweekday() % 7 in schedule.day_of_week
+            and t.day in schedule.day_of_month and t.month in schedule.month_of_year)
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("aggjobs", set_as_current=False)
+    app.conf.update(
+        broker_url=broker_url(settings),
+        broker_connection_retry_on_startup=True,
+        timezone="UTC",
+        enable_utc=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue="aggjobs",
+        beat_schedule=beat_schedule(settings),
+        beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
+        worker_hijack_root_logger=False,
+    )
+    for job in JOBS.values():
+        register(app, job, settings)
+    return app
+
+
+def register(app: Celery, job: Job, settings: Settings) -> None:
+    hard = settings.job_time_limit_s.get(job.name, job.time_limit_s)
+
+    @app.task(name=job.name, bind=True, time_limit=hard, soft_time_limit=int(hard * 0.9))
+    def run(self: Task, as_of: str | None = None, trigger: str = "manual",
+            who: str | None = None) -> dict:
+        now = datetime.now(UTC)
+        schedule = cron(job, settings) if trigger == "schedule" else None
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        request = RunRequest(
+            job=job.name,
+            as_of=parse_timestamp(as_of) if as_of else now,
+            trigger=trigger,
+            who=who or f"celery@{self.request.hostname}",
+            slot=slot_of(schedule, now) if schedule is not None else None,
+            attempt=self.request.retries + 1 + int(redelivered),
+            task_id=self.request.id,
+        )
+        result = run_job(request, settings,
+                         should_stop=lambda exc: isinstance(exc, SoftTimeLimitExceeded))
+        return {"run": result.id, "status": result.status, "error": result.error}
+
+
+app = create_app()

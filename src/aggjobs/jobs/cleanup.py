@@ -1,0 +1,144 @@
+"""Retention (PRODUCT.md section 6): raw rows, rollup rows and job history past their age.
+
+Never loses what is still needed: a raw row is deleted only once every rollup on its source
+has materialized its hour and no change there is pending; a rollup row only once the coarser
+grain built from it has done the same. Before deleting, the grain that reads the deleted rows
+gets a retention horizon: changes arriving later behind it are dropped rather than
+recomputing a bucket from partial inputs. Deletes run in bounded batches, one transaction
+each, are not change-tracked (they change no bucket that is kept) and are audited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ..catalog import Grain, Rollup, Source, rollups_on
+from ..engine import state
+from ..sql import query
+from ..sql.rollup import table_ident
+from .model import Step, StepContext
+
+ACTOR = "cleanup_old_data"
+
+
+def raw_step(source: Source) -> Step:
+    def run(ctx: StepContext) -> dict:
+        days = ctx.settings.retention("raw")
+        if not days:
+            return {"status": "skipped", "reason": "raw rows are kept forever"}
+        cutoff = Grain.HOUR.floor(ctx.as_of - timedelta(days=days))
+        state.fan_out(ctx.conn, source)  # logged changes count as pending below
+        readers = [(r, Grain.HOUR) for r in rollups_on(source)]
+        limit, reason = protect(ctx, readers, cutoff)
+        table = sql.Identifier(source.schema, source.table)
+        where = sql.SQL("{} < %(limit)s").format(sql.Identifier(source.time_column))
+        return delete_before(ctx, table, where, limit, cutoff, reason, untracked=True)
+
+    return Step(f"cleanup.{source.name}", run)
+
+
+def rollup_step(rollup: Rollup, grain: Grain) -> Step:
+    kind = {Grain.HOUR: "hourly", Grain.DAY: "daily", Grain.WEEK: "weekly"}[grain]
+
+    def run(ctx: StepContext) -> dict:
+        days = ctx.settings.retention(kind)
+        if not days:
+            return {"status": "skipped", "reason": f"{kind} rollups are kept forever"}
+        coarser = rollup.coarser(grain)
+        # Whole buckets of the grain built from this one, so none is left half-deleted.
+        cutoff = (coarser or grain).floor(ctx.as_of - timedelta(days=days))
+        readers = [(rollup, grain)] + ([(rollup, coarser)] if coarser else [])
+        limit, reason = protect(ctx, readers, cutoff,
+                                horizon_for=[(rollup, coarser)] if coarser else None)
+        column = sql.Identifier(grain.column)
+        bound = (sql.SQL("%(limit)s") if grain is Grain.HOUR
+                 else sql.SQL("(%(limit)s::timestamptz AT TIME ZONE 'UTC')::date"))
+        where = sql.SQL("{} < {}").format(column, bound)
+        return delete_before(ctx, table_ident(rollup, grain), where, limit, cutoff, reason)
+
+    return Step(f"cleanup.{rollup.name}.{grain.value}", run)
+
+
+def job_history_step() -> Step:
+    def run(ctx: StepContext) -> dict:
+        days = ctx.settings.retention("job_runs")
+        if not days:
+            return {"status": "skipped", "reason": "job history is kept forever"}
+        cutoff = ctx.as_of - timedelta(days=days)
+        where = sql.SQL("started_at < %(limit)s AND status <> 'running'")
+        table = sql.Identifier("aggjobs", "job_runs")
+        return delete_before(ctx, table, where, cutoff, cutoff, None)
+
+    return Step("cleanup.job_runs", run)
+
+
+def protect(ctx: StepContext, readers: list[tuple[Rollup, Grain]], cutoff: datetime,
+            horizon_for: list[tuple[Rollup, Grain]] | None = None,
+            ) -> tuple[datetime | None, str | None]:
+    """How far deleting may go: `cutoff`, lowered to what every reader has materialized
+    and has no pending change before (None: not at all). Sets the horizon of `horizon_for`
+    (default: the readers) to that limit, under the rollups' locks, so that no recompute of
+    the rows about to go is in flight."""
+    conn, limit, reason = ctx.conn, cutoff, None
+    with rollup_locks(conn, {r for r, _ in readers}, ctx.settings.lock_wait_s), \
+            conn.transaction():
+        for rollup, grain in readers:
+            wm = state.watermarks(conn, rollup).get(grain)
+            if wm is None:
+                return None, f"{rollup.name} {grain.value}: nothing materialized yet"
+            pending = conn.execute(query("oldest_pending"),
+                                   {"rollup": rollup.name, "grain": grain.value}).fetchone()[0]
+            for bound, why in ((wm, "materialized only up to"), (pending, "changes pending at")):
+                if bound is not None and bound < limit:
+                    limit, reason = bound, f"{rollup.name} {grain.value}: {why} {bound}"
+        for rollup, grain in horizon_for or readers:
+            conn.execute(query("set_horizon"),
+                         {"rollup": rollup.name, "grain": grain.value, "horizon": limit})
+    return limit, reason
+
+
+@contextlib.contextmanager
+def rollup_locks(conn: psycopg.Connection, rollups: set[Rollup], wait_s: float
+                 ) -> Iterator[None]:
+    """All the rollups' locks, taken in name order (two cleanups cannot deadlock)."""
+    with contextlib.ExitStack() as stack:
+        for rollup in sorted(rollups, key=lambda r: r.name):
+            stack.enter_context(state.rollup_lock(conn, rollup, wait_s=wait_s))
+        yield
+
+
+def delete_before(ctx: StepContext, table: sql.Composable, where: sql.Composable,
+                  limit: datetime | None, cutoff: datetime, reason: str | None, *,
+                  untracked: bool = False) -> dict:
+    """Delete the rows matching `where` (bound to `limit`) in batches, audited."""
+    target = table.as_string(ctx.conn)
+    detail = {"cutoff": cutoff.isoformat(), "limit": limit and limit.isoformat(),
+              "held_back": reason}
+    if limit is None:
+        return {**detail, "status": "skipped", "rows": 0}
+    batch = sql.SQL(
+        "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {w} LIMIT %(n)s))"
+    ).format(t=table, w=where)
+    deleted = 0
+    while True:
+        with ctx.conn.transaction():
+            if untracked:
+                ctx.conn.execute("SELECT set_config('aggjobs.retention', 'on', true)")
+            n = ctx.conn.execute(
+                batch, {"limit": limit, "n": ctx.settings.cleanup_batch_rows}
+            ).rowcount
+        deleted += n
+        if n < ctx.settings.cleanup_batch_rows:
+            break
+    if deleted:
+        ctx.conn.execute(query("audit"), {
+            "actor": ACTOR, "action": "retention_delete", "target": target,
+            "params": Jsonb(detail), "outcome": f"{deleted} rows deleted",
+        })
+    return {**detail, "rows": deleted}

@@ -1,0 +1,45 @@
+"""What a job is: named steps run in order, each isolated from the others.
+
+A step is a function of a StepContext returning a dict: `rows` (written or deleted), an
+optional `status` ('skipped' when it had nothing it could do) and any details worth keeping
+in the run's history. It opens its own transactions; a failure rolls back only its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from ..settings import Settings
+
+
+@dataclass(frozen=True)
+class StepContext:
+    conn: psycopg.Connection
+    as_of: datetime
+    settings: Settings
+
+
+StepFn = Callable[[StepContext], dict]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: StepFn
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    cron: str  # default schedule, UTC: minute hour day-of-month month day-of-week
+    heavy: bool  # counts against AGGJOBS_HEAVY_JOBS_CONCURRENCY
+    time_limit_s: int  # Celery hard limit by default; the soft one is 90% of it
+    describe: str
+    build: Callable[[Settings], list[Step]]
+
+    def steps(self, settings: Settings) -> list[Step]:
+        return self.build(settings)

@@ -1,0 +1,272 @@
+"""The runner: one run of one job, with the guarantees every caller gets (Celery tasks and
+`aggjobs run` alike).
+
+- No overlap: the job's advisory lock is held for the whole run; a run that cannot take it is
+  recorded as `skipped`, naming the run that holds it. A scheduled run belongs to a slot (the
+  instant the schedule fired); a second run for the same slot is `skipped` too, so a second
+  beat duplicates nothing.
+- History: the run is a row of aggjobs.job_runs from its first instant ('running') and after
+  each step; a run whose database session is gone is marked `abandoned` by the next runner.
+- Isolation: each step runs on its own; a failing step is recorded and the next one runs.
+- Retries: transient database errors are retried with exponential backoff and jitter, on a
+  new connection when the old one broke (re-taking the job lock); permanent ones fail at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
+
+from ..catalog.grains import as_utc
+from ..db.connect import SessionLimits, connect, first_line
+from ..errors import AggjobsError, LockBusy
+from ..settings import Settings
+from ..sql import query
+from .model import Job, StepContext
+from .registry import get_job
+
+log = logging.getLogger(__name__)
+
+# Worth another try: the server was busy or went away, not the work being wrong.
+TRANSIENT = (
+    psycopg.OperationalError,  # connection lost, server shutting down, ...
+    pg_errors.SerializationFailure,
+    pg_errors.DeadlockDetected,
+    pg_errors.LockNotAvailable,  # lock_timeout
+    pg_errors.QueryCanceled,  # statement_timeout
+    LockBusy,  # a rollup written by a backfill elsewhere
+)
+
+
+@dataclass
+class StepOutcome:
+    name: str
+    status: str = "running"  # succeeded, failed, skipped
+    rows: int = 0
+    seconds: float = 0.0
+    attempts: int = 0
+    detail: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    id: int
+    job: str
+    status: str
+    steps: list[StepOutcome] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("succeeded", "skipped")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    job: str
+    as_of: datetime | None = None
+    trigger: str = "manual"
+    who: str | None = None
+    slot: datetime | None = None
+    attempt: int = 1
+    task_id: str | None = None
+
+
+class LostJobLock(AggjobsError):
+    """The connection holding the job lock broke and another run took the lock."""
+
+
+def run_job(request: RunRequest, settings: Settings,
+            should_stop: Callable[[BaseException], bool] = lambda exc: False) -> RunResult:
+    """Run `request.job` to its end and return what happened (also in aggjobs.job_runs).
+
+    `should_stop(exc)` says whether an exception ends the whole run rather than one step
+    (Celery's soft time limit does)."""
+    job = get_job(request.job)
+    as_of = as_utc(request.as_of) if request.as_of else datetime.now(UTC)
+    run = Run(job, request, as_of, settings)
+    try:
+        return run.execute(should_stop)
+    finally:
+        run.close()
+
+
+class Run:
+    def __init__(self, job: Job, request: RunRequest, as_of: datetime, settings: Settings):
+        self.job, self.request, self.as_of, self.settings = job, request, as_of, settings
+        self.limits = SessionLimits.from_settings(settings, job.name)
+        self.conn = self.connect()
+        self.heavy_slot: int | None = None
+        self.row = {
+            "job": job.name, "trigger": request.trigger, "as_of": as_of, "slot": request.slot,
+            "who": request.who or f"{os.environ.get('USER', 'unknown')}@{socket.gethostname()}",
+            "attempt": request.attempt, "host": socket.gethostname(), "pid": os.getpid(),
+            "task_id": request.task_id,
+        }
+
+    def connect(self) -> psycopg.Connection:
+        return connect(self.job.name, settings=self.settings, limits=self.limits)
+
+    def close(self) -> None:
+        if not self.conn.closed:
+            self.conn.close()  # ends the session: PostgreSQL releases its advisory locks
+
+    # -- the run ----------------------------------------------------------------------------
+    def execute(self, should_stop: Callable[[BaseException], bool]) -> RunResult:
+        for run_id, job in self.conn.execute(query("mark_abandoned")).fetchall():
+            log.warning("run %s of %s was abandoned: its process died", run_id, job)
+        if not self.conn.execute(query("try_job_lock"), {"job": self.job.name}).fetchone()[0]:
+            return self.skip(self.holder_message())
+        try:
+            run_id = self.conn.execute(query("start_run"), {**self.row, "status": "running"}
+                                       ).fetchone()[0]
+        except pg_errors.UniqueViolation:
+            other = self.conn.execute(query("slot_run"), self.row).fetchone()
+            return self.skip(f"the run for slot {self.row['slot']:%Y-%m-%d %H:%M} UTC already "
+                             f"ran as run {other[0] if other else '?'} ({other and other[1]})")
+        result = RunResult(run_id, self.job.name, "running")
+        try:
+            self.take_heavy_slot()
+            for step in self.job.steps(self.settings):
+                outcome = self.run_step(step.name, step.run, should_stop)
+                result.steps.append(outcome)
+                self.record(result)
+        except BaseException as exc:
+            result.status, result.error = "failed", describe(exc)
+            self.finish(result)
+            raise
+        failed = [s for s in result.steps if s.status == "failed"]
+        result.status = "failed" if failed else "succeeded"
+        result.error = "; ".join(f"{s.name}: {s.error}" for s in failed) or None
+        self.finish(result)
+        return result
+
+    def run_step(self, name: str, fn: Callable[[StepContext], dict],
+                 should_stop: Callable[[BaseException], bool]) -> StepOutcome:
+        outcome = StepOutcome(name)
+        started = time.perf_counter()
+        while True:
+            outcome.attempts += 1
+            try:
+                detail = fn(StepContext(self.conn, self.as_of, self.settings))
+            except TRANSIENT as exc:
+                if should_stop(exc):
+                    raise
+                if outcome.attempts >= self.settings.retry_attempts:
+                    outcome.status = "failed"
+                    outcome.error = (f"{describe(exc)} (transient; gave up after "
+                                     f"{outcome.attempts} attempts)")
+                    break
+                log.warning("%s/%s attempt %d: %s; retrying", self.job.name, name,
+                            outcome.attempts, describe(exc))
+                self.backoff(outcome.attempts)
+                self.ensure_connection()
+                continue
+            except Exception as exc:
+                if should_stop(exc):
+                    raise
+                log.exception("%s/%s failed", self.job.name, name)
+                outcome.status, outcome.error = "failed", describe(exc)
+                break
+            outcome.status = detail.pop("status", "succeeded")
+            outcome.rows = int(detail.pop("rows", 0))
+            outcome.detail = detail
+            break
+        outcome.seconds = round(time.perf_counter() - started, 3)
+        return outcome
+
+    # -- locks and connections ------------------------------------------------------------
+    def holder_message(self) -> str:
+        holder = self.conn.execute(query("running_run"), {"job": self.job.name}).fetchone()
+        if holder is None:
+            return f"{self.job.name} is already running elsewhere"
+        run_id, host, pid, started = holder
+        return (f"{self.job.name} is already running: run {run_id} on {host} pid {pid}, "
+                f"started {as_utc(started):%Y-%m-%d %H:%M:%S} UTC")
+
+    def take_heavy_slot(self) -> None:
+        if not self.job.heavy:
+            return
+        deadline = time.monotonic() + self.settings.lock_wait_s
+        while True:
+            row = self.conn.execute(
+                query("try_heavy_slot"), {"slots": self.settings.heavy_jobs_concurrency}
+            ).fetchone()
+            if row:
+                self.heavy_slot = row[0]
+                return
+            if time.monotonic() >= deadline:
+                raise LockBusy(f"{self.settings.heavy_jobs_concurrency} heavy job(s) already "
+                               f"running (AGGJOBS_HEAVY_JOBS_CONCURRENCY); waited "
+                               f"{self.settings.lock_wait_s:g} s")
+            time.sleep(1.0)
+
+    def ensure_connection(self) -> None:
+        """After a broken connection: reconnect and take the job lock (and heavy slot) back."""
+        if not (self.conn.closed or self.conn.broken):
+            return
+        self.conn = self.connect()
+        if not self.conn.execute(query("try_job_lock"), {"job": self.job.name}).fetchone()[0]:
+            raise LostJobLock(f"lost the {self.job.name} lock with the connection, and another "
+                              "run took it; this run stops")
+        if self.heavy_slot is not None:
+            self.conn.execute("SELECT pg_advisory_lock(hashtext('aggjobs.heavy'), %s)",
+                              (self.heavy_slot,))
+
+    def backoff(self, attempt: int) -> None:
+        base = self.settings.retry_base_s * 2 ** (attempt - 1)
+        time.sleep(base * random.uniform(0.5, 1.5))
+
+    # -- history ---------------------------------------------------------------------------
+    def skip(self, reason: str) -> RunResult:
+        log.info("%s skipped: %s", self.job.name, reason)
+        run_id = self.conn.execute(query("skip_run"), {**self.row, "error": reason}
+                                   ).fetchone()[0]
+        return RunResult(run_id, self.job.name, "skipped", error=reason)
+
+    def record(self, result: RunResult) -> None:
+        self.with_retries(query("record_steps"), {"id": result.id, "steps": steps_json(result)})
+
+    def finish(self, result: RunResult) -> None:
+        self.with_retries(query("finish_run"), {"id": result.id, "status": result.status,
+                                                "steps": steps_json(result),
+                                                "error": result.error})
+
+    def with_retries(self, statement, params: dict) -> None:
+        """History must land even when the connection just broke."""
+        for attempt in range(1, self.settings.retry_attempts + 1):
+            try:
+                self.ensure_connection()
+                self.conn.execute(statement, params)
+                return
+            except TRANSIENT as exc:
+                if attempt == self.settings.retry_attempts:
+                    log.error("could not record run history: %s", describe(exc))
+                    raise
+                self.backoff(attempt)
+
+
+def steps_json(result: RunResult) -> Jsonb:
+    return Jsonb([asdict(s) for s in result.steps], dumps=lambda o: json.dumps(o, default=str))
+
+
+def describe(exc: BaseException) -> str:
+    """One line a human can act on: the error's class and first line."""
+    if isinstance(exc, pg_errors.QueryCanceled) and "statement timeout" in str(exc):
+        return f"statement timeout: {first_line(exc)} (raise AGGJOBS_STATEMENT_TIMEOUT_MS or " \
+               "AGGJOBS_JOB_STATEMENT_TIMEOUT_MS for this job)"
+    if isinstance(exc, AggjobsError):
+        return str(exc)
+    return f"{type(exc).__name__}: {first_line(exc)}"

@@ -1,0 +1,61 @@
+"""Steps of the rollup jobs: the engine's incremental refresh, and the materialized views."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from ..catalog import Grain, Rollup
+from ..engine.refresh import refresh
+from .model import Step, StepContext
+
+VIEWS = ("analytics.workspace_overview", "analytics.platform_daily_overview")
+
+
+def rollup_step(rollup: Rollup, grains: list[Grain]) -> Step:
+    """Refresh `grains` of the rollup (finest first): new complete buckets, then dirty
+    groups; a coarser grain never goes past what its finer grain has materialized."""
+    name = f"{rollup.name}.{grains[-1].value}"
+
+    def run(ctx: StepContext) -> dict:
+        report = refresh(ctx.conn, rollup, as_of=ctx.as_of, settings=ctx.settings,
+                         grains=grains, max_buckets=ctx.settings.max_buckets_per_refresh,
+                         lock_wait_s=ctx.settings.lock_wait_s)
+        detail: dict = {"rows": report.rows_written, "reset": report.reset}
+        for g in report.grains:
+            detail[g.grain.value] = {
+                "watermark": g.watermark_after.isoformat() if g.watermark_after else None,
+                "new_buckets": g.new_buckets,
+                "dirty_groups": g.dirty_groups,
+                "held_back": g.held_back,
+                "dropped_behind_horizon": g.dropped_behind_horizon,
+            }
+        return detail
+
+    return Step(name, run)
+
+
+def view_steps() -> list[Step]:
+    return [Step(f"view.{name.split('.')[1]}", refresh_view(name)) for name in VIEWS]
+
+
+def refresh_view(name: str):
+    schema, view = name.split(".")
+
+    def run(ctx: StepContext) -> dict:
+        # CONCURRENTLY: readers keep the old contents until the new ones are in place.
+        ctx.conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(
+            sql.Identifier(schema, view)))
+        rows = ctx.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(schema, view))).fetchone()[0]
+        return {"rows": rows}
+
+    return run
+
+
+def not_built_yet(name: str) -> Step:
+    """A step whose content is not built yet: recorded as skipped, saying so."""
+
+    def run(ctx: StepContext) -> dict:
+        return {"status": "skipped", "reason": f"{name} is not built yet"}
+
+    return Step(name, run)

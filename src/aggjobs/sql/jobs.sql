@@ -1,0 +1,65 @@
+-- Job runs: locks, history rows, the abandoned sweep. Loaded by aggjobs.sql.query(name).
+
+-- name: try_job_lock
+-- One run of a job at a time, on any number of hosts: a session lock, released by
+-- PostgreSQL when the session ends, so a dead process never keeps it.
+SELECT pg_try_advisory_lock(hashtext('aggjobs.job'), hashtext(%(job)s))
+
+-- name: job_unlock
+SELECT pg_advisory_unlock(hashtext('aggjobs.job'), hashtext(%(job)s))
+
+-- name: try_heavy_slot
+-- One of `slots` numbered locks: caps the heavy jobs running at once across hosts.
+SELECT s FROM generate_series(1, %(slots)s) AS s
+WHERE pg_try_advisory_lock(hashtext('aggjobs.heavy'), s)
+LIMIT 1
+
+-- name: heavy_unlock
+SELECT pg_advisory_unlock(hashtext('aggjobs.heavy'), %(slot)s)
+
+-- name: mark_abandoned
+-- Runs still 'running' whose PostgreSQL session is gone: their process died.
+UPDATE aggjobs.job_runs
+SET status = 'abandoned', finished_at = clock_timestamp(),
+    error = coalesce(error, 'the process running it died (its database session ended)')
+WHERE status = 'running'
+  AND (backend_pid IS NULL OR backend_pid NOT IN (SELECT pid FROM pg_stat_activity))
+RETURNING id, job
+
+-- name: start_run
+INSERT INTO aggjobs.job_runs
+    (job, trigger, who, as_of, slot, status, attempt, host, pid, backend_pid, task_id)
+VALUES (%(job)s, %(trigger)s, %(who)s, %(as_of)s, %(slot)s, %(status)s, %(attempt)s,
+        %(host)s, %(pid)s, pg_backend_pid(), %(task_id)s)
+RETURNING id
+
+-- name: skip_run
+INSERT INTO aggjobs.job_runs
+    (job, trigger, who, as_of, slot, status, finished_at, error, attempt, host, pid, task_id)
+VALUES (%(job)s, %(trigger)s, %(who)s, %(as_of)s, %(slot)s, 'skipped', clock_timestamp(),
+        %(error)s, %(attempt)s, %(host)s, %(pid)s, %(task_id)s)
+RETURNING id
+
+-- name: running_run
+SELECT id, host, pid, started_at FROM aggjobs.job_runs
+WHERE job = %(job)s AND status = 'running' ORDER BY started_at DESC LIMIT 1
+
+-- name: slot_run
+SELECT id, status FROM aggjobs.job_runs
+WHERE job = %(job)s AND slot = %(slot)s AND status IN ('running', 'succeeded', 'failed')
+
+-- name: record_steps
+UPDATE aggjobs.job_runs SET steps = %(steps)s, backend_pid = pg_backend_pid()
+WHERE id = %(id)s
+
+-- name: finish_run
+UPDATE aggjobs.job_runs
+SET status = %(status)s, steps = %(steps)s, error = %(error)s, finished_at = clock_timestamp()
+WHERE id = %(id)s
+
+-- name: audit
+INSERT INTO aggjobs.audit_log (actor, action, target, params, outcome)
+VALUES (%(actor)s, %(action)s, %(target)s, %(params)s, %(outcome)s)
+
+-- name: oldest_pending
+SELECT min(bucket) FROM aggjobs.pending_groups WHERE rollup = %(rollup)s AND grain = %(grain)s
