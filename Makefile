@@ -1,11 +1,12 @@
-# The two set-up commands: `make run` (demo data rolled up on the embedded PostgreSQL, then the
-# status) and `make test` (the whole suite). Each creates the virtual environment it needs.
+# The two set-up commands: `make run` (`aggjobs up`: demo data on the embedded PostgreSQL,
+# rolled up, then the worker and scheduler) and `make test` (the whole suite). Each creates the
+# virtual environment it needs. `make demo` is the one-shot check: load, refresh, verify, status.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DAYS ?= 7
 
-.PHONY: run test bench clean
+.PHONY: run demo test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +15,9 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
+	$(BIN)/aggjobs up --demo-days $(DEMO_DAYS)
+
+demo: $(BIN)/.installed
 	$(BIN)/aggjobs migrate
 	$(BIN)/aggjobs demo --days $(DEMO_DAYS)
 	$(BIN)/aggjobs refresh

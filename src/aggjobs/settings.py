@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         le=1,
         description="Recompute a whole bucket once this fraction of its groups is dirty.",
     )
+    quarantine_after: int = Field(
+        default=3, ge=1,
+        description="Runs in which a bucket failed permanently before it is quarantined.",
+    )
     trigger_lock_timeout_ms: int = Field(
         default=500,
         ge=1,

@@ -222,6 +222,8 @@ def status(as_json: JsonFlag = False) -> None:
         print(json.dumps(rows, indent=2, default=str))
     else:
         console.print(render.status_table(rows))
+        for line in render.quarantine_lines(rows):
+            console.print(line)
 
 
 JobName = Annotated[str, typer.Argument(

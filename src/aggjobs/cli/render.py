@@ -121,6 +121,18 @@ def status_table(rows: list[dict]) -> Table:
     return table
 
 
+def quarantine_lines(rows: list[dict]) -> list[str]:
+    """What needs a human: buckets skipped after repeated failures, or failing now."""
+    lines = []
+    for row in rows:
+        q, f = row["quarantined_buckets"], row["failing_buckets"]
+        if q or f:
+            lines.append(f"[red]{row['rollup']} {row['grain']}: {q} quarantined, {f} failing "
+                         "bucket(s)[/red]: see aggjobs.quarantine; fix the cause, then "
+                         "`aggjobs backfill` the bucket")
+    return lines
+
+
 STATUS_COLOUR = {"succeeded": "green", "skipped": "yellow", "failed": "red",
                  "running": "cyan", "abandoned": "red"}
 

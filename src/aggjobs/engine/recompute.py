@@ -57,10 +57,9 @@ def replace(conn: psycopg.Connection, rollup: Rollup, grain: Grain, scope: Scope
 def recompute_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
                     lo: datetime, hi: datetime) -> Written:
     """Recompute every group with a bucket in [lo, hi) (both aligned to the grain)."""
-    conn.execute(
-        query("drop_pending_range"),
-        {"rollup": rollup.name, "grain": grain.value, "lo": lo, "hi": hi},
-    )
+    params = {"rollup": rollup.name, "grain": grain.value, "lo": lo, "hi": hi}
+    conn.execute(query("drop_pending_range"), params)
+    conn.execute(query("clear_quarantine"), params)  # it recomputes fine now
     return replace(conn, rollup, grain, Scope.RANGE, {"lo": lo, "hi": hi})
 
 

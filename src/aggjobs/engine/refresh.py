@@ -43,6 +43,7 @@ class GrainReport:
     coalesced_buckets: int = 0
     rows: Written = field(default_factory=Written)
     dropped_behind_horizon: int = 0  # late changes older than retention: not recomputable
+    quarantined: list[datetime] = field(default_factory=list)  # buckets skipped, see below
     held_back: str | None = None  # why fewer buckets than complete were materialized
     seconds: float = 0.0
 
@@ -148,12 +149,16 @@ def recompute_dirty(conn: psycopg.Connection, rollup: Rollup, grain: Grain, wm: 
         log.warning("%s %s: %d changed groups are older than retention and were not "
                     "recomputed", rollup.name, grain.value, dropped)
     while True:
-        with conn.transaction():
-            batch, written = take_and_recompute(
-                conn, rollup, grain, watermark=wm,
-                limit=settings.dirty_groups_per_transaction,
-                coalesce_fraction=settings.coalesce_fraction,
-            )
+        try:
+            with conn.transaction():
+                batch, written = take_and_recompute(
+                    conn, rollup, grain, watermark=wm,
+                    limit=settings.dirty_groups_per_transaction,
+                    coalesce_fraction=settings.coalesce_fraction,
+                )
+        except PERMANENT:
+            recompute_dirty_by_bucket(conn, rollup, grain, wm, settings, report)
+            continue
         if not batch.groups:
             return
         report.dirty_groups += batch.groups
@@ -173,10 +178,73 @@ def materialize(conn: psycopg.Connection, rollup: Rollup, grain: Grain, start: d
     per_tx = settings.hours_per_transaction if grain is Grain.HOUR else CHUNK_BUCKETS[grain]
     pieces = chunks(start, limit, per_tx * grain.step)
     for i, (lo, hi) in enumerate(pieces):
-        with conn.transaction():
-            report.rows += recompute_range(conn, rollup, grain, lo, hi)
-            state.set_watermark(conn, rollup, grain, hi)
+        try:
+            with conn.transaction():
+                report.rows += recompute_range(conn, rollup, grain, lo, hi)
+                state.set_watermark(conn, rollup, grain, hi)
+        except PERMANENT:
+            materialize_by_bucket(conn, rollup, grain, lo, hi, settings, report)
         report.new_buckets += len(grain.buckets(lo, hi))
         report.watermark_after = hi
         if progress:
             progress(f"{rollup.name} {grain.value}", i + 1, len(pieces))
+
+
+# Quarantine. A recompute that fails for a reason that will not go away by itself (bad data,
+# a violated constraint) is retried bucket by bucket, so that one bucket cannot hold back the
+# others. The failing bucket's failure is counted, once per run; after
+# AGGJOBS_QUARANTINE_AFTER runs it is quarantined: skipped (its rows stay as they were, none
+# for a new bucket), reported by `status`, and cleared by a successful backfill of it.
+PERMANENT = (psycopg.DataError, psycopg.IntegrityError)
+
+
+def materialize_by_bucket(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
+                          lo: datetime, hi: datetime, settings: Settings,
+                          report: GrainReport) -> None:
+    for bucket in grain.buckets(lo, hi):
+        end = bucket + grain.step
+        try:
+            with conn.transaction():
+                report.rows += recompute_range(conn, rollup, grain, bucket, end)
+                state.set_watermark(conn, rollup, grain, end)
+        except PERMANENT as exc:
+            quarantine_or_raise(conn, rollup, grain, bucket, exc, settings, report)
+            with conn.transaction():
+                state.set_watermark(conn, rollup, grain, end)
+
+
+def recompute_dirty_by_bucket(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
+                              wm: datetime, settings: Settings, report: GrainReport) -> None:
+    """The dirty groups of each bucket recomputed on their own (the whole bucket)."""
+    buckets = conn.execute(query("pending_buckets"), {
+        "rollup": rollup.name, "grain": grain.value, "watermark": wm,
+        "limit": settings.dirty_groups_per_transaction,
+    }).fetchall()
+    for (bucket,) in buckets:
+        bucket = as_utc(bucket)
+        try:
+            with conn.transaction():
+                report.rows += recompute_range(conn, rollup, grain, bucket, bucket + grain.step)
+        except PERMANENT as exc:
+            quarantine_or_raise(conn, rollup, grain, bucket, exc, settings, report)
+            with conn.transaction():  # its changes wait in aggjobs.quarantine's stead
+                conn.execute(query("drop_pending_range"), {
+                    "rollup": rollup.name, "grain": grain.value,
+                    "lo": bucket, "hi": bucket + grain.step,
+                })
+
+
+def quarantine_or_raise(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
+                        bucket: datetime, exc: Exception, settings: Settings,
+                        report: GrainReport) -> None:
+    """Count the failure; return if the bucket is now quarantined, else re-raise."""
+    quarantined = conn.execute(query("record_failure"), {
+        "rollup": rollup.name, "grain": grain.value, "bucket": bucket,
+        "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}",
+        "after": settings.quarantine_after,
+    }).fetchone()[0]
+    if not quarantined:
+        raise exc
+    log.error("%s %s bucket %s quarantined after repeated failures: %s",
+              rollup.name, grain.value, bucket.isoformat(), exc)
+    report.quarantined.append(bucket)

@@ -18,6 +18,7 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
         (r, g): (n, oldest) for r, g, n, oldest, _ in conn.execute(query("pending_counts"))
     }
     logged = {s: n for s, n, _ in conn.execute(query("unlogged_changes"))}
+    quarantine = {(r, g): (q, f) for r, g, q, f in conn.execute(query("quarantine_counts"))}
     thresholds = dict(conn.execute("SELECT source, threshold FROM aggjobs.sources").fetchall())
     rows = []
     for rollup in ROLLUPS:
@@ -35,6 +36,8 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
                 "buckets_behind": None if wm is None else len(grain.buckets(wm, complete)),
                 "pending_groups": n,
                 "oldest_pending_bucket": oldest,
+                "quarantined_buckets": quarantine.get((rollup.name, grain.value), (0, 0))[0],
+                "failing_buckets": quarantine.get((rollup.name, grain.value), (0, 0))[1],
                 "source_changes_not_fanned_out": logged.get(rollup.source.name, 0)
                 if grain is rollup.grains[0] else 0,
                 "tracking_threshold": thresholds.get(rollup.source.name)

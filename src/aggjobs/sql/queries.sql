@@ -81,6 +81,31 @@ WHERE p.rollup = %(rollup)s AND p.grain = %(grain)s
 UPDATE aggjobs.watermarks SET horizon = greatest(horizon, %(horizon)s), updated_at = now()
 WHERE rollup = %(rollup)s AND grain = %(grain)s
 
+-- name: record_failure
+-- One more failure of a bucket; quarantined once it failed `after` times.
+INSERT INTO aggjobs.quarantine AS q (rollup, grain, bucket, failures, last_error, quarantined_at)
+VALUES (%(rollup)s, %(grain)s, %(bucket)s, 1, %(error)s,
+        CASE WHEN %(after)s <= 1 THEN now() END)
+ON CONFLICT (rollup, grain, bucket) DO UPDATE
+SET failures = q.failures + 1, last_error = excluded.last_error, last_failed_at = now(),
+    quarantined_at = coalesce(q.quarantined_at,
+                              CASE WHEN q.failures + 1 >= %(after)s THEN now() END)
+RETURNING quarantined_at IS NOT NULL
+
+-- name: clear_quarantine
+DELETE FROM aggjobs.quarantine
+WHERE rollup = %(rollup)s AND grain = %(grain)s AND bucket >= %(lo)s AND bucket < %(hi)s
+
+-- name: pending_buckets
+SELECT DISTINCT bucket FROM aggjobs.pending_groups
+WHERE rollup = %(rollup)s AND grain = %(grain)s AND bucket < %(watermark)s
+ORDER BY bucket LIMIT %(limit)s
+
+-- name: quarantine_counts
+SELECT rollup, grain, count(*) FILTER (WHERE quarantined_at IS NOT NULL) AS quarantined,
+       count(*) FILTER (WHERE quarantined_at IS NULL) AS failing
+FROM aggjobs.quarantine GROUP BY rollup, grain
+
 -- name: drop_pending_range
 DELETE FROM aggjobs.pending_groups
 WHERE rollup = %(rollup)s AND grain = %(grain)s AND bucket >= %(lo)s AND bucket < %(hi)s

@@ -71,3 +71,18 @@ CREATE TABLE analytics.daily_reports (
     updated_at timestamptz NOT NULL DEFAULT now(),
     UNIQUE NULLS NOT DISTINCT (day, workspace_id)
 );
+
+-- Buckets whose recompute failed with a permanent error (bad data, a constraint): counted
+-- per run; after AGGJOBS_QUARANTINE_AFTER failures the bucket is quarantined, i.e. skipped
+-- so that it cannot block the rest. A later successful recompute (backfill) clears it.
+CREATE TABLE aggjobs.quarantine (
+    rollup text NOT NULL,
+    grain text NOT NULL CHECK (grain IN ('hour', 'day', 'week')),
+    bucket timestamptz NOT NULL,
+    failures integer NOT NULL,
+    last_error text NOT NULL,
+    first_failed_at timestamptz NOT NULL DEFAULT now(),
+    last_failed_at timestamptz NOT NULL DEFAULT now(),
+    quarantined_at timestamptz,
+    PRIMARY KEY (rollup, grain, bucket)
+);
