@@ -95,3 +95,22 @@ def test_a_failing_migration_changes_nothing(two_databases, monkeypatch) -> None
             m.migrate(conn)
         exists = conn.execute("SELECT to_regclass('aggjobs.watermarks')").fetchone()[0]
     assert exists is None
+
+
+def test_views_are_recreated_only_when_views_sql_changed(two_databases) -> None:
+    url = two_databases[0]
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
+        oid = "SELECT to_regclass('analytics.workspace_overview')::oid"
+        first = conn.execute(oid).fetchone()[0]
+        migrate(conn)
+        assert conn.execute(oid).fetchone()[0] == first  # unchanged text: kept as it is
+        # A view made by an older views.sql (its stamp differs) is replaced.
+        conn.execute("COMMENT ON MATERIALIZED VIEW analytics.workspace_overview IS 'old'")
+        migrate(conn)
+        assert conn.execute(oid).fetchone()[0] != first
+        stamps = conn.execute(
+            "SELECT obj_description(to_regclass(v), 'pg_class') FROM unnest(%s::text[]) AS v",
+            (["analytics.workspace_overview", "analytics.platform_daily_overview"],),
+        ).fetchall()
+        assert stamps[0] == stamps[1] and stamps[0][0].startswith("aggjobs views.sql ")

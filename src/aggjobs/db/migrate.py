@@ -10,6 +10,7 @@ a failure changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from importlib.resources import files
@@ -105,7 +106,33 @@ def sync_catalog(conn: psycopg.Connection) -> None:
                 " ON CONFLICT DO NOTHING",
                 (rollup.name, grain.value),
             )
-    conn.execute(files(__package__).joinpath("views.sql").read_text())  # type: ignore[arg-type]
+    sync_views(conn)
+
+
+VIEWS = ("workspace_overview", "platform_daily_overview")
+
+
+def sync_views(conn: psycopg.Connection) -> None:
+    """(Re)create the materialized views when views.sql changed since they were made: each
+    view's comment holds the digest of the text that created it."""
+    text = files(__package__).joinpath("views.sql").read_text()
+    stamp = "aggjobs views.sql " + hashlib.sha256(text.encode()).hexdigest()[:16]
+    current = {
+        name: comment for name, comment in conn.execute(
+            "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class AS c"
+            " WHERE c.relnamespace = 'analytics'::regnamespace AND c.relname = ANY(%s)",
+            (list(VIEWS),),
+        )
+    }
+    if all(current.get(name) == stamp for name in VIEWS):
+        return
+    for name in VIEWS:
+        conn.execute(sql.SQL("DROP MATERIALIZED VIEW IF EXISTS {}").format(
+            sql.Identifier("analytics", name)))
+    conn.execute(text)  # type: ignore[arg-type]
+    for name in VIEWS:
+        conn.execute(sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(
+            sql.Identifier("analytics", name), sql.Literal(stamp)))
 
 
 def current_version(conn: psycopg.Connection) -> int | None:
