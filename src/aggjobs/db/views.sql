@@ -108,11 +108,17 @@ WITH days AS (
     ) AS merged
     GROUP BY day
 ), users AS (
-    SELECT d.day, count(DISTINCT u.user_id) AS active_users, sum(d.total_events) AS events
+    -- Events summed per row before the unnest: the join repeats each row once per user.
+    SELECT d.day, count(DISTINCT u.user_id) AS active_users
     FROM analytics.user_activity_daily AS d
     LEFT JOIN LATERAL unnest(d.active_users__set) AS u(user_id) ON true
     WHERE d.day >= (now() AT TIME ZONE 'UTC')::date - 89
     GROUP BY d.day
+), events AS (
+    SELECT day, sum(total_events) AS events
+    FROM analytics.user_activity_daily
+    WHERE day >= (now() AT TIME ZONE 'UTC')::date - 89
+    GROUP BY day
 ), credits AS (
     SELECT day, sum(credits_used) AS credits_used, sum(credits_refunded) AS credits_refunded,
            sum(credits_granted) AS credits_granted, sum(net_credits) AS net_credits
@@ -128,7 +134,7 @@ SELECT d.day::date AS day,
        p.p95_runtime,
        coalesce(r.active_workspaces, 0)::bigint AS active_workspaces,
        coalesce(u.active_users, 0)::bigint AS active_users,
-       coalesce(u.events, 0)::bigint AS total_events,
+       coalesce(e.events, 0)::bigint AS total_events,
        coalesce(c.credits_used, 0) AS credits_used,
        coalesce(c.credits_refunded, 0) AS credits_refunded,
        coalesce(c.credits_granted, 0) AS credits_granted,
@@ -138,6 +144,7 @@ FROM days AS d
 LEFT JOIN runs AS r ON r.day = d.day
 LEFT JOIN p95 AS p ON p.day = d.day
 LEFT JOIN users AS u ON u.day = d.day
+LEFT JOIN events AS e ON e.day = d.day
 LEFT JOIN credits AS c ON c.day = d.day;
 
 CREATE UNIQUE INDEX IF NOT EXISTS platform_daily_overview_day_idx
