@@ -326,9 +326,6 @@ def test_terminated_backend_step_retries_on_new_connection(conn, fast, table_loc
     assert_hours_match(conn, T0 + 4 * H)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: after reconnecting, the runner keeps the "
-                   "dead session's backend_pid in job_runs until the step ends, so a run "
-                   "starting meanwhile marks the live run 'abandoned' (runner.ensure_connection)")
 def test_reconnected_run_is_not_marked_abandoned_meanwhile(conn, fast, table_lock, background):
     load(conn, T0, 2)
     gate = table_lock("EXCLUSIVE")

@@ -108,7 +108,7 @@ def register(app: Celery, job: Job, settings: Settings) -> None:
             job=job.name,
             as_of=parse_timestamp(as_of) if as_of else now,
             trigger=trigger,
-            who=who or f"celery@{self.request.hostname}",
+            who=who or self.request.hostname or "celery",  # the node name: "name@host"
             slot=slot_of(schedule, now) if schedule is not None else None,
             attempt=self.request.retries + 1 + int(redelivered),
             task_id=self.request.id,

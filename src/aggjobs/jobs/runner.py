@@ -38,6 +38,9 @@ from .registry import get_job
 
 log = logging.getLogger(__name__)
 
+CLIENT_CHECK_MS = 1000  # client_connection_check_interval of a job's session (PG 14+)
+REDELIVERY_WAIT_S = 30.0  # how long a redelivered task waits for a dead run's lock
+
 # Worth another try: the server was busy or went away, not the work being wrong.
 TRANSIENT = (
     psycopg.OperationalError,  # connection lost, server shutting down, ...
@@ -109,6 +112,7 @@ class Run:
         self.limits = SessionLimits.from_settings(settings, job.name)
         self.conn = self.connect()
         self.heavy_slot: int | None = None
+        self.run_id: int | None = None
         self.row = {
             "job": job.name, "trigger": request.trigger, "as_of": as_of, "slot": request.slot,
             "who": request.who or f"{os.environ.get('USER', 'unknown')}@{socket.gethostname()}",
@@ -117,7 +121,13 @@ class Run:
         }
 
     def connect(self) -> psycopg.Connection:
-        return connect(self.job.name, settings=self.settings, limits=self.limits)
+        conn = connect(self.job.name, settings=self.settings, limits=self.limits)
+        if conn.info.server_version >= 140000:
+            # A backend whose client died (worker SIGKILLed) notices it within a second even
+            # while it waits on a lock or runs a long statement, and ends: its transaction
+            # rolls back and the job lock is freed for the redelivered task.
+            conn.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+        return conn
 
     def close(self) -> None:
         if not self.conn.closed:
@@ -125,9 +135,10 @@ class Run:
 
     # -- the run ----------------------------------------------------------------------------
     def execute(self, should_stop: Callable[[BaseException], bool]) -> RunResult:
+        locked = self.take_job_lock()
         for run_id, job in self.conn.execute(query("mark_abandoned")).fetchall():
             log.warning("run %s of %s was abandoned: its process died", run_id, job)
-        if not self.conn.execute(query("try_job_lock"), {"job": self.job.name}).fetchone()[0]:
+        if not locked:
             return self.skip(self.holder_message())
         try:
             run_id = self.conn.execute(query("start_run"), {**self.row, "status": "running"}
@@ -136,6 +147,7 @@ class Run:
             other = self.conn.execute(query("slot_run"), self.row).fetchone()
             return self.skip(f"the run for slot {self.row['slot']:%Y-%m-%d %H:%M} UTC already "
                              f"ran as run {other[0] if other else '?'} ({other and other[1]})")
+        self.run_id = run_id
         result = RunResult(run_id, self.job.name, "running")
         try:
             self.take_heavy_slot()
@@ -145,6 +157,7 @@ class Run:
                 self.record(result)
         except BaseException as exc:
             result.status, result.error = "failed", describe(exc)
+            self.conn.close()  # interrupted mid-statement maybe: finish on a fresh session
             self.finish(result)
             raise
         failed = [s for s in result.steps if s.status == "failed"]
@@ -188,6 +201,18 @@ class Run:
         return outcome
 
     # -- locks and connections ------------------------------------------------------------
+    def take_job_lock(self) -> bool:
+        """The job's lock, at once; a redelivered task (its worker died mid-run) waits a
+        little for it, as the dead run's database session may take a moment to end."""
+        deadline = time.monotonic() + (
+            min(REDELIVERY_WAIT_S, self.settings.lock_wait_s) if self.request.attempt > 1 else 0)
+        while True:
+            if self.conn.execute(query("try_job_lock"), {"job": self.job.name}).fetchone()[0]:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.25)
+
     def holder_message(self) -> str:
         holder = self.conn.execute(query("running_run"), {"job": self.job.name}).fetchone()
         if holder is None:
@@ -224,6 +249,8 @@ class Run:
         if self.heavy_slot is not None:
             self.conn.execute("SELECT pg_advisory_lock(hashtext('aggjobs.heavy'), %s)",
                               (self.heavy_slot,))
+        if self.run_id is not None:  # the run lives on in this session: not abandoned
+            self.conn.execute(query("adopt_run"), {"id": self.run_id})
 
     def backoff(self, attempt: int) -> None:
         base = self.settings.retry_base_s * 2 ** (attempt - 1)

@@ -52,6 +52,14 @@ WHERE job = %(job)s AND slot = %(slot)s AND status IN ('running', 'succeeded', '
 UPDATE aggjobs.job_runs SET steps = %(steps)s, backend_pid = pg_backend_pid()
 WHERE id = %(id)s
 
+-- name: adopt_run
+-- After a reconnect: the run's new session, so that the abandoned sweep leaves it alone
+-- (and takes it back if a sweep marked it while it was reconnecting).
+UPDATE aggjobs.job_runs
+SET backend_pid = pg_backend_pid(), status = 'running', finished_at = NULL,
+    error = CASE WHEN status = 'abandoned' THEN NULL ELSE error END
+WHERE id = %(id)s
+
 -- name: finish_run
 UPDATE aggjobs.job_runs
 SET status = %(status)s, steps = %(steps)s, error = %(error)s, finished_at = clock_timestamp()
