@@ -559,3 +559,16 @@ def test_unknown_job_raises_and_writes_nothing(conn, fast):
         job(fast, "hourly", T0)
     assert runs(conn) == []
     assert conn.execute("SELECT count(*) FROM aggjobs.audit_log").fetchone()[0] == 0
+
+
+# -- audit ------------------------------------------------------------------------------------
+def test_manual_runs_are_audited_scheduled_ones_are_not(conn, fast):
+    load(conn, T0, 2)
+    manual = job(fast, "refresh_materialized_views", T0 + 2 * H, who="alice@ops")
+    scheduled = job(fast, "refresh_materialized_views", T0 + 2 * H, trigger="schedule",
+                    slot=T0 + 2 * H)
+    assert (manual.status, scheduled.status) == ("succeeded", "succeeded")
+    rows = conn.execute("SELECT actor, action, target, params->>'run', outcome"
+                        " FROM aggjobs.audit_log WHERE action = 'run'").fetchall()
+    assert rows == [("alice@ops", "run", "refresh_materialized_views", str(manual.id),
+                     "succeeded")]

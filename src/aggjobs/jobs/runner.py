@@ -101,7 +101,10 @@ def run_job(request: RunRequest, settings: Settings,
     as_of = as_utc(request.as_of) if request.as_of else datetime.now(UTC)
     run = Run(job, request, as_of, settings)
     try:
-        return run.execute(should_stop)
+        result = run.execute(should_stop)
+        if request.trigger != "schedule":  # people's actions are audited; the schedule's not
+            run.audit(result)
+        return result
     finally:
         run.close()
 
@@ -238,11 +241,14 @@ class Run:
                                f"{self.settings.lock_wait_s:g} s")
             time.sleep(1.0)
 
-    def ensure_connection(self) -> None:
-        """After a broken connection: reconnect and take the job lock (and heavy slot) back."""
+    def ensure_connection(self, *, relock: bool = True) -> None:
+        """After a broken connection: reconnect and take the job lock (and heavy slot) back;
+        `relock=False` only to write the run's end, when no more work follows."""
         if not (self.conn.closed or self.conn.broken):
             return
         self.conn = self.connect()
+        if not relock:
+            return
         if not self.conn.execute(query("try_job_lock"), {"job": self.job.name}).fetchone()[0]:
             raise LostJobLock(f"lost the {self.job.name} lock with the connection, and another "
                               "run took it; this run stops")
@@ -269,13 +275,21 @@ class Run:
     def finish(self, result: RunResult) -> None:
         self.with_retries(query("finish_run"), {"id": result.id, "status": result.status,
                                                 "steps": steps_json(result),
-                                                "error": result.error})
+                                                "error": result.error}, relock=False)
 
-    def with_retries(self, statement, params: dict) -> None:
+    def audit(self, result: RunResult) -> None:
+        self.with_retries(query("audit"), {
+            "actor": self.row["who"], "action": "run", "target": self.job.name,
+            "params": Jsonb({"as_of": self.as_of.isoformat(), "run": result.id,
+                             "trigger": self.request.trigger}),
+            "outcome": result.status if not result.error else f"{result.status}: {result.error}",
+        }, relock=False)
+
+    def with_retries(self, statement, params: dict, *, relock: bool = True) -> None:
         """History must land even when the connection just broke."""
         for attempt in range(1, self.settings.retry_attempts + 1):
             try:
-                self.ensure_connection()
+                self.ensure_connection(relock=relock)
                 self.conn.execute(statement, params)
                 return
             except TRANSIENT as exc:
