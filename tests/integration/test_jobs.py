@@ -572,3 +572,19 @@ def test_manual_runs_are_audited_scheduled_ones_are_not(conn, fast):
                         " FROM aggjobs.audit_log WHERE action = 'run'").fetchall()
     assert rows == [("alice@ops", "run", "refresh_materialized_views", str(manual.id),
                      "succeeded")]
+
+
+def test_heavy_jobs_wait_for_a_slot_then_are_skipped_for_a_retry(conn, fast, db_url):
+    """AGGJOBS_HEAVY_JOBS_CONCURRENCY=1: while another heavy job holds the slot, a daily run
+    waits lock_wait_s, then is skipped saying why and asking to be sent again."""
+    load(conn, T0, 2)
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(hashtext('aggjobs.heavy'), 1)")
+        waited = job(fast.model_copy(update={"lock_wait_s": 0.5}), "daily_rollup", T0 + D)
+        light = job(fast, "hourly_rollup", T0 + 2 * H)  # light jobs do not need a slot
+    assert waited.status == "skipped" and waited.retry_later
+    assert "heavy job(s) already running" in waited.error
+    assert light.status == "succeeded"
+    after = job(fast, "daily_rollup", T0 + D)  # the slot is free again
+    assert after.status == "succeeded" and not after.retry_later
+    assert [r["status"] for r in runs(conn, "daily_rollup")] == ["skipped", "succeeded"]

@@ -25,6 +25,8 @@ from .runner import RunRequest, run_job
 
 log = logging.getLogger(__name__)
 
+HEAVY_RETRY_S, HEAVY_RETRIES = 300, 24  # a heavy job waits up to two hours for a slot
+
 
 def broker_url(settings: Settings) -> str:
     """The configured broker, or kombu's SQLAlchemy transport on the aggjobs database."""
@@ -107,7 +109,7 @@ def register(app: Celery, job: Job, settings: Settings) -> None:
         request = RunRequest(
             job=job.name,
             as_of=parse_timestamp(as_of) if as_of else now,
-            trigger=trigger,
+            trigger="retry" if self.request.retries else trigger,
             who=who or self.request.hostname or "celery",  # the node name: "name@host"
             slot=slot_of(schedule, now) if schedule is not None else None,
             attempt=self.request.retries + 1 + int(redelivered),
@@ -115,6 +117,8 @@ def register(app: Celery, job: Job, settings: Settings) -> None:
         )
         result = run_job(request, settings,
                          should_stop=lambda exc: isinstance(exc, SoftTimeLimitExceeded))
+        if result.retry_later:  # the heavy-job cap was full: try again in a while
+            raise self.retry(countdown=HEAVY_RETRY_S, max_retries=HEAVY_RETRIES)
         return {"run": result.id, "status": result.status, "error": result.error}
 
 

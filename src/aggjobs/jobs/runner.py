@@ -70,6 +70,7 @@ class RunResult:
     status: str
     steps: list[StepOutcome] = field(default_factory=list)
     error: str | None = None
+    retry_later: bool = False  # skipped for want of a heavy-job slot: worth sending again
 
     @property
     def ok(self) -> bool:
@@ -102,7 +103,7 @@ def run_job(request: RunRequest, settings: Settings,
     run = Run(job, request, as_of, settings)
     try:
         result = run.execute(should_stop)
-        if request.trigger != "schedule":  # people's actions are audited; the schedule's not
+        if request.trigger in ("manual", "backfill"):  # people's actions are audited
             run.audit(result)
         return result
     finally:
@@ -143,6 +144,12 @@ class Run:
             log.warning("run %s of %s was abandoned: its process died", run_id, job)
         if not locked:
             return self.skip(self.holder_message())
+        if not self.take_heavy_slot():
+            result = self.skip(
+                f"{self.settings.heavy_jobs_concurrency} heavy job(s) already running "
+                f"(AGGJOBS_HEAVY_JOBS_CONCURRENCY); waited {self.settings.lock_wait_s:g} s")
+            result.retry_later = True
+            return result
         try:
             run_id = self.conn.execute(query("start_run"), {**self.row, "status": "running"}
                                        ).fetchone()[0]
@@ -153,7 +160,6 @@ class Run:
         self.run_id = run_id
         result = RunResult(run_id, self.job.name, "running")
         try:
-            self.take_heavy_slot()
             for step in self.job.steps(self.settings):
                 outcome = self.run_step(step.name, step.run, should_stop)
                 result.steps.append(outcome)
@@ -224,9 +230,11 @@ class Run:
         return (f"{self.job.name} is already running: run {run_id} on {host} pid {pid}, "
                 f"started {as_utc(started):%Y-%m-%d %H:%M:%S} UTC")
 
-    def take_heavy_slot(self) -> None:
+    def take_heavy_slot(self) -> bool:
+        """One of the heavy-job slots (the daily, weekly and cleanup jobs), waiting up to
+        lock_wait_s; False if none came free."""
         if not self.job.heavy:
-            return
+            return True
         deadline = time.monotonic() + self.settings.lock_wait_s
         while True:
             row = self.conn.execute(
@@ -234,12 +242,10 @@ class Run:
             ).fetchone()
             if row:
                 self.heavy_slot = row[0]
-                return
+                return True
             if time.monotonic() >= deadline:
-                raise LockBusy(f"{self.settings.heavy_jobs_concurrency} heavy job(s) already "
-                               f"running (AGGJOBS_HEAVY_JOBS_CONCURRENCY); waited "
-                               f"{self.settings.lock_wait_s:g} s")
-            time.sleep(1.0)
+                return False
+            time.sleep(min(1.0, self.settings.lock_wait_s))
 
     def ensure_connection(self, *, relock: bool = True) -> None:
         """After a broken connection: reconnect and take the job lock (and heavy slot) back;
