@@ -91,14 +91,25 @@ def create_app(settings: Settings | None = None) -> Celery:
         beat_schedule=beat_schedule(settings),
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         worker_hijack_root_logger=False,
+        # Redis redelivers a task unacknowledged for this long: longer than any job may run,
+        # so that only a dead worker's task comes back (a duplicate would be skipped anyway).
+        broker_transport_options={"visibility_timeout": longest_limit(settings) + 600},
     )
     for job in JOBS.values():
         register(app, job, settings)
     return app
 
 
+def time_limit(job: Job, settings: Settings) -> int:
+    return settings.job_time_limit_s.get(job.name, job.time_limit_s)
+
+
+def longest_limit(settings: Settings) -> int:
+    return max(time_limit(job, settings) for job in JOBS.values())
+
+
 def register(app: Celery, job: Job, settings: Settings) -> None:
-    hard = settings.job_time_limit_s.get(job.name, job.time_limit_s)
+    hard = time_limit(job, settings)
 
     @app.task(name=job.name, bind=True, time_limit=hard, soft_time_limit=int(hard * 0.9))
     def run(self: Task, as_of: str | None = None, trigger: str = "manual",
