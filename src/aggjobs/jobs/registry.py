@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..catalog import ROLLUPS, SOURCES, Grain
 from ..errors import UnknownJob
 from ..settings import Settings
+from .. import health
 from . import cleanup, steps
 from .model import Job, Step
 
@@ -17,7 +18,7 @@ def daily_steps(settings: Settings) -> list[Step]:
     # Hours first, so that no day is built from incomplete hours; a day still waiting for
     # its hours is deferred and the reason kept in the step's detail.
     return [steps.rollup_step(r, [Grain.HOUR, Grain.DAY]) for r in ROLLUPS] + [
-        steps.not_built_yet("health_scores"),
+        health.step(),
         steps.not_built_yet("daily_reports"),
     ]
 

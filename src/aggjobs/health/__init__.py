@@ -1,0 +1,61 @@
+"""Daily health scores per workspace, from the rollup tables (formula in formula.py)."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from importlib.resources import files
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from ..catalog import Grain, get_rollup
+from ..engine import state
+from ..jobs.model import Step, StepContext
+from .formula import BURST_MIN_RUNS, Health, Inputs, score
+
+INPUTS = files(__package__).joinpath("inputs.sql").read_text()
+
+
+def compute(conn: psycopg.Connection, day: date) -> list[Health]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(INPUTS, {"day": day, "burst_min_runs": BURST_MIN_RUNS}).fetchall()
+    return [score(Inputs(**row)) for row in rows]
+
+
+def store(conn: psycopg.Connection, day: date, healths: list[Health]) -> int:
+    """Replace the day's scores (one transaction: readers see the old set or the new)."""
+    with conn.transaction():
+        conn.execute("DELETE FROM analytics.workspace_health_daily WHERE day = %s", (day,))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO analytics.workspace_health_daily"
+                " (workspace_id, day, score, status, components, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, now())",
+                [(h.workspace_id, day, h.score, h.status, Jsonb(h.components))
+                 for h in healths],
+            )
+    return len(healths)
+
+
+def last_complete_day(conn: psycopg.Connection, as_of_day: date) -> tuple[date, str | None]:
+    """The day before `as_of_day`, and why it cannot be scored yet, if it cannot."""
+    day = as_of_day - timedelta(days=1)
+    wm = state.watermarks(conn, get_rollup("execution_metrics")).get(Grain.DAY)
+    if wm is None or wm.date() <= day:
+        return day, f"execution_metrics days are materialized only up to {wm}"
+    return day, None
+
+
+def step() -> Step:
+    def run(ctx: StepContext) -> dict:
+        day, waiting = last_complete_day(ctx.conn, ctx.as_of.date())
+        if waiting:
+            return {"status": "skipped", "day": day.isoformat(), "reason": waiting}
+        healths = compute(ctx.conn, day)
+        by_status: dict[str, int] = {}
+        for h in healths:
+            by_status[h.status] = by_status.get(h.status, 0) + 1
+        return {"rows": store(ctx.conn, day, healths), "day": day.isoformat(), **by_status}
+
+    return Step("health_scores", run)

@@ -1,0 +1,60 @@
+-- Inputs of the health score of every workspace active on %(day)s or in the 7 days before,
+-- all read from the rollup tables. "prior" is the trailing window: the 7 days before the
+-- day, or fewer for a workspace first seen during them (first_day).
+WITH active AS (
+    SELECT workspace_id, min(day) AS first_day
+    FROM analytics.execution_metrics_daily
+    GROUP BY workspace_id
+    HAVING max(day) >= %(day)s::date - 7 AND min(day) <= %(day)s::date
+), today AS (
+    SELECT workspace_id, successful_executions AS ok, failed_executions AS failed,
+           total_executions AS runs, p95_runtime AS p95
+    FROM analytics.execution_metrics_daily WHERE day = %(day)s::date
+), prior AS (
+    SELECT workspace_id, sum(total_executions)::bigint AS runs
+    FROM analytics.execution_metrics_daily
+    WHERE day >= %(day)s::date - 7 AND day < %(day)s::date
+    GROUP BY workspace_id
+), prior_p95 AS (
+    -- The trailing window's p95: the days' sketches merged (within 0.75 percent of exact).
+    SELECT workspace_id,
+           aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(n ORDER BY k), 0.95) AS p95
+    FROM (
+        SELECT d.workspace_id, u.k, sum(u.n)::bigint AS n
+        FROM analytics.execution_metrics_daily AS d,
+             unnest(d.p95_runtime__keys, d.p95_runtime__counts) AS u(k, n)
+        WHERE d.day >= %(day)s::date - 7 AND d.day < %(day)s::date
+        GROUP BY 1, 2
+    ) AS merged
+    GROUP BY workspace_id
+), credits AS (
+    SELECT workspace_id,
+           sum(credits_used) FILTER (WHERE day = %(day)s::date) AS today,
+           sum(credits_used) FILTER (WHERE day < %(day)s::date) AS prior
+    FROM analytics.credit_consumption_daily
+    WHERE day >= %(day)s::date - 7 AND day <= %(day)s::date
+    GROUP BY workspace_id
+), worst_hour AS (
+    -- The hour of the day with the highest failure rate among hours with enough runs.
+    SELECT DISTINCT ON (workspace_id) workspace_id, hour,
+           failed_executions::float8 / (successful_executions + failed_executions) AS rate,
+           successful_executions + failed_executions AS finished
+    FROM analytics.execution_metrics_hourly
+    WHERE hour >= %(day)s::date::timestamp AT TIME ZONE 'UTC'
+      AND hour < (%(day)s::date + 1)::timestamp AT TIME ZONE 'UTC'
+      AND successful_executions + failed_executions >= %(burst_min_runs)s
+    ORDER BY workspace_id, rate DESC, hour
+)
+SELECT a.workspace_id,
+       greatest(0, %(day)s::date - greatest(a.first_day, %(day)s::date - 7)) AS prior_days,
+       coalesce(t.ok, 0) AS ok, coalesce(t.failed, 0) AS failed, coalesce(t.runs, 0) AS runs,
+       t.p95, pp.p95 AS prior_p95, coalesce(pr.runs, 0) AS prior_runs,
+       coalesce(c.today, 0) AS credits, coalesce(c.prior, 0) AS prior_credits,
+       w.hour AS worst_hour, w.rate AS worst_hour_rate, w.finished AS worst_hour_runs
+FROM active AS a
+LEFT JOIN today AS t USING (workspace_id)
+LEFT JOIN prior AS pr USING (workspace_id)
+LEFT JOIN prior_p95 AS pp USING (workspace_id)
+LEFT JOIN credits AS c USING (workspace_id)
+LEFT JOIN worst_hour AS w USING (workspace_id)
+ORDER BY a.workspace_id
