@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Days kept per class of table (0: forever): raw source rows, hourly, daily and weekly
 # rollups, job history (PRODUCT.md section 6).
 RETENTION_DAYS = {"raw": 90, "hourly": 90, "daily": 730, "weekly": 0, "job_runs": 90}
+# Lag (seconds) behind the last complete bucket beyond which a grain's tables are stale: the
+# hourly job runs at :05, the daily at 01:00, the weekly on Mondays at 02:00.
+FRESHNESS_TARGET_S = {"hour": 2 * 3600, "day": 26 * 3600, "week": 7 * 86400 + 7200}
 
 
 class Settings(BaseSettings):
@@ -83,6 +86,15 @@ class Settings(BaseSettings):
         default=300.0, ge=0, description="How long a job waits for a rollup busy elsewhere."
     )
 
+    # Monitoring --------------------------------------------------------------------------------
+    alert_failures: int = Field(
+        default=2, ge=1, description="Runs of a job failing in a row that make it unhealthy."
+    )
+    freshness_target_s: dict[str, int] = Field(
+        default_factory=dict,
+        description='Overrides of FRESHNESS_TARGET_S, e.g. {"hour": 3600}.',
+    )
+
     # Retention (days; 0 keeps forever) --------------------------------------------------------
     retention_days: dict[str, int] = Field(
         default_factory=dict,
@@ -92,6 +104,9 @@ class Settings(BaseSettings):
 
     def retention(self, kind: str) -> int:
         return self.retention_days.get(kind, RETENTION_DAYS[kind])
+
+    def freshness_target(self, grain: str) -> int:
+        return self.freshness_target_s.get(grain, FRESHNESS_TARGET_S[grain])
 
 
 @lru_cache(maxsize=1)

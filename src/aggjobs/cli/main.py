@@ -213,17 +213,51 @@ def verify_rollup(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: da
 
 @app.command()
 def status(as_json: JsonFlag = False) -> None:
-    """Watermarks, freshness lag and pending dirty groups of every rollup and grain."""
-    from ..engine.status import rollup_status
+    """Per job the last run, its status and duration, the next scheduled time and the
+    failures in a row; per rollup and grain the watermark, lag and pending dirty groups; then
+    what is wrong and what to do. Exit 1 when something is unhealthy (usable as a check)."""
+    from ..monitor import overview
 
     with session("status") as conn:
-        rows = rollup_status(conn, now=datetime.now(UTC))
+        state = overview(conn, get_settings())
     if as_json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(render.to_json(state))
     else:
-        console.print(render.status_table(rows))
-        for line in render.quarantine_lines(rows):
+        console.print(render.jobs_table(state["jobs"]))
+        console.print(render.status_table(state["rollups"]))
+        for line in render.quarantine_lines(state["rollups"]):
             console.print(line)
+        for problem in state["problems"]:
+            console.print(f"[red]unhealthy:[/red] {problem}", highlight=False)
+        if state["healthy"]:
+            console.print("[green]healthy[/green]")
+    if not state["healthy"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def runs(
+    job: Annotated[str | None, typer.Option(help="Only this job.")] = None,
+    since: Annotated[str | None, typer.Option(help="Runs started at or after, ISO 8601.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Runs shown at most.")] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """The run history, newest first, with each step's outcome and error."""
+    from ..jobs.registry import get_job
+    from ..monitor import run_history
+
+    if job:
+        get_job(job)
+    start = past(since, "--since") if since else None
+    with session("runs") as conn:
+        rows = run_history(conn, job=job, since=start, limit=limit)
+    if as_json:
+        print(render.to_json(rows))
+        return
+    console.print(render.runs_table(rows))
+    for row in rows:
+        if row["status"] in ("failed", "abandoned"):
+            console.print(render.failed_run(row), highlight=False)
 
 
 JobName = Annotated[str, typer.Argument(
@@ -251,7 +285,7 @@ def run(
     with translate_errors():
         result = run_job(RunRequest(job=job, as_of=ref, trigger="manual"), get_settings())
     if as_json:
-        print(json.dumps(render.run_json(result), indent=2, default=str))
+        print(render.to_json(render.run_json(result)))
     else:
         console.print(render.run_table(result))
     raise typer.Exit({"succeeded": 0, "skipped": 3}.get(result.status, 1))

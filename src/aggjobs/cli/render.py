@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 
 from rich import box
 from rich.table import Table
@@ -166,3 +168,69 @@ def step_note(detail: dict) -> str:
 def run_json(result: RunResult) -> dict:
     return {"id": result.id, "job": result.job, "status": result.status,
             "error": result.error, "steps": [asdict(s) for s in result.steps]}
+
+
+def ago(value: datetime | None, now: datetime | None = None) -> str:
+    if value is None:
+        return "-"
+    now = now or datetime.now(value.tzinfo)
+    seconds = int((now - value).total_seconds())
+    return f"{timedelta(seconds=abs(seconds))} {'ago' if seconds >= 0 else 'from now'}"
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def jobs_table(jobs: list[dict]) -> Table:
+    table = Table(title="jobs (times UTC)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("job", "last run", "started", "took", "next", "fails"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("took", "fails") else "left")
+    for job in jobs:
+        status = job["last_status"]
+        colour = STATUS_COLOUR.get(status or "", "white")
+        last = f"[{colour}]{status}[/{colour}] #{job['last_id']}" if status else "never"
+        fails = job["consecutive_failures"]
+        table.add_row(job["job"], last, ago(job["last_started"]), seconds(job["last_seconds"]),
+                      ts(job["next_run"]).removesuffix(" UTC") if job["next_run"] else "off",
+                      f"[red]{fails}[/red]" if fails else "0")
+    return table
+
+
+def runs_table(rows: list[dict]) -> Table:
+    table = Table(title="runs, newest first (times UTC)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("id", "job", "status", "trigger", "started", "took", "steps"):
+        table.add_column(col, no_wrap=col != "steps", justify="right" if col in ("id", "took")
+                         else "left")
+    for row in rows:
+        colour = STATUS_COLOUR.get(row["status"], "white")
+        steps = row["steps"] or []
+        failed = sum(1 for s in steps if s["status"] == "failed")
+        summary = f"{len(steps)} ({failed} failed)" if failed else str(len(steps))
+        table.add_row(str(row["id"]), row["job"], f"[{colour}]{row['status']}[/{colour}]",
+                      row["trigger"], ts(row["started_at"]).removesuffix(" UTC"),
+                      seconds(row["seconds"]), summary)
+    return table
+
+
+def failed_run(row: dict) -> str:
+    """A failed run's errors, step by step: the lines the on-call engineer reads first."""
+    failed = [s for s in row["steps"] or [] if s["status"] == "failed"]
+    head = f"[red]run {row['id']} {row['job']} {row['status']}[/red] on {row['host']} " \
+           f"pid {row['pid']}"
+    lines = [head if failed else f"{head}: {row['error'] or ''}"]
+    lines += [f"  {s['name']}: {s['error']} (after {s['attempts']} attempt(s))" for s in failed]
+    return "\n".join(lines)
+
+
+def to_json(value: object) -> str:
+    """JSON for scripts: times in ISO 8601, decimals as numbers."""
+
+    def default(obj: object) -> object:
+        if isinstance(obj, datetime | date):
+            return obj.isoformat()
+        if isinstance(obj, Decimal):
+            return float(obj)
+        return str(obj)
+
+    return json.dumps(value, indent=2, default=default)

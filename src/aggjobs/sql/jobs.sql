@@ -71,3 +71,36 @@ VALUES (%(actor)s, %(action)s, %(target)s, %(params)s, %(outcome)s)
 
 -- name: oldest_pending
 SELECT min(bucket) FROM aggjobs.pending_groups WHERE rollup = %(rollup)s AND grain = %(grain)s
+
+-- name: job_summary
+-- Per job: its latest run, its latest success, and how many runs failed in a row since.
+WITH ranked AS (
+    SELECT r.*, row_number() OVER (PARTITION BY job ORDER BY started_at DESC, id DESC) AS n
+    FROM aggjobs.job_runs AS r
+    WHERE status <> 'skipped'
+)
+SELECT j.job,
+       l.id AS last_id, l.status AS last_status, l.trigger AS last_trigger,
+       l.started_at AS last_started, l.finished_at AS last_finished, l.error AS last_error,
+       (SELECT max(finished_at) FROM aggjobs.job_runs
+        WHERE job = j.job AND status = 'succeeded') AS last_success,
+       (SELECT count(*) FROM ranked AS f
+        WHERE f.job = j.job AND f.status IN ('failed', 'abandoned')
+          AND f.n < coalesce((SELECT min(n) FROM ranked AS s
+                              WHERE s.job = j.job AND s.status = 'succeeded'), 2147483647)
+       ) AS consecutive_failures,
+       (SELECT count(*) FROM aggjobs.job_runs WHERE job = j.job AND status = 'running')
+           AS running
+FROM unnest(%(jobs)s::text[]) WITH ORDINALITY AS j(job, ord)
+LEFT JOIN ranked AS l ON l.job = j.job AND l.n = 1
+ORDER BY j.ord
+
+-- name: run_history
+SELECT id, job, trigger, who, as_of, slot, status, started_at, finished_at,
+       extract(epoch FROM coalesce(finished_at, clock_timestamp()) - started_at) AS seconds,
+       steps, error, attempt, host, pid, task_id
+FROM aggjobs.job_runs
+WHERE (%(job)s::text IS NULL OR job = %(job)s)
+  AND (%(since)s::timestamptz IS NULL OR started_at >= %(since)s)
+ORDER BY started_at DESC, id DESC
+LIMIT %(limit)s

@@ -1,0 +1,105 @@
+"""What the on-call engineer asks first: what ran, what failed, how stale is each table, and
+is anything wrong. Shared by `aggjobs status`/`runs` and the HTTP API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg.rows import dict_row
+
+from ..catalog.grains import as_utc
+from ..engine.status import rollup_status
+from ..jobs.app import cron, fires_at
+from ..jobs.registry import JOBS
+from ..settings import Settings
+from ..sql import query
+
+
+def next_run(job: str, settings: Settings, now: datetime) -> datetime | None:
+    """The next minute the job's schedule fires after `now` (None: not scheduled)."""
+    schedule = cron(JOBS[job], settings)
+    if schedule is None:
+        return None
+    t = now.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    for _ in range(60 * 24 * 366):
+        if fires_at(schedule, t):
+            return t
+        t += timedelta(minutes=1)
+    return None
+
+
+def job_states(conn: psycopg.Connection, settings: Settings, now: datetime) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("job_summary"), {"jobs": list(JOBS)}).fetchall()
+    states = []
+    for row in rows:
+        started, finished = row["last_started"], row["last_finished"]
+        states.append({
+            **row,
+            "schedule": settings.schedule.get(row["job"], JOBS[row["job"]].cron),
+            "next_run": next_run(row["job"], settings, now),
+            "last_seconds": (finished - started).total_seconds() if started and finished
+            else (now - started).total_seconds() if started else None,
+        })
+    return states
+
+
+@dataclass(frozen=True)
+class Problem:
+    what: str
+    why: str
+    todo: str
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.why}. {self.todo}"
+
+
+def problems(jobs: list[dict], rollups: list[dict], settings: Settings,
+             now: datetime) -> list[Problem]:
+    """Everything that makes the installation unhealthy, each with what to do about it."""
+    found = []
+    for job in jobs:
+        if job["consecutive_failures"] >= settings.alert_failures:
+            found.append(Problem(
+                job["job"], f"{job['consecutive_failures']} runs failed in a row; last error: "
+                f"{job['last_error']}",
+                f"see `aggjobs runs --job {job['job']}`; fix, then `aggjobs run {job['job']}`"))
+        limit = settings.job_time_limit_s.get(job["job"], JOBS[job["job"]].time_limit_s)
+        if job["last_status"] == "running" and job["last_seconds"] > limit:
+            found.append(Problem(
+                job["job"], f"run {job['last_id']} has been running {job['last_seconds']:.0f}"
+                f" s, over its {limit} s budget",
+                "look for it in pg_stat_activity (application_name aggjobs:"
+                f"{job['job']}); the worker's hard time limit ends it"))
+    for row in rollups:
+        target = settings.freshness_target(row["grain"])
+        if row["lag_seconds"] is not None and row["lag_seconds"] > target:
+            found.append(Problem(
+                row["table"], f"{row['lag_seconds'] / 3600:.1f} h behind (target "
+                f"{target / 3600:g} h); watermark {row['watermark']}",
+                "check the jobs above; `aggjobs run hourly_rollup` (or daily/weekly) catches up"))
+        if row["quarantined_buckets"]:
+            found.append(Problem(
+                row["table"], f"{row['quarantined_buckets']} bucket(s) quarantined after "
+                "repeated failures", "see aggjobs.quarantine; fix the cause, then "
+                "`aggjobs backfill` those buckets"))
+    return found
+
+
+def overview(conn: psycopg.Connection, settings: Settings, now: datetime | None = None
+             ) -> dict:
+    now = as_utc(now or datetime.now(UTC))
+    jobs = job_states(conn, settings, now)
+    rollups = rollup_status(conn, now=now)
+    found = problems(jobs, rollups, settings, now)
+    return {"healthy": not found, "checked_at": now, "problems": [str(p) for p in found],
+            "jobs": jobs, "rollups": rollups}
+
+
+def run_history(conn: psycopg.Connection, *, job: str | None = None,
+                since: datetime | None = None, limit: int = 50) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query("run_history"),
+                           {"job": job, "since": since, "limit": limit}).fetchall()
