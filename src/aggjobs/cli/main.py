@@ -6,11 +6,13 @@ Bad input exits 2 with a one-line reason and changes nothing; `verify` exits 1 o
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Annotated
 
 import psycopg
@@ -23,7 +25,7 @@ from ..catalog.grains import parse_timestamp
 from ..db.connect import connect, translate_errors
 from ..db.migrate import current_version, migrate as run_migrations
 from ..db.migrate import migrations
-from ..errors import AggjobsError, InvalidRange, MigrationRequired
+from ..errors import AggjobsError, InvalidRange, InvalidTimestamp, MigrationRequired
 from ..settings import get_settings
 from . import render
 
@@ -346,3 +348,81 @@ def up(
     console.print("starting the worker with the scheduler (Ctrl-C stops it)")
     celery("worker", "-Q", "aggjobs", "--concurrency", str(concurrency), "--loglevel", "INFO",
            "--beat")
+
+
+class ReportFormat(str, enum.Enum):
+    md = "md"
+    html = "html"
+    json = "json"
+    csv = "csv"
+
+
+def report_day(text: str) -> date:
+    """A UTC date that is over: its report can only be built from complete data."""
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidTimestamp(f"--day {text!r} is not a date: use YYYY-MM-DD") from None
+    if day >= datetime.now(UTC).date():
+        raise InvalidRange(f"--day {day} is not over yet (days are UTC): pick an earlier day")
+    return day
+
+
+@app.command()
+def report(
+    day: Annotated[str, typer.Option("--day", help="UTC date, YYYY-MM-DD.",
+                                     show_default=False)] = ...,
+    workspace: Annotated[int | None, typer.Option(
+        "--workspace", help="This workspace's report (default: the platform's).")] = None,
+    fmt: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = (
+        ReportFormat.md),
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write to this file instead of standard output.",
+        dir_okay=False)] = None,
+) -> None:
+    """The daily report of a day: the stored one (analytics.daily_reports) if the daily job
+    made it, else built from the rollups on the fly (not stored)."""
+    from .. import reports
+
+    wanted = report_day(day)
+    with session("report") as conn:
+        stored = reports.load_stored(conn, wanted, workspace)
+        if stored is not None and stored.get("schema_version") == reports.SCHEMA_VERSION:
+            chosen, origin = stored, (f"stored report from analytics.daily_reports (generated "
+                                      f"{stored['generated_at'][:19]} UTC)")
+        else:
+            chosen = on_the_fly_report(conn, wanted, workspace, reports)
+            origin = ("no stored report: built from the rollups now (not stored)"
+                      if stored is None else "stored report has an older schema: rebuilt now "
+                      "from the rollups (not stored)")
+    if not chosen["has_data"]:
+        raise reports.NoReportData(f"no data for {wanted}: no runs, user events or credit "
+                                   "transactions in the rollups that day")
+    text = reports.render(chosen, fmt.value)
+    err_console.print(f"report: {origin}", highlight=False, soft_wrap=True)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise reports.ReportError(f"cannot write {output}: {exc.strerror}") from None
+        err_console.print(f"written to {output}", highlight=False, soft_wrap=True)
+
+
+def on_the_fly_report(conn: psycopg.Connection, day: date, workspace: int | None,
+                      reports) -> dict:
+    if workspace is not None and not reports.workspace_known(conn, workspace):
+        raise reports.UnknownWorkspace(f"unknown workspace {workspace}: it appears in no rollup")
+    behind = reports.lagging_rollups(conn, day)
+    if behind:
+        names = ", ".join(behind)
+        raise reports.NoReportData(f"{day} is not rolled up yet ({names} day grain): run "
+                                   "`aggjobs refresh` or wait for the daily job")
+    built = reports.build(conn, day)
+    if workspace is not None and workspace not in built:
+        if not built[None]["has_data"]:
+            raise reports.NoReportData(f"no data for {day}: no runs, user events or credit "
+                                       "transactions in the rollups that day")
+        raise reports.NoReportData(f"workspace {workspace} had no runs or user events on {day}")
+    return built[workspace]

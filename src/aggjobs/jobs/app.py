@@ -91,6 +91,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         beat_schedule=beat_schedule(settings),
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         worker_hijack_root_logger=False,
+        # Events on: Flower (or `celery events`) shows tasks live without extra flags.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         # Redis redelivers a task unacknowledged for this long: longer than any job may run,
         # so that only a dead worker's task comes back (a duplicate would be skipped anyway).
         broker_transport_options={"visibility_timeout": longest_limit(settings) + 600},
