@@ -8,7 +8,6 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 # Days kept per class of table (0: forever): raw source rows, hourly, daily and weekly
 # rollups, job history (PRODUCT.md section 6).
 RETENTION_DAYS = {"raw": 90, "hourly": 90, "daily": 730, "weekly": 0, "job_runs": 90}

@@ -14,9 +14,8 @@ import pytest
 from aggjobs.catalog import ROLLUPS, get_rollup, select_rollups
 from aggjobs.catalog.model import Count, Rollup, Source, Sum
 from aggjobs.errors import UnknownRollup
-from aggjobs.sql import queries
+from aggjobs.sql import queries, tracking
 from aggjobs.sql import rollup as r
-from aggjobs.sql import tracking
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 

@@ -15,9 +15,8 @@ from psycopg import sql
 from ..catalog import Grain, Rollup, Source, rollups_on
 from ..catalog.grains import as_utc
 from ..errors import LockBusy
-from ..sql import query
+from ..sql import query, tracking
 from ..sql import rollup as rollup_sql
-from ..sql import tracking
 
 log = logging.getLogger(__name__)
 

@@ -10,18 +10,19 @@ aggjobs.jobs.app worker`.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.schedules import crontab
 
 from ..catalog.grains import parse_timestamp
 from ..db.connect import database_url
-from ..errors import ConfigError
 from ..settings import Settings, get_settings
 from .registry import JOBS, Job
 from .runner import RunRequest, run_job
+from .schedule import beat_schedule, cron, slot_of
+
+__all__ = ["app", "beat_schedule", "create_app", "slot_of"]
 
 log = logging.getLogger(__name__)
 
@@ -34,45 +35,6 @@ def broker_url(settings: Settings) -> str:
         return settings.broker_url
     scheme, _, rest = database_url(settings).partition("://")
     return f"sqla+postgresql+psycopg://{rest}"
-
-
-def cron(job: Job, settings: Settings) -> crontab | None:
-    text = settings.schedule.get(job.name, job.cron)
-    if text.strip() == "off":
-        return None
-    fields = text.split()
-    if len(fields) != 5:
-        raise ConfigError(f"schedule of {job.name}: {text!r} is not a 5-field cron expression")
-    minute, hour, day_of_month, month, day_of_week = fields
-    return crontab(minute=minute, hour=hour, day_of_month=day_of_month,
-                   month_of_year=month, day_of_week=day_of_week)
-
-
-def beat_schedule(settings: Settings) -> dict:
-    entries = {}
-    for job in JOBS.values():
-        schedule = cron(job, settings)
-        if schedule is not None:
-            entries[job.name] = {"task": job.name, "schedule": schedule,
-                                 "kwargs": {"trigger": "schedule"}}
-    return entries
-
-
-def slot_of(schedule: crontab, now: datetime) -> datetime:
-    """The minute the schedule last fired at or before `now`: what identifies a scheduled
-    run, whichever beat sent it and whenever a worker took it."""
-    t = now.astimezone(UTC).replace(second=0, microsecond=0)
-    for _ in range(60 * 24 * 366):
-        if fires_at(schedule, t):
-            return t
-        t -= timedelta(minutes=1)
-    raise ConfigError(f"schedule {schedule} never fires")
-
-
-def fires_at(schedule: crontab, t: datetime) -> bool:
-    return (t.minute in schedule.minute and t.hour in schedule.hour
-            and t.isoweekday() % 7 in schedule.day_of_week
-            and t.day in schedule.day_of_month and t.month in schedule.month_of_year)
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from .. import health
 from ..catalog import ROLLUPS, SOURCES, Grain
 from ..errors import UnknownJob
 from ..settings import Settings
-from .. import health
 from . import cleanup, steps
 from .model import Job, Step
 

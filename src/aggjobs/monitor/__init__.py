@@ -4,30 +4,21 @@ is anything wrong. Shared by `aggjobs status`/`runs` and the HTTP API."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg.rows import dict_row
 
 from ..catalog.grains import as_utc
 from ..engine.status import rollup_status
-from ..jobs.app import cron, fires_at
 from ..jobs.registry import JOBS
+from ..jobs.schedule import next_run as next_firing
 from ..settings import Settings
 from ..sql import query
 
 
 def next_run(job: str, settings: Settings, now: datetime) -> datetime | None:
-    """The next minute the job's schedule fires after `now` (None: not scheduled)."""
-    schedule = cron(JOBS[job], settings)
-    if schedule is None:
-        return None
-    t = now.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    for _ in range(60 * 24 * 366):
-        if fires_at(schedule, t):
-            return t
-        t += timedelta(minutes=1)
-    return None
+    return next_firing(JOBS[job], settings, now)
 
 
 def job_states(conn: psycopg.Connection, settings: Settings, now: datetime) -> list[dict]:
@@ -39,7 +30,7 @@ def job_states(conn: psycopg.Connection, settings: Settings, now: datetime) -> l
         states.append({
             **row,
             "schedule": settings.schedule.get(row["job"], JOBS[row["job"]].cron),
-            "next_run": next_run(row["job"], settings, now),
+            "next_run": next_firing(JOBS[row["job"]], settings, now),
             "last_seconds": (finished - started).total_seconds() if started and finished
             else (now - started).total_seconds() if started else None,
         })
