@@ -61,6 +61,10 @@ class Settings(BaseSettings):
         description="Celery broker (redis://, amqp://); unset means kombu's SQLAlchemy "
         "transport on the aggjobs database itself, which needs no extra service.",
     )
+    queue: str = Field(
+        default="aggjobs", pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="The broker queue of the jobs: one per installation sharing a broker.",
+    )
     schedule: dict[str, str] = Field(
         default_factory=dict,
         description='Cron overrides per job, e.g. {"hourly_rollup": "5 * * * *"}; '

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 import pytest
 from psycopg.rows import dict_row
 
@@ -91,6 +92,11 @@ class Worker:
             self.proc.wait(timeout=10)
 
 
+def queue_for(db_url: str) -> str:
+    """A queue per test database: test runs sharing a broker never take each other's tasks."""
+    return "aggjobs." + conninfo_to_dict(db_url)["dbname"]
+
+
 @dataclass
 class Workers:
     db_url: str
@@ -104,6 +110,7 @@ class Workers:
             AGGJOBS_DATABASE_URL=self.db_url,
             AGGJOBS_BROKER_URL=self.broker_url,
             AGGJOBS_DATA_DIR=str(self.tmp_path),
+            AGGJOBS_QUEUE=queue_for(self.db_url),
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)
@@ -114,7 +121,7 @@ class Workers:
         name = f"w{n}"
         log = self.tmp_path / f"{name}.log"
         argv = [sys.executable, "-m", "celery", "-A", "aggjobs.jobs.app", "worker",
-                "-Q", "aggjobs", "--concurrency", "1", "--pool", "prefork",
+                "-Q", queue_for(self.db_url), "--concurrency", "1", "--pool", "prefork",
                 "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
                 "--without-mingle", "--without-heartbeat"]
         if beat:
@@ -158,7 +165,8 @@ def celery_app(db_url: str, broker_url: str, tmp_path: Path):
     """The aggjobs Celery app as a client (sending tasks) of the test broker."""
     from aggjobs.jobs.app import create_app
 
-    app = create_app(Settings(database_url=db_url, broker_url=broker_url, data_dir=tmp_path))
+    app = create_app(Settings(database_url=db_url, broker_url=broker_url, data_dir=tmp_path,
+                              queue=queue_for(db_url)))
     yield app
     app.close()
 

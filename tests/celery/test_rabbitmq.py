@@ -11,7 +11,7 @@ import pytest
 from aggjobs.catalog import Grain
 from aggjobs.settings import Settings
 from tests import platform as p
-from tests.celery.conftest import Workers, job_runs, poll
+from tests.celery.conftest import Workers, job_runs, poll, queue_for
 from tests.reference import assert_matches
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,8 @@ def test_a_task_through_rabbitmq_runs_the_job(rabbitmq, db_url, conn, tmp_path) 
     from aggjobs.jobs.app import create_app
 
     p.seed_sources(conn, T0, rows=6 * 6, every=timedelta(minutes=10))
-    app = create_app(Settings(database_url=db_url, broker_url=rabbitmq, data_dir=tmp_path))
+    app = create_app(Settings(database_url=db_url, broker_url=rabbitmq, data_dir=tmp_path,
+                              queue=queue_for(db_url)))
     app.control.purge()  # nothing left over from an earlier run reaches this database
     pool = Workers(db_url, rabbitmq, tmp_path)
     try:

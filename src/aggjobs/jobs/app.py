@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import after_setup_logger, after_setup_task_logger
 
+from .. import logs
 from ..catalog.grains import parse_timestamp
 from ..db.connect import database_url
 from ..settings import Settings, get_settings
@@ -37,6 +39,14 @@ def broker_url(settings: Settings) -> str:
     return f"sqla+postgresql+psycopg://{rest}"
 
 
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def structured_logs(logger: logging.Logger, **_: object) -> None:
+    """Celery's handlers, with aggjobs' formatter: JSON unless on a terminal."""
+    for handler in logger.handlers:
+        handler.setFormatter(logs.formatter(getattr(handler, "stream", None)))
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("aggjobs", set_as_current=False)
@@ -49,10 +59,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
-        task_default_queue="aggjobs",
+        task_default_queue=settings.queue,
         beat_schedule=beat_schedule(settings),
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
-        worker_hijack_root_logger=False,
+        worker_hijack_root_logger=True,  # our runner's logs go through Celery's handlers
         # Events on: Flower (or `celery events`) shows tasks live without extra flags.
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -173,6 +173,11 @@ class Run:
         result.status = "failed" if failed else "succeeded"
         result.error = "; ".join(f"{s.name}: {s.error}" for s in failed) or None
         self.finish(result)
+        log.log(logging.ERROR if failed else logging.INFO, "%s run %s %s", self.job.name,
+                run_id, result.status, extra=self.context(
+                    status=result.status, rows=sum(s.rows for s in result.steps),
+                    seconds=round(sum(s.seconds for s in result.steps), 3),
+                    error=result.error))
         return result
 
     def run_step(self, name: str, fn: Callable[[StepContext], dict],
@@ -192,14 +197,17 @@ class Run:
                                      f"{outcome.attempts} attempts)")
                     break
                 log.warning("%s/%s attempt %d: %s; retrying", self.job.name, name,
-                            outcome.attempts, describe(exc))
+                            outcome.attempts, describe(exc),
+                            extra=self.context(step=name, attempt=outcome.attempts,
+                                               error=describe(exc)))
                 self.backoff(outcome.attempts)
                 self.ensure_connection()
                 continue
             except Exception as exc:
                 if should_stop(exc):
                     raise
-                log.exception("%s/%s failed", self.job.name, name)
+                log.exception("%s/%s failed", self.job.name, name,
+                              extra=self.context(step=name, error=describe(exc)))
                 outcome.status, outcome.error = "failed", describe(exc)
                 break
             outcome.status = detail.pop("status", "succeeded")
@@ -207,7 +215,14 @@ class Run:
             outcome.detail = detail
             break
         outcome.seconds = round(time.perf_counter() - started, 3)
+        log.info("%s/%s %s", self.job.name, name, outcome.status, extra=self.context(
+            step=name, status=outcome.status, rows=outcome.rows, seconds=outcome.seconds,
+            attempt=outcome.attempts, error=outcome.error))
         return outcome
+
+    def context(self, **fields: object) -> dict:
+        """Fields for structured logs (aggjobs.logs): the run's identity plus `fields`."""
+        return {"job": self.job.name, "run_id": self.run_id, **fields}
 
     # -- locks and connections ------------------------------------------------------------
     def take_job_lock(self) -> bool:
