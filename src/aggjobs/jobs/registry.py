@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import health
+from .. import health, reports
 from ..catalog import ROLLUPS, SOURCES, Grain
 from ..errors import UnknownJob
 from ..settings import Settings
@@ -19,7 +19,7 @@ def daily_steps(settings: Settings) -> list[Step]:
     # its hours is deferred and the reason kept in the step's detail.
     return [steps.rollup_step(r, [Grain.HOUR, Grain.DAY]) for r in ROLLUPS] + [
         health.step(),
-        steps.not_built_yet("daily_reports"),
+        reports.step(),
     ]
 
 

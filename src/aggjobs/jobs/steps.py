@@ -50,12 +50,3 @@ def refresh_view(name: str):
         return {"rows": rows}
 
     return run
-
-
-def not_built_yet(name: str) -> Step:
-    """A step whose content is not built yet: recorded as skipped, saying so."""
-
-    def run(ctx: StepContext) -> dict:
-        return {"status": "skipped", "reason": f"{name} is not built yet"}
-
-    return Step(name, run)

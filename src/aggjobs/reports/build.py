@@ -1,0 +1,392 @@
+"""Build the daily reports of a day from the rollup tables, and store them.
+
+`build(conn, day)` returns {None: platform report, workspace_id: report, ...} for every active
+workspace (any run or user event that day). A report is a JSON-ready dict (strings, numbers,
+lists, dicts), the same whether it was just built or read back from analytics.daily_reports,
+so that every renderer works on either. docs/reports.md describes each section.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from ..errors import AggjobsError
+
+SCHEMA_VERSION = 1
+LEDGER_TOLERANCE = Decimal("0.01")  # credits: a difference beyond this is a mismatch
+TOP_N = 10  # top workspaces by runs / by credits
+MOVERS_N = 5  # per direction
+HOT_SPOTS_N = 5  # worst hours, worst workspaces; worst agents: TOP_N platform-wide
+LEDGER_LISTED = 100  # mismatches listed in the platform report (all are counted)
+ROLLUPS_READ = ("execution_metrics", "user_activity", "credit_consumption")
+
+# (key, label, kind): the order of the totals in every format. kind drives formatting.
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("runs", "Runs", "count"),
+    ("successful_runs", "Successful runs", "count"),
+    ("failed_runs", "Failed runs", "count"),
+    ("success_rate", "Success rate", "rate"),
+    ("p95_runtime", "p95 runtime (s)", "seconds"),
+    ("run_credits", "Credits consumed by runs", "credits"),
+    ("credits_used", "Credits used (ledger)", "credits"),
+    ("credits_refunded", "Credits refunded", "credits"),
+    ("credits_granted", "Credits granted", "credits"),
+    ("net_credits", "Net credits", "credits"),
+    ("active_users", "Active users", "count"),
+    ("events", "Events", "count"),
+)
+HEALTH_SEVERITY = {"healthy": 0, "at_risk": 1, "critical": 2}
+
+
+class ReportError(AggjobsError):
+    """The report cannot be produced."""
+
+
+class UnknownWorkspace(ReportError):
+    """No workspace has that id."""
+
+
+class NoReportData(ReportError):
+    """There is no data for that day."""
+
+
+# -- SQL ----------------------------------------------------------------------------------------
+_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@cache
+def queries() -> dict[str, str]:
+    parts = _HEADER.split(files(__package__).joinpath("queries.sql").read_text())
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def fetch(conn: psycopg.Connection, name: str, **params: Any) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries()[name], params).fetchall()  # type: ignore[arg-type]
+
+
+# -- values -------------------------------------------------------------------------------------
+def num(value: Any, digits: int | None = None) -> float | int | None:
+    """JSON-ready number: Decimal -> float (credits keep their 4 decimals), ints stay ints."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    out = float(value)
+    return round(out, digits) if digits is not None else out
+
+
+def ratio(part: Any, whole: Any) -> float | None:
+    return None if not whole else float(part) / float(whole)
+
+
+def pct_change(value: Any, before: Any) -> tuple[Any, float | None]:
+    """Absolute and relative (%) change; None when either side is unknown, % None from 0."""
+    if value is None or before is None:
+        return None, None
+    diff = value - before
+    if isinstance(diff, float):
+        diff = round(diff, 4)
+    pct = None if before == 0 else round((value - before) / abs(before) * 100, 2)
+    return diff, pct
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    lo = datetime.combine(day, time(), tzinfo=UTC)
+    return lo, lo + timedelta(days=1)
+
+
+def figures(row: dict | None) -> dict | None:
+    """The totals of one scope and day from a query row (None: no data that day)."""
+    if row is None:
+        return None
+    return {
+        "runs": int(row["runs"]),
+        "successful_runs": int(row["successful_runs"]),
+        "failed_runs": int(row["failed_runs"]),
+        "success_rate": ratio(row["successful_runs"], row["runs"]),
+        "p95_runtime": num(row["p95_runtime"]),
+        "run_credits": num(row["run_credits"], 4),
+        "credits_used": num(row["credits_used"], 4),
+        "credits_refunded": num(row["credits_refunded"], 4),
+        "credits_granted": num(row["credits_granted"], 4),
+        "net_credits": num(row["net_credits"], 4),
+        "active_users": int(row["active_users"]),
+        "events": int(row["events"]),
+    }
+
+
+def totals(today: dict, previous: dict | None, last_week: dict | None) -> dict:
+    out = {}
+    for key, _, _ in METRICS:
+        value = today[key]
+        prev = previous[key] if previous else None
+        week = last_week[key] if last_week else None
+        dod, dod_pct = pct_change(value, prev)
+        wow, wow_pct = pct_change(value, week)
+        out[key] = {"value": value, "previous_day": prev, "day_over_day": dod,
+                    "day_over_day_pct": dod_pct, "same_day_last_week": week,
+                    "week_over_week": wow, "week_over_week_pct": wow_pct}
+    return out
+
+
+def hourly_series(day: date, rows: list[dict]) -> list[dict]:
+    """24 entries, one per UTC hour (zeros where no rollup row)."""
+    lo, _ = day_bounds(day)
+    by_hour = {r["hour"].astimezone(UTC): r for r in rows}
+    out = []
+    for h in range(24):
+        start = lo + timedelta(hours=h)
+        r = by_hour.get(start)
+        runs = r["runs"] if r else 0
+        failed = r["failed_runs"] if r else 0
+        out.append({
+            "hour": start.isoformat(),
+            "runs": runs,
+            "successful_runs": r["successful_runs"] if r else 0,
+            "failed_runs": failed,
+            "failure_rate": ratio(failed, runs),
+            "p95_runtime": num(r["p95_runtime"]) if r else None,
+            "run_credits": num(r["run_credits"], 4) if r else 0.0,
+            "credits_used": num(r["credits_used"], 4) if r else 0.0,
+        })
+    return out
+
+
+def worst_hours(hourly: list[dict]) -> list[dict]:
+    hot = [h for h in hourly if h["failed_runs"] > 0]
+    hot.sort(key=lambda h: (-h["failed_runs"], -(h["failure_rate"] or 0), h["hour"]))
+    return [{k: h[k] for k in ("hour", "runs", "failed_runs", "failure_rate")}
+            for h in hot[:HOT_SPOTS_N]]
+
+
+def agents(rows: list[dict], limit: int, failed_total: int) -> dict:
+    items = sorted(({"workspace_id": r["workspace_id"], "agent_id": r["agent_id"],
+                     "runs": r["runs"], "failed_runs": r["failed_runs"],
+                     "failure_rate": ratio(r["failed_runs"], r["runs"])} for r in rows),
+                   key=lambda a: (-a["failed_runs"], -(a["failure_rate"] or 0),
+                                  a["workspace_id"], a["agent_id"] or 0))
+    available = bool(items) or failed_total == 0
+    return {"items": items[:limit] if available else None,
+            "note": None if available else
+            "failed runs in the rollups but none in the raw rows (past their retention?)"}
+
+
+# -- build --------------------------------------------------------------------------------------
+def build(conn: psycopg.Connection, day: date) -> dict[int | None, dict]:
+    """The platform report (key None) and one per active workspace for the UTC `day`."""
+    prev_day, week_day = day - timedelta(days=1), day - timedelta(days=7)
+    days = [day, prev_day, week_day]
+    lo, hi = day_bounds(day)
+    generated_at = datetime.now(UTC).isoformat()
+
+    platform_rows = {r["day"]: r for r in fetch(conn, "daily_platform", days=days)}
+    ws_rows: dict[tuple[int, date], dict] = {
+        (r["workspace_id"], r["day"]): r for r in fetch(conn, "daily_by_workspace", days=days)}
+    hourly_platform = fetch(conn, "hourly_platform", lo=lo, hi=hi)
+    hourly_ws: dict[int, list[dict]] = {}
+    for r in fetch(conn, "hourly_by_workspace", lo=lo, hi=hi):
+        hourly_ws.setdefault(r["workspace_id"], []).append(r)
+    agent_rows = fetch(conn, "worst_agents", lo=lo, hi=hi)
+    health_rows = {r["workspace_id"]: r for r in fetch(conn, "health", day=day)}
+    ledger_rows = fetch(conn, "ledger", day=day, tolerance=LEDGER_TOLERANCE)
+
+    def head(kind: str, ws: int | None, has_data: bool, prev_has: bool, week_has: bool) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "kind": kind, "day": day.isoformat(),
+                "workspace_id": ws, "generated_at": generated_at, "has_data": has_data,
+                "compared_with": {"previous_day": prev_day.isoformat(),
+                                  "previous_day_has_data": prev_has,
+                                  "same_day_last_week": week_day.isoformat(),
+                                  "same_day_last_week_has_data": week_has}}
+
+    # Platform-wide.
+    p_today, p_prev, p_week = (platform_rows[d] for d in days)
+    today_fig = figures(p_today)
+    prev_fig = figures(p_prev) if p_prev["has_data"] else None
+    week_fig = figures(p_week) if p_week["has_data"] else None
+    active = sorted({ws for (ws, d), r in ws_rows.items()
+                     if d == day and (r["has_runs"] or r["has_events"])})
+    today_ws = {ws: ws_rows[(ws, day)] for ws in active}
+    hourly = hourly_series(day, hourly_platform)
+
+    platform = head("platform", None, p_today["has_data"], prev_fig is not None,
+                    week_fig is not None)
+    platform["active_workspaces"] = len(active)
+    platform["totals"] = totals(today_fig, prev_fig, week_fig)
+    platform["top_workspaces"] = top_workspaces(today_ws, today_fig)
+    platform["movers"] = {
+        "vs_previous_day": movers(ws_rows, day, prev_day) if prev_fig else None,
+        "vs_same_day_last_week": movers(ws_rows, day, week_day) if week_fig else None,
+    }
+    worst_ws = sorted((r for r in today_ws.values() if r["failed_runs"] > 0),
+                      key=lambda r: (-r["failed_runs"], -ratio(r["failed_runs"], r["runs"]),
+                                     r["workspace_id"]))
+    platform["failure_hot_spots"] = {
+        "worst_hours": worst_hours(hourly),
+        "worst_workspaces": [{"workspace_id": r["workspace_id"], "runs": r["runs"],
+                              "failed_runs": r["failed_runs"],
+                              "failure_rate": ratio(r["failed_runs"], r["runs"])}
+                             for r in worst_ws[:HOT_SPOTS_N]],
+        "worst_agents": agents(agent_rows, TOP_N, today_fig["failed_runs"]),
+    }
+    platform["health"] = platform_health(health_rows)
+    platform["ledger"] = platform_ledger(ledger_rows)
+    platform["hourly"] = hourly
+    reports: dict[int | None, dict] = {None: platform}
+
+    # One per active workspace.
+    for ws in active:
+        prev = ws_rows.get((ws, prev_day))
+        week = ws_rows.get((ws, week_day))
+        report = head("workspace", ws, True, prev is not None, week is not None)
+        report["totals"] = totals(figures(today_ws[ws]), figures(prev), figures(week))
+        ws_hourly = hourly_series(day, hourly_ws.get(ws, []))
+        report["failure_hot_spots"] = {
+            "worst_hours": worst_hours(ws_hourly),
+            "worst_agents": agents([r for r in agent_rows if r["workspace_id"] == ws],
+                                   HOT_SPOTS_N, today_ws[ws]["failed_runs"]),
+        }
+        report["health"] = workspace_health(health_rows.get(ws))
+        row = next((r for r in ledger_rows if r["workspace_id"] == ws), None)
+        report["ledger"] = ledger_item(row, ws) | {"tolerance": float(LEDGER_TOLERANCE)}
+        report["hourly"] = ws_hourly
+        reports[ws] = report
+    return reports
+
+
+def top_workspaces(today_ws: dict[int, dict], total: dict) -> dict:
+    by_runs = sorted((r for r in today_ws.values() if r["runs"] > 0),
+                     key=lambda r: (-r["runs"], r["workspace_id"]))[:TOP_N]
+    by_credits = sorted((r for r in today_ws.values() if r["credits_used"] > 0),
+                        key=lambda r: (-r["credits_used"], r["workspace_id"]))[:TOP_N]
+    return {
+        "by_runs": [{"workspace_id": r["workspace_id"], "runs": r["runs"],
+                     "failed_runs": r["failed_runs"],
+                     "success_rate": ratio(r["successful_runs"], r["runs"]),
+                     "share_pct": round(100 * r["runs"] / total["runs"], 2)}
+                    for r in by_runs],
+        "by_credits": [{"workspace_id": r["workspace_id"],
+                        "credits_used": num(r["credits_used"], 4),
+                        "run_credits": num(r["run_credits"], 4),
+                        "share_pct": round(100 * float(r["credits_used"])
+                                           / total["credits_used"], 2)
+                        if total["credits_used"] else None}
+                       for r in by_credits],
+    }
+
+
+def movers(ws_rows: dict[tuple[int, date], dict], day: date, other: date) -> dict:
+    """Workspaces whose runs changed most between `other` and `day` (absent counts as 0)."""
+    workspaces = {ws for (ws, d) in ws_rows if d in (day, other)}
+    changes = []
+    for ws in workspaces:
+        now = ws_rows[(ws, day)]["runs"] if (ws, day) in ws_rows else 0
+        then = ws_rows[(ws, other)]["runs"] if (ws, other) in ws_rows else 0
+        if now != then:
+            diff, pct = pct_change(now, then)
+            changes.append({"workspace_id": ws, "runs": now, "compared_runs": then,
+                            "change": diff, "change_pct": pct})
+    up = sorted((c for c in changes if c["change"] > 0),
+                key=lambda c: (-c["change"], c["workspace_id"]))
+    down = sorted((c for c in changes if c["change"] < 0),
+                  key=lambda c: (c["change"], c["workspace_id"]))
+    return {"compared_day": other.isoformat(), "up": up[:MOVERS_N], "down": down[:MOVERS_N]}
+
+
+def fell(row: dict) -> bool:
+    """Status worsened into at_risk or critical (from healthy, or at_risk to critical)."""
+    now = HEALTH_SEVERITY.get(row["status"])
+    before = HEALTH_SEVERITY.get(row["previous_status"] or "")
+    return now is not None and now >= 1 and before is not None and now > before
+
+
+def health_item(row: dict) -> dict:
+    return {"workspace_id": row["workspace_id"], "status": row["status"],
+            "score": num(row["score"]), "previous_status": row["previous_status"],
+            "previous_score": num(row["previous_score"])}
+
+
+def platform_health(rows: dict[int, dict]) -> dict:
+    counts: dict[str, int] = {}
+    for r in rows.values():
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    fallen = sorted((r for r in rows.values() if fell(r)),
+                    key=lambda r: (-HEALTH_SEVERITY[r["status"]], r["score"] or 0,
+                                   r["workspace_id"]))
+    return {"scored": bool(rows), "counts": counts,
+            "fell": [health_item(r) for r in fallen]}
+
+
+def workspace_health(row: dict | None) -> dict:
+    if row is None:
+        return {"scored": False, "status": None, "score": None, "previous_status": None,
+                "previous_score": None, "fell": False}
+    item = health_item(row)
+    del item["workspace_id"]
+    return {"scored": True, **item, "fell": fell(row)}
+
+
+def ledger_item(row: dict | None, ws: int) -> dict:
+    if row is None:
+        return {"workspace_id": ws, "usage_credits": 0.0, "run_credits": 0.0,
+                "difference": 0.0, "mismatch": False}
+    return {"workspace_id": row["workspace_id"], "usage_credits": num(row["usage_credits"], 4),
+            "run_credits": num(row["run_credits"], 4),
+            "difference": num(row["difference"], 4), "mismatch": row["mismatch"]}
+
+
+def platform_ledger(rows: list[dict]) -> dict:
+    mismatches = [ledger_item(r, r["workspace_id"]) for r in rows if r["mismatch"]]
+    usage = sum((r["usage_credits"] for r in rows), Decimal(0))
+    runs = sum((r["run_credits"] for r in rows), Decimal(0))
+    return {"tolerance": float(LEDGER_TOLERANCE), "workspaces_checked": len(rows),
+            "usage_credits": num(usage, 4), "run_credits": num(runs, 4),
+            "difference": num(usage - runs, 4), "mismatch_count": len(mismatches),
+            "mismatches": mismatches[:LEDGER_LISTED]}
+
+
+# -- completeness, storage ----------------------------------------------------------------------
+def lagging_rollups(conn: psycopg.Connection, day: date) -> dict[str, datetime | None]:
+    """Rollups whose day grain has not materialized `day` yet (rollup -> its watermark)."""
+    _, end = day_bounds(day)
+    marks = {r["rollup"]: r["watermark"]
+             for r in fetch(conn, "day_watermarks", rollups=list(ROLLUPS_READ))}
+    return {name: marks.get(name) for name in ROLLUPS_READ
+            if marks.get(name) is None or marks[name] < end}
+
+
+def store(conn: psycopg.Connection, day: date) -> int:
+    """Build the day's reports and replace the stored ones, in one transaction: upsert each,
+    delete those of workspaces no longer active. Returns the number of rows written."""
+    outermost = conn.info.transaction_status == pq.TransactionStatus.IDLE
+    with conn.transaction():
+        if outermost:  # one snapshot for every query of the build
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        reports = build(conn, day)
+        with conn.cursor() as cur:
+            cur.executemany(queries()["upsert_report"], [  # type: ignore[arg-type]
+                {"day": day, "ws": ws, "report": Jsonb(r), "generated_at": r["generated_at"]}
+                for ws, r in reports.items()])
+            cur.execute(queries()["delete_inactive_reports"],  # type: ignore[arg-type]
+                        {"day": day, "active": [ws for ws in reports if ws is not None]})
+    return len(reports)
+
+
+def load_stored(conn: psycopg.Connection, day: date, workspace_id: int | None) -> dict | None:
+    rows = fetch(conn, "stored_report", day=day, ws=workspace_id)
+    return rows[0]["report"] if rows else None
+
+
+def workspace_known(conn: psycopg.Connection, workspace_id: int) -> bool:
+    return bool(conn.execute(queries()["workspace_known"],  # type: ignore[arg-type]
+                             {"ws": workspace_id}).fetchone()[0])

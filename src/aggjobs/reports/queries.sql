@@ -1,0 +1,236 @@
+-- The daily reports' queries, each under a `-- name: x` header (loaded by aggjobs.reports.sql).
+--
+-- Every figure comes from the rollup tables (analytics.*_hourly / *_daily), never from the raw
+-- source rows, with one exception named below (`worst_agents`: agents are not a rollup
+-- dimension). A handful of set-based queries serve every report of a day, however many
+-- workspaces are active: each returns one row per workspace (or per day / hour), and Python
+-- only picks, ranks and formats.
+-- Parameters: %(day)s the report's UTC date; %(days)s that day and its comparison days;
+-- %(lo)s / %(hi)s the day's bounds as timestamptz (UTC midnight to UTC midnight).
+
+-- name: daily_by_workspace
+-- Per workspace and day: the daily rollups side by side (a workspace may have runs without
+-- events, or credit transactions alone). `p95_runtime` and `active_users` are the stored
+-- per-workspace values.
+WITH e AS (
+    SELECT workspace_id, day, total_executions, successful_executions, failed_executions,
+           p95_runtime, total_credits
+    FROM analytics.execution_metrics_daily WHERE day = ANY(%(days)s::date[])
+), a AS (
+    SELECT workspace_id, day, active_users, total_events
+    FROM analytics.user_activity_daily WHERE day = ANY(%(days)s::date[])
+), c AS (
+    SELECT workspace_id, day, credits_used, credits_refunded, credits_granted, net_credits,
+           transactions
+    FROM analytics.credit_consumption_daily WHERE day = ANY(%(days)s::date[])
+), k AS (
+    SELECT workspace_id, day FROM e
+    UNION SELECT workspace_id, day FROM a
+    UNION SELECT workspace_id, day FROM c
+)
+SELECT k.workspace_id, k.day,
+       e.workspace_id IS NOT NULL AS has_runs,
+       a.workspace_id IS NOT NULL AS has_events,
+       coalesce(e.total_executions, 0) AS runs,
+       coalesce(e.successful_executions, 0) AS successful_runs,
+       coalesce(e.failed_executions, 0) AS failed_runs,
+       e.p95_runtime,
+       coalesce(e.total_credits, 0) AS run_credits,
+       coalesce(c.credits_used, 0) AS credits_used,
+       coalesce(c.credits_refunded, 0) AS credits_refunded,
+       coalesce(c.credits_granted, 0) AS credits_granted,
+       coalesce(c.net_credits, 0) AS net_credits,
+       coalesce(a.active_users, 0) AS active_users,
+       coalesce(a.total_events, 0) AS events
+FROM k
+LEFT JOIN e USING (workspace_id, day)
+LEFT JOIN a USING (workspace_id, day)
+LEFT JOIN c USING (workspace_id, day)
+ORDER BY k.day, k.workspace_id
+
+-- name: daily_platform
+-- Per day, the whole platform: sums of the daily rollups; p95 from the workspaces' sketches
+-- merged (bucket counts added per key), active users as the distinct union of the workspaces'
+-- user sets (user ids are platform-wide). `has_data`: any rollup row that day.
+WITH days AS (
+    SELECT unnest(%(days)s::date[]) AS day
+), e AS (
+    SELECT day, count(*) AS n,
+           sum(total_executions)::bigint AS runs, sum(successful_executions)::bigint AS successful_runs,
+           sum(failed_executions)::bigint AS failed_runs, sum(total_credits) AS run_credits
+    FROM analytics.execution_metrics_daily WHERE day = ANY(%(days)s::date[])
+    GROUP BY day
+), sketch AS (
+    SELECT day, aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(c ORDER BY k), 0.95)
+               AS p95_runtime
+    FROM (SELECT d.day, u.k, sum(u.c)::bigint AS c
+          FROM analytics.execution_metrics_daily AS d,
+               unnest(d.p95_runtime__keys, d.p95_runtime__counts) AS u(k, c)
+          WHERE d.day = ANY(%(days)s::date[])
+          GROUP BY 1, 2) AS merged
+    GROUP BY day
+), a AS (
+    SELECT day, count(*) AS n, sum(total_events)::bigint AS events
+    FROM analytics.user_activity_daily WHERE day = ANY(%(days)s::date[])
+    GROUP BY day
+), users AS (
+    SELECT d.day, count(DISTINCT u.id) AS active_users
+    FROM analytics.user_activity_daily AS d, unnest(d.active_users__set) AS u(id)
+    WHERE d.day = ANY(%(days)s::date[])
+    GROUP BY d.day
+), c AS (
+    SELECT day, count(*) AS n, sum(credits_used) AS credits_used,
+           sum(credits_refunded) AS credits_refunded, sum(credits_granted) AS credits_granted,
+           sum(net_credits) AS net_credits
+    FROM analytics.credit_consumption_daily WHERE day = ANY(%(days)s::date[])
+    GROUP BY day
+)
+SELECT days.day,
+       coalesce(e.n, 0) + coalesce(a.n, 0) + coalesce(c.n, 0) > 0 AS has_data,
+       coalesce(e.runs, 0) AS runs,
+       coalesce(e.successful_runs, 0) AS successful_runs,
+       coalesce(e.failed_runs, 0) AS failed_runs,
+       sketch.p95_runtime,
+       coalesce(e.run_credits, 0) AS run_credits,
+       coalesce(c.credits_used, 0) AS credits_used,
+       coalesce(c.credits_refunded, 0) AS credits_refunded,
+       coalesce(c.credits_granted, 0) AS credits_granted,
+       coalesce(c.net_credits, 0) AS net_credits,
+       coalesce(users.active_users, 0) AS active_users,
+       coalesce(a.events, 0) AS events
+FROM days
+LEFT JOIN e USING (day)
+LEFT JOIN sketch USING (day)
+LEFT JOIN a USING (day)
+LEFT JOIN users USING (day)
+LEFT JOIN c USING (day)
+ORDER BY days.day
+
+-- name: hourly_by_workspace
+-- Per workspace and hour of the day: runs, failures, exact hourly p95 and credits (runs'
+-- and the ledger's usage), from the hourly rollups.
+WITH e AS (
+    SELECT workspace_id, hour, total_executions, successful_executions, failed_executions,
+           p95_runtime, total_credits
+    FROM analytics.execution_metrics_hourly
+    WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz
+), c AS (
+    SELECT workspace_id, hour, credits_used
+    FROM analytics.credit_consumption_hourly
+    WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz
+), k AS (
+    SELECT workspace_id, hour FROM e UNION SELECT workspace_id, hour FROM c
+)
+SELECT k.workspace_id, k.hour,
+       coalesce(e.total_executions, 0) AS runs,
+       coalesce(e.successful_executions, 0) AS successful_runs,
+       coalesce(e.failed_executions, 0) AS failed_runs,
+       e.p95_runtime,
+       coalesce(e.total_credits, 0) AS run_credits,
+       coalesce(c.credits_used, 0) AS credits_used
+FROM k
+LEFT JOIN e USING (workspace_id, hour)
+LEFT JOIN c USING (workspace_id, hour)
+ORDER BY k.workspace_id, k.hour
+
+-- name: hourly_platform
+-- Per hour of the day, the whole platform; p95 from the workspaces' hourly sketches merged.
+WITH e AS (
+    SELECT hour, sum(total_executions)::bigint AS runs, sum(successful_executions)::bigint AS successful_runs,
+           sum(failed_executions)::bigint AS failed_runs, sum(total_credits) AS run_credits
+    FROM analytics.execution_metrics_hourly
+    WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz
+    GROUP BY hour
+), sketch AS (
+    SELECT hour, aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(c ORDER BY k), 0.95)
+                AS p95_runtime
+    FROM (SELECT h.hour, u.k, sum(u.c)::bigint AS c
+          FROM analytics.execution_metrics_hourly AS h,
+               unnest(h.p95_runtime__keys, h.p95_runtime__counts) AS u(k, c)
+          WHERE h.hour >= %(lo)s::timestamptz AND h.hour < %(hi)s::timestamptz
+          GROUP BY 1, 2) AS merged
+    GROUP BY hour
+), c AS (
+    SELECT hour, sum(credits_used) AS credits_used
+    FROM analytics.credit_consumption_hourly
+    WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz
+    GROUP BY hour
+)
+SELECT coalesce(e.hour, c.hour) AS hour,
+       coalesce(e.runs, 0) AS runs,
+       coalesce(e.successful_runs, 0) AS successful_runs,
+       coalesce(e.failed_runs, 0) AS failed_runs,
+       sketch.p95_runtime,
+       coalesce(e.run_credits, 0) AS run_credits,
+       coalesce(c.credits_used, 0) AS credits_used
+FROM e
+FULL JOIN c USING (hour)
+LEFT JOIN sketch ON sketch.hour = coalesce(e.hour, c.hour)
+ORDER BY 1
+
+-- name: worst_agents
+-- THE ONE QUERY ON RAW ROWS. Agents are not a dimension of the rollups (their only dimension
+-- is the workspace), so failures per agent are counted from public.agent_runs directly. The
+-- scan is bounded by the report's day on `started_at` (index agent_runs_started_at_idx) and
+-- keeps only agents with at least one failure. Raw rows past their retention are gone, so
+-- for old days this returns nothing (the report then says the figure is unavailable).
+SELECT workspace_id, agent_id, count(*) AS runs,
+       count(*) FILTER (WHERE status = 'failed') AS failed_runs
+FROM public.agent_runs
+WHERE started_at >= %(lo)s::timestamptz AND started_at < %(hi)s::timestamptz
+GROUP BY workspace_id, agent_id
+HAVING count(*) FILTER (WHERE status = 'failed') > 0
+ORDER BY failed_runs DESC, workspace_id, agent_id NULLS LAST
+
+-- name: health
+-- Each workspace scored on the day, with its status the day before (NULL: not scored then).
+SELECT h.workspace_id, h.status, h.score, p.status AS previous_status,
+       p.score AS previous_score
+FROM analytics.workspace_health_daily AS h
+LEFT JOIN analytics.workspace_health_daily AS p
+       ON p.workspace_id = h.workspace_id AND p.day = h.day - 1
+WHERE h.day = %(day)s::date
+ORDER BY h.workspace_id
+
+-- name: ledger
+-- The credit ledger against the runs, per workspace: the day's 'usage' transactions
+-- (credit_consumption.credits_used) against the credits the runs consumed
+-- (execution_metrics.total_credits). Both are rollups of the day by UTC time (the ledger
+-- row's created_at, the run's started_at).
+SELECT workspace_id,
+       coalesce(c.credits_used, 0) AS usage_credits,
+       coalesce(e.total_credits, 0) AS run_credits,
+       coalesce(c.credits_used, 0) - coalesce(e.total_credits, 0) AS difference,
+       abs(coalesce(c.credits_used, 0) - coalesce(e.total_credits, 0)) > %(tolerance)s
+           AS mismatch
+FROM (SELECT workspace_id, credits_used FROM analytics.credit_consumption_daily
+      WHERE day = %(day)s::date) AS c
+FULL JOIN (SELECT workspace_id, total_credits FROM analytics.execution_metrics_daily
+           WHERE day = %(day)s::date) AS e USING (workspace_id)
+ORDER BY abs(coalesce(c.credits_used, 0) - coalesce(e.total_credits, 0)) DESC, workspace_id
+
+-- name: day_watermarks
+-- Day-grain watermarks of the rollups a report reads: every day before is materialized.
+SELECT rollup, watermark FROM aggjobs.watermarks
+WHERE grain = 'day' AND rollup = ANY(%(rollups)s::text[])
+
+-- name: workspace_known
+-- Whether the workspace appears anywhere in the daily rollups (unique indexes lead with it).
+SELECT EXISTS (SELECT 1 FROM analytics.execution_metrics_daily WHERE workspace_id = %(ws)s)
+    OR EXISTS (SELECT 1 FROM analytics.user_activity_daily WHERE workspace_id = %(ws)s)
+    OR EXISTS (SELECT 1 FROM analytics.credit_consumption_daily WHERE workspace_id = %(ws)s)
+
+-- name: upsert_report
+INSERT INTO analytics.daily_reports (day, workspace_id, report, generated_at, updated_at)
+VALUES (%(day)s, %(ws)s, %(report)s, %(generated_at)s, now())
+ON CONFLICT (day, workspace_id) DO UPDATE
+SET report = EXCLUDED.report, generated_at = EXCLUDED.generated_at, updated_at = now()
+
+-- name: delete_inactive_reports
+-- Workspace reports of the day whose workspace is no longer active (its rows were deleted).
+DELETE FROM analytics.daily_reports
+WHERE day = %(day)s AND workspace_id IS NOT NULL AND workspace_id <> ALL(%(active)s::bigint[])
+
+-- name: stored_report
+SELECT report, generated_at FROM analytics.daily_reports
+WHERE day = %(day)s AND workspace_id IS NOT DISTINCT FROM %(ws)s::bigint
