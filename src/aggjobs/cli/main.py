@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .. import logs
 from ..catalog import Grain, Rollup, select_rollups
 from ..catalog.grains import parse_timestamp
 from ..db.connect import connect, translate_errors
@@ -55,6 +57,7 @@ def main() -> None:
     Typer runs in standalone mode, so usage errors keep Click's own message and exit code 2;
     only aggjobs' errors are caught here.
     """
+    logs.setup(logging.WARNING)
     try:
         app()
     except AggjobsError as exc:
@@ -310,7 +313,7 @@ def worker(
     """Run a Celery worker executing the jobs (Celery's `worker` command)."""
     with session("worker"):
         pass
-    celery("worker", "-Q", "aggjobs", "--concurrency", str(concurrency), "--loglevel", loglevel,
+    celery("worker", "-Q", get_settings().queue, "--concurrency", str(concurrency), "--loglevel", loglevel,
            *(["--beat"] if beat else []))
 
 
@@ -346,7 +349,7 @@ def up(
             result = run_job(RunRequest(job=job, trigger="manual", who="aggjobs up"), settings)
         console.print(render.run_table(result))
     console.print("starting the worker with the scheduler (Ctrl-C stops it)")
-    celery("worker", "-Q", "aggjobs", "--concurrency", str(concurrency), "--loglevel", "INFO",
+    celery("worker", "-Q", get_settings().queue, "--concurrency", str(concurrency), "--loglevel", "INFO",
            "--beat")
 
 
@@ -426,3 +429,105 @@ def on_the_fly_report(conn: psycopg.Connection, day: date, workspace: int | None
                                        "transactions in the rollups that day")
         raise reports.NoReportData(f"workspace {workspace} had no runs or user events on {day}")
     return built[workspace]
+
+
+# -- HTTP API and its tokens (docs/api.md) ------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8700,
+) -> None:
+    """The HTTP API: dashboard at /, JSON under /api/, /metrics, /healthz, docs at /docs.
+    Every route but /healthz needs a token (`aggjobs token create`)."""
+    import uvicorn
+
+    from ..api.app import create_api, redact_access_log
+
+    with session("serve"):
+        pass  # the schema must be current before anything listens
+    console.print(f"aggjobs API on http://{host}:{port}/ (docs at /docs; Ctrl-C stops it)",
+                  highlight=False)
+    redact_access_log()  # `?token=` secrets stay out of the access log
+    uvicorn.run(create_api(get_settings()), host=host, port=port, log_level="info")
+
+
+token_app = typer.Typer(help="API tokens for `aggjobs serve`: create, list, revoke.",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+class TokenRole(str, enum.Enum):
+    viewer = "viewer"
+    operator = "operator"
+    admin = "admin"
+
+
+def cli_actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="Unique name: who or what uses it.",
+                                      show_default=False)] = ...,
+    role: Annotated[TokenRole, typer.Option("--role", help="viewer reads; operator also "
+                                            "runs jobs and backfills; admin manages tokens "
+                                            "and retention.", show_default=False)] = ...,
+    expires_days: Annotated[float | None, typer.Option(
+        "--expires-days", min=0.001, help="Expire after this many days (default: never).")] = None,
+) -> None:
+    """Create a token and print its secret, once: only its SHA-256 is stored."""
+    from ..api import tokens
+
+    with session("token") as conn:
+        secret, row = tokens.create(conn, name, role.value, actor=cli_actor(),
+                                    expires_days=expires_days)
+    expires = row["expires_at"].strftime("%Y-%m-%d %H:%M UTC") if row["expires_at"] else "never"
+    err_console.print(f"token {row['name']!r} created: role {row['role']}, expires {expires}.",
+                      highlight=False)
+    err_console.print("[yellow]warning:[/yellow] copy the secret now: it is not shown again "
+                      "(only its hash is stored).", highlight=False)
+    print(secret)
+
+
+@token_app.command("list")
+def token_list(as_json: JsonFlag = False) -> None:
+    """Every token: name, role, created, expires, revoked, last used (never the secret)."""
+    from rich.table import Table
+
+    from ..api import tokens
+
+    with session("token") as conn:
+        rows = tokens.list_tokens(conn)
+    if as_json:
+        print(render.to_json(rows))
+        return
+    table = Table("name", "role", "created", "by", "expires", "revoked", "last used")
+
+    def when(value: datetime | None) -> str:
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if value else "-"
+
+    for row in rows:
+        table.add_row(row["name"], row["role"], when(row["created_at"]), row["created_by"],
+                      when(row["expires_at"]) if row["expires_at"] else "never",
+                      when(row["revoked_at"]), when(row["last_used_at"]))
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="The token's name.", show_default=False)],
+) -> None:
+    """Revoke a token: requests bearing it are refused from now on."""
+    from ..api import tokens
+
+    with session("token") as conn:
+        tokens.revoke(conn, name, actor=cli_actor())
+    console.print(f"token {name!r} revoked", highlight=False)

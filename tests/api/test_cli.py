@@ -1,0 +1,104 @@
+"""`aggjobs token create|list|revoke` and `aggjobs serve` as real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from aggjobs.api import tokens
+
+AGGJOBS = str(Path(sys.executable).with_name("aggjobs"))
+
+
+def aggjobs(db_url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AGGJOBS_DATABASE_URL": db_url, "COLUMNS": "160"}
+    return subprocess.run([AGGJOBS, *args], env=env, capture_output=True, text=True, check=False,
+                          timeout=60)
+
+
+def test_token_create_list_revoke(db_url, conn):
+    made = aggjobs(db_url, "token", "create", "--name", "grafana", "--role", "viewer",
+                   "--expires-days", "30")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert secret.startswith("agj_") and "\n" not in secret
+    assert "not shown again" in made.stderr
+    (stored,) = conn.execute("SELECT token_hash FROM aggjobs.api_tokens").fetchone()
+    assert stored == hashlib.sha256(secret.encode()).hexdigest()
+    assert tokens.verify(conn, secret) == "viewer"
+
+    again = aggjobs(db_url, "token", "create", "--name", "grafana", "--role", "admin")
+    assert again.returncode == 2 and "exists already" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    bad_role = aggjobs(db_url, "token", "create", "--name", "x", "--role", "root")
+    assert bad_role.returncode == 2
+
+    listed = aggjobs(db_url, "token", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "grafana" in listed.stdout and "viewer" in listed.stdout
+    assert secret not in listed.stdout and stored not in listed.stdout
+
+    revoked = aggjobs(db_url, "token", "revoke", "grafana")
+    assert revoked.returncode == 0, revoked.stderr
+    assert tokens.verify(conn, secret) is None
+    gone = aggjobs(db_url, "token", "revoke", "grafana")
+    assert gone.returncode == 2 and "no active token named 'grafana'" in gone.stderr
+    actions = conn.execute("SELECT action, outcome FROM aggjobs.audit_log ORDER BY id"
+                           ).fetchall()
+    assert actions == [("token.create", "created"), ("token.create", "refused: name exists"),
+                       ("token.revoke", "revoked"),
+                       ("token.revoke", "refused: no active token of that name")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_over_real_http(db_url, conn):
+    secret, _ = tokens.create(conn, "probe", "viewer", actor="tests")
+    port = free_port()
+    env = {**os.environ, "AGGJOBS_DATABASE_URL": db_url}
+    proc = subprocess.Popen([AGGJOBS, "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"{base}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "aggjobs serve did not start"
+                time.sleep(0.2)
+        assert health.status_code == 200 and health.json() == {"ok": True}
+        assert httpx.get(f"{base}/api/jobs", timeout=5).status_code == 401
+        jobs = httpx.get(f"{base}/api/jobs", headers={"Authorization": f"Bearer {secret}"},
+                         timeout=10)
+        assert jobs.status_code == 200 and jobs.json()["healthy"] in (True, False)
+        page = httpx.get(f"{base}/", params={"token": secret}, timeout=10)
+        assert page.status_code == 200 and "hourly_rollup" in page.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        output = proc.stdout.read()
+        proc.stdout.close()
+    # uvicorn shuts down gracefully, then re-raises the signal it caught
+    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert "Finished server process" in output, output
+    assert "GET /?token=<redacted>" in output, output
+    assert secret not in output  # no secret in the access log

@@ -1,0 +1,248 @@
+"""Each endpoint against real run history; metrics parsed with prometheus-client's parser."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from aggjobs.engine.status import rollup_status
+from aggjobs.jobs.registry import JOBS
+
+from .conftest import NOW, auth
+
+
+def test_healthz_needs_no_token(client):
+    got = client.get("/healthz")
+    assert got.status_code == 200 and got.json() == {"ok": True}
+
+
+def test_healthz_is_503_when_the_database_is_gone(api_settings):
+    from fastapi.testclient import TestClient
+
+    from aggjobs.api.app import create_api
+
+    broken = api_settings.model_copy(
+        update={"database_url": "postgresql://postgres@127.0.0.1:1/nowhere"})
+    with TestClient(create_api(broken)) as c:
+        got = c.get("/healthz")
+    assert got.status_code == 503 and got.json()["ok"] is False
+
+
+def test_jobs_shows_each_job_with_its_last_run_and_problems(client, history, keys):
+    got = client.get("/api/jobs", headers=auth(keys["viewer"]))
+    assert got.status_code == 200
+    doc = got.json()
+    assert set(doc) == {"healthy", "checked_at", "problems", "jobs"}
+    jobs = {j["job"]: j for j in doc["jobs"]}
+    assert list(jobs) == list(JOBS)
+    assert jobs["hourly_rollup"]["last_status"] == "failed"  # skipped runs do not count
+    assert jobs["hourly_rollup"]["consecutive_failures"] == 1
+    assert "CheckViolation" in jobs["hourly_rollup"]["last_error"]
+    assert jobs["cleanup_old_data"]["last_status"] == "abandoned"
+    assert jobs["refresh_materialized_views"]["last_status"] == "succeeded"
+    assert jobs["weekly_rollup"]["last_status"] is None
+    assert jobs["hourly_rollup"]["next_run"] is not None
+
+
+def test_runs_lists_history_newest_first_with_steps_and_errors(client, history, keys, conn):
+    got = client.get("/api/jobs/hourly_rollup/runs", headers=auth(keys["viewer"]))
+    assert got.status_code == 200
+    runs = got.json()
+    assert [r["status"] for r in runs] == ["skipped", "failed", "succeeded"]
+    failed = runs[1]
+    assert "CheckViolation" in failed["error"]
+    assert any(s["status"] == "failed" and "poison" in s["error"] for s in failed["steps"])
+    assert runs[2]["steps"] and all(s["status"] == "succeeded" for s in runs[2]["steps"])
+
+    limited = client.get("/api/jobs/hourly_rollup/runs?limit=1", headers=auth(keys["viewer"]))
+    assert [r["status"] for r in limited.json()] == ["skipped"]
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    since = client.get("/api/jobs/hourly_rollup/runs", params={"since": future},
+                       headers=auth(keys["viewer"]))
+    assert since.status_code == 200 and since.json() == []
+    abandoned = client.get("/api/jobs/cleanup_old_data/runs", headers=auth(keys["viewer"]))
+    assert [r["status"] for r in abandoned.json()] == ["abandoned"]
+
+
+@pytest.mark.parametrize("path,status", [
+    ("/api/jobs/nope/runs", 404),
+    ("/api/jobs/hourly_rollup'; DROP TABLE aggjobs.job_runs; --/runs", 404),
+    ("/api/jobs/hourly_rollup/runs?since=yesterday", 400),
+    ("/api/jobs/hourly_rollup/runs?since=2026-01-01'%20OR%201=1--", 400),
+    ("/api/jobs/hourly_rollup/runs?limit=0", 422),
+    ("/api/jobs/hourly_rollup/runs?limit=abc", 422),
+])
+def test_bad_run_queries_are_refused_with_one_line(client, keys, conn, path, status):
+    got = client.get(path, headers=auth(keys["viewer"]))
+    assert got.status_code == status, got.text
+    if status != 422:
+        assert "\n" not in got.json()["detail"]
+    assert conn.execute("SELECT to_regclass('aggjobs.job_runs')").fetchone()[0] is not None
+
+
+def test_rollups_shows_freshness_per_rollup_and_grain(client, history, keys, conn):
+    got = client.get("/api/rollups", headers=auth(keys["viewer"]))
+    assert got.status_code == 200
+    rows = {(r["rollup"], r["grain"]): r for r in got.json()}
+    expected = rollup_status(conn, now=datetime.now(UTC))
+    assert set(rows) == {(r["rollup"], r["grain"]) for r in expected}
+    assert rows[("user_activity", "hour")]["watermark"] is not None
+    assert rows[("execution_metrics", "hour")]["watermark"] is None  # rebuilt, poisoned
+
+
+def test_post_run_runs_the_job_and_audits_it(client, history, keys, conn):
+    got = client.post("/api/jobs/refresh_materialized_views/run",
+                      headers=auth(keys["operator"]))
+    assert got.status_code == 200, got.text
+    doc = got.json()
+    assert doc["status"] == "succeeded" and doc["steps"]
+    row = conn.execute("SELECT status, who, trigger FROM aggjobs.job_runs WHERE id = %s",
+                       (doc["id"],)).fetchone()
+    assert row == ("succeeded", "api:t-operator", "manual")
+    audit = conn.execute("SELECT actor, action, target, outcome FROM aggjobs.audit_log"
+                         " WHERE action = 'run' ORDER BY id DESC LIMIT 1").fetchone()
+    assert audit == ("api:t-operator", "run", "refresh_materialized_views", "succeeded")
+
+    failed = client.post("/api/jobs/hourly_rollup/run",
+                         json={"as_of": datetime.now(UTC).isoformat()},
+                         headers=auth(keys["admin"]))
+    assert failed.status_code == 200 and failed.json()["status"] == "failed"
+
+
+@pytest.mark.parametrize("body,status,words", [
+    ({"as_of": "not a time"}, 400, "cannot parse timestamp"),
+    ({"as_of": "2999-01-01"}, 400, "in the future"),
+    ({"as_of": "2026-01-01", "extra": 1}, 422, None),
+])
+def test_post_run_validates_its_body(client, keys, conn, body, status, words):
+    got = client.post("/api/jobs/hourly_rollup/run", json=body, headers=auth(keys["operator"]))
+    assert got.status_code == status, got.text
+    if words:
+        assert words in got.json()["detail"]
+    assert conn.execute("SELECT count(*) FROM aggjobs.job_runs").fetchone()[0] == 0
+
+
+def test_post_run_of_an_unknown_job_is_404(client, keys, conn):
+    got = client.post("/api/jobs/nope/run", headers=auth(keys["operator"]))
+    assert got.status_code == 404 and "unknown job 'nope'" in got.json()["detail"]
+
+
+def test_backfill_recomputes_and_audits(client, history, keys, conn):
+    lo, hi = NOW - 4 * timedelta(hours=1), NOW - timedelta(hours=1)
+    body = {"rollups": ["user_activity"], "from": lo.isoformat(), "to": hi.isoformat()}
+    got = client.post("/api/backfills", json=body, headers=auth(keys["operator"]))
+    assert got.status_code == 200, got.text
+    [report] = got.json()["rollups"]
+    assert report["rollup"] == "user_activity" and report["buckets"] >= 0
+    audit = conn.execute("SELECT actor, target, params, outcome FROM aggjobs.audit_log"
+                         " WHERE action = 'backfill'").fetchall()
+    assert audit == [("api:t-operator", "user_activity",
+                      {"rollups": ["user_activity"], "from": lo.isoformat(),
+                       "to": hi.isoformat()}, "succeeded")]
+
+
+@pytest.mark.parametrize("body,status,words", [
+    ({"rollups": ["nope"], "from": "2026-01-01", "to": "2026-01-02"}, 400, "unknown rollup"),
+    ({"rollups": ["x'); DELETE FROM aggjobs.watermarks; --"], "from": "2026-01-01",
+      "to": "2026-01-02"}, 400, "unknown rollup"),
+    ({"from": "2026-01-02", "to": "2026-01-01"}, 400, "must be before"),
+    ({"from": "2026-01-01", "to": "2999-01-01"}, 400, "in the future"),
+    ({"from": "garbage", "to": "2026-01-01"}, 400, "cannot parse timestamp"),
+    ({"to": "2026-01-01"}, 422, None),
+])
+def test_backfill_validates_like_the_cli(client, keys, conn, body, status, words):
+    marks = conn.execute("SELECT count(*) FROM aggjobs.watermarks").fetchone()[0]
+    got = client.post("/api/backfills", json=body, headers=auth(keys["operator"]))
+    assert got.status_code == status, got.text
+    if words:
+        assert words in got.json()["detail"] and "\n" not in got.json()["detail"]
+    assert conn.execute("SELECT count(*) FROM aggjobs.backfills").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM aggjobs.watermarks").fetchone()[0] == marks
+
+
+def test_dashboard_lists_jobs_and_their_status(client, history, keys):
+    got = client.get("/", params={"token": keys["viewer"]})
+    assert got.status_code == 200 and got.headers["content-type"].startswith("text/html")
+    page = got.text
+    healthy = client.get("/api/jobs", headers=auth(keys["viewer"])).json()["healthy"]
+    assert f'<span id="verdict">{"healthy" if healthy else "unhealthy"}</span>' in page
+    for job in JOBS:
+        assert job in page
+    assert "abandoned" in page and "CheckViolation" in page
+
+
+def test_openapi_docs_are_served(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"/api/jobs", "/api/jobs/{job}/runs", "/api/rollups", "/api/jobs/{job}/run",
+            "/api/backfills", "/metrics", "/healthz"} <= set(spec["paths"])
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+
+def scrape(client, keys) -> dict:
+    got = client.get("/metrics", headers=auth(keys["viewer"]))
+    assert got.status_code == 200, got.text
+    samples = {}
+    for family in text_string_to_metric_families(got.text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def test_metrics_equal_what_is_in_job_runs(client, history, keys, conn: psycopg.Connection):
+    m = scrape(client, keys)
+    assert m[("aggjobs_up", ())] == 1
+
+    counts = {(j, s): n for j, s, n in conn.execute(
+        "SELECT job, status, count(*) FROM aggjobs.job_runs GROUP BY 1, 2")}
+    for job in JOBS:
+        for status in ("running", "succeeded", "failed", "skipped", "abandoned"):
+            key = ("aggjobs_job_runs_total", (("job", job), ("status", status)))
+            assert m[key] == counts.get((job, status), 0), key
+
+    durations = conn.execute(
+        "SELECT job, status, count(*), sum(extract(epoch FROM finished_at - started_at))::float8,"
+        " count(*) FILTER (WHERE finished_at - started_at <= interval '1 second')"
+        " FROM aggjobs.job_runs WHERE finished_at IS NOT NULL GROUP BY 1, 2").fetchall()
+    assert len(durations) == 5
+    for job, status, n, total, under_1s in durations:
+        labels = (("job", job), ("status", status))
+        assert m[("aggjobs_job_run_duration_seconds_count", labels)] == n
+        assert math.isclose(m[("aggjobs_job_run_duration_seconds_sum", labels)], total,
+                            rel_tol=1e-9, abs_tol=1e-9)
+        bucket = "aggjobs_job_run_duration_seconds_bucket"
+        assert m[(bucket, (("job", job), ("le", "+Inf"), ("status", status)))] == n
+        assert m[(bucket, (("job", job), ("le", "1.0"), ("status", status)))] == under_1s
+
+    success = dict(conn.execute("SELECT job, max(finished_at) FROM aggjobs.job_runs"
+                                " WHERE status = 'succeeded' GROUP BY job"))
+    assert set(success) == {"hourly_rollup", "refresh_materialized_views"}
+    for job, at in success.items():
+        assert m[("aggjobs_job_last_success_timestamp_seconds", (("job", job),))] \
+            == pytest.approx(at.timestamp())
+    assert ("aggjobs_job_last_success_timestamp_seconds", (("job", "weekly_rollup"),)) not in m
+
+    assert m[("aggjobs_job_consecutive_failures", (("job", "hourly_rollup"),))] == 1
+    assert m[("aggjobs_job_consecutive_failures", (("job", "cleanup_old_data"),))] == 1
+    assert m[("aggjobs_job_consecutive_failures", (("job", "weekly_rollup"),))] == 0
+
+    written = dict(conn.execute(
+        "SELECT job, sum((s ->> 'rows')::bigint) FROM aggjobs.job_runs,"
+        " jsonb_array_elements(steps) AS s GROUP BY job"))
+    assert written["hourly_rollup"] > 0
+    for job in JOBS:
+        assert m[("aggjobs_job_rows_written_total", (("job", job),))] == written.get(job, 0)
+
+    for row in rollup_status(conn, now=datetime.now(UTC)):
+        labels = (("grain", row["grain"]), ("rollup", row["rollup"]))
+        assert m[("aggjobs_rollup_pending_groups", labels)] == row["pending_groups"]
+        if row["lag_seconds"] is None:
+            assert ("aggjobs_rollup_lag_seconds", labels) not in m
+        else:
+            assert m[("aggjobs_rollup_lag_seconds", labels)] == row["lag_seconds"]
