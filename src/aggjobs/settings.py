@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     alert_failures: int = Field(
         default=2, ge=1, description="Runs of a job failing in a row that make it unhealthy."
     )
+    alert_webhook_url: str | None = Field(
+        default=None, description="Incidents (fired, resolved) are POSTed here as JSON."
+    )
     freshness_target_s: dict[str, int] = Field(
         default_factory=dict,
         description='Overrides of FRESHNESS_TARGET_S, e.g. {"hour": 3600}.',

@@ -260,3 +260,13 @@ CREATE TABLE aggjobs.api_tokens (
     revoked_at timestamptz,
     last_used_at timestamptz
 );
+
+-- Alert incidents (0004): opened when a problem is first seen, resolved when it clears.
+CREATE TABLE aggjobs.alerts (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key text NOT NULL,
+    message text NOT NULL,
+    opened_at timestamptz NOT NULL DEFAULT now(),
+    resolved_at timestamptz
+);
+CREATE UNIQUE INDEX alerts_one_open_per_key ON aggjobs.alerts (key) WHERE resolved_at IS NULL;

@@ -31,6 +31,7 @@ from psycopg.types.json import Jsonb
 from ..catalog.grains import as_utc
 from ..db.connect import SessionLimits, connect, first_line
 from ..errors import AggjobsError, LockBusy
+from ..monitor import alerts
 from ..settings import Settings
 from ..sql import query
 from .model import Job, StepContext
@@ -105,6 +106,8 @@ def run_job(request: RunRequest, settings: Settings,
         result = run.execute(should_stop)
         if request.trigger in ("manual", "backfill"):  # people's actions are audited
             run.audit(result)
+        if result.status != "skipped":
+            run.check_alerts()
         return result
     finally:
         run.close()
@@ -219,6 +222,14 @@ class Run:
             step=name, status=outcome.status, rows=outcome.rows, seconds=outcome.seconds,
             attempt=outcome.attempts, error=outcome.error))
         return outcome
+
+    def check_alerts(self) -> None:
+        """Announce incidents that started or cleared; never fails the run."""
+        try:
+            self.ensure_connection(relock=False)
+            alerts.evaluate(self.conn, self.settings)
+        except Exception:
+            log.exception("evaluating alerts failed", extra=self.context())
 
     def context(self, **fields: object) -> dict:
         """Fields for structured logs (aggjobs.logs): the run's identity plus `fields`."""

@@ -39,6 +39,7 @@ def job_states(conn: psycopg.Connection, settings: Settings, now: datetime) -> l
 
 @dataclass(frozen=True)
 class Problem:
+    key: str  # the incident: the same problem seen again is the same key
     what: str
     why: str
     todo: str
@@ -52,30 +53,33 @@ def problems(jobs: list[dict], rollups: list[dict], settings: Settings,
     """Everything that makes the installation unhealthy, each with what to do about it."""
     found = []
     for job in jobs:
-        if job["consecutive_failures"] >= settings.alert_failures:
+        name, fails = job["job"], job["consecutive_failures"]
+        if fails >= settings.alert_failures:
             found.append(Problem(
-                job["job"], f"{job['consecutive_failures']} runs failed in a row; last error: "
-                f"{job['last_error']}",
-                f"see `aggjobs runs --job {job['job']}`; fix, then `aggjobs run {job['job']}`"))
-        limit = settings.job_time_limit_s.get(job["job"], JOBS[job["job"]].time_limit_s)
+                f"failing:{name}", name,
+                f"{fails} runs failed in a row; last error: {job['last_error']}",
+                f"see `aggjobs runs --job {name}`; fix, then `aggjobs run {name}`"))
+        limit = settings.job_time_limit_s.get(name, JOBS[name].time_limit_s)
         if job["last_status"] == "running" and job["last_seconds"] > limit:
             found.append(Problem(
-                job["job"], f"run {job['last_id']} has been running {job['last_seconds']:.0f}"
-                f" s, over its {limit} s budget",
-                "look for it in pg_stat_activity (application_name aggjobs:"
-                f"{job['job']}); the worker's hard time limit ends it"))
+                f"over_budget:{job['last_id']}", name,
+                f"run {job['last_id']} has been running {job['last_seconds']:.0f} s, over its "
+                f"{limit} s budget",
+                f"look for it in pg_stat_activity (application_name aggjobs:{name}); the "
+                "worker's hard time limit ends it"))
     for row in rollups:
-        target = settings.freshness_target(row["grain"])
+        table, target = row["table"], settings.freshness_target(row["grain"])
         if row["lag_seconds"] is not None and row["lag_seconds"] > target:
             found.append(Problem(
-                row["table"], f"{row['lag_seconds'] / 3600:.1f} h behind (target "
-                f"{target / 3600:g} h); watermark {row['watermark']}",
+                f"stale:{table}", table,
+                f"{row['lag_seconds'] / 3600:.1f} h behind (target {target / 3600:g} h); "
+                f"watermark {row['watermark']}",
                 "check the jobs above; `aggjobs run hourly_rollup` (or daily/weekly) catches up"))
         if row["quarantined_buckets"]:
             found.append(Problem(
-                row["table"], f"{row['quarantined_buckets']} bucket(s) quarantined after "
-                "repeated failures", "see aggjobs.quarantine; fix the cause, then "
-                "`aggjobs backfill` those buckets"))
+                f"quarantine:{table}", table,
+                f"{row['quarantined_buckets']} bucket(s) quarantined after repeated failures",
+                "see aggjobs.quarantine; fix the cause, then `aggjobs backfill` those buckets"))
     return found
 
 
@@ -86,7 +90,14 @@ def overview(conn: psycopg.Connection, settings: Settings, now: datetime | None 
     rollups = rollup_status(conn, now=now)
     found = problems(jobs, rollups, settings, now)
     return {"healthy": not found, "checked_at": now, "problems": [str(p) for p in found],
-            "jobs": jobs, "rollups": rollups}
+            "incidents": [p.key for p in found], "jobs": jobs, "rollups": rollups}
+
+
+def current_problems(conn: psycopg.Connection, settings: Settings,
+                     now: datetime | None = None) -> list[Problem]:
+    now = as_utc(now or datetime.now(UTC))
+    return problems(job_states(conn, settings, now), rollup_status(conn, now=now),
+                    settings, now)
 
 
 def run_history(conn: psycopg.Connection, *, job: str | None = None,

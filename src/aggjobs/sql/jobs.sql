@@ -104,3 +104,15 @@ WHERE (%(job)s::text IS NULL OR job = %(job)s)
   AND (%(since)s::timestamptz IS NULL OR started_at >= %(since)s)
 ORDER BY started_at DESC, id DESC
 LIMIT %(limit)s
+
+-- name: lock_alerts
+SELECT pg_advisory_xact_lock(hashtext('aggjobs.alerts'))
+
+-- name: open_alerts
+SELECT key, message FROM aggjobs.alerts WHERE resolved_at IS NULL
+
+-- name: open_alert
+INSERT INTO aggjobs.alerts (key, message) VALUES (%(key)s, %(message)s)
+
+-- name: resolve_alert
+UPDATE aggjobs.alerts SET resolved_at = now() WHERE key = %(key)s AND resolved_at IS NULL
