@@ -54,7 +54,7 @@ def test_migrations_and_canonical_schema_agree(two_databases) -> None:
     a, b = snapshot(migrated), snapshot(canonical)
     for part in INTROSPECT:
         assert a[part] == b[part], f"{part} differ between migrations and schema.sql"
-    assert len(a["triggers"]) == 12  # four per source
+    assert len(a["triggers"]) == 14  # four per source, two on the audit log
 
 
 def test_migrate_is_idempotent_and_recorded(two_databases) -> None:

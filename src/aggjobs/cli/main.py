@@ -25,8 +25,8 @@ from .. import logs
 from ..catalog import Grain, Rollup, select_rollups
 from ..catalog.grains import parse_timestamp
 from ..db.connect import connect, translate_errors
-from ..db.migrate import current_version, migrate as run_migrations
-from ..db.migrate import migrations
+from ..db.migrate import current_version, migrations
+from ..db.migrate import migrate as run_migrations
 from ..errors import AggjobsError, InvalidRange, InvalidTimestamp, MigrationRequired
 from ..settings import get_settings
 from . import render
@@ -330,10 +330,19 @@ def up(
     demo_days: Annotated[int, typer.Option(
         min=0, help="Days of demo data to load when the sources are empty (0: none).")] = 7,
     concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 2,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the API and "
+                                      "dashboard (on 127.0.0.1).")] = 8700,
 ) -> None:
     """Everything in one process tree: the database (embedded when AGGJOBS_DATABASE_URL is
-    unset) migrated, demo data if it is empty, the rollups caught up, then a worker with
-    the scheduler. Ctrl-C stops it."""
+    unset) migrated, demo data if it is empty, the rollups caught up, then the API with the
+    dashboard (`aggjobs serve` on 127.0.0.1:PORT) and a worker with the scheduler. Prints
+    the dashboard's address with a fresh admin token in it. Ctrl-C stops it all."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from ..api import tokens
     from ..demo import DemoSpec, load_demo
     from ..jobs.runner import RunRequest, run_job
 
@@ -344,13 +353,62 @@ def up(
         if empty and demo_days:
             console.print(f"loading {demo_days} days of demo data ...")
             load_demo(conn, DemoSpec(days=demo_days))
+        with translate_errors():
+            secret, _ = tokens.create(conn, f"up-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}",
+                                      "admin", actor="aggjobs up")
     for job in ("hourly_rollup", "daily_rollup", "weekly_rollup"):
         with translate_errors():
             result = run_job(RunRequest(job=job, trigger="manual", who="aggjobs up"), settings)
         console.print(render.run_table(result))
-    console.print("starting the worker with the scheduler (Ctrl-C stops it)")
-    celery("worker", "-Q", get_settings().queue, "--concurrency", str(concurrency), "--loglevel", "INFO",
-           "--beat")
+
+    env = dict(os.environ)
+    if settings.database_url:  # the children use the very database this process chose
+        env["AGGJOBS_DATABASE_URL"] = settings.database_url
+    me = [sys.executable, "-m", "aggjobs"]
+    children: list[subprocess.Popen] = []
+
+    def stop(*_: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + 15
+        for child in children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+    try:
+        children.append(subprocess.Popen([*me, "serve", "--host", "127.0.0.1",
+                                          "--port", str(port)], env=env))
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            if children[0].poll() is not None:
+                raise AggjobsError(f"the API server exited (code {children[0].returncode}): "
+                                   f"is port {port} free? (--port)")
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AggjobsError("the API server did not answer within 30 s") from None
+                time.sleep(0.2)
+        print(f"dashboard: {base}/?token={secret}", flush=True)
+        console.print("starting the worker with the scheduler (Ctrl-C stops it all)")
+        children.append(subprocess.Popen(
+            [*me, "worker", "--beat", "--concurrency", str(concurrency)], env=env))
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        gone = next(child for child in children if child.poll() is not None)
+        code = gone.returncode
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        stop()
+    if code:
+        raise typer.Exit(code)
 
 
 class ReportFormat(str, enum.Enum):
@@ -531,3 +589,34 @@ def token_revoke(
     with session("token") as conn:
         tokens.revoke(conn, name, actor=cli_actor())
     console.print(f"token {name!r} revoked", highlight=False)
+
+
+@app.command()
+def audit(
+    since: Annotated[str | None, typer.Option(help="Entries at or after, ISO 8601.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Entries shown at most.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """The audit log, newest first: who did what, when, with which parameters, and how it
+    ended (manual runs, backfills, repairs, token changes, denied requests, cleanups)."""
+    from psycopg.rows import dict_row
+    from rich.table import Table
+
+    start = past(since, "--since") if since else None
+    with session("audit") as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        rows = cur.execute(
+            "SELECT id, at, actor, action, target, params, outcome, source"
+            " FROM aggjobs.audit_log WHERE %(since)s::timestamptz IS NULL OR at >= %(since)s"
+            " ORDER BY at DESC, id DESC LIMIT %(limit)s",
+            {"since": start, "limit": limit},
+        ).fetchall()
+    if as_json:
+        print(render.to_json(rows))
+        return
+    table = Table("at", "actor", "action", "target", "outcome", "source", "params")
+    for row in rows:
+        table.add_row(row["at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"), row["actor"],
+                      row["action"], row["target"] or "-", row["outcome"],
+                      row["source"] or "-", json.dumps(row["params"], default=str))
+    console.print(table)

@@ -88,8 +88,14 @@ def sync_catalog(conn: psycopg.Connection) -> None:
     views over the rollup tables, if missing."""
     for source in SOURCES:
         conn.execute(
-            "INSERT INTO aggjobs.sources (source) VALUES (%s) ON CONFLICT DO NOTHING",
-            (source.name,),
+            "INSERT INTO aggjobs.sources AS s (source, relation_schema, relation_name, time_column)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET"
+            " relation_schema = excluded.relation_schema, relation_name = excluded.relation_name,"
+            " time_column = excluded.time_column"
+            " WHERE (s.relation_schema, s.relation_name, s.time_column)"
+            " IS DISTINCT FROM (excluded.relation_schema, excluded.relation_name,"
+            " excluded.time_column)",
+            (source.name, source.schema, source.table, source.time_column),
         )
         threshold = conn.execute(
             "SELECT threshold FROM aggjobs.sources WHERE source = %s", (source.name,)
@@ -107,6 +113,55 @@ def sync_catalog(conn: psycopg.Connection) -> None:
                 (rollup.name, grain.value),
             )
     sync_views(conn)
+    sync_grants(conn)
+
+
+WORKER, READER = "aggjobs_worker", "aggjobs_reader"
+# The engine's state: the worker reads and writes it. Not aggjobs.sources (it names the
+# tables the SECURITY DEFINER functions act on: read-only for the worker), not audit_log
+# (append-only: INSERT and SELECT) and not schema_migrations (read-only).
+WORKER_STATE_TABLES = ("watermarks", "pending_groups", "invalidation_log", "job_runs",
+                       "backfills", "quarantine", "alerts", "api_tokens")
+
+
+def sync_grants(conn: psycopg.Connection) -> None:
+    """The privileges of the group roles created by migration 0005 (docs/security.md), on
+    every object that exists now, rollup tables and materialized views included; idempotent.
+
+    The materialized views are owned by aggjobs_worker: REFRESH needs their owner (MAINTAIN
+    exists only from PostgreSQL 17), and they hold nothing the worker cannot already write."""
+    I = sql.Identifier
+    worker, reader = I(WORKER), I(READER)
+    sources = sql.SQL(", ").join(I(s.schema, s.table) for s in SOURCES)
+    state_tables = sql.SQL(", ").join(I("aggjobs", t) for t in WORKER_STATE_TABLES)
+    for stmt in (
+        sql.SQL("GRANT USAGE ON SCHEMA public, analytics, aggjobs TO {}").format(worker),
+        sql.SQL("GRANT SELECT ON {} TO {}").format(sources, worker),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA analytics"
+                " TO {}").format(worker),
+        sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA analytics TO {}"
+                ).format(worker),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(state_tables, worker),
+        sql.SQL("GRANT SELECT ON aggjobs.sources, aggjobs.schema_migrations TO {}"
+                ).format(worker),
+        sql.SQL("GRANT SELECT, INSERT ON aggjobs.audit_log TO {}").format(worker),
+        sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA aggjobs TO {}").format(worker),
+        # source_relation is an internal helper of the two SECURITY DEFINER functions.
+        sql.SQL("REVOKE EXECUTE ON FUNCTION aggjobs.source_relation(text) FROM {}"
+                ).format(worker),
+        sql.SQL("GRANT USAGE ON SCHEMA analytics, aggjobs TO {}").format(reader),
+        sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA analytics TO {}").format(reader),
+        sql.SQL("GRANT SELECT ON aggjobs.job_runs TO {}").format(reader),
+    ):
+        conn.execute(stmt)
+    for name in VIEWS:
+        owner = conn.execute(
+            "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s::regclass",
+            (f"analytics.{name}",),
+        ).fetchone()[0]
+        if owner != WORKER:
+            conn.execute(sql.SQL("ALTER MATERIALIZED VIEW {} OWNER TO {}").format(
+                I("analytics", name), worker))
 
 
 VIEWS = ("workspace_overview", "platform_daily_overview")

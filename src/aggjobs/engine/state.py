@@ -15,7 +15,7 @@ from psycopg import sql
 from ..catalog import Grain, Rollup, Source, rollups_on
 from ..catalog.grains import as_utc
 from ..errors import LockBusy
-from ..sql import query, tracking
+from ..sql import query
 from ..sql import rollup as rollup_sql
 
 log = logging.getLogger(__name__)
@@ -92,23 +92,25 @@ def track_until(
 ) -> datetime | None:
     """Make sure changes to `source` rows before `until` are logged; returns the threshold
     now in force, which is lower than `until` when writers held the table too long."""
-    current = None
+    # Re-creating the triggers needs the source table's owner: aggjobs.move_tracking_threshold
+    # (SECURITY DEFINER, migration 0005) does it, for the known sources only. It takes the
+    # sources row's lock (ordering concurrent movers; the threshold only ever grows), then
+    # waits at most lock_timeout_ms for the platform's writers.
     try:
         with conn.transaction():
-            # The row lock orders concurrent movers; the threshold only ever grows.
-            current = conn.execute(query("lock_threshold"), {"source": source.name}).fetchone()[0]
-            current = current and as_utc(current)
-            if current is not None and current >= until:
-                return current
-            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",))
-            for stmt in tracking.create_triggers(source, until):
-                conn.execute(stmt)
-            conn.execute(query("set_threshold"), {"source": source.name, "threshold": until})
+            current = conn.execute(
+                "SELECT aggjobs.move_tracking_threshold(%s, %s, %s)",
+                (source.name, until, lock_timeout_ms),
+            ).fetchone()[0]
     except pg_errors.LockNotAvailable:
+        current = conn.execute(
+            "SELECT threshold FROM aggjobs.sources WHERE source = %s", (source.name,)
+        ).fetchone()[0]
+        current = current and as_utc(current)
         log.warning(
             "could not move the tracking threshold of %s: writers held the table longer than "
             "%d ms; materializing only up to %s this time",
             source.name, lock_timeout_ms, current,
         )
         return current
-    return until
+    return as_utc(current)

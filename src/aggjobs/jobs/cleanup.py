@@ -11,7 +11,7 @@ each, are not change-tracked (they change no bucket that is kept) and are audite
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
 import psycopg
@@ -37,8 +37,7 @@ def raw_step(source: Source) -> Step:
         readers = [(r, Grain.HOUR) for r in rollups_on(source)]
         limit, reason = protect(ctx, readers, cutoff)
         table = sql.Identifier(source.schema, source.table)
-        where = sql.SQL("{} < %(limit)s").format(sql.Identifier(source.time_column))
-        return delete_before(ctx, table, where, limit, cutoff, reason, untracked=True)
+        return delete_raw_before(ctx, source, table, limit, cutoff, reason)
 
     return Step(f"cleanup.{source.name}", run)
 
@@ -114,25 +113,43 @@ def rollup_locks(conn: psycopg.Connection, rollups: set[Rollup], wait_s: float
 
 
 def delete_before(ctx: StepContext, table: sql.Composable, where: sql.Composable,
-                  limit: datetime | None, cutoff: datetime, reason: str | None, *,
-                  untracked: bool = False) -> dict:
+                  limit: datetime | None, cutoff: datetime, reason: str | None) -> dict:
     """Delete the rows matching `where` (bound to `limit`) in batches, audited."""
+    batch = sql.SQL(
+        "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {w} LIMIT %(n)s))"
+    ).format(t=table, w=where)
+
+    def one_batch(n: int) -> int:
+        return ctx.conn.execute(batch, {"limit": limit, "n": n}).rowcount
+
+    return batched(ctx, table, one_batch, limit, cutoff, reason)
+
+
+def delete_raw_before(ctx: StepContext, source: Source, table: sql.Composable,
+                      limit: datetime | None, cutoff: datetime, reason: str | None) -> dict:
+    """Delete raw rows before `limit` in batches, audited, through the one path the worker
+    role has for it: aggjobs.delete_raw_before (SECURITY DEFINER, migration 0005), which
+    deletes untracked (aggjobs.retention on) from the known source tables only."""
+
+    def one_batch(n: int) -> int:
+        return ctx.conn.execute("SELECT aggjobs.delete_raw_before(%s, %s, %s)",
+                                (source.name, limit, n)).fetchone()[0]
+
+    return batched(ctx, table, one_batch, limit, cutoff, reason)
+
+
+def batched(ctx: StepContext, table: sql.Composable, one_batch: Callable[[int], int],
+            limit: datetime | None, cutoff: datetime, reason: str | None) -> dict:
+    """Run `one_batch` (one transaction each) until a batch comes back short, audited."""
     target = table.as_string(ctx.conn)
     detail = {"cutoff": cutoff.isoformat(), "limit": limit and limit.isoformat(),
               "held_back": reason}
     if limit is None:
         return {**detail, "status": "skipped", "rows": 0}
-    batch = sql.SQL(
-        "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {w} LIMIT %(n)s))"
-    ).format(t=table, w=where)
     deleted = 0
     while True:
         with ctx.conn.transaction():
-            if untracked:
-                ctx.conn.execute("SELECT set_config('aggjobs.retention', 'on', true)")
-            n = ctx.conn.execute(
-                batch, {"limit": limit, "n": ctx.settings.cleanup_batch_rows}
-            ).rowcount
+            n = one_batch(ctx.settings.cleanup_batch_rows)
         deleted += n
         if n < ctx.settings.cleanup_batch_rows:
             break

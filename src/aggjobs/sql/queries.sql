@@ -24,12 +24,6 @@ WHERE rollup = %(rollup)s
 -- name: drop_all_pending
 DELETE FROM aggjobs.pending_groups WHERE rollup = %(rollup)s
 
--- name: lock_threshold
-SELECT threshold FROM aggjobs.sources WHERE source = %(source)s FOR UPDATE
-
--- name: set_threshold
-UPDATE aggjobs.sources SET threshold = %(threshold)s, updated_at = now() WHERE source = %(source)s
-
 -- name: fan_out
 -- Moves the source's logged changes to every rollup on it as pending hour groups; a NULL
 -- workspace marks a TRUNCATE. Runs in READ COMMITTED: a concurrent fan-out skips the rows
