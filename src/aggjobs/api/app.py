@@ -12,12 +12,11 @@ Annotated aliases (defined inside create_api) as objects, not strings.
 """
 
 
-import html
 import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated
 
 import psycopg
@@ -41,6 +40,7 @@ from ..errors import (
 from ..jobs.registry import JOBS, get_job
 from ..monitor import overview, run_history
 from ..settings import Settings, get_settings
+from . import dashboard as dashboard_page
 from . import metrics, tokens
 
 log = logging.getLogger(__name__)
@@ -205,10 +205,43 @@ def create_api(settings: Settings | None = None) -> FastAPI:
                      target=",".join(params["rollups"]), params=params, outcome="succeeded")
         return {"rollups": reports}
 
+    @api.get("/api/backfills", tags=["rollups"])
+    def backfill_list(conn: Conn, _: Viewer,
+                      status: Annotated[str | None, Query(
+                          pattern="^(running|succeeded|failed)$")] = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
+        """Backfills (aggjobs.backfills), running first then newest, each with `progress`:
+        the fraction of its range done (done_until between range_start and range_end)."""
+        return dashboard_page.backfills(conn, status=status, limit=limit)
+
+    @api.get("/api/reports/latest", tags=["reports"])
+    def latest_report(conn: Conn, _: Viewer) -> dict:
+        """The latest day with a stored platform daily report, and where to read it."""
+        day = dashboard_page.latest_report_day(conn)
+        if day is None:
+            raise HTTPException(404, "no daily report stored yet (the daily job makes them)")
+        return {"day": day.isoformat(), "url": f"/reports/{day.isoformat()}"}
+
+    @api.get("/reports/{day}", response_class=HTMLResponse, tags=["reports"])
+    def report_page(conn: Conn, _: Viewer, day: date) -> HTMLResponse:
+        """The stored platform daily report of `day` (analytics.daily_reports) as the
+        self-contained HTML page of `aggjobs report --format html`; 404 if none."""
+        from .. import reports
+
+        stored = reports.load_stored(conn, day, None)
+        if stored is None:
+            raise HTTPException(404, f"no daily report stored for {day}")
+        if stored.get("schema_version") != reports.SCHEMA_VERSION:
+            stored = reports.build(conn, day)[None]  # an older layout: rebuilt, not stored
+        return HTMLResponse(reports.render(stored, "html"))
+
     @api.get("/", response_class=HTMLResponse, tags=["dashboard"])
     def dashboard(conn: Conn, _: Viewer) -> HTMLResponse:
-        """A minimal server-rendered page: jobs and their status, problems, freshness."""
-        return HTMLResponse(render_dashboard(overview(conn, settings)))
+        """The dashboard (docs/api.md): jobs at a glance, run charts, freshness against
+        targets, recent failures, running backfills, problems, the latest daily report.
+        Open it with `?token=` in the address; it refreshes itself every 15 s."""
+        return HTMLResponse(dashboard_page.render(dashboard_page.gather(conn, settings)),
+                            headers={"Cache-Control": "no-store"})
 
     return api
 
@@ -232,48 +265,6 @@ def redact_access_log() -> None:
     logging.getLogger("uvicorn.access").addFilter(RedactTokens())
 
 
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return html.escape(str(value))
-
-
-def render_dashboard(state: dict) -> str:
-    job_rows = "".join(
-        f"<tr class='{_cell(j['last_status'])}'><td>{_cell(j['job'])}</td>"
-        f"<td>{_cell(j['last_status'])}</td><td>{_cell(j['last_started'])}</td>"
-        f"<td>{_cell(j['last_seconds'])}</td><td>{_cell(j['next_run'])}</td>"
-        f"<td>{_cell(j['consecutive_failures'])}</td><td>{_cell(j['last_error'])}</td></tr>"
-        for j in state["jobs"])
-    rollup_rows = "".join(
-        f"<tr><td>{_cell(r['table'])}</td><td>{_cell(r['watermark'])}</td>"
-        f"<td>{_cell(r['lag_seconds'])}</td><td>{_cell(r['pending_groups'])}</td></tr>"
-        for r in state["rollups"])
-    problems = "".join(f"<li>{html.escape(p)}</li>" for p in state["problems"])
-    verdict = "healthy" if state["healthy"] else "unhealthy"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>aggjobs: {verdict}</title>
-<meta http-equiv="refresh" content="60">
-<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left}}
-.failed,.abandoned{{background:#fdd}}.running{{background:#ffd}}.succeeded{{background:#dfd}}
-</style></head><body>
-<h1>aggjobs: <span id="verdict">{verdict}</span></h1>
-<p>checked {_cell(state['checked_at'])}</p>
-{f'<h2>Problems</h2><ul id="problems">{problems}</ul>' if problems else ''}
-<h2>Jobs</h2>
-<table id="jobs"><tr><th>job</th><th>last status</th><th>last started</th><th>seconds</th>
-<th>next run</th><th>failures in a row</th><th>last error</th></tr>{job_rows}</table>
-<h2>Rollups</h2>
-<table id="rollups"><tr><th>table</th><th>watermark</th><th>lag (s)</th>
-<th>pending groups</th></tr>{rollup_rows}</table>
-<p><a href="/docs">API docs</a></p>
-</body></html>
-"""
-
+render_dashboard = dashboard_page.render
 
 __all__ = ["JOBS", "create_api", "redact_access_log", "render_dashboard"]
