@@ -49,9 +49,10 @@ def structured_logs(logger: logging.Logger, **_: object) -> None:
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
+    broker = broker_url(settings)
     app = Celery("aggjobs", set_as_current=False)
     app.conf.update(
-        broker_url=broker_url(settings),
+        broker_url=broker,
         broker_connection_retry_on_startup=True,
         timezone="UTC",
         enable_utc=True,
@@ -66,13 +67,20 @@ def create_app(settings: Settings | None = None) -> Celery:
         # Events on: Flower (or `celery events`) shows tasks live without extra flags.
         worker_send_task_events=True,
         task_send_sent_event=True,
-        # Redis redelivers a task unacknowledged for this long: longer than any job may run,
-        # so that only a dead worker's task comes back (a duplicate would be skipped anyway).
-        broker_transport_options={"visibility_timeout": longest_limit(settings) + 600},
+        broker_transport_options=transport_options(broker, settings),
     )
     for job in JOBS.values():
         register(app, job, settings)
     return app
+
+
+def transport_options(broker: str, settings: Settings) -> dict:
+    """Redis redelivers a task unacknowledged for `visibility_timeout`: longer than any job
+    may run, so that only a dead worker's task comes back (a duplicate would be skipped
+    anyway). Other transports take no such option (SQLAlchemy's refuses unknown ones)."""
+    if broker.startswith(("redis://", "rediss://")):
+        return {"visibility_timeout": longest_limit(settings) + 600}
+    return {}
 
 
 def time_limit(job: Job, settings: Settings) -> int:
