@@ -23,6 +23,10 @@ from aggjobs.settings import Settings
 
 EMBEDDED_DIR = Path(tempfile.gettempdir()) / "aggjobs-test-embedded"
 
+# Importing the Celery app builds its broker URL; unset, that is the database's, which would
+# start an embedded server in the working directory. Tests name their broker explicitly.
+os.environ.setdefault("AGGJOBS_BROKER_URL", "memory://")
+
 
 def with_dbname(url: str, dbname: str) -> str:
     params = conninfo_to_dict(url)

@@ -15,6 +15,18 @@ from tests.reference import assert_matches
 
 pytestmark = pytest.mark.slow
 
+
+@pytest.fixture(autouse=True)
+def dispose_broker_engines():
+    """kombu caches one SQLAlchemy engine per broker host in this process (the test's client
+    app): close their connections, or they outlive the test databases."""
+    yield
+    from kombu.transport.sqlalchemy import Channel
+
+    for engine, _session in Channel._engines.values():
+        engine.dispose()
+    Channel._engines.clear()
+
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
 
 
@@ -22,7 +34,8 @@ def test_a_task_through_the_database_broker_runs_the_job(db_url, conn, tmp_path)
     from aggjobs.jobs.app import create_app
 
     p.seed_sources(conn, T0, rows=6 * 6, every=timedelta(minutes=10))
-    app = create_app(Settings(database_url=db_url, data_dir=tmp_path, queue=queue_for(db_url)))
+    app = create_app(Settings(database_url=db_url, broker_url=None, data_dir=tmp_path,
+                              queue=queue_for(db_url)))
     assert app.conf.broker_url.startswith("sqla+postgresql+psycopg://")
     pool = Workers(db_url, "", tmp_path)  # an empty AGGJOBS_BROKER_URL: the default
     try:
@@ -36,3 +49,38 @@ def test_a_task_through_the_database_broker_runs_the_job(db_url, conn, tmp_path)
         app.close()
     assert [(r["status"], r["task_id"]) for r in rows] == [("succeeded", sent.id)]
     assert assert_matches(conn, "execution_metrics", Grain.HOUR, T0 + timedelta(hours=6)) > 0
+
+
+def test_the_embedded_beat_sends_scheduled_tasks_through_the_database(db_url, conn,
+                                                                      tmp_path) -> None:
+    """The worker and its embedded beat start together on a fresh database broker: the
+    scheduler's sends must go through (they did not while both raced to create the queue)."""
+    pool = Workers(db_url, "", tmp_path)
+    try:
+        worker = pool.start(beat=True,
+                            AGGJOBS_SCHEDULE='{"refresh_materialized_views": "* * * * *"}')
+        rows = poll(lambda: [r for r in job_runs(conn, "refresh_materialized_views")
+                             if r["status"] != "running"] or None, 130,
+                    "a scheduled run (up to a minute away)")
+    finally:
+        pool.stop_all()
+    assert rows[0]["status"] == "succeeded" and rows[0]["trigger"] == "schedule", rows
+    assert "Couldn't apply scheduled task" not in worker.text()
+
+
+def test_the_queue_is_declared_before_worker_and_beat_start(db_url, conn, tmp_path,
+                                                          monkeypatch) -> None:
+    """What makes the test above deterministic: the worker's and beat's start hooks create the
+    queue row first, so they never race to create it."""
+    from aggjobs.jobs import app as module
+
+    app = module.create_app(Settings(database_url=db_url, broker_url=None, data_dir=tmp_path,
+                                     queue=queue_for(db_url)))
+    monkeypatch.setattr(module, "app", app)
+    try:
+        module.declare_queue_once()
+        module.declare_queue_once()  # idempotent: the second start finds it
+    finally:
+        app.close()
+    names = [n for (n,) in conn.execute("SELECT name FROM kombu_queue")]
+    assert names == [queue_for(db_url)]

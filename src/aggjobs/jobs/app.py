@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import after_setup_logger, after_setup_task_logger, beat_init, celeryd_init
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy.engine import URL
 
 from .. import logs
 from ..catalog.grains import parse_timestamp
@@ -35,8 +37,22 @@ def broker_url(settings: Settings) -> str:
     """The configured broker, or kombu's SQLAlchemy transport on the aggjobs database."""
     if settings.broker_url:
         return settings.broker_url
-    scheme, _, rest = database_url(settings).partition("://")
-    return f"sqla+postgresql+psycopg://{rest}"
+    return "sqla+" + sqlalchemy_url(database_url(settings))
+
+
+def sqlalchemy_url(libpq: str) -> str:
+    """A libpq URL or key=value string as SQLAlchemy's URL (psycopg 3 driver); a Unix socket
+    directory stays a `host` query parameter."""
+    params = {k: str(v) for k, v in conninfo_to_dict(libpq).items()}
+    host = params.pop("host", None)
+    if host and host.startswith("/"):
+        params["host"], host = host, None
+    port = params.pop("port", None)
+    return URL.create(
+        "postgresql+psycopg", username=params.pop("user", None),
+        password=params.pop("password", None), host=host, port=int(port) if port else None,
+        database=params.pop("dbname", None), query=params,
+    ).render_as_string(hide_password=False)
 
 
 @after_setup_logger.connect
@@ -45,6 +61,18 @@ def structured_logs(logger: logging.Logger, **_: object) -> None:
     """Celery's handlers, with aggjobs' formatter: JSON unless on a terminal."""
     for handler in logger.handlers:
         handler.setFormatter(logs.formatter(getattr(handler, "stream", None)))
+
+
+@celeryd_init.connect
+@beat_init.connect
+def declare_queue_once(**_: object) -> None:
+    """kombu's SQLAlchemy transport (the default broker) creates its queue row on first use,
+    racily: a worker and its embedded beat creating it at once leave the loser's session
+    broken, and every later send of that beat fails. Create it before either starts."""
+    if not app.conf.broker_url.startswith("sqla+"):
+        return
+    with app.connection_for_write() as connection:
+        connection.default_channel.queue_declare(queue=app.conf.task_default_queue)
 
 
 def create_app(settings: Settings | None = None) -> Celery:
