@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from aggjobs import reports
 from aggjobs.api.dashboard import progress
 from aggjobs.jobs.registry import JOBS
 from aggjobs.settings import Settings
+from tests.browser import chromium, headless
 from tests.reports.conftest import DAY, loaded  # noqa: F401  (a fixture)
 
 from .conftest import auth
@@ -166,15 +166,6 @@ def test_report_page_serves_the_stored_report(client, loaded, conn, keys):  # no
 
 
 # -- the real server in a real browser -----------------------------------------------------------
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail("chromium is not installed (CI must install it: see .ci/run)")
-    pytest.skip("chromium is not installed (apt-get install -y chromium)")
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,14 +182,6 @@ def wait_for(url: str, proc: subprocess.Popen, log: Path, seconds: float = 30) -
         except OSError:
             assert time.monotonic() < deadline, f"{url} did not answer in {seconds} s"
             time.sleep(0.2)
-
-
-def headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [browser, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
-         "--disable-extensions", "--disable-background-networking",
-         f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=90, check=True)
 
 
 def test_dashboard_in_headless_chromium(board, keys, db_url, tmp_path):

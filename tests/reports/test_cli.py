@@ -5,9 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 
 from aggjobs import reports
 from tests.acceptance.test_cli import cli, one_line_error
+from tests.browser import chromium, headless
 from tests.reports.conftest import AS_OF, DAY, FIRST, Loaded
 
 
@@ -94,23 +93,6 @@ def test_bad_input_exits_2_with_one_line(shared: Loaded) -> None:
 
 
 # -- the HTML report in headless Chromium -------------------------------------------------------
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail("chromium is not installed (CI must install it: see .ci/run)")
-    pytest.skip("chromium is not installed (apt-get install -y chromium)")
-
-
-def headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [browser, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
-         "--disable-extensions", "--disable-background-networking",
-         f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=90, check=True)
-
-
 def test_html_report_in_headless_chromium(shared: Loaded, tmp_path: Path) -> None:
     browser = chromium()
     page = tmp_path / "report.html"
