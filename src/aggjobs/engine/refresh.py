@@ -21,6 +21,7 @@ import psycopg
 
 from ..catalog import Grain, Rollup
 from ..catalog.grains import as_utc, chunks
+from ..db.connect import first_line
 from ..settings import Settings
 from ..sql import query
 from ..sql import rollup as rollup_sql
@@ -240,7 +241,7 @@ def quarantine_or_raise(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
     """Count the failure; return if the bucket is now quarantined, else re-raise."""
     quarantined = conn.execute(query("record_failure"), {
         "rollup": rollup.name, "grain": grain.value, "bucket": bucket,
-        "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}",
+        "error": f"{type(exc).__name__}: {first_line(exc)}",
         "after": settings.quarantine_after,
     }).fetchone()[0]
     if not quarantined:

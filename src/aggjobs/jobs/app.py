@@ -111,16 +111,12 @@ def transport_options(broker: str, settings: Settings) -> dict:
     return {}
 
 
-def time_limit(job: Job, settings: Settings) -> int:
-    return settings.job_time_limit_s.get(job.name, job.time_limit_s)
-
-
 def longest_limit(settings: Settings) -> int:
-    return max(time_limit(job, settings) for job in JOBS.values())
+    return max(job.time_limit(settings) for job in JOBS.values())
 
 
 def register(app: Celery, job: Job, settings: Settings) -> None:
-    hard = time_limit(job, settings)
+    hard = job.time_limit(settings)
 
     @app.task(name=job.name, bind=True, time_limit=hard, soft_time_limit=int(hard * 0.9))
     def run(self: Task, as_of: str | None = None, trigger: str = "manual",

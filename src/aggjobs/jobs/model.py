@@ -41,5 +41,9 @@ class Job:
     describe: str
     build: Callable[[Settings], list[Step]]
 
+    def time_limit(self, settings: Settings) -> int:
+        """The hard time limit in force: AGGJOBS_JOB_TIME_LIMIT_S, else the default."""
+        return settings.job_time_limit_s.get(self.name, self.time_limit_s)
+
     def steps(self, settings: Settings) -> list[Step]:
         return self.build(settings)

@@ -59,7 +59,7 @@ def problems(jobs: list[dict], rollups: list[dict], settings: Settings,
                 f"failing:{name}", name,
                 f"{fails} runs failed in a row; last error: {job['last_error']}",
                 f"see `aggjobs runs --job {name}`; fix, then `aggjobs run {name}`"))
-        limit = settings.job_time_limit_s.get(name, JOBS[name].time_limit_s)
+        limit = JOBS[name].time_limit(settings)
         if job["last_status"] == "running" and job["last_seconds"] > limit:
             found.append(Problem(
                 f"over_budget:{job['last_id']}", name,
