@@ -22,6 +22,10 @@ class InvalidRange(AggjobsError):
     """The time range is invalid."""
 
 
+class SpanTooLong(InvalidRange):
+    """The range is longer than a backfill may span (AGGJOBS_MAX_BACKFILL_DAYS)."""
+
+
 class InvalidTimestamp(AggjobsError):
     """The timestamp cannot be parsed."""
 

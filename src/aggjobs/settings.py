@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Days kept per class of table (0: forever): raw source rows, hourly, daily and weekly
@@ -107,6 +108,52 @@ class Settings(BaseSettings):
         description='Overrides of RETENTION_DAYS, e.g. {"raw": 30}.',
     )
     cleanup_batch_rows: int = Field(default=10_000, ge=1)
+
+    # HTTP API safety (docs/api.md, docs/security.md) ------------------------------------------
+    max_backfill_days: float = Field(
+        default=31, ge=0,
+        description="Longest range one backfill may span, in days (0: no cap). Over the API "
+        "it is a hard limit; `aggjobs backfill --force` may exceed it (audited).",
+    )
+    api_rate_limit: str = Field(
+        default="10/minute", max_length=200,
+        description='Requests per token to the triggering routes (runs, backfills, cleanup, '
+        'token changes), e.g. "10/minute" or "10/minute;100/hour"; "off" disables. Counted '
+        "in each API process.",
+    )
+    trusted_proxies: str = Field(
+        default="", max_length=2000,
+        description="Comma-separated addresses or networks of reverse proxies whose "
+        "X-Forwarded-For is believed; empty: the header is ignored and the peer's address "
+        "is the client's.",
+    )
+
+    @field_validator("api_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() in ("", "off"):
+            return "off"
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(f"AGGJOBS_API_RATE_LIMIT {value!r}: use e.g. \"10/minute\" or "
+                             "\"10/minute;100/hour\", or \"off\"") from None
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"AGGJOBS_TRUSTED_PROXIES: {item!r} is not an IP address or "
+                                 "network (e.g. 10.0.0.5, 10.0.0.0/8)") from None
+        return ",".join(items)
 
     def retention(self, kind: str) -> int:
         return self.retention_days.get(kind, RETENTION_DAYS[kind])

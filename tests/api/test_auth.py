@@ -14,30 +14,40 @@ from .conftest import auth
 READS = [("GET", "/api/jobs"), ("GET", "/api/rollups"), ("GET", "/api/jobs/hourly_rollup/runs"),
          ("GET", "/metrics"), ("GET", "/")]
 WRITES = [("POST", "/api/jobs/refresh_materialized_views/run"), ("POST", "/api/backfills")]
+ADMIN = [("GET", "/api/tokens"), ("POST", "/api/tokens"), ("DELETE", "/api/tokens/t-expired"),
+         ("GET", "/api/retention"), ("POST", "/api/cleanup"),
+         ("POST", "/api/jobs/cleanup_old_data/run")]
 BODIES = {"/api/backfills": {"rollups": ["user_activity"], "from": "2026-01-01",
-                             "to": "2026-01-02"}}
+                             "to": "2026-01-02"},
+          "/api/tokens": {"name": "made-over-http", "role": "viewer"}}
 EXPECTED = {
-    # who: (status on reads, status on writes)
-    None: (401, 401), "wrong": (401, 401), "revoked": (401, 401), "expired": (401, 401),
-    "viewer": (200, 403), "operator": (200, 200), "admin": (200, 200),
+    # who: (status on reads, status on writes, status on admin routes)
+    None: (401, 401, 401), "wrong": (401, 401, 401), "revoked": (401, 401, 401),
+    "expired": (401, 401, 401),
+    "viewer": (200, 403, 403), "operator": (200, 200, 403), "admin": (200, 200, 200),
 }
 ACTOR = {None: "anonymous", "wrong": "anonymous", "revoked": "t-revoked",
-         "expired": "t-expired", "viewer": "t-viewer"}
+         "expired": "t-expired", "viewer": "t-viewer", "operator": "t-operator"}
 
 
-@pytest.mark.parametrize("method,path", READS + WRITES)
+def expected_status(who: str | None, method: str, path: str) -> int:
+    status = EXPECTED[who][2 if (method, path) in ADMIN else (method, path) in WRITES]
+    return 201 if status == 200 and (method, path) == ("POST", "/api/tokens") else status
+
+
+@pytest.mark.parametrize("method,path", READS + WRITES + ADMIN)
 @pytest.mark.parametrize("who", list(EXPECTED))
 def test_request_matrix(client, keys, conn, who, method, path):
-    status = EXPECTED[who][(method, path) in WRITES]
+    status = expected_status(who, method, path)
     headers = auth(keys[who]) if who else {}
     got = client.request(method, path, headers=headers, json=BODIES.get(path))
     assert got.status_code == status, got.text
-    denied = conn.execute("SELECT actor, target, params, outcome FROM aggjobs.audit_log"
+    denied = conn.execute("SELECT actor, target, params, outcome, source FROM aggjobs.audit_log"
                           " WHERE action = 'denied'").fetchall()
     if status in (401, 403):
-        [(actor, target, params, outcome)] = denied
+        [(actor, target, params, outcome, source)] = denied
         assert (actor, target, outcome) == (ACTOR[who], path, str(status))
-        assert params["method"] == method and params["client"]
+        assert params["method"] == method and params["client"] == source == "testclient"
         if who:  # the secret is in no audit row and no answer
             assert keys[who] not in str(params) and keys[who] not in got.text
     else:

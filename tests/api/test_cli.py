@@ -83,6 +83,13 @@ def test_serve_answers_over_real_http(db_url, conn):
                 time.sleep(0.2)
         assert health.status_code == 200 and health.json() == {"ok": True}
         assert httpx.get(f"{base}/api/jobs", timeout=5).status_code == 401
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default; aggjobs serve must not
+        spoofed = httpx.get(f"{base}/api/rollups", headers={"X-Forwarded-For": "203.0.113.9"},
+                            timeout=5)
+        assert spoofed.status_code == 401
+        assert conn.execute("SELECT target, source FROM aggjobs.audit_log"
+                            " WHERE action = 'denied' ORDER BY id").fetchall() == [
+            ("/api/jobs", "127.0.0.1"), ("/api/rollups", "127.0.0.1")]
         jobs = httpx.get(f"{base}/api/jobs", headers={"Authorization": f"Bearer {secret}"},
                          timeout=10)
         assert jobs.status_code == 200 and jobs.json()["healthy"] in (True, False)

@@ -138,11 +138,11 @@ def test_backfill_recomputes_and_audits(client, history, keys, conn):
     assert got.status_code == 200, got.text
     [report] = got.json()["rollups"]
     assert report["rollup"] == "user_activity" and report["buckets"] >= 0
-    audit = conn.execute("SELECT actor, target, params, outcome FROM aggjobs.audit_log"
+    audit = conn.execute("SELECT actor, target, params, outcome, source FROM aggjobs.audit_log"
                          " WHERE action = 'backfill'").fetchall()
     assert audit == [("api:t-operator", "user_activity",
                       {"rollups": ["user_activity"], "from": lo.isoformat(),
-                       "to": hi.isoformat()}, "succeeded")]
+                       "to": hi.isoformat(), "days": 0.125}, "succeeded", "testclient")]
 
 
 @pytest.mark.parametrize("body,status,words", [

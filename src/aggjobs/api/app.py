@@ -2,8 +2,11 @@
 
 Every route but `/healthz` needs a token (`Authorization: Bearer <secret>`, or `?token=` for
 links such as the dashboard's): reading needs `viewer`, triggering runs and backfills
-`operator`. A missing or invalid token is 401, a too-weak one 403; each denial is written to
-aggjobs.audit_log (actor: the token's name, or "anonymous"). Routes are plain functions, so
+`operator`, tokens and retention `admin`. A missing or invalid token is 401, a too-weak one
+403, a token over its rate limit on a triggering route 429 (ratelimit.py); each denial is
+written to aggjobs.audit_log (actor: the token's name, or "anonymous"), with the client
+address in `source` (X-Forwarded-For only from AGGJOBS_TRUSTED_PROXIES). Routes are plain
+functions, so
 FastAPI runs them (and the jobs they start) in its threadpool; each request has its own
 database session named `aggjobs:api`.
 
@@ -17,14 +20,16 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, date, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ..catalog import select_rollups
 from ..catalog.grains import parse_timestamp
@@ -35,13 +40,17 @@ from ..errors import (
     DatabaseUnavailable,
     InvalidRange,
     MigrationRequired,
+    SpanTooLong,
     UnknownJob,
 )
 from ..jobs.registry import JOBS, get_job
 from ..monitor import overview, run_history
-from ..settings import Settings, get_settings
+from ..safety import check_backfill_span, span_days
+from ..settings import RETENTION_DAYS, Settings, get_settings
+from ..sql import query
 from . import dashboard as dashboard_page
 from . import metrics, tokens
+from .ratelimit import TriggerLimiter
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +62,42 @@ query_token = APIKeyQuery(name="token", auto_error=False,
 
 class RunBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    as_of: str | None = Field(default=None, max_length=64,
+    as_of: str | None = Field(default=None, max_length=64, examples=["2026-01-01T05:00Z"],
                               description="Reference time, ISO 8601 (default now).")
 
 
 class BackfillBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     rollups: list[Annotated[str, Field(max_length=64)]] | None = Field(
-        default=None, max_length=16, description="Rollups to backfill (default: all).")
-    from_: str = Field(alias="from", max_length=64, description="Range start, ISO 8601.")
-    to: str = Field(max_length=64, description="Range end (exclusive), ISO 8601.")
+        default=None, max_length=16, examples=[["user_activity"]],
+        description="Rollups to backfill (default: all).")
+    from_: str = Field(alias="from", max_length=64, examples=["2026-01-01"],
+                       description="Range start, ISO 8601.")
+    to: str = Field(max_length=64, examples=["2026-01-02T06:00Z"],
+                    description="Range end (exclusive), ISO 8601.")
+
+
+class TokenBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=100, examples=["grafana"],
+                      description="Unique name: who or what uses it (1-100 letters, digits "
+                      "or _ . @ : -).")
+    role: Literal["viewer", "operator", "admin"]
+    expires_days: float | None = Field(default=None, gt=0, le=36500,
+                                       description="Expire after this many days (default: "
+                                       "never).")
+
+
+# A job's name in a path; the examples (in the OpenAPI schema) are what `/docs` and schema
+# based test generators try first.
+JobName = Annotated[str, Path(max_length=64, examples=["hourly_rollup",
+                                                        "refresh_materialized_views"])]
+CLEANUP_JOB = "cleanup_old_data"  # retention: admin only, whichever route starts it
+
+
+def client_address(request: Request) -> str:
+    """The peer's address (after ProxyHeadersMiddleware when proxies are trusted)."""
+    return request.client.host if request.client else "unknown"
 
 
 def past(text: str, what: str) -> datetime:
@@ -91,7 +126,12 @@ def create_api(settings: Settings | None = None) -> FastAPI:
 
     Conn = Annotated[psycopg.Connection, Depends(db)]
 
-    def require(role: str) -> Callable[..., tokens.Principal]:
+    limiter = TriggerLimiter(settings.api_rate_limit)
+
+    def require(role: str, *, limited: bool = False) -> Callable[..., tokens.Principal]:
+        """The token's principal if its role is `role` or above; `limited`: a triggering
+        route, counted against the token's rate limit."""
+
         def dependency(
             request: Request, conn: Conn,
             header: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -108,6 +148,15 @@ def create_api(settings: Settings | None = None) -> FastAPI:
                 deny(conn, request, principal.name, role, f"role {principal.role}", 403)
                 raise HTTPException(403, f"this needs a token with role {role} or above; "
                                     f"{principal.name!r} is {principal.role}")
+            if limited:
+                wait = limiter.acquire(principal.name)
+                if wait is not None:
+                    deny(conn, request, principal.name, role,
+                         f"rate limit {limiter.spec} (AGGJOBS_API_RATE_LIMIT)", 429)
+                    raise HTTPException(
+                        429, f"token {principal.name!r} is over the rate limit of triggering "
+                        f"requests, {limiter.spec} (AGGJOBS_API_RATE_LIMIT): retry in {wait} s",
+                        headers={"Retry-After": str(wait)})
             return principal
 
         return dependency
@@ -116,16 +165,24 @@ def create_api(settings: Settings | None = None) -> FastAPI:
              reason: str | None, status: int) -> None:
         tokens.audit(conn, actor=actor, action="denied", target=request.url.path, params={
             "method": request.method, "needs": needed, "reason": reason,
-            "client": request.client.host if request.client else None,
-        }, outcome=str(status))
+            "client": client_address(request),
+        }, outcome=str(status), source=client_address(request))
 
     Viewer = Annotated[tokens.Principal, Depends(require("viewer"))]
-    Operator = Annotated[tokens.Principal, Depends(require("operator"))]
+    Operator = Annotated[tokens.Principal, Depends(require("operator", limited=True))]
+    Admin = Annotated[tokens.Principal, Depends(require("admin"))]
+    AdminTrigger = Annotated[tokens.Principal, Depends(require("admin", limited=True))]
+
+    if settings.trusted_proxies:  # else X-Forwarded-For is ignored (see also `serve`)
+        api.add_middleware(ProxyHeadersMiddleware,
+                           trusted_hosts=settings.trusted_proxies.split(","))
 
     @api.exception_handler(AggjobsError)
     def aggjobs_error(request: Request, exc: AggjobsError) -> JSONResponse:
         status = 503 if isinstance(exc, DatabaseUnavailable | MigrationRequired) else \
-            404 if isinstance(exc, UnknownJob) else 400
+            404 if isinstance(exc, UnknownJob | tokens.UnknownToken) else \
+            409 if isinstance(exc, tokens.TokenExists) else \
+            422 if isinstance(exc, SpanTooLong) else 400
         return JSONResponse({"detail": str(exc).splitlines()[0]}, status_code=status)
 
     @api.get("/healthz", tags=["health"])
@@ -151,7 +208,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         return {k: state[k] for k in ("healthy", "checked_at", "problems", "jobs")}
 
     @api.get("/api/jobs/{job}/runs", tags=["jobs"])
-    def runs(conn: Conn, _: Viewer, job: Annotated[str, Path(max_length=64)],
+    def runs(conn: Conn, _: Viewer, job: JobName,
              since: Annotated[str | None, Query(max_length=64)] = None,
              limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
         """The job's run history, newest first, with each step's outcome and error."""
@@ -164,24 +221,35 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         """Per rollup and grain: watermark, lag, pending dirty groups, quarantined buckets."""
         return rollup_status(conn, now=datetime.now(UTC))
 
-    @api.post("/api/jobs/{job}/run", tags=["jobs"])
-    def run(who: Operator, job: Annotated[str, Path(max_length=64)],
-            body: RunBody | None = None) -> dict:
-        """Run the job now and wait for its end (operator). Same guarantees as scheduled
-        runs: no overlap (a busy job answers `skipped`), history, retries; audited."""
+    def run_now(request: Request, who: tokens.Principal, job: str,
+                body: RunBody | None) -> dict:
         from ..jobs.runner import RunRequest, run_job
 
-        get_job(job)
         ref = past(body.as_of, "as_of") if body and body.as_of else None
         result = run_job(RunRequest(job=job, as_of=ref, trigger="manual",
-                                    who=f"api:{who.name}"), settings)
+                                    who=f"api:{who.name}", source=client_address(request)),
+                         settings)
         return {"id": result.id, "job": result.job, "status": result.status,
                 "error": result.error, "steps": [asdict(s) for s in result.steps]}
 
+    @api.post("/api/jobs/{job}/run", tags=["jobs"])
+    def run(request: Request, conn: Conn, who: Operator,
+            job: JobName, body: RunBody | None = None) -> dict:
+        """Run the job now and wait for its end (operator; `cleanup_old_data` needs admin).
+        Same guarantees as scheduled runs: no overlap (a busy job answers `skipped`),
+        history, retries; audited."""
+        get_job(job)
+        if job == CLEANUP_JOB and not who.allows("admin"):
+            deny(conn, request, who.name, "admin", f"role {who.role}", 403)
+            raise HTTPException(403, f"{CLEANUP_JOB} deletes data: it needs a token with role "
+                                f"admin; {who.name!r} is {who.role}")
+        return run_now(request, who, job, body)
+
     @api.post("/api/backfills", tags=["rollups"])
-    def backfills(conn: Conn, who: Operator, body: BackfillBody) -> dict:
+    def backfills(request: Request, conn: Conn, who: Operator, body: BackfillBody) -> dict:
         """Recompute a range of materialized buckets of the rollups, all grains (operator).
-        Chunked and resumable like `aggjobs backfill`; waits for its end; audited."""
+        Chunked and resumable like `aggjobs backfill`; waits for its end; audited. A range
+        longer than AGGJOBS_MAX_BACKFILL_DAYS is refused (422, audited)."""
         from ..engine.backfill import backfill as run_backfill
 
         chosen = select_rollups(body.rollups)
@@ -189,7 +257,18 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         if lo >= hi:
             raise InvalidRange(f"from {lo.isoformat()} must be before to {hi.isoformat()}")
         params = {"rollups": [r.name for r in chosen], "from": lo.isoformat(),
-                  "to": hi.isoformat()}
+                  "to": hi.isoformat(), "days": span_days(lo, hi)}
+
+        def audit(outcome: str) -> None:
+            tokens.audit(conn, actor=f"api:{who.name}", action="backfill",
+                         target=",".join(params["rollups"]), params=params, outcome=outcome,
+                         source=client_address(request))
+
+        try:
+            check_backfill_span(lo, hi, settings)
+        except SpanTooLong as exc:
+            audit(f"refused: {exc}")
+            raise
         reports = []
         try:
             with connect("backfill", settings=settings) as work:
@@ -197,13 +276,52 @@ def create_api(settings: Settings | None = None) -> FastAPI:
                     reports.append(asdict(run_backfill(work, rollup, lo, hi,
                                                        settings=settings)))
         except Exception as exc:
-            tokens.audit(conn, actor=f"api:{who.name}", action="backfill",
-                         target=",".join(params["rollups"]), params=params,
-                         outcome=f"failed: {type(exc).__name__}: {first_line(exc)}")
+            audit(f"failed: {type(exc).__name__}: {first_line(exc)}")
             raise
-        tokens.audit(conn, actor=f"api:{who.name}", action="backfill",
-                     target=",".join(params["rollups"]), params=params, outcome="succeeded")
+        audit("succeeded")
         return {"rollups": reports}
+
+    # -- admin: tokens and retention --------------------------------------------------------
+    @api.get("/api/tokens", tags=["admin"])
+    def token_list(conn: Conn, _: Admin) -> list[dict]:
+        """Every token, newest first: name, role, creator, expiry, revocation, last use and
+        whether it is active (admin). Never a secret nor its hash."""
+        return tokens.list_tokens(conn)
+
+    @api.post("/api/tokens", tags=["admin"], status_code=201)
+    def token_create(request: Request, conn: Conn, who: AdminTrigger, body: TokenBody) -> dict:
+        """Create a token (admin). The answer holds its `secret`, the only time it is shown:
+        only its SHA-256 is stored. A name in use is 409. Audited (`token.create`)."""
+        secret, row = tokens.create(conn, body.name, body.role, actor=f"api:{who.name}",
+                                    expires_days=body.expires_days,
+                                    source=client_address(request))
+        return {**{k: row[k] for k in ("name", "role", "created_at", "created_by",
+                                        "expires_at")}, "secret": secret}
+
+    @api.delete("/api/tokens/{name}", tags=["admin"])
+    def token_revoke(request: Request, conn: Conn, who: AdminTrigger,
+                     name: Annotated[str, Path(max_length=100)]) -> dict:
+        """Revoke a token (admin): requests bearing it are refused from now on. No active
+        token of that name is 404. Audited (`token.revoke`)."""
+        tokens.revoke(conn, name, actor=f"api:{who.name}", source=client_address(request))
+        return {"name": name, "revoked": True}
+
+    @api.get("/api/retention", tags=["admin"])
+    def retention(conn: Conn, _: Admin) -> dict:
+        """What retention keeps (admin): days per class in force (0: forever;
+        AGGJOBS_RETENTION_DAYS), rows per delete batch, and per rollup and grain the
+        horizon before which buckets can no longer be recomputed (their inputs are gone)."""
+        with conn.cursor(row_factory=dict_row) as cur:
+            horizons = cur.execute(query("retention_horizons")).fetchall()
+        return {"days": {kind: settings.retention(kind) for kind in RETENTION_DAYS},
+                "batch_rows": settings.cleanup_batch_rows, "horizons": horizons}
+
+    @api.post("/api/cleanup", tags=["admin"])
+    def cleanup(request: Request, who: AdminTrigger, body: RunBody | None = None) -> dict:
+        """Run the retention job `cleanup_old_data` now and wait for its end (admin), as
+        `POST /api/jobs/cleanup_old_data/run`: deletes what is past AGGJOBS_RETENTION_DAYS,
+        in batches, never what a rollup still needs; audited (`run`, `retention_delete`)."""
+        return run_now(request, who, CLEANUP_JOB, body)
 
     @api.get("/api/backfills", tags=["rollups"])
     def backfill_list(conn: Conn, _: Viewer,

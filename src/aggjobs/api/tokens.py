@@ -16,10 +16,9 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
+from .. import audit as audit_log
 from ..errors import AggjobsError
-from ..sql import query
 
 ROLES = ("viewer", "operator", "admin")
 PREFIX = "agj_"
@@ -28,6 +27,10 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,99}$")
 
 class TokenError(AggjobsError):
     """The token request is invalid."""
+
+
+class TokenExists(TokenError):
+    """A token of that name exists already."""
 
 
 class UnknownToken(TokenError):
@@ -67,15 +70,16 @@ def new_secret() -> str:
 
 
 def audit(conn: psycopg.Connection, *, actor: str, action: str, target: str | None,
-          params: dict, outcome: str) -> None:
-    conn.execute(query("audit"), {"actor": actor, "action": action, "target": target,
-                                  "params": Jsonb(params), "outcome": outcome})
+          params: dict, outcome: str, source: str | None = None) -> None:
+    """An audit row; `source` defaults to this process (`local:<user>@<host>`)."""
+    audit_log.write(conn, actor=actor, action=action, target=target, params=params,
+                    outcome=outcome, source=source or audit_log.local_source("local"))
 
 
 def create(conn: psycopg.Connection, name: str, role: str, *, actor: str,
-           expires_days: float | None = None) -> tuple[str, dict]:
+           expires_days: float | None = None, source: str | None = None) -> tuple[str, dict]:
     """A new token; returns its secret (the only time it exists outside the client) and its
-    row."""
+    row. `source`: where the request came from, for the audit row."""
     if not NAME.match(name or ""):
         raise TokenError(f"invalid token name {name!r}: 1-100 letters, digits or _ . @ : -, "
                          "starting with a letter or digit")
@@ -95,13 +99,13 @@ def create(conn: psycopg.Connection, name: str, role: str, *, actor: str,
         if row is None:
             audit(conn, actor=actor, action="token.create", target=name,
                   params={"role": role, "expires_at": expires and expires.isoformat()},
-                  outcome="refused: name exists")
+                  outcome="refused: name exists", source=source)
         else:
             audit(conn, actor=actor, action="token.create", target=name,
                   params={"role": role, "expires_at": expires and expires.isoformat()},
-                  outcome="created")
+                  outcome="created", source=source)
     if row is None:
-        raise TokenError(f"a token named {name!r} exists already: revoke it or pick another name")
+        raise TokenExists(f"a token named {name!r} exists already: revoke it or pick another name")
     return secret, row
 
 
@@ -115,14 +119,16 @@ def list_tokens(conn: psycopg.Connection) -> list[dict]:
         ).fetchall()
 
 
-def revoke(conn: psycopg.Connection, name: str, *, actor: str) -> None:
+def revoke(conn: psycopg.Connection, name: str, *, actor: str, source: str | None = None
+           ) -> None:
     with conn.transaction():
         done = conn.execute(
             "UPDATE aggjobs.api_tokens SET revoked_at = now()"
             " WHERE name = %s AND revoked_at IS NULL RETURNING id", (name,)
         ).fetchone()
         audit(conn, actor=actor, action="token.revoke", target=name, params={},
-              outcome="revoked" if done else "refused: no active token of that name")
+              outcome="revoked" if done else "refused: no active token of that name",
+              source=source)
     if not done:
         raise UnknownToken(f"no active token named {name!r} (see `aggjobs token list`)")
 

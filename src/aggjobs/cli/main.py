@@ -21,13 +21,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .. import audit as audit_log
 from .. import logs
 from ..catalog import Grain, Rollup, select_rollups
 from ..catalog.grains import parse_timestamp
-from ..db.connect import connect, translate_errors
+from ..db.connect import connect, first_line, translate_errors
 from ..db.migrate import current_version, migrations
 from ..db.migrate import migrate as run_migrations
-from ..errors import AggjobsError, InvalidRange, InvalidTimestamp, MigrationRequired
+from ..errors import AggjobsError, InvalidRange, InvalidTimestamp, MigrationRequired, SpanTooLong
 from ..settings import get_settings
 from . import render
 
@@ -162,20 +163,55 @@ def refresh(
 
 
 @app.command()
-def backfill(rollups: RollupNames = None, from_: FromTs = ..., to: ToTs = ...) -> None:
-    """Recompute a range of materialized buckets (all grains), chunked and resumable."""
+def backfill(
+    rollups: RollupNames = None,
+    from_: FromTs = ...,
+    to: ToTs = ...,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Allow a range longer than AGGJOBS_MAX_BACKFILL_DAYS (audited as "
+        "forced).")] = False,
+) -> None:
+    """Recompute a range of materialized buckets (all grains), chunked and resumable.
+    Audited. A range longer than AGGJOBS_MAX_BACKFILL_DAYS (default 31) exits 2 unless
+    --force."""
     from ..engine.backfill import backfill as run_backfill
+    from ..safety import check_backfill_span, span_days
 
     chosen = select_rollups(rollups)
     lo, hi = time_range(from_, to)
-    with session("backfill") as conn, progress_bar() as bar:
-        for rollup in chosen:
-            task = bar.add_task(f"backfill {rollup.name}", total=None)
-            report = run_backfill(
-                conn, rollup, lo, hi, settings=get_settings(),
-                progress=lambda d, t, task=task: bar.update(task, completed=d, total=t),
-            )
-            console.print(render.backfill_line(report))
+    settings = get_settings()
+    params = {"rollups": [r.name for r in chosen], "from": lo.isoformat(),
+              "to": hi.isoformat(), "days": span_days(lo, hi)}
+    refused: SpanTooLong | None = None
+    try:
+        check_backfill_span(lo, hi, settings, override="--force")
+    except SpanTooLong as exc:
+        refused = exc
+    params["forced"] = bool(refused and force)
+    with session("backfill") as conn:
+
+        def audit(outcome: str) -> None:
+            audit_log.write(conn, actor=cli_actor(), action="backfill",
+                            target=",".join(params["rollups"]), params=params,
+                            outcome=outcome, source=audit_log.local_source("cli"))
+
+        if refused and not force:
+            audit(f"refused: {refused}")
+            raise refused
+        try:
+            with progress_bar() as bar:
+                for rollup in chosen:
+                    task = bar.add_task(f"backfill {rollup.name}", total=None)
+                    report = run_backfill(
+                        conn, rollup, lo, hi, settings=settings,
+                        progress=lambda d, t, task=task: bar.update(task, completed=d, total=t),
+                    )
+                    console.print(render.backfill_line(report))
+        except BaseException as exc:
+            with contextlib.suppress(psycopg.Error):  # the connection may be gone
+                audit(f"failed: {type(exc).__name__}: {first_line(exc)}")
+            raise
+        audit("succeeded")
 
 
 @app.command()
@@ -288,7 +324,8 @@ def run(
     with session(job):
         pass  # the schema must be current; the runner opens its own session
     with translate_errors():
-        result = run_job(RunRequest(job=job, as_of=ref, trigger="manual"), get_settings())
+        result = run_job(RunRequest(job=job, as_of=ref, trigger="manual",
+                                    source=audit_log.local_source("cli")), get_settings())
     if as_json:
         print(render.to_json(render.run_json(result)))
     else:
@@ -355,10 +392,12 @@ def up(
             load_demo(conn, DemoSpec(days=demo_days))
         with translate_errors():
             secret, _ = tokens.create(conn, f"up-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}",
-                                      "admin", actor="aggjobs up")
+                                      "admin", actor="aggjobs up",
+                                      source=audit_log.local_source("cli"))
     for job in ("hourly_rollup", "daily_rollup", "weekly_rollup"):
         with translate_errors():
-            result = run_job(RunRequest(job=job, trigger="manual", who="aggjobs up"), settings)
+            result = run_job(RunRequest(job=job, trigger="manual", who="aggjobs up",
+                                        source=audit_log.local_source("cli")), settings)
         console.print(render.run_table(result))
 
     env = dict(os.environ)
@@ -508,7 +547,11 @@ def serve(
     console.print(f"aggjobs API on http://{host}:{port}/ (docs at /docs; Ctrl-C stops it)",
                   highlight=False)
     redact_access_log()  # `?token=` secrets stay out of the access log
-    uvicorn.run(create_api(get_settings()), host=host, port=port, log_level="info")
+    # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1, so
+    # that any local client could write the address of its choice into the audit log. The
+    # app honours it only from AGGJOBS_TRUSTED_PROXIES.
+    uvicorn.run(create_api(get_settings()), host=host, port=port, log_level="info",
+                proxy_headers=False)
 
 
 token_app = typer.Typer(help="API tokens for `aggjobs serve`: create, list, revoke.",
@@ -546,7 +589,8 @@ def token_create(
 
     with session("token") as conn:
         secret, row = tokens.create(conn, name, role.value, actor=cli_actor(),
-                                    expires_days=expires_days)
+                                    expires_days=expires_days,
+                                    source=audit_log.local_source("cli"))
     expires = row["expires_at"].strftime("%Y-%m-%d %H:%M UTC") if row["expires_at"] else "never"
     err_console.print(f"token {row['name']!r} created: role {row['role']}, expires {expires}.",
                       highlight=False)
@@ -587,7 +631,7 @@ def token_revoke(
     from ..api import tokens
 
     with session("token") as conn:
-        tokens.revoke(conn, name, actor=cli_actor())
+        tokens.revoke(conn, name, actor=cli_actor(), source=audit_log.local_source("cli"))
     console.print(f"token {name!r} revoked", highlight=False)
 
 

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from ..audit import local_source
 from ..catalog import Grain, Rollup, Source, rollups_on
 from ..engine import state
 from ..sql import query
@@ -157,5 +158,6 @@ def batched(ctx: StepContext, table: sql.Composable, one_batch: Callable[[int], 
         ctx.conn.execute(query("audit"), {
             "actor": ACTOR, "action": "retention_delete", "target": target,
             "params": Jsonb(detail), "outcome": f"{deleted} rows deleted",
+            "source": ctx.source or local_source("worker"),
         })
     return {**detail, "rows": deleted}

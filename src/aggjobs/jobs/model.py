@@ -21,6 +21,7 @@ class StepContext:
     conn: psycopg.Connection
     as_of: datetime
     settings: Settings
+    source: str | None = None  # where the run was asked for, for audit rows (aggjobs.audit)
 
 
 StepFn = Callable[[StepContext], dict]

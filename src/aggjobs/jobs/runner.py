@@ -28,6 +28,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
+from ..audit import local_source
 from ..catalog.grains import as_utc
 from ..db.connect import SessionLimits, connect, first_line
 from ..errors import AggjobsError, LockBusy
@@ -87,6 +88,7 @@ class RunRequest:
     slot: datetime | None = None
     attempt: int = 1
     task_id: str | None = None
+    source: str | None = None  # audit: the client address, or "cli:user@host" (aggjobs.audit)
 
 
 class LostJobLock(AggjobsError):
@@ -117,6 +119,7 @@ class Run:
     def __init__(self, job: Job, request: RunRequest, as_of: datetime, settings: Settings):
         self.job, self.request, self.as_of, self.settings = job, request, as_of, settings
         self.limits = SessionLimits.from_settings(settings, job.name)
+        self.source = request.source or local_source("worker")
         self.conn = self.connect()
         self.heavy_slot: int | None = None
         self.run_id: int | None = None
@@ -190,7 +193,7 @@ class Run:
         while True:
             outcome.attempts += 1
             try:
-                detail = fn(StepContext(self.conn, self.as_of, self.settings))
+                detail = fn(StepContext(self.conn, self.as_of, self.settings, self.source))
             except TRANSIENT as exc:
                 if should_stop(exc):
                     raise
@@ -315,6 +318,7 @@ class Run:
             "params": Jsonb({"as_of": self.as_of.isoformat(), "run": result.id,
                              "trigger": self.request.trigger}),
             "outcome": result.status if not result.error else f"{result.status}: {result.error}",
+            "source": self.source,
         }, relock=False)
 
     def with_retries(self, statement, params: dict, *, relock: bool = True) -> None:

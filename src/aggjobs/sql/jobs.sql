@@ -66,8 +66,9 @@ SET status = %(status)s, steps = %(steps)s, error = %(error)s, finished_at = clo
 WHERE id = %(id)s
 
 -- name: audit
-INSERT INTO aggjobs.audit_log (actor, action, target, params, outcome)
-VALUES (%(actor)s, %(action)s, %(target)s, %(params)s, %(outcome)s)
+-- source: the client address over HTTP, else where the command ran ("cli:user@host").
+INSERT INTO aggjobs.audit_log (actor, action, target, params, outcome, source)
+VALUES (%(actor)s, %(action)s, %(target)s, %(params)s, %(outcome)s, %(source)s)
 
 -- name: oldest_pending
 SELECT min(bucket) FROM aggjobs.pending_groups WHERE rollup = %(rollup)s AND grain = %(grain)s
@@ -116,3 +117,7 @@ INSERT INTO aggjobs.alerts (key, message) VALUES (%(key)s, %(message)s)
 
 -- name: resolve_alert
 UPDATE aggjobs.alerts SET resolved_at = now() WHERE key = %(key)s AND resolved_at IS NULL
+
+-- name: retention_horizons
+-- Per rollup and grain: before which time its buckets can no longer be recomputed (cleanup).
+SELECT rollup, grain, horizon FROM aggjobs.watermarks ORDER BY rollup, grain

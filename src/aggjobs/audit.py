@@ -1,0 +1,34 @@
+"""aggjobs.audit_log: who did what, when, with which parameters, how it ended, and from where
+(PRODUCT.md section 6; docs/security.md).
+
+`source` is the client address for what came over HTTP (aggjobs.api), and
+`<kind>:<user>@<host>` for what a local process did: `cli:` the `aggjobs` command, `worker:`
+a job run in a Celery worker (or anything else not started from the command line).
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .sql import query
+
+
+def local_source(kind: str) -> str:
+    """`<kind>:<user>@<host>` of this process."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{kind}:{user}@{socket.gethostname()}"
+
+
+def write(conn: psycopg.Connection, *, actor: str, action: str, target: str | None,
+          params: dict, outcome: str, source: str | None) -> None:
+    """One audit row (in the caller's transaction, if any)."""
+    conn.execute(query("audit"), {"actor": actor, "action": action, "target": target,
+                                  "params": Jsonb(params), "outcome": outcome,
+                                  "source": source})
