@@ -168,6 +168,39 @@ def test_keys_are_monotonic(db: psycopg.Connection, x: float, y: float) -> None:
     assert k_lo <= k_hi
 
 
+ANY_FLOAT = st.one_of(VALUE, st.floats(allow_nan=True, allow_infinity=True),  # 1.7e308 too
+                     st.sampled_from([0.0, -0.0, -1.0, math.inf, -math.inf, math.nan]))
+SORTED = """
+WITH v AS (SELECT unnest(%(xs)s::float8[]) AS x)
+SELECT aggjobs.sorted_quantile((SELECT array_agg(x ORDER BY x) FROM v), %(q)s),
+       (SELECT percentile_cont(%(q)s) WITHIN GROUP (ORDER BY x) FROM v)
+"""
+
+
+@given(xs=st.one_of(st.lists(ANY_FLOAT, min_size=1, max_size=300), DUPLICATED),
+       q=st.one_of(st.sampled_from([0.0, 0.5, 0.95, 0.99, 1.0]), st.floats(0, 1)))
+@SETTINGS
+def test_the_exact_quantile_of_sorted_values_is_percentile_cont_bit_for_bit(
+        db: psycopg.Connection, xs: list[float], q: float) -> None:
+    """The hourly p95 is read off the hour's sorted values (the same array feeds the
+    sketch); it must be percentile_cont's result, not merely close to it."""
+    ours, exact = db.execute(SORTED, {"xs": xs, "q": q}).fetchone()
+    if math.isnan(exact):
+        assert math.isnan(ours)
+    else:
+        assert ours == exact and math.copysign(1, ours) == math.copysign(1, exact), (xs, q)
+
+
+def test_the_exact_quantile_at_the_edges_of_float_arithmetic(conn: psycopg.Connection) -> None:
+    assert conn.execute("SELECT aggjobs.sorted_quantile(NULL, 0.95),"
+                        " aggjobs.sorted_quantile('{}', 0.95)").fetchone() == (None, None)
+    # SQL arithmetic would refuse these (overflow, underflow) where percentile_cont's C does not
+    for xs, q in [([-1.7e308, 1.7e308], 0.5), ([0.0, 5e-324], 0.5), ([1.0, 2.0], 1e-300),
+                  ([1.0, math.inf], 0.5), ([-math.inf, math.inf], 0.5), ([2.0, 2.0, 2.0], 0.95)]:
+        ours, exact = conn.execute(SORTED, {"xs": xs, "q": q}).fetchone()
+        assert ours == exact or (math.isnan(ours) and math.isnan(exact)), (xs, q, ours, exact)
+
+
 # ------------------------------------------------------------------------------ fixed cases
 
 

@@ -9,6 +9,8 @@ DELETE then INSERT: groups whose rows all vanished vanish too.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -50,8 +52,28 @@ def replace(conn: psycopg.Connection, rollup: Rollup, grain: Grain, scope: Scope
             params: dict) -> Written:
     delete, insert = statements(rollup, grain, scope)
     deleted, marked_old = conn.execute(delete, params).fetchone()
-    written, marked_new = conn.execute(insert, params).fetchone()
+    with bitmap_scans(conn, rollup.finer(grain) is None):
+        written, marked_new = conn.execute(insert, params).fetchone()
     return Written(deleted, written, marked_old + marked_new)
+
+
+@contextmanager
+def bitmap_scans(conn: psycopg.Connection, wanted: bool) -> Iterator[None]:
+    """Read the raw rows of a bucket with a bitmap heap scan, not an index scan.
+
+    Rows of an hour are spread over its pages in arrival order, not in index order: an
+    index scan fetches a page once per row (a million fetches for a million-run hour), a
+    bitmap scan once per page. The planner sees the index's high correlation with time
+    (hours are in time order) and picks the index scan, which measured 1.5x slower on a
+    1M-run hour (docs/benchmarks.md). Set for the one statement, restored after it.
+    """
+    if not wanted:
+        yield
+        return
+    before = conn.execute("SELECT current_setting('enable_indexscan')").fetchone()[0]
+    conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
+    yield  # on an error the (sub)transaction's rollback undoes the setting
+    conn.execute("SELECT set_config('enable_indexscan', %s, true)", (before,))
 
 
 def recompute_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
