@@ -26,6 +26,11 @@ class Settings(BaseSettings):
         default=None,
         description="PostgreSQL URL; unset means the embedded PostgreSQL under data_dir.",
     )
+    read_database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL of a read replica for the API's reading routes "
+        "(dashboard, /api/jobs, /api/rollups, runs, reports, /metrics); unset: database_url.",
+    )
     data_dir: Path = Field(
         default=Path(".aggjobs"),
         description="Where the embedded PostgreSQL keeps its data.",
@@ -64,7 +69,14 @@ class Settings(BaseSettings):
     )
     queue: str = Field(
         default="aggjobs", pattern=r"^[A-Za-z0-9_.:-]+$",
-        description="The broker queue of the jobs: one per installation sharing a broker.",
+        description="The broker queue of the jobs: one per installation sharing a broker. "
+        "The light jobs (hourly, views) always go here; the heavy ones too unless "
+        "heavy_queue names another.",
+    )
+    heavy_queue: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="The broker queue of the heavy jobs (daily, weekly, cleanup); unset: the "
+        "same as queue, so that one worker serves every job.",
     )
     schedule: dict[str, str] = Field(
         default_factory=dict,
@@ -154,6 +166,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"AGGJOBS_TRUSTED_PROXIES: {item!r} is not an IP address or "
                                  "network (e.g. 10.0.0.5, 10.0.0.0/8)") from None
         return ",".join(items)
+
+    @field_validator("heavy_queue", mode="before")
+    @classmethod
+    def _heavy_queue(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def queue_of(self, heavy: bool) -> str:
+        """The queue of a heavy or light job: AGGJOBS_HEAVY_QUEUE or AGGJOBS_QUEUE."""
+        return (self.heavy_queue or self.queue) if heavy else self.queue
+
+    def queues(self) -> list[str]:
+        """Every queue the jobs are sent to (one when both kinds share it)."""
+        return list(dict.fromkeys([self.queue, self.queue_of(True)]))
 
     def retention(self, kind: str) -> int:
         return self.retention_days.get(kind, RETENTION_DAYS[kind])

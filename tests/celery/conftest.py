@@ -116,14 +116,21 @@ class Workers:
         env.update(extra)
         return env
 
-    def start(self, *, beat: bool = False, wait: bool = True, **env: str) -> Worker:
+    def start(self, *, beat: bool = False, wait: bool = True, cli: list[str] | None = None,
+              **env: str) -> Worker:
+        """A worker through Celery's own command on the test queue, or, given `cli`, through
+        `aggjobs worker <cli>` (its own queue choice; node name w<n>@host)."""
         n = len(self.started) + 1
         name = f"w{n}"
         log = self.tmp_path / f"{name}.log"
-        argv = [sys.executable, "-m", "celery", "-A", "aggjobs.jobs.app", "worker",
-                "-Q", queue_for(self.db_url), "--concurrency", "1", "--pool", "prefork",
-                "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
-                "--without-mingle", "--without-heartbeat"]
+        if cli is not None:
+            argv = [sys.executable, "-m", "aggjobs", "worker", *cli, "--concurrency", "1",
+                    "-n", f"{name}@%h"]
+        else:
+            argv = [sys.executable, "-m", "celery", "-A", "aggjobs.jobs.app", "worker",
+                    "-Q", queue_for(self.db_url), "--concurrency", "1", "--pool", "prefork",
+                    "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
+                    "--without-mingle", "--without-heartbeat"]
         if beat:
             argv += ["--beat", "-s", str(self.tmp_path / f"{name}-beat-schedule")]
         with open(log, "wb") as out:

@@ -28,7 +28,14 @@ from ..catalog.grains import parse_timestamp
 from ..db.connect import connect, first_line, translate_errors
 from ..db.migrate import current_version, migrations
 from ..db.migrate import migrate as run_migrations
-from ..errors import AggjobsError, InvalidRange, InvalidTimestamp, MigrationRequired, SpanTooLong
+from ..errors import (
+    AggjobsError,
+    ConfigError,
+    InvalidRange,
+    InvalidTimestamp,
+    MigrationRequired,
+    SpanTooLong,
+)
 from ..settings import get_settings
 from . import render
 
@@ -340,17 +347,45 @@ def celery(*args: str) -> None:
     os.execv(sys.executable, argv)
 
 
+QUEUE_KINDS = ("light", "heavy")
+
+
+def worker_queues(text: str) -> list[str]:
+    """`light`, `heavy` or `light,heavy` as the broker queues they name (deduplicated: the
+    two are one queue unless AGGJOBS_HEAVY_QUEUE is set)."""
+    kinds = [k.strip().lower() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in QUEUE_KINDS]
+    if bad or not kinds:
+        raise ConfigError(f"--queues {text!r}: use light, heavy or light,heavy")
+    settings = get_settings()
+    return list(dict.fromkeys(settings.queue_of(kind == "heavy") for kind in kinds))
+
+
 @app.command()
 def worker(
     beat: Annotated[bool, typer.Option("--beat", help="Also run the scheduler (one per "
                                        "deployment is enough; more are harmless).")] = False,
+    queues: Annotated[str, typer.Option(
+        "--queues", "-Q",
+        help="Which jobs this worker takes: light (hourly_rollup, refresh_materialized_views; "
+        "queue AGGJOBS_QUEUE), heavy (daily_rollup, weekly_rollup, cleanup_old_data; queue "
+        "AGGJOBS_HEAVY_QUEUE, by default the same queue) or light,heavy.")] = "light,heavy",
     concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 2,
+    hostname: Annotated[str | None, typer.Option(
+        "--hostname", "-n", help="Celery node name, e.g. heavy@%h (default celery@%h); "
+        "workers on one host need distinct names.", show_default=False)] = None,
     loglevel: Annotated[str, typer.Option(help="Celery's log level.")] = "INFO",
 ) -> None:
-    """Run a Celery worker executing the jobs (Celery's `worker` command)."""
+    """Run a Celery worker executing the jobs (Celery's `worker` command).
+
+    By default it takes every job. With AGGJOBS_HEAVY_QUEUE set, run workers with
+    `--queues light` and `--queues heavy` (e.g. on different hosts) so that a long daily or
+    cleanup run never delays the hourly rollup."""
+    chosen = worker_queues(queues)
     with session("worker"):
         pass
-    celery("worker", "-Q", get_settings().queue, "--concurrency", str(concurrency), "--loglevel", loglevel,
+    celery("worker", "-Q", ",".join(chosen), "--concurrency", str(concurrency),
+           "--loglevel", loglevel, *(["-n", hostname] if hostname else []),
            *(["--beat"] if beat else []))
 
 

@@ -1,5 +1,11 @@
 """The Celery app: the five jobs as plain synchronous tasks, and their beat schedule.
 
+Two queues: the light jobs (hourly, views) go to AGGJOBS_QUEUE, the heavy ones (daily,
+weekly, cleanup: `Job.heavy`) to AGGJOBS_HEAVY_QUEUE, which defaults to the same queue so
+that one worker serves everything. Routing is by task name (`task_routes`), so a client's
+`send_task`, beat's sends and a heavy job's retry all land in the job's queue; a worker
+chooses what it consumes (`aggjobs worker --queues light|heavy`).
+
 Delivery is at least once (`acks_late`, rejected back to the queue when the worker dies);
 the runner makes a duplicate or redelivered task harmless: the job's advisory lock skips an
 overlapping run, and a scheduled run's slot (the instant its schedule fired) skips a second
@@ -72,7 +78,8 @@ def declare_queue_once(**_: object) -> None:
     if not app.conf.broker_url.startswith("sqla+"):
         return
     with app.connection_for_write() as connection:
-        connection.default_channel.queue_declare(queue=app.conf.task_default_queue)
+        for queue in queues_of(app):
+            connection.default_channel.queue_declare(queue=queue)
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -89,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_default_queue=settings.queue,
+        task_routes=task_routes(settings),
         beat_schedule=beat_schedule(settings),
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         worker_hijack_root_logger=True,  # our runner's logs go through Celery's handlers
@@ -100,6 +108,17 @@ def create_app(settings: Settings | None = None) -> Celery:
     for job in JOBS.values():
         register(app, job, settings)
     return app
+
+
+def queues_of(app: Celery) -> list[str]:
+    """The queues this app sends jobs to: the default one and each route's."""
+    routes = [route["queue"] for route in (app.conf.task_routes or {}).values()]
+    return list(dict.fromkeys([app.conf.task_default_queue, *routes]))
+
+
+def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
+    """Each job's queue: the heavy ones to AGGJOBS_HEAVY_QUEUE, the others to AGGJOBS_QUEUE."""
+    return {job.name: {"queue": settings.queue_of(job.heavy)} for job in JOBS.values()}
 
 
 def transport_options(broker: str, settings: Settings) -> dict:
@@ -118,7 +137,10 @@ def longest_limit(settings: Settings) -> int:
 def register(app: Celery, job: Job, settings: Settings) -> None:
     hard = job.time_limit(settings)
 
-    @app.task(name=job.name, bind=True, time_limit=hard, soft_time_limit=int(hard * 0.9))
+    # shared=False: a task of this app only (a shared one would be added to every app
+    # created later in the process, e.g. tests' clients, and clash with theirs)
+    @app.task(name=job.name, bind=True, shared=False, time_limit=hard,
+              soft_time_limit=int(hard * 0.9))
     def run(self: Task, as_of: str | None = None, trigger: str = "manual",
             who: str | None = None) -> dict:
         now = datetime.now(UTC)

@@ -29,8 +29,11 @@ def beat_schedule(settings: Settings) -> dict:
     for job in JOBS.values():
         schedule = cron(job, settings)
         if schedule is not None:
+            # the queue is also in the app's task_routes; said here too, so that any beat
+            # (even one built from this dict alone) sends the job to its own queue
             entries[job.name] = {"task": job.name, "schedule": schedule,
-                                 "kwargs": {"trigger": "schedule"}}
+                                 "kwargs": {"trigger": "schedule"},
+                                 "options": {"queue": settings.queue_of(job.heavy)}}
     return entries
 
 
