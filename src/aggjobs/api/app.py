@@ -10,6 +10,13 @@ functions, so
 FastAPI runs them (and the jobs they start) in its threadpool; each request has its own
 database session named `aggjobs:api`.
 
+Reads can go to a replica (AGGJOBS_READ_DATABASE_URL): the reading routes (dashboard, jobs,
+runs, rollups, backfills, reports, retention, /metrics) take their data from a second
+session, `aggjobs:api-read`, which never writes. Everything that writes or must see the
+latest state stays on the primary: the token check (a revoked token is refused at once; its
+last use is recorded), the audit rows of denials, runs, backfills, token administration.
+Without a replica the reading routes share the request's one primary session.
+
 No `from __future__ import annotations` here: FastAPI must see the route signatures'
 Annotated aliases (defined inside create_api) as objects, not strings.
 """
@@ -33,7 +40,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ..catalog import select_rollups
 from ..catalog.grains import parse_timestamp
-from ..db.connect import connect, first_line
+from ..db.connect import connect, first_line, read_database_url
 from ..engine.status import rollup_status
 from ..errors import (
     AggjobsError,
@@ -118,13 +125,32 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     def open_conn() -> psycopg.Connection:
         return connect("api", settings=settings)
 
-    registry = metrics.registry(open_conn, settings)
+    replica = read_database_url(settings) if settings.read_database_url else None
+
+    def open_read() -> psycopg.Connection:
+        """A session for reading only: on the replica when one is configured."""
+        if replica is None:
+            return open_conn()
+        return connect("api-read", url=replica, settings=settings)
+
+    registry = metrics.registry(open_read, settings)
 
     def db() -> Iterator[psycopg.Connection]:
         with open_conn() as conn:
             yield conn
 
     Conn = Annotated[psycopg.Connection, Depends(db)]
+
+    def read_db(primary: Conn) -> Iterator[psycopg.Connection]:
+        """The reading routes' session: the replica's, else the request's primary one.
+        Routes list it after their token check, so that a refused request opens none."""
+        if replica is None:
+            yield primary
+            return
+        with open_read() as conn:
+            yield conn
+
+    ReadConn = Annotated[psycopg.Connection, Depends(read_db)]
 
     limiter = TriggerLimiter(settings.api_rate_limit)
 
@@ -187,12 +213,17 @@ def create_api(settings: Settings | None = None) -> FastAPI:
 
     @api.get("/healthz", tags=["health"])
     def healthz() -> JSONResponse:
-        """Liveness: 200 when the database answers, 503 otherwise. No token needed."""
-        try:
-            with open_conn() as conn:
-                conn.execute("SELECT 1")
-        except (AggjobsError, psycopg.Error) as exc:
-            return JSONResponse({"ok": False, "error": first_line(exc)}, status_code=503)
+        """Liveness: 200 when the database answers (and the read replica, when one is
+        configured), 503 otherwise, saying which failed. No token needed."""
+        targets = [("database", open_conn)] + ([("read replica", open_read)] if replica
+                                                else [])
+        for what, opener in targets:
+            try:
+                with opener() as conn:
+                    conn.execute("SELECT 1")
+            except (AggjobsError, psycopg.Error) as exc:
+                error = first_line(exc) if what == "database" else f"{what}: {first_line(exc)}"
+                return JSONResponse({"ok": False, "error": error}, status_code=503)
         return JSONResponse({"ok": True})
 
     @api.get("/metrics", tags=["health"], response_class=Response)
@@ -201,14 +232,14 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/api/jobs", tags=["jobs"])
-    def jobs(conn: Conn, _: Viewer) -> dict:
+    def jobs(_: Viewer, conn: ReadConn) -> dict:
         """Per job its latest run, next scheduled time and failures in a row; whether the
         installation is healthy and, if not, what to do."""
         state = overview(conn, settings)
         return {k: state[k] for k in ("healthy", "checked_at", "problems", "jobs")}
 
     @api.get("/api/jobs/{job}/runs", tags=["jobs"])
-    def runs(conn: Conn, _: Viewer, job: JobName,
+    def runs(_: Viewer, conn: ReadConn, job: JobName,
              since: Annotated[str | None, Query(max_length=64)] = None,
              limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
         """The job's run history, newest first, with each step's outcome and error."""
@@ -217,7 +248,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         return run_history(conn, job=job, since=start, limit=limit)
 
     @api.get("/api/rollups", tags=["rollups"])
-    def rollups(conn: Conn, _: Viewer) -> list[dict]:
+    def rollups(_: Viewer, conn: ReadConn) -> list[dict]:
         """Per rollup and grain: watermark, lag, pending dirty groups, quarantined buckets."""
         return rollup_status(conn, now=datetime.now(UTC))
 
@@ -307,7 +338,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         return {"name": name, "revoked": True}
 
     @api.get("/api/retention", tags=["admin"])
-    def retention(conn: Conn, _: Admin) -> dict:
+    def retention(_: Admin, conn: ReadConn) -> dict:
         """What retention keeps (admin): days per class in force (0: forever;
         AGGJOBS_RETENTION_DAYS), rows per delete batch, and per rollup and grain the
         horizon before which buckets can no longer be recomputed (their inputs are gone)."""
@@ -324,7 +355,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         return run_now(request, who, CLEANUP_JOB, body)
 
     @api.get("/api/backfills", tags=["rollups"])
-    def backfill_list(conn: Conn, _: Viewer,
+    def backfill_list(_: Viewer, conn: ReadConn,
                       status: Annotated[str | None, Query(
                           pattern="^(running|succeeded|failed)$")] = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
@@ -333,7 +364,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         return dashboard_page.backfills(conn, status=status, limit=limit)
 
     @api.get("/api/reports/latest", tags=["reports"])
-    def latest_report(conn: Conn, _: Viewer) -> dict:
+    def latest_report(_: Viewer, conn: ReadConn) -> dict:
         """The latest day with a stored platform daily report, and where to read it."""
         day = dashboard_page.latest_report_day(conn)
         if day is None:
@@ -341,7 +372,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         return {"day": day.isoformat(), "url": f"/reports/{day.isoformat()}"}
 
     @api.get("/reports/{day}", response_class=HTMLResponse, tags=["reports"])
-    def report_page(conn: Conn, _: Viewer, day: date) -> HTMLResponse:
+    def report_page(_: Viewer, conn: ReadConn, day: date) -> HTMLResponse:
         """The stored platform daily report of `day` (analytics.daily_reports) as the
         self-contained HTML page of `aggjobs report --format html`; 404 if none."""
         from .. import reports
@@ -354,7 +385,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         return HTMLResponse(reports.render(stored, "html"))
 
     @api.get("/", response_class=HTMLResponse, tags=["dashboard"])
-    def dashboard(conn: Conn, _: Viewer) -> HTMLResponse:
+    def dashboard(_: Viewer, conn: ReadConn) -> HTMLResponse:
         """The dashboard (docs/api.md): jobs at a glance, run charts, freshness against
         targets, recent failures, running backfills, problems, the latest daily report.
         Open it with `?token=` in the address; it refreshes itself every 15 s."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 
 from ..errors import DatabaseUnavailable, LockBusy
 from ..settings import Settings, get_settings
@@ -20,6 +21,15 @@ def database_url(settings: Settings | None = None) -> str:
     if settings.database_url:
         return normalize_url(settings.database_url)
     return embedded_url(settings.data_dir)
+
+
+def read_database_url(settings: Settings | None = None) -> str:
+    """Where read-only work may go (the API's reading routes): AGGJOBS_READ_DATABASE_URL, a
+    replica, else the primary."""
+    settings = settings or get_settings()
+    if settings.read_database_url:
+        return normalize_url(settings.read_database_url)
+    return database_url(settings)
 
 
 def normalize_url(url: str) -> str:
@@ -70,12 +80,18 @@ def connect(
     """A connection named `aggjobs:<purpose>` in pg_stat_activity, with the session limits."""
     settings = settings or get_settings()
     url = url or database_url(settings)
+    options = (limits or SessionLimits.from_settings(settings)).options()
+    # The URL's own `options` (e.g. `-c default_transaction_read_only=on`) would be replaced
+    # by ours: keep them, after ours, so that what the URL says explicitly wins.
+    given = conninfo_to_dict(url).get("options")
+    if given:
+        options = f"{options} {given}"
     try:
         return psycopg.connect(
             url,
             autocommit=autocommit,
             application_name=f"aggjobs:{purpose}",
-            options=(limits or SessionLimits.from_settings(settings)).options(),
+            options=options,
             connect_timeout=10,
         )
     except psycopg.OperationalError as exc:
