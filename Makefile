@@ -27,8 +27,10 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/pytest
 
+# A quick run of the benchmark suite (minutes); the full one is in docs/benchmarks.md.
 bench: $(BIN)/.installed
-	$(BIN)/python bench/hourly.py
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/suite.py --hours 3 --runs-per-hour 100000 --workspaces 1000 --history 2
 
 clean:
 	rm -rf $(VENV) .aggjobs

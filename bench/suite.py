@@ -1,0 +1,710 @@
+"""The benchmark suite of issue 7: every figure beside its baseline, measured in the same run.
+
+    python bench/suite.py [--hours 24] [--runs-per-hour 1000000] [--workspaces 5000]
+                          [--repeat 3] [--history 3] [--url URL] [--reuse] [--only a,b]
+
+Loads the reference workload (bench/workload.py) into a database `aggjobs_bench` on the
+server of --url, ending at today's 00:00 UTC (the views' windows are relative to now), then
+measures, each --repeat times (median, min, max):
+
+  hourly_step    the execution-metrics hourly step (exact p95 + sketch) for the last hour,
+                 beside the seed's INSERT ... ON CONFLICT and the floor (a bare
+                 count(*) GROUP BY workspace_id of the hour); both inside a rolled-back
+                 transaction, so every repeat starts from the same state
+  catch_up       materializing all hours of the three rollups from nothing (rows/s)
+  hourly_job     the whole `hourly_rollup` job, one new hour per run
+  late           one late row in an old hour, then 1,000 late updates in one old hour:
+                 the refresh that follows, beside recomputing that whole hour
+  daily          the execution-metrics daily step from the hourly rows beside the seed-style
+                 query over the day's raw rows; p95 error against the exact value; the whole
+                 `daily_rollup` job (with health scores and reports)
+  weekly         the weekly step and the `weekly_rollup` job
+  ingest         the platform's writes with change tracking on and off: single-row inserts,
+                 1,000-row batches, updates running -> completed (current hour and an old
+                 hour), and 8 concurrent writers
+  backfill       `aggjobs backfill` of the day in a child process: raw rows per second beside
+                 the floor's scan rate, and the process's peak memory
+  views          `refresh_materialized_views` over 90 days of rollup rows (the day's rows
+                 copied back in time: shape-true, not data-true)
+  history        the hourly step again after --history x as much older data is loaded (the
+                 cost must not grow; the plan must not flip)
+
+Prints a table (figure, value, baseline, ratio, target), writes bench/results/suite.json and,
+if matplotlib is installed (`pip install -e '.[bench]'`), bench/results/suite.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).parent))
+from workload import Workload, load  # noqa: E402
+
+from aggjobs.catalog import ROLLUPS, Grain, get_rollup  # noqa: E402
+from aggjobs.db.migrate import migrate  # noqa: E402
+from aggjobs.engine.recompute import recompute_range  # noqa: E402
+from aggjobs.engine.refresh import refresh  # noqa: E402
+from aggjobs.jobs.runner import RunRequest, run_job  # noqa: E402
+from aggjobs.settings import Settings  # noqa: E402
+
+DB = "aggjobs_bench"
+RESULTS = Path(__file__).parent / "results"
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+EM = get_rollup("execution_metrics")
+
+SEED_TABLE = """
+CREATE TABLE IF NOT EXISTS public.bench_seed (workspace_id bigint, hour timestamptz,
+    total_executions bigint, successful_executions bigint, failed_executions bigint,
+    avg_runtime float8, p95_runtime float8, total_credits numeric, UNIQUE (workspace_id, hour));
+CREATE TABLE IF NOT EXISTS public.bench_seed_daily (workspace_id bigint, day date,
+    total_executions bigint, successful_executions bigint, failed_executions bigint,
+    avg_runtime float8, p95_runtime float8, total_credits numeric, UNIQUE (workspace_id, day))
+"""
+SEED_HOURLY = """
+INSERT INTO public.bench_seed (workspace_id, hour, total_executions, successful_executions,
+    failed_executions, avg_runtime, p95_runtime, total_credits)
+SELECT workspace_id, DATE_TRUNC('hour', started_at) AS hour, COUNT(*),
+    COUNT(*) FILTER (WHERE status = 'completed'), COUNT(*) FILTER (WHERE status = 'failed'),
+    AVG(runtime_seconds), PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY runtime_seconds),
+    SUM(credits_consumed)
+FROM public.agent_runs WHERE started_at >= %(lo)s AND started_at < %(hi)s
+GROUP BY workspace_id, DATE_TRUNC('hour', started_at)
+ON CONFLICT (workspace_id, hour) DO UPDATE SET total_executions = EXCLUDED.total_executions,
+    successful_executions = EXCLUDED.successful_executions,
+    failed_executions = EXCLUDED.failed_executions, avg_runtime = EXCLUDED.avg_runtime,
+    p95_runtime = EXCLUDED.p95_runtime, total_credits = EXCLUDED.total_credits
+"""
+SEED_DAILY = """
+INSERT INTO public.bench_seed_daily (workspace_id, day, total_executions,
+    successful_executions, failed_executions, avg_runtime, p95_runtime, total_credits)
+SELECT workspace_id, DATE(started_at AT TIME ZONE 'UTC'), COUNT(*),
+    COUNT(*) FILTER (WHERE status = 'completed'), COUNT(*) FILTER (WHERE status = 'failed'),
+    AVG(runtime_seconds), PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY runtime_seconds),
+    SUM(credits_consumed)
+FROM public.agent_runs WHERE started_at >= %(lo)s AND started_at < %(hi)s
+GROUP BY 1, 2
+ON CONFLICT (workspace_id, day) DO UPDATE SET total_executions = EXCLUDED.total_executions,
+    p95_runtime = EXCLUDED.p95_runtime
+"""
+FLOOR = """
+SELECT workspace_id, count(*) FROM public.agent_runs
+WHERE started_at >= %(lo)s AND started_at < %(hi)s GROUP BY workspace_id
+"""
+P95_ERROR = """
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY e), max(e), count(*)
+FROM (SELECT abs(d.p95_runtime - s.p95_runtime) / s.p95_runtime AS e
+      FROM analytics.execution_metrics_daily AS d
+      JOIN public.bench_seed_daily AS s USING (workspace_id, day)
+      WHERE d.day = %(day)s AND s.p95_runtime > 0) AS x
+"""
+
+# figure -> (target ratio or absolute limit, what the number is compared with)
+TARGETS = {
+    "hourly_step.ours": ("<= 0.55 x seed", lambda r: r["hourly_step"]["ours"]["ratio"] <= 0.55),
+    "hourly_job": ("< 3 s", lambda r: r["hourly_job"]["median_ms"] < 3000),
+    "late.updates_1000": ("<= 500 ms", lambda r: r["late"]["updates_1000"]["median_ms"] <= 500),
+    "daily.step": ("<= 1 s, p95 within 1%",
+                   lambda r: r["daily"]["step"]["median_ms"] <= 1000
+                   and r["daily"]["p95_error_max"] <= 0.01),
+    "views": ("< 1.2 s", lambda r: r["views"]["median_ms"] < 1200),
+    "history": ("3x / 1x <= 1.05", lambda r: r["history"]["ratio"] <= 1.05),
+    "ingest.insert_single": ("<= 1.05 x off",
+                             lambda r: r["ingest"]["insert_single"]["ratio"] <= 1.05),
+    "ingest.insert_batch": ("<= 1.05 x off",
+                            lambda r: r["ingest"]["insert_batch"]["ratio"] <= 1.05),
+    "backfill": (">= 0.5 x floor rate", lambda r: r["backfill"]["ratio"] >= 0.5),
+    "backfill.peak_rss_mb": ("< 250 MB", lambda r: r["backfill"]["peak_rss_mb"] < 250),
+}
+
+
+def timed(fn: Callable[[], object], repeat: int,
+          before: Callable[[], object] | None = None) -> dict:
+    samples = []
+    for _ in range(repeat):
+        if before:
+            before()
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return {"median_ms": statistics.median(samples), "min_ms": min(samples),
+            "max_ms": max(samples), "samples_ms": samples}
+
+
+def with_ratio(result: dict, baseline: dict) -> dict:
+    return {**result, "ratio": result["median_ms"] / baseline["median_ms"]}
+
+
+@dataclass
+class Bench:
+    url: str
+    w: Workload
+    repeat: int
+    conn: psycopg.Connection
+    settings: Settings
+    results: dict = field(default_factory=dict)
+
+    @property
+    def last_hour(self) -> tuple[datetime, datetime]:
+        return self.w.end - HOUR, self.w.end
+
+    @property
+    def day(self) -> datetime:
+        return self.w.end - DAY
+
+    def rolled_back(self, fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                with self.conn.transaction():
+                    fn()
+                    raise Rollback
+            except Rollback:
+                pass
+        return run
+
+    def hourly_step(self) -> dict:
+        lo, hi = self.last_hour
+        window = {"lo": lo, "hi": hi}
+        self.conn.execute(FLOOR, window).fetchall()  # warm the cache
+        floor = timed(lambda: self.conn.execute(FLOOR, window).fetchall(), self.repeat)
+        seed = timed(self.rolled_back(lambda: self.conn.execute(SEED_HOURLY, window)),
+                     self.repeat)
+        ours = timed(self.rolled_back(
+            lambda: recompute_range(self.conn, EM, Grain.HOUR, lo, hi)), self.repeat)
+        return {"floor": with_ratio(floor, seed), "seed": with_ratio(seed, seed),
+                "ours": with_ratio(ours, seed), "runs": self.runs_in(lo, hi)}
+
+    def runs_in(self, lo: datetime, hi: datetime) -> int:
+        return self.conn.execute("SELECT count(*) FROM public.agent_runs WHERE started_at >= %s"
+                                 " AND started_at < %s", (lo, hi)).fetchone()[0]
+
+    def catch_up(self) -> dict:
+        """All hours but the last --repeat, for the three rollups, from nothing."""
+        as_of = self.w.end - self.repeat * HOUR
+        started = time.perf_counter()
+        for rollup in ROLLUPS:
+            refresh(self.conn, rollup, as_of=as_of, settings=self.settings, grains=[Grain.HOUR])
+        seconds = time.perf_counter() - started
+        runs = self.runs_in(self.w.start, as_of)
+        return {"seconds": seconds, "runs": runs, "runs_per_s": runs / seconds}
+
+    def hourly_job(self) -> dict:
+        runs = [self.job("hourly_rollup", self.w.end - (self.repeat - 1 - i) * HOUR)
+                for i in range(self.repeat)]
+        return {**summary([r["ms"] for r in runs]),
+                "steps_ms": {name: statistics.median(r["steps_ms"][name] for r in runs)
+                             for name in runs[0]["steps_ms"]}}
+
+    def job(self, name: str, as_of: datetime) -> dict:
+        """One run of a job: wall milliseconds and each step's."""
+        started = time.perf_counter()
+        result = run_job(RunRequest(job=name, as_of=as_of, trigger="manual", who="bench"),
+                         self.settings)
+        ms = (time.perf_counter() - started) * 1000
+        if result.status != "succeeded":
+            raise SystemExit(f"{name} {result.status}: {result.error} {result.steps}")
+        return {"ms": ms, "steps_ms": {s.name: s.seconds * 1000 for s in result.steps}}
+
+    def late(self) -> dict:
+        old = self.w.start + (self.w.hours // 3) * HOUR  # materialized, well behind
+        whole = timed(self.rolled_back(
+            lambda: recompute_range(self.conn, EM, Grain.HOUR, old, old + HOUR)), self.repeat)
+        refresh(self.conn, EM, as_of=self.w.end, settings=self.settings, grains=[Grain.HOUR])
+        next_id = [10 ** 13]
+
+        def late_row() -> None:
+            next_id[0] += 1
+            self.conn.execute(
+                "INSERT INTO public.agent_runs (id, workspace_id, status, started_at,"
+                " runtime_seconds, credits_consumed) VALUES (%s, 7, 'completed', %s, 12.5, 1)",
+                (next_id[0], old + timedelta(minutes=30)))
+
+        def late_updates() -> None:
+            self.conn.execute(
+                "UPDATE public.agent_runs SET status = CASE status WHEN 'failed' THEN"
+                " 'completed' ELSE 'failed' END WHERE id IN (SELECT id FROM public.agent_runs"
+                " WHERE started_at >= %s AND started_at < %s ORDER BY random() LIMIT 1000)",
+                (old, old + HOUR))
+
+        def refreshed() -> None:
+            refresh(self.conn, EM, as_of=self.w.end, settings=self.settings,
+                    grains=[Grain.HOUR])
+
+        row = timed(refreshed, self.repeat, before=late_row)
+        updates = timed(refreshed, self.repeat, before=late_updates)
+        return {"whole_hour": whole, "row": with_ratio(row, whole),
+                "updates_1000": with_ratio(updates, whole)}
+
+    def daily(self) -> dict:
+        lo, hi = self.day, self.day + DAY
+        as_of = self.w.end
+        for rollup in ROLLUPS:  # hours first: the daily step merges them
+            refresh(self.conn, rollup, as_of=as_of, settings=self.settings, grains=[Grain.HOUR])
+        step = timed(self.rolled_back(
+            lambda: recompute_range(self.conn, EM, Grain.DAY, lo, hi)), self.repeat)
+        seed = timed(lambda: self.conn.execute(SEED_DAILY, {"lo": lo, "hi": hi}), 1)
+        job = self.job("daily_rollup", as_of + HOUR)
+        med, worst, groups = self.conn.execute(P95_ERROR, {"day": lo.date()}).fetchone()
+        return {"step": with_ratio(step, seed), "seed_from_raw": seed, "job": job,
+                "p95_error_median": med, "p95_error_max": worst, "groups": groups}
+
+    def weekly(self) -> dict:
+        week = Grain.WEEK.floor(self.day)
+        step = timed(self.rolled_back(
+            lambda: recompute_range(self.conn, EM, Grain.WEEK, week, week + 7 * DAY)),
+            self.repeat)
+        return {"step": step, "job": self.job("weekly_rollup", self.w.end + HOUR),
+                "days_with_data": self.w.hours / 24}
+
+    def ingest(self) -> dict:
+        return Ingest(self).measure()
+
+    def backfill(self) -> dict:
+        lo, hi = self.day, self.day + DAY
+        env = {**os.environ, "AGGJOBS_DATABASE_URL": self.url}
+        cmd = [str(Path(sys.executable).parent / "aggjobs"), "backfill", "execution_metrics",
+               "--from", lo.isoformat(), "--to", hi.isoformat()]
+        with tempfile.TemporaryFile() as output:
+            started = time.perf_counter()
+            child = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(child.pid, 0)
+            seconds = time.perf_counter() - started
+            if status != 0:
+                output.seek(0)
+                raise SystemExit(f"backfill failed: {output.read().decode()[-2000:]}")
+        runs = self.runs_in(lo, hi)
+        floor = self.results.get("hourly_step", {}).get("floor") or self.hourly_step()["floor"]
+        floor_rate = self.runs_in(*self.last_hour) / (floor["median_ms"] / 1000)
+        rate = runs / seconds
+        return {"seconds": seconds, "runs": runs, "runs_per_s": rate,
+                "floor_runs_per_s": floor_rate, "ratio": rate / floor_rate,
+                "peak_rss_mb": usage.ru_maxrss / 1024}
+
+    def views(self) -> dict:
+        copied = copy_back_in_time(self.conn, self.day)
+        runs = [self.job("refresh_materialized_views", self.w.end + HOUR)
+                for _ in range(self.repeat)]
+        return {**summary([r["ms"] for r in runs]), "steps_ms": runs[-1]["steps_ms"],
+                "rows_copied": copied}
+
+    def history(self, times: int) -> dict:
+        before = self.hourly_step()
+        plan_before = plan_of(self.conn, *self.last_hour)
+        older = Workload(self.w.start - (times - 1) * self.w.hours * HOUR,
+                         (times - 1) * self.w.hours, self.w.runs_per_hour, self.w.workspaces)
+        load(self.conn, older)
+        after = self.hourly_step()
+        plan_after = plan_of(self.conn, *self.last_hour)
+        return {"times": times, "before": before, "after": after,
+                "ratio": after["ours"]["median_ms"] / before["ours"]["median_ms"],
+                "seed_ratio": after["seed"]["median_ms"] / before["seed"]["median_ms"],
+                "plan_before": plan_before, "plan_after": plan_after,
+                "plan_flipped": plan_before != plan_after}
+
+
+class Rollback(Exception):
+    pass
+
+
+def summary(samples_ms: list[float]) -> dict:
+    return {"median_ms": statistics.median(samples_ms), "min_ms": min(samples_ms),
+            "max_ms": max(samples_ms), "samples_ms": samples_ms}
+
+
+def plan_of(conn: psycopg.Connection, lo: datetime, hi: datetime) -> list[str]:
+    """The scan and aggregation nodes of the engine's hourly statement for [lo, hi)."""
+    from aggjobs.engine.recompute import bitmap_scans, statements
+    from aggjobs.sql.rollup import Scope
+
+    insert = statements(EM, Grain.HOUR, Scope.RANGE)[1]
+    with conn.transaction():
+        with bitmap_scans(conn, True):
+            lines = [r[0] for r in conn.execute(
+                sql.SQL("EXPLAIN ") + insert, {"lo": lo, "hi": hi})]
+    nodes = [line.strip().lstrip("-> ").split("  ")[0] for line in lines]
+    return [n.split(" on ")[0] for n in nodes
+            if any(k in n for k in ("Scan", "Aggregate", "Sort", "Join", "Loop"))]
+
+
+def copy_back_in_time(conn: psycopg.Connection, day: datetime) -> int:
+    """90 days of daily rows and 7 days of hourly rows, copied from `day`'s rows."""
+    copied = 0
+    with conn.transaction():
+        for rollup in ROLLUPS:
+            daily = sql.Identifier("analytics", rollup.table(Grain.DAY))
+            hourly = sql.Identifier("analytics", rollup.table(Grain.HOUR))
+            cols = [c[0] for c in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema ="
+                " 'analytics' AND table_name = %s AND column_name <> 'day' ORDER BY ordinal_position",
+                (rollup.table(Grain.DAY),))]
+            names = sql.SQL(", ").join(map(sql.Identifier, cols))
+            copied += conn.execute(sql.SQL(
+                "INSERT INTO {t} ({names}, day) SELECT {names}, day - g FROM {t},"
+                " generate_series(1, 89) AS g WHERE day = %s ON CONFLICT DO NOTHING"
+            ).format(t=daily, names=names), (day.date(),)).rowcount
+            hcols = [c[0] for c in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema ="
+                " 'analytics' AND table_name = %s AND column_name <> 'hour' ORDER BY ordinal_position",
+                (rollup.table(Grain.HOUR),))]
+            hnames = sql.SQL(", ").join(map(sql.Identifier, hcols))
+            copied += conn.execute(sql.SQL(
+                "INSERT INTO {t} ({names}, hour) SELECT {names}, hour - make_interval(days => g)"
+                " FROM {t}, generate_series(1, 6) AS g WHERE hour >= %s AND hour < %s"
+                " ON CONFLICT DO NOTHING"
+            ).format(t=hourly, names=hnames), (day, day + DAY)).rowcount
+    for rollup in ROLLUPS:
+        for grain in (Grain.HOUR, Grain.DAY):
+            conn.execute(sql.SQL("ANALYZE {}").format(
+                sql.Identifier("analytics", rollup.table(grain))))
+    return copied
+
+
+class Ingest:
+    """The platform's writes with tracking on and off, interleaved so that drift hits both."""
+
+    ROUNDS = 5
+
+    def __init__(self, bench: Bench):
+        self.b = bench
+        self.now_hour = bench.w.end + 2 * HOUR  # ahead of every threshold
+        self.old_hour = bench.w.start + HOUR  # behind the threshold: tracked
+        self.ids = iter(range(2 * 10 ** 13, 3 * 10 ** 13))
+
+    def tracking(self, on: bool) -> None:
+        verb = "ENABLE" if on else "DISABLE"
+        for name in ("aggjobs_track_insert", "aggjobs_track_update", "aggjobs_track_delete"):
+            self.b.conn.execute(sql.SQL("ALTER TABLE public.agent_runs {} TRIGGER {}").format(
+                sql.SQL(verb), sql.Identifier(name)))
+
+    def insert_single(self, conn: psycopg.Connection, n: int = 500) -> None:
+        for _ in range(n):
+            conn.execute("INSERT INTO public.agent_runs (id, workspace_id, status, started_at)"
+                         " VALUES (%s, 42, 'running', %s)", (next(self.ids), self.now_hour))
+
+    def insert_batch(self, conn: psycopg.Connection, batches: int = 20) -> None:
+        for _ in range(batches):
+            first = next(self.ids)
+            for _ in range(999):
+                next(self.ids)
+            conn.execute("INSERT INTO public.agent_runs (id, workspace_id, status, started_at)"
+                         " SELECT %s + g, 42 + g %% 50, 'running', %s FROM generate_series(0, 999)"
+                         " AS g", (first, self.now_hour))
+
+    def complete(self, conn: psycopg.Connection, hour: datetime, n: int = 500) -> float:
+        """Runs inserted as running (untimed), then each updated to completed (timed)."""
+        ids = [next(self.ids) for _ in range(n)]
+        conn.execute("INSERT INTO public.agent_runs (id, workspace_id, status, started_at)"
+                     " SELECT i, 42, 'running', %s FROM unnest(%s::bigint[]) AS i", (hour, ids))
+        started = time.perf_counter()
+        for i in ids:
+            conn.execute("UPDATE public.agent_runs SET status = 'completed',"
+                         " runtime_seconds = 10, completed_at = started_at + interval '10 s'"
+                         " WHERE id = %s", (i,))
+        return (time.perf_counter() - started) * 1000
+
+    def compare(self, write: Callable[[psycopg.Connection], float | None]) -> dict:
+        """`write` returns the milliseconds to count, or None to count all it took."""
+        on, off = [], []
+        with psycopg.connect(self.b.url, autocommit=True) as conn:
+            for _ in range(self.ROUNDS):
+                for state, samples in ((True, on), (False, off)):
+                    self.tracking(state)
+                    started = time.perf_counter()
+                    counted = write(conn)
+                    samples.append(counted if counted is not None
+                                   else (time.perf_counter() - started) * 1000)
+        self.tracking(True)
+        return {"on_ms": statistics.median(on), "off_ms": statistics.median(off),
+                "ratio": statistics.median(on) / statistics.median(off)}
+
+    def concurrent(self, writers: int = 8, seconds: float = 3.0) -> dict:
+        """`writers` sessions inserting single rows as fast as they can, tracking on and
+        off in alternating rounds: rows per second (median of rounds) and the slowest
+        insert seen (a writer blocked by another, or by a threshold move, shows here)."""
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        worst: dict[bool, float] = {True: 0.0, False: 0.0}
+        for _ in range(self.ROUNDS):
+            for state in (True, False):
+                self.tracking(state)
+                rate, slowest = self.writers_round(writers, seconds)
+                rates[state].append(rate)
+                worst[state] = max(worst[state], slowest)
+        self.tracking(True)
+        on, off = statistics.median(rates[True]), statistics.median(rates[False])
+        return {"on": {"rows_per_s": on, "worst_ms": worst[True] * 1000},
+                "off": {"rows_per_s": off, "worst_ms": worst[False] * 1000},
+                "ratio": off / on}
+
+    def writers_round(self, writers: int, seconds: float) -> tuple[float, float]:
+        counts, slowest = [0] * writers, [0.0] * writers
+        conns = [psycopg.connect(self.b.url, autocommit=True) for _ in range(writers)]
+        stop = time.perf_counter() + seconds
+
+        def writer(i: int) -> None:
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                conns[i].execute("INSERT INTO public.agent_runs (id, workspace_id, status,"
+                                 " started_at) VALUES (%s, %s, 'running', %s)",
+                                 (next(self.ids), 100 + i, self.now_hour))
+                slowest[i] = max(slowest[i], time.perf_counter() - t)
+                counts[i] += 1
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for c in conns:
+            c.close()
+        return sum(counts) / seconds, max(slowest)
+
+    def measure(self) -> dict:
+        result = {
+            "insert_single": self.compare(self.insert_single),
+            "insert_batch": self.compare(self.insert_batch),
+            "complete_current_hour": self.compare(lambda c: self.complete(c, self.now_hour)),
+            "complete_old_hour": self.compare(lambda c: self.complete(c, self.old_hour)),
+            "writers_8": self.concurrent(),
+        }
+        with self.b.conn.transaction():  # remove the writes without logging them
+            self.tracking(False)
+            self.b.conn.execute("DELETE FROM public.agent_runs WHERE id >= %s", (2 * 10 ** 13,))
+            self.tracking(True)
+        return result
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """(figure, value, against, target) lines of the printed table."""
+    out = []
+
+    def ms(x: float) -> str:
+        return f"{x:,.0f} ms"
+
+    r = results
+    if "hourly_step" in r:
+        h = r["hourly_step"]
+        out += [("hourly step: floor", ms(h["floor"]["median_ms"]),
+                 f"{h['floor']['ratio']:.2f} x seed", ""),
+                ("hourly step: seed SQL", ms(h["seed"]["median_ms"]), "1.00", ""),
+                ("hourly step: ours", ms(h["ours"]["median_ms"]),
+                 f"{h['ours']['ratio']:.2f} x seed", TARGETS["hourly_step.ours"][0])]
+    if "catch_up" in r:
+        out.append(("catch-up, 3 rollups, hour grain", f"{r['catch_up']['runs_per_s']:,.0f} runs/s",
+                    f"{r['catch_up']['seconds']:.0f} s", ""))
+    if "hourly_job" in r:
+        out.append(("hourly_rollup job, one new hour", ms(r["hourly_job"]["median_ms"]), "",
+                    TARGETS["hourly_job"][0]))
+        out += [(f"  step {name}", ms(v), "", "")
+                for name, v in r["hourly_job"]["steps_ms"].items()]
+    if "late" in r:
+        late = r["late"]
+        out += [("recompute one old hour", ms(late["whole_hour"]["median_ms"]), "1.00", ""),
+                ("refresh after 1 late row", ms(late["row"]["median_ms"]),
+                 f"{late['row']['ratio']:.3f} x hour", ""),
+                ("refresh after 1,000 late updates", ms(late["updates_1000"]["median_ms"]),
+                 f"{late['updates_1000']['ratio']:.2f} x hour", TARGETS["late.updates_1000"][0])]
+    if "daily" in r:
+        d = r["daily"]
+        out += [("daily step from hours", ms(d["step"]["median_ms"]),
+                 f"{d['step']['ratio']:.3f} x raw", TARGETS["daily.step"][0]),
+                ("daily from raw, seed-style", ms(d["seed_from_raw"]["median_ms"]), "1.00", ""),
+                ("daily p95 error: median / max",
+                 f"{d['p95_error_median']:.3%} / {d['p95_error_max']:.3%}",
+                 f"{d['groups']} workspaces", "<= 1%"),
+                ("daily_rollup job", ms(d["job"]["ms"]), "", "")]
+        out += [(f"  step {name}", ms(v), "", "") for name, v in d["job"]["steps_ms"].items()]
+    if "weekly" in r:
+        out += [("weekly step", ms(r["weekly"]["step"]["median_ms"]),
+                 f"{r['weekly']['days_with_data']:.1f} day(s) of data", ""),
+                ("weekly_rollup job", ms(r["weekly"]["job"]["ms"]), "", "")]
+    if "views" in r:
+        out.append(("refresh_materialized_views, 90 days", ms(r["views"]["median_ms"]), "",
+                    TARGETS["views"][0]))
+    if "ingest" in r:
+        i = r["ingest"]
+        for name, label in (("insert_single", "single-row inserts (500)"),
+                            ("insert_batch", "1,000-row batches (20)"),
+                            ("complete_current_hour", "running -> completed, current hour"),
+                            ("complete_old_hour", "running -> completed, old hour (tracked)")):
+            target = TARGETS.get(f"ingest.{name}", ("",))[0]
+            out.append((f"ingest: {label}", f"{i[name]['on_ms']:,.0f} vs {i[name]['off_ms']:,.0f} ms",
+                        f"{i[name]['ratio']:.3f} x off", target))
+        c = i["writers_8"]
+        out.append(("ingest: 8 writers, rows/s on vs off",
+                    f"{c['on']['rows_per_s']:,.0f} vs {c['off']['rows_per_s']:,.0f}",
+                    f"{c['ratio']:.3f} x, worst {c['on']['worst_ms']:.0f} ms", ""))
+    if "backfill" in r:
+        b = r["backfill"]
+        out += [("backfill of the day (child process)", f"{b['runs_per_s']:,.0f} runs/s",
+                 f"{b['ratio']:.2f} x floor", TARGETS["backfill"][0]),
+                ("backfill peak memory", f"{b['peak_rss_mb']:.0f} MB", "",
+                 TARGETS["backfill.peak_rss_mb"][0])]
+    if "history" in r:
+        hs = r["history"]
+        out.append((f"hourly step with {hs['times']}x history", ms(hs["after"]["ours"]["median_ms"]),
+                    f"{hs['ratio']:.2f} x 1x (seed {hs['seed_ratio']:.2f})"
+                    + (", plan flipped" if hs["plan_flipped"] else ", same plan"),
+                    TARGETS["history"][0]))
+    return out
+
+
+def verdicts(results: dict) -> dict[str, bool]:
+    out = {}
+    for name, (_, check) in TARGETS.items():
+        try:
+            out[name] = bool(check(results))
+        except KeyError:
+            continue
+    return out
+
+
+def plot(results: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    bars = []
+    if "hourly_step" in results:
+        h = results["hourly_step"]
+        bars.append(("hourly step / seed", h["ours"]["ratio"], 0.55))
+    if "late" in results:
+        bars.append(("1,000 late updates / 500 ms",
+                     results["late"]["updates_1000"]["median_ms"] / 500, 1.0))
+    if "hourly_job" in results:
+        bars.append(("hourly job / 3 s", results["hourly_job"]["median_ms"] / 3000, 1.0))
+    if "daily" in results:
+        bars.append(("daily step / 1 s", results["daily"]["step"]["median_ms"] / 1000, 1.0))
+    if "views" in results:
+        bars.append(("views / 1.2 s", results["views"]["median_ms"] / 1200, 1.0))
+    if "ingest" in results:
+        bars.append(("single inserts on/off", results["ingest"]["insert_single"]["ratio"], 1.05))
+        bars.append(("batches on/off", results["ingest"]["insert_batch"]["ratio"], 1.05))
+    if "backfill" in results:
+        bars.append(("floor rate / backfill rate", 1 / results["backfill"]["ratio"], 2.0))
+    if "history" in results:
+        bars.append(("3x history / 1x", results["history"]["ratio"], 1.05))
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(bars) + 1.5))
+    names = [b[0] for b in bars]
+    ax.barh(names, [b[1] for b in bars],
+            color=["tab:green" if b[1] <= b[2] else "tab:red" for b in bars])
+    ax.scatter([b[2] for b in bars], names, marker="|", s=400, color="black", label="target")
+    ax.set_xlabel("measured (lower is better); black mark: target")
+    ax.invert_yaxis()
+    ax.set_title(f"aggjobs benchmark suite, {results['workload']['runs_per_hour']:,} runs/hour")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+# ------------------------------------------------------------------------------ main
+
+SECTIONS = ("hourly_step", "catch_up", "hourly_job", "late", "daily", "weekly", "ingest",
+            "backfill", "views", "history")
+
+
+def database(admin_url: str, *, fresh: bool) -> str:
+    url = psycopg.conninfo.make_conninfo(admin_url, dbname=DB)
+    if fresh:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(DB)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+    return url
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.splitlines()[2:]))
+    ap.add_argument("--hours", type=int, default=24)
+    ap.add_argument("--runs-per-hour", type=int, default=1_000_000)
+    ap.add_argument("--workspaces", type=int, default=5000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--history", type=int, default=3,
+                    help="total data as a multiple of --hours for the history figure (1: skip)")
+    ap.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                    help="any database of the server to use; the suite creates its own")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the loaded database of an earlier run with the same sizes")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections: {', '.join(SECTIONS)}")
+    ap.add_argument("--label", default="suite", help="results file name")
+    args = ap.parse_args()
+    # Data ends at midnight; the staleness alerts the jobs evaluate would fire all along.
+    logging.getLogger("aggjobs").setLevel(logging.CRITICAL)
+    only = [s for s in args.only.split(",") if s]
+    if unknown := set(only) - set(SECTIONS):
+        ap.error(f"unknown sections: {', '.join(sorted(unknown))}")
+
+    end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    w = Workload(end - args.hours * HOUR, args.hours, args.runs_per_hour, args.workspaces)
+    url = database(args.url, fresh=not args.reuse)
+    conn = psycopg.connect(url, autocommit=True, application_name="aggjobs:bench",
+                           options="-c work_mem=64MB")
+    results: dict = {"workload": {"hours": w.hours, "runs_per_hour": w.runs_per_hour,
+                                  "workspaces": w.workspaces, "start": w.start.isoformat()},
+                     "server": conn.execute("SHOW server_version").fetchone()[0],
+                     "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    migrate(conn)  # also on --reuse: the code may have moved on since the load
+    conn.execute(SEED_TABLE)
+    if not args.reuse:
+        print(f"loading {w.hours} hours x {w.runs_per_hour:,} runs ...", flush=True)
+        results["load"] = load(conn, w)
+    settings = Settings(database_url=url, statement_timeout_ms=0, max_buckets_per_refresh=100_000)
+    bench = Bench(url, w, args.repeat, conn, settings, results)
+    for section in SECTIONS:
+        if section not in only:
+            continue
+        if section == "history" and args.history <= 1:
+            continue
+        print(f"== {section}", flush=True)
+        started = time.perf_counter()
+        try:
+            results[section] = (bench.history(args.history) if section == "history"
+                                else getattr(bench, section)())
+        except (Exception, SystemExit) as exc:  # report it, measure the rest
+            results.setdefault("errors", {})[section] = str(exc)
+            print(f"   failed: {exc}", flush=True)
+        print(f"   {time.perf_counter() - started:.0f} s", flush=True)
+    conn.close()
+
+    results["verdicts"] = verdicts(results)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.label}.json").write_text(json.dumps(results, indent=2, default=str))
+    table = rows(results)
+    width = max(len(r[0]) for r in table)
+    print(f"\n{w.runs_per_hour:,} runs/hour x {w.hours} h, {w.workspaces:,} workspaces, "
+          f"PostgreSQL {results['server']}, medians of {args.repeat}")
+    print(f"{'figure':<{width}}  {'value':>24}  {'against':<34} target")
+    for name, value, against, target in table:
+        print(f"{name:<{width}}  {value:>24}  {against:<34} {target}")
+    met = results["verdicts"]
+    print(f"\ntargets met: {sum(met.values())} of {len(met)}"
+          + "".join(f"\n  missed: {k}" for k, v in met.items() if not v))
+    if plot(results, RESULTS / f"{args.label}.png"):
+        print(f"plot: {RESULTS / (args.label + '.png')}")
+
+
+if __name__ == "__main__":
+    main()
