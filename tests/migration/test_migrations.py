@@ -114,3 +114,18 @@ def test_views_are_recreated_only_when_views_sql_changed(two_databases) -> None:
             (["analytics.workspace_overview", "analytics.platform_daily_overview"],),
         ).fetchall()
         assert stamps[0] == stamps[1] and stamps[0][0].startswith("aggjobs views.sql ")
+
+
+def test_the_sources_have_the_indexes_the_engine_reads_them_by(conn: psycopg.Connection) -> None:
+    """docs/rollups.md: a time index for range scopes, (workspace_id, time) for key scopes."""
+    from aggjobs.catalog import SOURCES
+
+    for source in SOURCES:
+        keys = {row[0] for row in conn.execute(
+            "SELECT array_to_string(array_agg(a.attname ORDER BY k.n), ',')"
+            " FROM pg_index AS i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)"
+            " JOIN pg_attribute AS a ON a.attnum = k.attnum"
+            " WHERE i.indrelid = %s::regclass AND a.attrelid = i.indrelid GROUP BY i.indexrelid",
+            (f"{source.schema}.{source.table}",))}
+        assert source.time_column in keys, (source.name, keys)
+        assert f"{source.key_column},{source.time_column}" in keys, (source.name, keys)
