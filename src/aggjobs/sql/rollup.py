@@ -357,15 +357,17 @@ def add_raw_quantile(parts: Parts, m: Quantile, alias: str) -> None:
 
 def add_distinct(parts: Parts, m: DistinctCount, ctx: Context, *, with_state: bool) -> None:
     state = m.name + STATE_SET
-    if ctx.inp.is_raw:
+    if ctx.inp.is_raw and not with_state:  # the reference: the plain aggregate
         parts.aggs.append((m.name, S("count(DISTINCT {})").format(rcol(m.column))))
         parts.finals[m.name] = I("g", m.name)
-        if with_state:
-            parts.aggs.append(
-                (state, S("array_agg(DISTINCT {0} ORDER BY {0}) FILTER (WHERE {0} IS NOT NULL)")
-                 .format(rcol(m.column)))
-            )
-            parts.finals[state] = I("g", state)
+        return
+    if ctx.inp.is_raw:  # one distinct sort gives the set and, by its size, the count
+        parts.aggs.append(
+            (state, S("array_agg(DISTINCT {0} ORDER BY {0}) FILTER (WHERE {0} IS NOT NULL)")
+             .format(rcol(m.column)))
+        )
+        parts.finals[m.name] = S("coalesce(cardinality({}), 0)").format(I("g", state))
+        parts.finals[state] = I("g", state)
         return
     alias = f"d_{m.name}"
     names = S(", ").join(I(a) for a, _ in ctx.groups)
