@@ -66,7 +66,7 @@ def test_run_json(db_url, conn) -> None:
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["job"] == "refresh_materialized_views" and doc["status"] == "succeeded"
-    assert [s["name"] for s in doc["steps"]] == ["view.workspace_overview",
+    assert [s["name"] for s in doc["steps"]] == ["view.caches", "view.workspace_overview",
                                                  "view.platform_daily_overview"]
     assert all(s["status"] == "succeeded" for s in doc["steps"])
     result = cli("run", "hourly_rollup", "--as-of", (T0 + timedelta(hours=7)).isoformat(),

@@ -48,7 +48,7 @@ def test_a_task_sent_to_a_worker_runs_the_job(workers, celery_app, conn) -> None
     assert run["who"] == f"{worker.name}@{run['host']}", run["who"]
     names = [s["name"] for s in run["steps"]]
     assert names == [f"{r.name}.hour" for r in ROLLUPS] + [
-        "view.workspace_overview", "view.platform_daily_overview"]
+        "view.caches", "view.workspace_overview", "view.platform_daily_overview"]
     assert all(s["status"] == "succeeded" for s in run["steps"]), run["steps"]
     for rollup in ROLLUPS:
         assert assert_matches(conn, rollup.name, Grain.HOUR, BELOW) > 0

@@ -2,13 +2,14 @@
 
 Semantics compared (those of src/aggjobs/db/views.sql), with R = the view's `refreshed_at`
 (the refresh transaction's now()):
-- 24 h / 7 d windows (runs, success rates, p95, active users, last activity) are over
-  HOUR BUCKETS: a row counts when the start of its UTC hour is >= R - 24 h (resp. 7 d), and
-  only hours materialized by the hourly job count (the row's time < the hourly watermark; the
-  hour in progress is not complete yet).
-- 30 d runs and 7 d / 30 d credits are over UTC DAYS: day >= R's UTC date - 30 (resp. 7), and
-  only days materialized by the daily job count (time < the daily watermark, so today is not
-  in them yet).
+- 24 h / 7 d runs and success rates and the last activity are over HOUR BUCKETS: a row counts
+  when the start of its UTC hour is >= R - 24 h (resp. 7 d), and only hours materialized by
+  the hourly job count (the row's time < the hourly watermark; the hour in progress is not
+  complete yet).
+- p95 and active users over 7 d, 30 d runs and 7 d / 30 d credits are over UTC DAYS:
+  day >= R's UTC date - 7 (resp. 30), and only days materialized by the daily job count (time
+  < the daily watermark, so today is not in them yet): p95 and active users over 7 d are over
+  the last 7 complete days, read from the caches kept by the step `view.caches`.
 - platform_daily_overview: one row per UTC day, the last 90 days (today included, with zeros
   until the daily job builds it); active users are distinct user_ids over all workspaces.
 - p95 comes from merged sketches: within 1% of the exact percentile_cont(0.95).
@@ -27,6 +28,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from aggjobs.catalog import Grain
+from aggjobs.db.view_caches import update_view_caches
 from aggjobs.jobs.runner import RunRequest, run_job
 from tests import platform as p
 
@@ -47,9 +49,22 @@ WITH runs AS (
            count(*) FILTER (WHERE hb >= %(r)s - interval '24 hours' AND status = 'completed')
                AS ok_24h,
            count(*) AS runs_7d, count(*) FILTER (WHERE status = 'completed') AS ok_7d,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY runtime_seconds) AS p95_7d,
            max(hb) + interval '1 hour' AS last_hour_end
     FROM runs WHERE hb >= %(r)s - interval '7 days' AND started_at < %(hwm_runs)s
+    GROUP BY workspace_id
+), wd AS (  -- the last 7 complete days, materialized
+    SELECT workspace_id,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY runtime_seconds) AS p95_7d
+    FROM runs
+    WHERE d >= (%(r)s AT TIME ZONE 'UTC')::date - 7 AND d < (%(r)s AT TIME ZONE 'UTC')::date
+      AND started_at < %(dwm_runs)s
+    GROUP BY workspace_id
+), ud AS (
+    SELECT workspace_id, count(DISTINCT user_id) AS users_7d
+    FROM public.user_events
+    WHERE {DAY.format(t="occurred_at")} >= (%(r)s AT TIME ZONE 'UTC')::date - 7
+      AND {DAY.format(t="occurred_at")} < (%(r)s AT TIME ZONE 'UTC')::date
+      AND occurred_at < %(dwm_events)s
     GROUP BY workspace_id
 ), m AS (  -- day windows over materialized days
     SELECT workspace_id, count(*) AS runs_30d, count(*) FILTER (WHERE status = 'completed')
@@ -67,8 +82,7 @@ WITH runs AS (
       AND created_at < %(dwm_credits)s
     GROUP BY workspace_id
 ), u AS (
-    SELECT workspace_id, count(DISTINCT user_id) AS users_7d,
-           max({BUCKET.format(t="occurred_at")}) + interval '1 hour' AS last_hour_end
+    SELECT workspace_id, max({BUCKET.format(t="occurred_at")}) + interval '1 hour' AS last_hour_end
     FROM public.user_events
     WHERE {BUCKET.format(t="occurred_at")} >= %(r)s - interval '7 days'
       AND occurred_at < %(hwm_events)s
@@ -76,6 +90,7 @@ WITH runs AS (
 ), w AS (
     SELECT workspace_id FROM h UNION SELECT workspace_id FROM m
     UNION SELECT workspace_id FROM c UNION SELECT workspace_id FROM u
+    UNION SELECT workspace_id FROM wd UNION SELECT workspace_id FROM ud
 )
 SELECT w.workspace_id,
        coalesce(h.runs_24h, 0) AS runs_24h,
@@ -84,13 +99,14 @@ SELECT w.workspace_id,
        round(h.ok_7d::numeric / nullif(h.runs_7d, 0), 4) AS success_rate_7d,
        coalesce(m.runs_30d, 0) AS runs_30d,
        round(m.ok_30d::numeric / nullif(m.runs_30d, 0), 4) AS success_rate_30d,
-       h.p95_7d AS p95_runtime_7d,
+       wd.p95_7d AS p95_runtime_7d,
        coalesce(c.credits_7d, 0) AS credits_7d, coalesce(c.credits_30d, 0) AS credits_30d,
-       coalesce(u.users_7d, 0) AS active_users_7d,
+       coalesce(ud.users_7d, 0) AS active_users_7d,
        greatest(h.last_hour_end, u.last_hour_end,
                 (m.last_day + 1)::timestamp AT TIME ZONE 'UTC') AS last_activity
 FROM w LEFT JOIN h USING (workspace_id) LEFT JOIN m USING (workspace_id)
 LEFT JOIN c USING (workspace_id) LEFT JOIN u USING (workspace_id)
+LEFT JOIN wd USING (workspace_id) LEFT JOIN ud USING (workspace_id)
 ORDER BY w.workspace_id
 """
 
@@ -165,15 +181,17 @@ def assert_same(view: list[dict], ref: list[dict], key: str, p95: str) -> None:
                 assert got == want, (v[key], name, got, want)
 
 
-def test_views_equal_recomputation_from_raw_rows(conn, settings) -> None:
-    now = datetime.now(UTC)
-    load(conn, now)
+def run_jobs(settings, now: datetime, names=("hourly_rollup", "daily_rollup",
+                                              "refresh_materialized_views")) -> None:
     s = settings.model_copy(update={"max_buckets_per_refresh": 24 * 120,
                                     "hours_per_transaction": 24 * 20, "retry_base_s": 0.05})
-    for name in ("hourly_rollup", "daily_rollup", "refresh_materialized_views"):
+    for name in names:
         result = run_job(RunRequest(job=name, as_of=now), s)
         assert result.status == "succeeded", result
 
+
+def check(conn: psycopg.Connection, now: datetime) -> tuple[dict, dict]:
+    """Both views against the raw rows; returns them keyed by workspace, and by day."""
     marks = p.watermarks(conn)
     params = {
         "hwm_runs": marks[("execution_metrics", "hour")],
@@ -186,22 +204,122 @@ def test_views_equal_recomputation_from_raw_rows(conn, settings) -> None:
     assert params["dwm_runs"] == Grain.DAY.floor(now)
 
     view = rows(conn, "SELECT * FROM analytics.workspace_overview ORDER BY workspace_id")
-    assert len(view) == 3
     refreshed = {r["refreshed_at"] for r in view}
     assert len(refreshed) == 1
     params["r"] = refreshed.pop()
     ref = rows(conn, WORKSPACE_REFERENCE, params)
     assert_same(view, ref, "workspace_id", "p95_runtime_7d")
-    # The data are spread so that every window both includes and excludes some rows.
-    total = {k: sum(r[k] for r in view) for k in ("runs_24h", "runs_7d", "runs_30d")}
-    assert 0 < total["runs_24h"] < total["runs_7d"] and total["runs_30d"] > 0, total
-    assert all(r["health_score"] is None for r in view)  # health scores are not built yet
 
     daily = rows(conn, "SELECT * FROM analytics.platform_daily_overview ORDER BY day")
     assert len(daily) == 90
     params["r"] = daily[0]["refreshed_at"]
     ref = rows(conn, PLATFORM_REFERENCE, params)
     assert_same(daily, ref, "day", "p95_runtime")
-    assert sum(r["total_executions"] for r in daily) > 0
     assert daily[-1]["day"] == params["r"].astimezone(UTC).date()
     assert daily[-1]["total_executions"] == 0  # today: not built by the daily job yet
+    return {r["workspace_id"]: r for r in view}, {r["day"]: r for r in daily}
+
+
+def test_views_equal_recomputation_from_raw_rows(conn, settings) -> None:
+    now = datetime.now(UTC)
+    load(conn, now)
+    run_jobs(settings, now)
+    view, daily = check(conn, now)
+    assert len(view) == 3
+    # The data are spread so that every window both includes and excludes some rows.
+    rs = view.values()
+    total = {k: sum(r[k] for r in rs) for k in ("runs_24h", "runs_7d", "runs_30d")}
+    assert 0 < total["runs_24h"] < total["runs_7d"] and total["runs_30d"] > 0, total
+    assert all(r["p95_runtime_7d"] is not None and r["active_users_7d"] > 0 for r in rs)
+    assert all(r["health_score"] is None for r in rs)  # health scores are not built yet
+    assert sum(r["total_executions"] for r in daily.values()) > 0
+    assert sum(r["p95_runtime"] is not None for r in daily.values()) >= 10
+    # Two more refreshes with nothing changed recompute nothing and change nothing.
+    result = run_job(RunRequest(job="refresh_materialized_views"), settings)
+    caches = next(st for st in result.steps if st.name == "view.caches")
+    assert caches.status == "succeeded" and caches.rows == 0, caches
+    again, again_daily = check(conn, now)
+    for a, b in ((view, again), (daily, again_daily)):
+        assert {k: {c: v for c, v in r.items() if c != "refreshed_at"} for k, r in a.items()} \
+            == {k: {c: v for c, v in r.items() if c != "refreshed_at"} for k, r in b.items()}
+
+
+def test_views_follow_late_rows_into_old_days(conn, settings) -> None:
+    now = datetime.now(UTC)
+    load(conn, now)
+    run_jobs(settings, now)
+    view, daily = check(conn, now)
+    today = now.date()
+    # Late rows: into a day of workspace 2's 7-day window, and into a day 40 days back
+    # (platform only). Runtimes far above the rest move the p95s; new users the counts.
+    in_window = datetime.combine(today - timedelta(days=3), datetime.min.time(), UTC)
+    old = datetime.combine(today - timedelta(days=40), datetime.min.time(), UTC)
+    for k in range(3):
+        p.run(conn, ws=2, at=in_window + timedelta(hours=5, minutes=k), runtime=500.0 + k)
+        p.event(conn, ws=2, user=70 + k, at=in_window + timedelta(hours=5, minutes=k))
+        p.run(conn, ws=1, at=old + timedelta(hours=7, minutes=k), runtime=900.0 + k)
+        p.event(conn, ws=1, user=80 + k, at=old + timedelta(hours=7, minutes=k))
+    run_jobs(settings, now)
+    after, after_daily = check(conn, now)
+    # The changes reached the views (the comparison above would fail with stale caches).
+    assert after[2]["p95_runtime_7d"] > 1.5 * view[2]["p95_runtime_7d"]
+    assert after[2]["active_users_7d"] == view[2]["active_users_7d"] + 3
+    for day, users in ((in_window.date(), 3), (old.date(), 3)):
+        assert after_daily[day]["active_users"] == daily[day]["active_users"] + users
+        assert after_daily[day]["p95_runtime"] > 1.5 * (daily[day]["p95_runtime"] or 1.0)
+    assert after[1]["p95_runtime_7d"] == view[1]["p95_runtime_7d"]  # not in its window
+    assert after[3] == {**view[3], "refreshed_at": after[3]["refreshed_at"]}
+
+
+def test_views_follow_deletes_that_empty_a_day(conn, settings) -> None:
+    now = datetime.now(UTC)
+    load(conn, now)
+    run_jobs(settings, now)
+    view, daily = check(conn, now)
+    today = now.date()
+    # Every run and event of one day; every run and event of workspace 3 in its 7-day window.
+    emptied = next(d for d, r in sorted(daily.items())
+                   if r["active_users"] > 0 and r["p95_runtime"] is not None)
+    assert view[3]["p95_runtime_7d"] is not None and view[3]["active_users_7d"] > 0
+    conn.execute("DELETE FROM agent_runs WHERE (started_at AT TIME ZONE 'UTC')::date = %s"
+                 " OR workspace_id = 3 AND (started_at AT TIME ZONE 'UTC')::date"
+                 " BETWEEN %s AND %s", (emptied, today - timedelta(days=7), today))
+    conn.execute("DELETE FROM user_events WHERE (occurred_at AT TIME ZONE 'UTC')::date = %s"
+                 " OR workspace_id = 3 AND (occurred_at AT TIME ZONE 'UTC')::date"
+                 " BETWEEN %s AND %s", (emptied, today - timedelta(days=7), today))
+    run_jobs(settings, now)
+    after, after_daily = check(conn, now)
+    assert after_daily[emptied]["p95_runtime"] is None
+    assert after_daily[emptied]["active_users"] == after_daily[emptied]["total_executions"] == 0
+    # Workspace 3 is still listed (credits), with nothing over the 7-day window.
+    assert after[3]["p95_runtime_7d"] is None and after[3]["active_users_7d"] == 0
+    assert conn.execute("SELECT count(*) FROM analytics.workspace_window_stats"
+                        " WHERE workspace_id = 3").fetchone()[0] == 0
+
+
+def test_views_follow_the_window_moving_forward(conn, settings) -> None:
+    now = datetime.now(UTC)
+    load(conn, now)
+    run_jobs(settings, now)
+    view, _ = check(conn, now)
+    today = now.date()
+    # The caches as they were yesterday: windows [today - 8, today - 1).
+    update_view_caches(conn, today - timedelta(days=1))
+    stale = {ws: (p95, users) for ws, p95, users in conn.execute(
+        "SELECT workspace_id, p95_runtime_7d, active_users_7d"
+        " FROM analytics.workspace_window_stats WHERE runs_window_end = %s",
+        (today - timedelta(days=1),))}
+    assert set(stale) == set(view)
+    # Yesterday's windows give other values than today's (or this test could not fail).
+    assert any(not math.isclose(stale[ws][0], view[ws]["p95_runtime_7d"], rel_tol=0.02)
+               or stale[ws][1] != view[ws]["active_users_7d"] for ws in view), (stale, view)
+    # A view refreshed over caches of another window shows no value rather than a stale one.
+    conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY analytics.workspace_overview")
+    shown = rows(conn, "SELECT p95_runtime_7d, active_users_7d FROM analytics.workspace_overview")
+    assert shown and all(r["p95_runtime_7d"] is None and r["active_users_7d"] == 0
+                         for r in shown)
+    # The job's step moves every window to today's: the views equal the raw rows again.
+    run_jobs(settings, now, names=("refresh_materialized_views",))
+    after, _ = check(conn, now)
+    assert {ws: (r["p95_runtime_7d"], r["active_users_7d"]) for ws, r in after.items()} == {
+        ws: (r["p95_runtime_7d"], r["active_users_7d"]) for ws, r in view.items()}

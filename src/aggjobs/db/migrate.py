@@ -21,6 +21,7 @@ from psycopg import sql
 from ..catalog import ROLLUPS, SOURCES
 from ..sql import rollup as rollup_sql
 from ..sql import tracking
+from .view_caches import update_view_caches
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 BOOTSTRAP = """
@@ -165,13 +166,18 @@ def sync_grants(conn: psycopg.Connection) -> None:
 
 
 VIEWS = ("workspace_overview", "platform_daily_overview")
+VIEW_CACHES = ("platform_daily_stats", "workspace_window_stats")  # migration 0007
 
 
 def sync_views(conn: psycopg.Connection) -> None:
-    """(Re)create the materialized views when views.sql changed since they were made: each
-    view's comment holds the digest of the text that created it."""
+    """(Re)create the materialized views when views.sql, or the SQL of the caches they read
+    (sql/view_caches.sql), changed since they were made: each view's comment holds the digest
+    of the text that created it. The caches are emptied and refilled first, so that the new
+    views start from values computed by the new SQL."""
     text = files(__package__).joinpath("views.sql").read_text()
-    stamp = "aggjobs views.sql " + hashlib.sha256(text.encode()).hexdigest()[:16]
+    caches = files("aggjobs.sql").joinpath("view_caches.sql").read_text()
+    digest = hashlib.sha256((text + caches).encode()).hexdigest()[:16]
+    stamp = "aggjobs views.sql " + digest
     current = {
         name: comment for name, comment in conn.execute(
             "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class AS c"
@@ -184,6 +190,9 @@ def sync_views(conn: psycopg.Connection) -> None:
     for name in VIEWS:
         conn.execute(sql.SQL("DROP MATERIALIZED VIEW IF EXISTS {}").format(
             sql.Identifier("analytics", name)))
+    conn.execute(sql.SQL("TRUNCATE {}").format(
+        sql.SQL(", ").join(sql.Identifier("analytics", t) for t in VIEW_CACHES)))
+    update_view_caches(conn)
     conn.execute(text)  # type: ignore[arg-type]
     for name in VIEWS:
         conn.execute(sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(

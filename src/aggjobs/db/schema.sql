@@ -445,3 +445,27 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                - v[1 + floor(q * (cardinality(v) - 1)::float8)::integer])
     END
 $$;
+
+-- 0007: the materialized views' caches (kept by the step view.caches).
+CREATE TABLE analytics.platform_daily_stats (
+    day date PRIMARY KEY,
+    p95_runtime double precision,
+    runs_updated_at timestamptz,
+    runs_rows bigint,
+    active_users bigint,
+    users_updated_at timestamptz,
+    users_rows bigint,
+    computed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE analytics.workspace_window_stats (
+    workspace_id bigint PRIMARY KEY,
+    p95_runtime_7d double precision,
+    runs_window_end date,
+    runs_updated_at timestamptz,
+    runs_rows bigint,
+    active_users_7d bigint,
+    users_window_end date,
+    users_updated_at timestamptz,
+    users_rows bigint,
+    computed_at timestamptz NOT NULL DEFAULT now()
+);

@@ -2,6 +2,26 @@
 -- CONCURRENTLY by `refresh_materialized_views`, so readers are never blocked; each has the
 -- unique index that CONCURRENTLY requires. Created after the catalog's tables, if missing.
 -- Windows are relative to the refresh time, in UTC.
+--
+-- p95 and active users come from the caches analytics.platform_daily_stats and
+-- analytics.workspace_window_stats (migration 0007), brought up to date by the step
+-- `view.caches` just before the views are refreshed (src/aggjobs/sql/view_caches.sql): the
+-- views never merge sketches or user sets themselves. A cached window value counts only if it
+-- is for the current window (window_end = today, UTC).
+
+-- The caches' change checks read (day, updated_at) of the daily rollups from these indexes
+-- alone (index-only scans); the rollup tables exist by now (sync_catalog creates them first).
+CREATE INDEX IF NOT EXISTS execution_metrics_daily_day_updated_at_idx
+    ON analytics.execution_metrics_daily (day, updated_at) INCLUDE (workspace_id);
+CREATE INDEX IF NOT EXISTS user_activity_daily_day_updated_at_idx
+    ON analytics.user_activity_daily (day, updated_at) INCLUDE (workspace_id);
+-- The 24 h / 7 d sums and the last hour read the hourly rows' narrow columns from these
+-- (the hourly rows themselves are wide: a p95 sketch each).
+CREATE INDEX IF NOT EXISTS execution_metrics_hourly_hour_runs_idx
+    ON analytics.execution_metrics_hourly (hour)
+    INCLUDE (workspace_id, total_executions, successful_executions);
+CREATE INDEX IF NOT EXISTS user_activity_hourly_hour_workspace_idx
+    ON analytics.user_activity_hourly (hour) INCLUDE (workspace_id);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.workspace_overview AS
 WITH runs AS (
@@ -20,19 +40,17 @@ WITH runs AS (
     FROM analytics.execution_metrics_daily
     WHERE day >= (now() AT TIME ZONE 'UTC')::date - 30
     GROUP BY workspace_id
-), p95_7d AS (
-    -- Sketches of the last 7 days' hours merged: within 0.75% of the exact p95.
+), window_7d AS (
+    -- p95 (merged daily sketches: within 0.75% of the exact value) and exact active users
+    -- over the last 7 complete UTC days [today - 7, today), from the cache.
     SELECT workspace_id,
-           aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(n ORDER BY k), 0.95)
-               AS p95_runtime_7d
-    FROM (
-        SELECT h.workspace_id, u.k, sum(u.n)::bigint AS n
-        FROM analytics.execution_metrics_hourly AS h,
-             unnest(h.p95_runtime__keys, h.p95_runtime__counts) AS u(k, n)
-        WHERE h.hour >= now() - interval '7 days'
-        GROUP BY 1, 2
-    ) AS merged
-    GROUP BY workspace_id
+           CASE WHEN runs_window_end = (now() AT TIME ZONE 'UTC')::date
+                THEN p95_runtime_7d END AS p95_runtime_7d,
+           CASE WHEN users_window_end = (now() AT TIME ZONE 'UTC')::date
+                THEN active_users_7d END AS active_users_7d
+    FROM analytics.workspace_window_stats
+    WHERE runs_window_end = (now() AT TIME ZONE 'UTC')::date AND runs_rows > 0
+       OR users_window_end = (now() AT TIME ZONE 'UTC')::date AND users_rows > 0
 ), credits AS (
     SELECT workspace_id,
            sum(credits_used) FILTER (WHERE day >= (now() AT TIME ZONE 'UTC')::date - 7)
@@ -41,21 +59,19 @@ WITH runs AS (
     FROM analytics.credit_consumption_daily
     WHERE day >= (now() AT TIME ZONE 'UTC')::date - 30
     GROUP BY workspace_id
-), users_7d AS (
-    -- Exact: the union of the hours' user sets, never a sum of counts.
-    SELECT h.workspace_id, count(DISTINCT u.user_id) AS active_users_7d,
-           max(h.hour) + interval '1 hour' AS last_event_hour_end
-    FROM analytics.user_activity_hourly AS h, unnest(h.active_users__set) AS u(user_id)
-    WHERE h.hour >= now() - interval '7 days'
-    GROUP BY h.workspace_id
+), events AS (
+    SELECT workspace_id, max(hour) + interval '1 hour' AS last_event_hour_end
+    FROM analytics.user_activity_hourly
+    WHERE hour >= now() - interval '7 days'
+    GROUP BY workspace_id
 ), health AS (
     SELECT DISTINCT ON (workspace_id) workspace_id, score, status, day
     FROM analytics.workspace_health_daily
     ORDER BY workspace_id, day DESC
 ), workspaces AS (
     SELECT workspace_id FROM runs UNION SELECT workspace_id FROM runs_30d
-    UNION SELECT workspace_id FROM credits UNION SELECT workspace_id FROM users_7d
-    UNION SELECT workspace_id FROM health
+    UNION SELECT workspace_id FROM credits UNION SELECT workspace_id FROM events
+    UNION SELECT workspace_id FROM window_7d UNION SELECT workspace_id FROM health
 )
 SELECT w.workspace_id,
        coalesce(r.runs_24h, 0)::bigint AS runs_24h,
@@ -67,7 +83,7 @@ SELECT w.workspace_id,
        p.p95_runtime_7d,
        coalesce(c.credits_used_7d, 0) AS credits_7d,
        coalesce(c.credits_used_30d, 0) AS credits_30d,
-       coalesce(u.active_users_7d, 0) AS active_users_7d,
+       coalesce(p.active_users_7d, 0) AS active_users_7d,
        h.score AS health_score,
        h.status AS health_status,
        h.day AS health_day,
@@ -77,9 +93,9 @@ SELECT w.workspace_id,
 FROM workspaces AS w
 LEFT JOIN runs AS r USING (workspace_id)
 LEFT JOIN runs_30d AS m USING (workspace_id)
-LEFT JOIN p95_7d AS p USING (workspace_id)
+LEFT JOIN window_7d AS p USING (workspace_id)
 LEFT JOIN credits AS c USING (workspace_id)
-LEFT JOIN users_7d AS u USING (workspace_id)
+LEFT JOIN events AS u USING (workspace_id)
 LEFT JOIN health AS h USING (workspace_id);
 
 CREATE UNIQUE INDEX IF NOT EXISTS workspace_overview_workspace_idx
@@ -96,24 +112,11 @@ WITH days AS (
     FROM analytics.execution_metrics_daily
     WHERE day >= (now() AT TIME ZONE 'UTC')::date - 89
     GROUP BY day
-), p95 AS (
-    SELECT day, aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(n ORDER BY k), 0.95)
-               AS p95_runtime
-    FROM (
-        SELECT d.day, u.k, sum(u.n)::bigint AS n
-        FROM analytics.execution_metrics_daily AS d,
-             unnest(d.p95_runtime__keys, d.p95_runtime__counts) AS u(k, n)
-        WHERE d.day >= (now() AT TIME ZONE 'UTC')::date - 89
-        GROUP BY 1, 2
-    ) AS merged
-    GROUP BY day
-), users AS (
-    -- Events summed per row before the unnest: the join repeats each row once per user.
-    SELECT d.day, count(DISTINCT u.user_id) AS active_users
-    FROM analytics.user_activity_daily AS d
-    LEFT JOIN LATERAL unnest(d.active_users__set) AS u(user_id) ON true
-    WHERE d.day >= (now() AT TIME ZONE 'UTC')::date - 89
-    GROUP BY d.day
+), stats AS (
+    -- p95 of the day's merged sketches and exact active users over all workspaces, cached.
+    SELECT day, p95_runtime, active_users
+    FROM analytics.platform_daily_stats
+    WHERE day >= (now() AT TIME ZONE 'UTC')::date - 89
 ), events AS (
     SELECT day, sum(total_events) AS events
     FROM analytics.user_activity_daily
@@ -131,9 +134,9 @@ SELECT d.day::date AS day,
        coalesce(r.ok, 0)::bigint AS successful_executions,
        coalesce(r.failed, 0)::bigint AS failed_executions,
        round(r.ok::numeric / nullif(r.runs, 0), 4) AS success_rate,
-       p.p95_runtime,
+       s.p95_runtime,
        coalesce(r.active_workspaces, 0)::bigint AS active_workspaces,
-       coalesce(u.active_users, 0)::bigint AS active_users,
+       coalesce(s.active_users, 0)::bigint AS active_users,
        coalesce(e.events, 0)::bigint AS total_events,
        coalesce(c.credits_used, 0) AS credits_used,
        coalesce(c.credits_refunded, 0) AS credits_refunded,
@@ -142,8 +145,7 @@ SELECT d.day::date AS day,
        now() AS refreshed_at
 FROM days AS d
 LEFT JOIN runs AS r ON r.day = d.day
-LEFT JOIN p95 AS p ON p.day = d.day
-LEFT JOIN users AS u ON u.day = d.day
+LEFT JOIN stats AS s ON s.day = d.day
 LEFT JOIN events AS e ON e.day = d.day
 LEFT JOIN credits AS c ON c.day = d.day;
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from ..catalog import Grain, Rollup
+from ..db.view_caches import update_view_caches
 from ..engine.refresh import refresh
 from .model import Step, StepContext
 
@@ -35,7 +36,15 @@ def rollup_step(rollup: Rollup, grains: list[Grain]) -> Step:
 
 
 def view_steps() -> list[Step]:
-    return [Step(f"view.{name.split('.')[1]}", refresh_view(name)) for name in VIEWS]
+    """The views' caches first (the views read them), then each view."""
+    return [Step("view.caches", refresh_view_caches)] + [
+        Step(f"view.{name.split('.')[1]}", refresh_view(name)) for name in VIEWS]
+
+
+def refresh_view_caches(ctx: StepContext) -> dict:
+    """Per-day and per-workspace-window p95 and active users, recomputed where their input
+    rows changed (src/aggjobs/db/view_caches.py)."""
+    return update_view_caches(ctx.conn)
 
 
 def refresh_view(name: str):

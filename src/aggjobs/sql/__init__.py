@@ -13,10 +13,11 @@ _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 @cache
 def queries() -> dict[str, str]:
-    """Named static queries: each block of queries.sql and jobs.sql under a `-- name: x`
-    header."""
+    """Named static queries: each block of queries.sql, jobs.sql and view_caches.sql under a
+    `-- name: x` header."""
     text = "\n".join(
-        files(__package__).joinpath(name).read_text() for name in ("queries.sql", "jobs.sql")
+        files(__package__).joinpath(name).read_text()
+        for name in ("queries.sql", "jobs.sql", "view_caches.sql")
     )
     parts = _HEADER.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
