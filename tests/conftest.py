@@ -10,6 +10,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -20,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from aggjobs.db.embedded import embedded_url
 from aggjobs.db.migrate import migrate
 from aggjobs.settings import Settings
+from tests.platform import create_partitioned_sources
 
 EMBEDDED_DIR = Path(tempfile.gettempdir()) / "aggjobs-test-embedded"
 
@@ -76,6 +78,35 @@ def template_db(server_url: str) -> Iterator[str]:
 def db_url(server_url: str, template_db: str) -> Iterator[str]:
     name = f"aggjobs_t_{uuid.uuid4().hex[:12]}"
     url = create_database(server_url, name, template=template_db)
+    yield url
+    drop_database(server_url, name)
+
+
+# Partitioned sources (docs/rollups.md): a partition per UTC day over these days, and a
+# default partition, in the template below.
+PARTITIONS_FROM = datetime(2026, 2, 28, tzinfo=UTC)
+PARTITION_DAYS = 20
+
+
+@pytest.fixture(scope="session")
+def partitioned_template_db(server_url: str) -> Iterator[str]:
+    """A template whose three sources were created partitioned by day before `migrate`."""
+    name = f"aggjobs_tplp_{os.getpid()}"
+    drop_database(server_url, name)
+    url = create_database(server_url, name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        create_partitioned_sources(conn, PARTITIONS_FROM, PARTITION_DAYS)
+        migrate(conn)
+    yield name
+    drop_database(server_url, name)
+
+
+@pytest.fixture
+def partitioned_db_url(server_url: str, partitioned_template_db: str) -> Iterator[str]:
+    """Like db_url, with partitioned sources; a module uses it for every fixture built on
+    db_url by overriding db_url with it."""
+    name = f"aggjobs_tp_{uuid.uuid4().hex[:12]}"
+    url = create_database(server_url, name, template=partitioned_template_db)
     yield url
     drop_database(server_url, name)
 

@@ -6,6 +6,7 @@ import itertools
 from datetime import datetime, timedelta
 
 import psycopg
+from psycopg import sql
 
 from aggjobs.catalog import ROLLUPS
 from aggjobs.engine.refresh import refresh
@@ -85,3 +86,53 @@ def seed_sources(conn: psycopg.Connection, start: datetime, *, rows: int, every:
                1 + (g %% 9) * 0.25, %(t0)s::timestamptz + g * %(every)s::interval
         FROM generate_series(0, %(n)s - 1) AS g
         """, params)
+
+
+# -- sources as tables partitioned by day (docs/rollups.md, "Partitioned sources") -----------
+PARTITIONED_DDL = {
+    "agent_runs": """
+        CREATE TABLE public.agent_runs (
+            id bigint NOT NULL, workspace_id bigint NOT NULL, user_id bigint, agent_id bigint,
+            status text NOT NULL, started_at timestamptz NOT NULL, completed_at timestamptz,
+            runtime_seconds double precision, credits_consumed numeric(14,4),
+            PRIMARY KEY (id, started_at)
+        ) PARTITION BY RANGE (started_at)""",
+    "user_events": """
+        CREATE TABLE public.user_events (
+            id bigint NOT NULL, workspace_id bigint NOT NULL, user_id bigint NOT NULL,
+            event_type text NOT NULL, occurred_at timestamptz NOT NULL,
+            PRIMARY KEY (id, occurred_at)
+        ) PARTITION BY RANGE (occurred_at)""",
+    "credit_transactions": """
+        CREATE TABLE public.credit_transactions (
+            id bigint NOT NULL, workspace_id bigint NOT NULL, user_id bigint,
+            kind text NOT NULL, amount numeric(14,4) NOT NULL, created_at timestamptz NOT NULL,
+            PRIMARY KEY (id, created_at)
+        ) PARTITION BY RANGE (created_at)""",
+}
+
+
+def partition_name(table: str, day: datetime) -> str:
+    return f"{table}_p{day:%Y%m%d}"
+
+
+def add_daily_partitions(conn: psycopg.Connection, first: datetime, days: int) -> None:
+    """One partition per UTC day [first, first + days) of each source (`first` a UTC
+    midnight), as the platform (or pg_partman) makes them."""
+    for table in PARTITIONED_DDL:
+        for d in range(days):
+            lo = first + timedelta(days=d)
+            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})")
+                         .format(sql.Identifier("public", partition_name(table, lo)),
+                                 sql.Identifier("public", table), sql.Literal(lo),
+                                 sql.Literal(lo + timedelta(days=1))))
+
+
+def create_partitioned_sources(conn: psycopg.Connection, first: datetime, days: int) -> None:
+    """The three sources partitioned by range of their time column: a partition per UTC day
+    from `first`, and a default partition for every other time (created before `aggjobs
+    migrate`, which keeps them)."""
+    for table, ddl in PARTITIONED_DDL.items():
+        conn.execute(ddl)
+        conn.execute(f"CREATE TABLE public.{table}_default PARTITION OF public.{table} DEFAULT")
+    add_daily_partitions(conn, first, days)

@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     trigger_lock_timeout_ms: int = Field(
         default=500,
         ge=1,
-        description="How long moving the change-tracking threshold may wait behind writers.",
+        description="How long moving the change-tracking threshold, or dropping an old "
+        "partition of a source, may wait behind the platform's sessions.",
     )
 
     # Jobs (Celery) ------------------------------------------------------------------------

@@ -5,7 +5,10 @@ has materialized its hour and no change there is pending; a rollup row only once
 grain built from it has done the same. Before deleting, the grain that reads the deleted rows
 gets a retention horizon: changes arriving later behind it are dropped rather than
 recomputing a bucket from partial inputs. Deletes run in bounded batches, one transaction
-each, are not change-tracked (they change no bucket that is kept) and are audited.
+each, are not change-tracked (they change no bucket that is kept) and are audited. A source
+partitioned by range of its time column first loses its partitions that lie wholly before
+the limit, each detached and dropped in one short transaction (docs/rollups.md,
+"Partitioned sources"); the rest goes row by row.
 """
 
 from __future__ import annotations
@@ -38,7 +41,13 @@ def raw_step(source: Source) -> Step:
         readers = [(r, Grain.HOUR) for r in rollups_on(source)]
         limit, reason = protect(ctx, readers, cutoff)
         table = sql.Identifier(source.schema, source.table)
-        return delete_raw_before(ctx, source, table, limit, cutoff, reason)
+        dropped, limit, reason = drop_partitions(ctx, source, limit, cutoff, reason)
+        result = delete_raw_before(ctx, source, table, limit, cutoff, reason)
+        if dropped:
+            result.pop("status", None)  # skipped only the row deletes
+            result["partitions_dropped"] = dropped
+            result["rows"] += sum(d["rows"] for d in dropped)
+        return result
 
     return Step(f"cleanup.{source.name}", run)
 
@@ -137,6 +146,49 @@ def delete_raw_before(ctx: StepContext, source: Source, table: sql.Composable,
                                 (source.name, limit, n)).fetchone()[0]
 
     return batched(ctx, table, one_batch, limit, cutoff, reason)
+
+
+def drop_partitions(ctx: StepContext, source: Source, limit: datetime | None,
+                    cutoff: datetime, reason: str | None
+                    ) -> tuple[list[dict], datetime | None, str | None]:
+    """Drop the source's partitions lying wholly before `limit`, oldest first, each detached
+    and dropped in its own short transaction with its audit row, through the one path the
+    worker role has for it: aggjobs.drop_partition_before (SECURITY DEFINER, migration 0008;
+    it returns nothing for a source not partitioned by range of its time column). A partition
+    whose lock is not had within AGGJOBS_TRIGGER_LOCK_TIMEOUT_MS (the platform's sessions
+    hold the table) is left to the next run, and the row deletes stop at its start rather
+    than empty it row by row. Returns the partitions dropped and the limit and reason left
+    for the row deletes."""
+    dropped: list[dict] = []
+    if limit is None:
+        return dropped, limit, reason
+    wait_ms = ctx.settings.trigger_lock_timeout_ms
+    while True:
+        with ctx.conn.transaction():
+            row = ctx.conn.execute(
+                "SELECT partition_name, nullif(range_start, '-infinity'), range_end,"
+                " row_count, dropped FROM aggjobs.drop_partition_before(%s, %s, %s)",
+                (source.name, limit, wait_ms)).fetchone()
+            if row is None:
+                break
+            name, start, end, rows, done = row
+            if not done:  # the row deletes stop at its start (None: MINVALUE, no older row)
+                limit, reason = start, (f"partition {name}: not locked within {wait_ms} ms"
+                                        " (the platform's sessions hold the table); dropped"
+                                        " by a later run")
+                break
+            part = {"partition": name, "from": start and start.isoformat(),
+                    "to": end.isoformat(), "rows": rows}
+            ctx.conn.execute(query("audit"), {
+                "actor": ACTOR, "action": "retention_drop_partition", "target": name,
+                "params": Jsonb({"source": source.name, "cutoff": cutoff.isoformat(),
+                                 "limit": limit.isoformat(), "held_back": reason,
+                                 "from": part["from"], "to": part["to"]}),
+                "outcome": f"partition dropped: {rows} rows",
+                "source": ctx.source or local_source("worker"),
+            })
+        dropped.append(part)
+    return dropped, limit, reason
 
 
 def batched(ctx: StepContext, table: sql.Composable, one_batch: Callable[[int], int],
