@@ -147,7 +147,7 @@ def sync_grants(conn: psycopg.Connection) -> None:
                 ).format(worker),
         sql.SQL("GRANT SELECT, INSERT ON aggjobs.audit_log TO {}").format(worker),
         sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA aggjobs TO {}").format(worker),
-        # source_relation is an internal helper of the two SECURITY DEFINER functions.
+        # source_relation is an internal helper of the SECURITY DEFINER functions.
         sql.SQL("REVOKE EXECUTE ON FUNCTION aggjobs.source_relation(text) FROM {}"
                 ).format(worker),
         sql.SQL("GRANT USAGE ON SCHEMA analytics, aggjobs TO {}").format(reader),
