@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     heavy_jobs_concurrency: int = Field(
         default=1, ge=1, description="How many heavy jobs (daily, weekly, cleanup) run at once."
     )
+    step_concurrency: int = Field(
+        default=3, ge=1,
+        description="Steps of one run that may run at once (the rollups of a job, each on its "
+        "own database session); 1 runs every step in turn.",
+    )
     retry_attempts: int = Field(
         default=4, ge=1, description="Tries of a step on transient database errors."
     )

@@ -69,10 +69,10 @@ def test_scheduled_duplicates_sent_to_a_worker_run_once(workers, celery_app, con
     assert "already ran" in skipped["error"], skipped["error"]
 
 
-def backend_waiting(conn: psycopg.Connection, backend_pid: int) -> bool:
-    row = conn.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
-                       (backend_pid,)).fetchone()
-    return bool(row) and row[0] == "Lock"
+def step_waiting(conn: psycopg.Connection, job: str = "hourly_rollup") -> bool:
+    """A session of the job (the run's or a step's) waits on a lock."""
+    return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND application_name LIKE %s", (f"aggjobs:{job}%",)).fetchone()[0] > 0
 
 
 def rollup_state(conn: psycopg.Connection) -> tuple:
@@ -95,7 +95,8 @@ def test_pool_child_killed_mid_job_loses_nothing(workers, celery_app, conn, db_u
                                  if r["status"] == "running"), None),
                    60, "the run to start")
         assert run["task_id"] == sent.id
-        poll(lambda: backend_waiting(conn, run["backend_pid"]), 30, "the run to block")
+        # (the rollups run on sessions of their own: execution_metrics' is the one blocked)
+        poll(lambda: step_waiting(conn), 30, "the run to block")
         assert run["pid"] != worker.pid, "the job runs in a pool child, not the main process"
         os.kill(run["pid"], signal.SIGKILL)
         # the worker sees its child die and puts the message back; a new child takes it

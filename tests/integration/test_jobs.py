@@ -162,6 +162,9 @@ def background() -> Iterator[Callable[..., Future]]:
 
 # -- no overlap, slots, abandoned runs ------------------------------------------------------------
 def test_overlapping_run_is_skipped_naming_the_holder(conn, fast, table_lock, background):
+    # Steps in turn: the first run then holds still on its first step, so any write seen
+    # afterwards could only be the second run's.
+    fast = fast.model_copy(update={"step_concurrency": 1})
     load(conn, T0, 4)
     gate = table_lock("EXCLUSIVE")  # blocks the first run's writes, not reads
     first = background(job, fast, "hourly_rollup", T0 + 4 * H)
@@ -248,11 +251,13 @@ def test_run_of_a_killed_process_is_marked_abandoned(conn, fast, db_url, table_l
             child.kill()
             child.communicate()
     dead = runs(conn)[0]
-    assert (dead["status"], dead["pid"]) == ("running", child.pid)
+    assert dead["pid"] == child.pid
 
-    # Its session still lives (blocked): the run is not abandoned yet, and still holds the job.
-    assert job(fast, "hourly_rollup", T0 + 4 * H).status == "skipped"
-    assert runs(conn)[0]["status"] == "running"
+    # Its step's session still lives (blocked): the next run does not overlap it. The run's
+    # own session ended with the process, so the run is marked abandoned at once.
+    blocked = job(fast, "hourly_rollup", T0 + 4 * H)
+    assert blocked.status == "skipped" and "still finishing" in blocked.error
+    assert runs(conn)[0]["status"] == "abandoned"
 
     gate.commit()  # the orphaned backend goes on, finds its client gone and ends
     wait_gone(conn, pid)
@@ -588,3 +593,63 @@ def test_heavy_jobs_wait_for_a_slot_then_are_skipped_for_a_retry(conn, fast, db_
     after = job(fast, "daily_rollup", T0 + D)  # the slot is free again
     assert after.status == "succeeded" and not after.retry_later
     assert [r["status"] for r in runs(conn, "daily_rollup")] == ["skipped", "succeeded"]
+
+
+# -- steps side by side ----------------------------------------------------------------------------
+def test_the_rollups_of_a_run_go_side_by_side_on_sessions_of_their_own(conn, fast, table_lock,
+                                                                      background):
+    """One rollup held up does not hold up the others; the views wait for all three."""
+    load(conn, T0, 3)
+    gate = table_lock("EXCLUSIVE")  # holds execution_metrics' writes only
+    first = background(job, fast, "hourly_rollup", T0 + 3 * H)
+    # The two other rollups finish while execution_metrics waits on the lock.
+    wait_for(lambda: {r for (r, g), wm in p.watermarks(conn).items()
+                      if g == "hour" and wm is not None} == {"user_activity",
+                                                            "credit_consumption"},
+             "the other rollups to be materialized while execution_metrics waits")
+    sessions = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'aggjobs:hourly_rollup%'"
+    ).fetchone()[0]
+    assert sessions >= 2  # the run's own session and the blocked step's
+    gate.commit()
+    result = first.result(timeout=30)
+    assert result.status == "succeeded", result
+    by_name = {s.name: s for s in result.steps}
+    em, ua = by_name["execution_metrics.hour"], by_name["user_activity.hour"]
+    assert em.started_at < ua.started_at + timedelta(seconds=ua.seconds)  # they overlapped
+    views = [s for s in result.steps if s.name.startswith("view.")]
+    assert all(v.started_at >= em.started_at + timedelta(seconds=em.seconds) for v in views)
+    assert_hours_match(conn, T0 + 3 * H)
+
+
+
+class Interrupt(Exception):
+    """Stands for Celery's soft time limit: an exception that ends the whole run."""
+
+
+def test_an_interrupted_run_stops_the_steps_beside_the_one_interrupted(conn, fast, db_url,
+                                                                       monkeypatch):
+    from aggjobs.jobs import registry
+    from aggjobs.jobs.model import Job, Step
+
+    def sleeper(ctx):
+        ctx.conn.execute("SELECT pg_sleep(60)")
+        return {}
+
+    def interrupted(ctx):
+        time.sleep(0.5)
+        raise Interrupt("soft time limit")
+
+    steps = [Step("sleeps", sleeper, concurrent=True), Step("stops", interrupted, concurrent=True)]
+    monkeypatch.setitem(registry.JOBS, "test_job",
+                        Job("test_job", "0 0 * * *", False, 600, "test", lambda s: steps))
+    started = time.monotonic()
+    with pytest.raises(Interrupt):
+        run_job(RunRequest(job="test_job"), fast,
+                should_stop=lambda exc: isinstance(exc, Interrupt))
+    assert time.monotonic() - started < 10  # the 60 s sleep was cancelled, not waited for
+    assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE"
+                        " 'SELECT pg_sleep(60)' AND state = 'active'").fetchone()[0] == 0
+    row = runs(conn)[0]
+    assert row["status"] == "failed" and "Interrupt" in row["error"]
+

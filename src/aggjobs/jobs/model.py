@@ -1,4 +1,5 @@
-"""What a job is: named steps run in order, each isolated from the others.
+"""What a job is: named steps run in order (independent ones side by side), each isolated
+from the others.
 
 A step is a function of a StepContext returning a dict: `rows` (written or deleted), an
 optional `status` ('skipped' when it had nothing it could do) and any details worth keeping
@@ -31,6 +32,20 @@ StepFn = Callable[[StepContext], dict]
 class Step:
     name: str
     run: StepFn
+    # Independent of its concurrent neighbours: consecutive concurrent steps run at once,
+    # each on its own session (AGGJOBS_STEP_CONCURRENCY); the next other step waits for all.
+    concurrent: bool = False
+
+
+def batches(steps: list[Step]) -> list[list[Step]]:
+    """The steps in the order they run: runs of consecutive concurrent steps together."""
+    out: list[list[Step]] = []
+    for step in steps:
+        if step.concurrent and out and out[-1][-1].concurrent:
+            out[-1].append(step)
+        else:
+            out.append([step])
+    return out
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@
 - History: the run is a row of aggjobs.job_runs from its first instant ('running') and after
   each step; a run whose database session is gone is marked `abandoned` by the next runner.
 - Isolation: each step runs on its own; a failing step is recorded and the next one runs.
+  Independent steps (the rollups of a job) run side by side, each on its own session.
 - Retries: transient database errors are retried with exponential backoff and jitter, on a
   new connection when the old one broke (re-taking the job lock); permanent ones fail at once.
 """
@@ -19,8 +20,10 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -35,7 +38,7 @@ from ..errors import AggjobsError, LockBusy
 from ..monitor import alerts
 from ..settings import Settings
 from ..sql import query
-from .model import Job, StepContext
+from .model import Job, Step, StepContext, batches
 from .registry import get_job
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class StepOutcome:
     status: str = "running"  # succeeded, failed, skipped
     rows: int = 0
     seconds: float = 0.0
+    started_at: datetime | None = None  # steps may overlap: when this one began
     attempts: int = 0
     detail: dict = field(default_factory=dict)
     error: str | None = None
@@ -121,6 +125,7 @@ class Run:
         self.limits = SessionLimits.from_settings(settings, job.name)
         self.source = request.source or local_source("worker")
         self.conn = self.connect()
+        self.stopping = threading.Event()  # set when an interruption ends the run
         self.heavy_slot: int | None = None
         self.run_id: int | None = None
         self.row = {
@@ -145,11 +150,11 @@ class Run:
 
     # -- the run ----------------------------------------------------------------------------
     def execute(self, should_stop: Callable[[BaseException], bool]) -> RunResult:
-        locked = self.take_job_lock()
+        busy = self.take_job_lock()
         for run_id, job in self.conn.execute(query("mark_abandoned")).fetchall():
             log.warning("run %s of %s was abandoned: its process died", run_id, job)
-        if not locked:
-            return self.skip(self.holder_message())
+        if busy:
+            return self.skip(busy)
         if not self.take_heavy_slot():
             result = self.skip(
                 f"{self.settings.heavy_jobs_concurrency} heavy job(s) already running "
@@ -166,9 +171,8 @@ class Run:
         self.run_id = run_id
         result = RunResult(run_id, self.job.name, "running")
         try:
-            for step in self.job.steps(self.settings):
-                outcome = self.run_step(step.name, step.run, should_stop)
-                result.steps.append(outcome)
+            for batch in batches(self.job.steps(self.settings)):
+                result.steps += self.run_batch(batch, should_stop)
                 self.record(result)
         except BaseException as exc:
             result.status, result.error = "failed", describe(exc)
@@ -186,14 +190,50 @@ class Run:
                     error=result.error))
         return result
 
+    def run_batch(self, batch: list[Step], should_stop: Callable[[BaseException], bool]
+                  ) -> list[StepOutcome]:
+        """Steps one after the other on the run's session, or side by side on sessions of
+        their own (no job lock on those: the run's session holds it)."""
+        workers = min(len(batch), self.settings.step_concurrency)
+        if workers == 1:
+            return [self.run_step(step.name, step.run, should_stop) for step in batch]
+        sessions: list[StepSession] = []
+
+        def one(step: Step) -> StepOutcome:
+            session = StepSession(self)
+            sessions.append(session)
+            try:
+                return self.run_step(step.name, step.run, should_stop, session)
+            finally:
+                session.close()
+
+        with ThreadPoolExecutor(workers, thread_name_prefix=f"{self.job.name}-step") as pool:
+            futures = [pool.submit(one, step) for step in batch]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+                for f in futures:  # a step's exception that ends the run, before waiting more
+                    if f.done() and (exc := f.exception()) is not None:
+                        raise exc
+                return [f.result() for f in futures]
+            except BaseException:  # e.g. the soft time limit: stop the others' statements
+                self.stopping.set()
+                for session in sessions:
+                    session.cancel()
+                raise
+
     def run_step(self, name: str, fn: Callable[[StepContext], dict],
-                 should_stop: Callable[[BaseException], bool]) -> StepOutcome:
-        outcome = StepOutcome(name)
+                 should_stop: Callable[[BaseException], bool],
+                 session: MainSession | StepSession | None = None) -> StepOutcome:
+        session = session or MainSession(self)
+        outcome = StepOutcome(name, started_at=datetime.now(UTC))
         started = time.perf_counter()
         while True:
             outcome.attempts += 1
+            if self.stopping.is_set():
+                outcome.status, outcome.error = "failed", "stopped: the run was interrupted"
+                break
             try:
-                detail = fn(StepContext(self.conn, self.as_of, self.settings, self.source))
+                detail = fn(StepContext(session.conn, self.as_of, self.settings, self.source))
             except TRANSIENT as exc:
                 if should_stop(exc):
                     raise
@@ -207,7 +247,7 @@ class Run:
                             extra=self.context(step=name, attempt=outcome.attempts,
                                                error=describe(exc)))
                 self.backoff(outcome.attempts)
-                self.ensure_connection()
+                session.recover()
                 continue
             except Exception as exc:
                 if should_stop(exc):
@@ -239,16 +279,23 @@ class Run:
         return {"job": self.job.name, "run_id": self.run_id, **fields}
 
     # -- locks and connections ------------------------------------------------------------
-    def take_job_lock(self) -> bool:
-        """The job's lock, at once; a redelivered task (its worker died mid-run) waits a
-        little for it, as the dead run's database session may take a moment to end."""
+    def take_job_lock(self) -> str | None:
+        """None once the job is this run's: its lock held and no session of an earlier run's
+        steps left; else why not. At once; a redelivered task (its worker died mid-run)
+        waits a little, as the dead run's database sessions may take a moment to end."""
         deadline = time.monotonic() + (
             min(REDELIVERY_WAIT_S, self.settings.lock_wait_s) if self.request.attempt > 1 else 0)
+        locked = False
         while True:
-            if self.conn.execute(query("try_job_lock"), {"job": self.job.name}).fetchone()[0]:
-                return True
+            locked = locked or self.conn.execute(query("try_job_lock"),
+                                                 {"job": self.job.name}).fetchone()[0]
+            if locked and self.conn.execute(query("steps_finished"),
+                                            {"job": self.job.name}).fetchone()[0]:
+                return None
             if time.monotonic() >= deadline:
-                return False
+                return (f"steps of an earlier {self.job.name} run whose process died are still "
+                        "finishing in the database; the next run goes ahead" if locked
+                        else self.holder_message())
             time.sleep(0.25)
 
     def holder_message(self) -> str:
@@ -333,6 +380,51 @@ class Run:
                     log.error("could not record run history: %s", describe(exc))
                     raise
                 self.backoff(attempt)
+
+
+class MainSession:
+    """The run's own session: a reconnect takes the job lock back."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        return self.run.conn
+
+    def recover(self) -> None:
+        self.run.ensure_connection()
+
+
+class StepSession:
+    """A session of one step running beside others: same limits and name as the run's,
+    no locks of the run's (those stay on the run's session). Opened on first use, so that
+    failing to connect is one more transient error of the step, retried like the others."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self._conn: psycopg.Connection | None = None
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = self.run.connect()
+            self._conn.execute(query("hold_job_steps"), {"job": self.run.job.name})
+        return self._conn
+
+    def recover(self) -> None:
+        pass  # `conn` reconnects
+
+    def cancel(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.cancel_safe()
+            except (psycopg.Error, OSError):
+                pass
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
 
 def steps_json(result: RunResult) -> Jsonb:

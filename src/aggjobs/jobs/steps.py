@@ -32,7 +32,7 @@ def rollup_step(rollup: Rollup, grains: list[Grain]) -> Step:
             }
         return detail
 
-    return Step(name, run)
+    return Step(name, run, concurrent=True)  # rollups share nothing but the server
 
 
 def view_steps() -> list[Step]:

@@ -8,6 +8,18 @@ SELECT pg_try_advisory_lock(hashtext('aggjobs.job'), hashtext(%(job)s))
 -- name: job_unlock
 SELECT pg_advisory_unlock(hashtext('aggjobs.job'), hashtext(%(job)s))
 
+-- name: hold_job_steps
+-- Each session of a run's side-by-side steps holds this shared lock: if the run's process
+-- dies, its own session (and the job lock) ends at once, but a step's session may work on
+-- until it notices; the next run waits for those (steps_finished) instead of overlapping.
+SELECT pg_advisory_lock_shared(hashtext('aggjobs.job-steps'), hashtext(%(job)s))
+
+-- name: steps_finished
+-- True when no session of an earlier run's steps is left (taken and let go at once).
+SELECT CASE WHEN pg_try_advisory_lock(hashtext('aggjobs.job-steps'), hashtext(%(job)s))
+            THEN pg_advisory_unlock(hashtext('aggjobs.job-steps'), hashtext(%(job)s))
+            ELSE false END
+
 -- name: try_heavy_slot
 -- One of `slots` numbered locks: caps the heavy jobs running at once across hosts.
 SELECT s FROM generate_series(1, %(slots)s) AS s
