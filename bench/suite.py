@@ -1,11 +1,12 @@
 """The benchmark suite of issue 7: every figure beside its baseline, measured in the same run.
 
     python bench/suite.py [--hours 24] [--runs-per-hour 1000000] [--workspaces 5000]
-                          [--repeat 3] [--history 3] [--url URL] [--reuse] [--only a,b]
+                          [--repeat 3] [--history 3] [--url URL] [--db NAME] [--reuse]
+                          [--only a,b]
 
-Loads the reference workload (bench/workload.py) into a database `aggjobs_bench` on the
-server of --url, ending at today's 00:00 UTC (the views' windows are relative to now), then
-measures, each --repeat times (median, min, max):
+Loads the reference workload (bench/workload.py) into a database (--db, default
+`aggjobs_bench`) on the server of --url, ending at today's 00:00 UTC (the views' windows
+are relative to now), then measures, each --repeat times (median, min, max):
 
   hourly_step    the execution-metrics hourly step (exact p95 + sketch) for the last hour,
                  beside the seed's INSERT ... ON CONFLICT and the floor (a bare
@@ -345,34 +346,24 @@ def plan_of(conn: psycopg.Connection, lo: datetime, hi: datetime) -> list[str]:
 
 def copy_back_in_time(conn: psycopg.Connection, day: datetime) -> int:
     """90 days of daily rows and 7 days of hourly rows, copied from `day`'s rows."""
+    shifts = {Grain.DAY: ("{b} - g", 89, day.date(), day.date() + DAY),
+              Grain.HOUR: ("{b} - make_interval(days => g)", 6, day, day + DAY)}
     copied = 0
     with conn.transaction():
         for rollup in ROLLUPS:
-            daily = sql.Identifier("analytics", rollup.table(Grain.DAY))
-            hourly = sql.Identifier("analytics", rollup.table(Grain.HOUR))
-            cols = [c[0] for c in conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema ="
-                " 'analytics' AND table_name = %s AND column_name <> 'day' ORDER BY ordinal_position",
-                (rollup.table(Grain.DAY),))]
-            names = sql.SQL(", ").join(map(sql.Identifier, cols))
-            copied += conn.execute(sql.SQL(
-                "INSERT INTO {t} ({names}, day) SELECT {names}, day - g FROM {t},"
-                " generate_series(1, 89) AS g WHERE day = %s ON CONFLICT DO NOTHING"
-            ).format(t=daily, names=names), (day.date(),)).rowcount
-            hcols = [c[0] for c in conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema ="
-                " 'analytics' AND table_name = %s AND column_name <> 'hour' ORDER BY ordinal_position",
-                (rollup.table(Grain.HOUR),))]
-            hnames = sql.SQL(", ").join(map(sql.Identifier, hcols))
-            copied += conn.execute(sql.SQL(
-                "INSERT INTO {t} ({names}, hour) SELECT {names}, hour - make_interval(days => g)"
-                " FROM {t}, generate_series(1, 6) AS g WHERE hour >= %s AND hour < %s"
-                " ON CONFLICT DO NOTHING"
-            ).format(t=hourly, names=hnames), (day, day + DAY)).rowcount
-    for rollup in ROLLUPS:
-        for grain in (Grain.HOUR, Grain.DAY):
-            conn.execute(sql.SQL("ANALYZE {}").format(
-                sql.Identifier("analytics", rollup.table(grain))))
+            for grain, (shifted, times, lo, hi) in shifts.items():
+                table, b = rollup.table(grain), sql.Identifier(grain.column)
+                names = sql.SQL(", ").join(sql.Identifier(c[0]) for c in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema ="
+                    " 'analytics' AND table_name = %s AND column_name <> %s"
+                    " ORDER BY ordinal_position", (table, grain.column)))
+                copied += conn.execute(sql.SQL(
+                    "INSERT INTO {t} ({names}, {b}) SELECT {names}, " + shifted + " FROM {t},"
+                    " generate_series(1, {n}) AS g WHERE {b} >= %s AND {b} < %s"
+                    " ON CONFLICT DO NOTHING"
+                ).format(t=sql.Identifier("analytics", table), names=names, b=b,
+                         n=sql.Literal(times)), (lo, hi)).rowcount
+                conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("analytics", table)))
     return copied
 
 
@@ -624,13 +615,13 @@ SECTIONS = ("hourly_step", "catch_up", "hourly_job", "late", "daily", "weekly", 
             "backfill", "views", "history")
 
 
-def database(admin_url: str, *, fresh: bool) -> str:
-    url = psycopg.conninfo.make_conninfo(admin_url, dbname=DB)
+def database(admin_url: str, name: str, *, fresh: bool) -> str:
+    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
     if fresh:
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(DB)))
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+                sql.Identifier(name)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return url
 
 
@@ -646,6 +637,7 @@ def main() -> None:
                     help="total data as a multiple of --hours for the history figure (1: skip)")
     ap.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                     help="any database of the server to use; the suite creates its own")
+    ap.add_argument("--db", default=DB, help="the database the suite creates (dropped first)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the loaded database of an earlier run with the same sizes")
     ap.add_argument("--only", default=",".join(SECTIONS),
@@ -660,7 +652,7 @@ def main() -> None:
 
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     w = Workload(end - args.hours * HOUR, args.hours, args.runs_per_hour, args.workspaces)
-    url = database(args.url, fresh=not args.reuse)
+    url = database(args.url, args.db, fresh=not args.reuse)
     conn = psycopg.connect(url, autocommit=True, application_name="aggjobs:bench",
                            options="-c work_mem=64MB")
     results: dict = {"workload": {"hours": w.hours, "runs_per_hour": w.runs_per_hour,
