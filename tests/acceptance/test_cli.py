@@ -245,6 +245,15 @@ def test_refresh_verify_repair_and_status(conn, db_url) -> None:
     repaired = cli("verify", "--repair", *window, url=db_url)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert repaired.stdout.count("repaired 1 groups; 0 mismatches remain") == 2, repaired.stdout
+    # Each repair is audited: who, which rollup and grain, how many groups, from where.
+    audited = conn.execute(
+        "SELECT actor, target, params->>'grain', params->>'groups', outcome, source"
+        " FROM aggjobs.audit_log WHERE action = 'repair' ORDER BY id").fetchall()
+    assert len(audited) == 2, audited
+    for actor, target, grain, groups, outcome, source in audited:
+        assert actor.startswith("cli") and source.startswith("cli:")
+        assert target in {r.name for r in ROLLUPS} and grain and groups == "1"
+        assert outcome == "succeeded"
 
     again = cli("verify", *window, url=db_url)
     assert again.returncode == 0 and again.stdout.count(": ok") == 9, again.stdout

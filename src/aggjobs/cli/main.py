@@ -248,7 +248,9 @@ def verify_rollup(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: da
     for grain in rollup.grains:
         report = v.verify_grain(conn, rollup, grain, lo, hi)
         if report.mismatches and repair:
-            v.repair(conn, rollup, grain, report.mismatches)
+            v.repair(conn, rollup, grain, report.mismatches, audit=lambda params: audit_log.write(
+                conn, actor=cli_actor(), action="repair", target=rollup.name, params=params,
+                outcome="succeeded", source=audit_log.local_source("cli")))
             again = v.verify_grain(conn, rollup, grain, lo, hi)
             console.print(render.repaired_line(report, again))
             report = again

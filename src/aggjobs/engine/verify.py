@@ -127,11 +127,17 @@ def verify_grain(conn: psycopg.Connection, rollup: Rollup, grain: Grain, lo: dat
 
 
 def repair(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
-           mismatches: list[Mismatch], *, lock_wait_s: float = 60.0) -> Written:
-    """Recompute the groups behind the mismatches, under the rollup's lock."""
+           mismatches: list[Mismatch], *, lock_wait_s: float = 60.0,
+           audit: Callable[[dict], None] | None = None) -> Written:
+    """Recompute the groups behind the mismatches, under the rollup's lock; `audit(params)`
+    writes the audit row in the same transaction, so a repair is never unrecorded."""
     keys = sorted({(bucket_start(m.bucket), m.workspace_id) for m in mismatches})
     with state.rollup_lock(conn, rollup, wait_s=lock_wait_s), conn.transaction():
-        return recompute_keys(conn, rollup, grain, keys)
+        written = recompute_keys(conn, rollup, grain, keys)
+        if audit:
+            audit({"grain": grain.value, "groups": len(keys), "rows_written": written.written,
+                   "buckets": sorted({b.isoformat() for b, _ in keys})[:50]})
+        return written
 
 
 def bucket_start(bucket: object) -> datetime:
