@@ -653,8 +653,9 @@ def main() -> None:
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     w = Workload(end - args.hours * HOUR, args.hours, args.runs_per_hour, args.workspaces)
     url = database(args.url, args.db, fresh=not args.reuse)
+    # The jobs' session settings (db/connect.py), for the seed's SQL and ours alike.
     conn = psycopg.connect(url, autocommit=True, application_name="aggjobs:bench",
-                           options="-c work_mem=64MB")
+                           options="-c work_mem=64MB -c jit=off")
     results: dict = {"workload": {"hours": w.hours, "runs_per_hour": w.runs_per_hour,
                                   "workspaces": w.workspaces, "start": w.start.isoformat()},
                      "server": conn.execute("SHOW server_version").fetchone()[0],
