@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -63,23 +63,36 @@ def drop_database(server_url: str, name: str) -> None:
         )
 
 
-@pytest.fixture(scope="session")
-def template_db(server_url: str) -> Iterator[str]:
-    name = f"aggjobs_tpl_{os.getpid()}"
+def migrated_template(server_url: str, name: str,
+                      prepare: Callable[[psycopg.Connection], None] | None = None
+                      ) -> Iterator[str]:
+    """A database `prepare`d (as the platform may have it), then migrated; dropped after."""
     drop_database(server_url, name)
     url = create_database(server_url, name)
     with psycopg.connect(url, autocommit=True) as conn:
+        if prepare:
+            prepare(conn)
         migrate(conn)
     yield name
     drop_database(server_url, name)
 
 
-@pytest.fixture
-def db_url(server_url: str, template_db: str) -> Iterator[str]:
-    name = f"aggjobs_t_{uuid.uuid4().hex[:12]}"
-    url = create_database(server_url, name, template=template_db)
+def copy_of(server_url: str, template: str, prefix: str) -> Iterator[str]:
+    """A fresh copy of `template` for one test; dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    url = create_database(server_url, name, template=template)
     yield url
     drop_database(server_url, name)
+
+
+@pytest.fixture(scope="session")
+def template_db(server_url: str) -> Iterator[str]:
+    yield from migrated_template(server_url, f"aggjobs_tpl_{os.getpid()}")
+
+
+@pytest.fixture
+def db_url(server_url: str, template_db: str) -> Iterator[str]:
+    yield from copy_of(server_url, template_db, "aggjobs_t")
 
 
 # Partitioned sources (docs/rollups.md): a partition per UTC day over these days, and a
@@ -91,24 +104,16 @@ PARTITION_DAYS = 20
 @pytest.fixture(scope="session")
 def partitioned_template_db(server_url: str) -> Iterator[str]:
     """A template whose three sources were created partitioned by day before `migrate`."""
-    name = f"aggjobs_tplp_{os.getpid()}"
-    drop_database(server_url, name)
-    url = create_database(server_url, name)
-    with psycopg.connect(url, autocommit=True) as conn:
-        create_partitioned_sources(conn, PARTITIONS_FROM, PARTITION_DAYS)
-        migrate(conn)
-    yield name
-    drop_database(server_url, name)
+    yield from migrated_template(
+        server_url, f"aggjobs_tplp_{os.getpid()}",
+        lambda conn: create_partitioned_sources(conn, PARTITIONS_FROM, PARTITION_DAYS))
 
 
 @pytest.fixture
 def partitioned_db_url(server_url: str, partitioned_template_db: str) -> Iterator[str]:
     """Like db_url, with partitioned sources; a module uses it for every fixture built on
     db_url by overriding db_url with it."""
-    name = f"aggjobs_tp_{uuid.uuid4().hex[:12]}"
-    url = create_database(server_url, name, template=partitioned_template_db)
-    yield url
-    drop_database(server_url, name)
+    yield from copy_of(server_url, partitioned_template_db, "aggjobs_tp")
 
 
 @pytest.fixture

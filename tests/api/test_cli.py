@@ -5,17 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 
 from aggjobs.api import tokens
-
-AGGJOBS = str(Path(sys.executable).with_name("aggjobs"))
+from tests.api.serve import AGGJOBS, serving
 
 
 def aggjobs(db_url: str, *args: str) -> subprocess.CompletedProcess:
@@ -58,30 +53,11 @@ def test_token_create_list_revoke(db_url, conn):
                        ("token.revoke", "refused: no active token of that name")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_answers_over_real_http(db_url, conn):
     secret, _ = tokens.create(conn, "probe", "viewer", actor="tests")
-    port = free_port()
-    env = {**os.environ, "AGGJOBS_DATABASE_URL": db_url}
-    proc = subprocess.Popen([AGGJOBS, "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                health = httpx.get(f"{base}/healthz", timeout=2)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stdout.read()
-                assert time.monotonic() < deadline, "aggjobs serve did not start"
-                time.sleep(0.2)
-        assert health.status_code == 200 and health.json() == {"ok": True}
+    with serving({**os.environ, "AGGJOBS_DATABASE_URL": db_url}) as served:
+        base = served.base
+        assert served.health.status_code == 200 and served.health.json() == {"ok": True}
         assert httpx.get(f"{base}/api/jobs", timeout=5).status_code == 401
         # uvicorn believes X-Forwarded-For from 127.0.0.1 by default; aggjobs serve must not
         spoofed = httpx.get(f"{base}/api/rollups", headers={"X-Forwarded-For": "203.0.113.9"},
@@ -95,17 +71,9 @@ def test_serve_answers_over_real_http(db_url, conn):
         assert jobs.status_code == 200 and jobs.json()["healthy"] in (True, False)
         page = httpx.get(f"{base}/", params={"token": secret}, timeout=10)
         assert page.status_code == 200 and "hourly_rollup" in page.text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        output = proc.stdout.read()
-        proc.stdout.close()
+    output = served.output
     # uvicorn shuts down gracefully, then re-raises the signal it caught
-    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert served.proc.returncode in (0, -signal.SIGTERM), output
     assert "Finished server process" in output, output
     assert "GET /?token=<redacted>" in output, output
     assert secret not in output  # no secret in the access log

@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from aggjobs import reports
 from aggjobs.api.dashboard import progress
 from aggjobs.jobs.registry import JOBS
 from aggjobs.settings import Settings
+from tests.api.serve import free_port
 from tests.browser import chromium, headless
 from tests.reports.conftest import DAY, loaded  # noqa: F401  (a fixture)
 
@@ -166,12 +166,6 @@ def test_report_page_serves_the_stored_report(client, loaded, conn, keys):  # no
 
 
 # -- the real server in a real browser -----------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(url: str, proc: subprocess.Popen, log: Path, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while True:

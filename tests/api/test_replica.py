@@ -10,9 +10,6 @@ replica's state, while the token check and every audit row use the primary.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,7 +26,7 @@ from aggjobs.db.connect import connect
 from aggjobs.jobs.runner import RunRequest, run_job
 from aggjobs.settings import Settings
 from tests import platform as p
-from tests.api.test_cli import AGGJOBS, free_port
+from tests.api.serve import serving
 from tests.conftest import create_database, drop_database, with_dbname
 
 READ_ONLY = "-c default_transaction_read_only=on"
@@ -176,33 +173,12 @@ def test_healthz_reports_a_replica_that_does_not_answer(settings, server_url) ->
 def test_serve_reads_from_the_replica_over_real_http(setup, db_url) -> None:
     """`aggjobs serve` with AGGJOBS_READ_DATABASE_URL in its environment."""
     keys = setup["keys"]
-    port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AGGJOBS_")},
            "AGGJOBS_DATABASE_URL": db_url, "AGGJOBS_READ_DATABASE_URL": setup["replica"]}
-    proc = subprocess.Popen([AGGJOBS, "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                health = httpx.get(f"{base}/healthz", timeout=2)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stdout.read()
-                assert time.monotonic() < deadline, "aggjobs serve did not start"
-                time.sleep(0.2)
-        assert health.status_code == 200, health.text
-        got = httpx.get(f"{base}/api/jobs/refresh_materialized_views/runs",
+    with serving(env) as served:
+        assert served.health.status_code == 200, served.health.text
+        got = httpx.get(f"{served.base}/api/jobs/refresh_materialized_views/runs",
                         headers=auth(keys["viewer"]), timeout=10)
         assert got.status_code == 200 and got.json() == [], got.text  # the replica's state
-        page = httpx.get(f"{base}/", params={"token": keys["viewer"]}, timeout=10)
+        page = httpx.get(f"{served.base}/", params={"token": keys["viewer"]}, timeout=10)
         assert page.status_code == 200 and "hourly_rollup" in page.text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
