@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DAYS ?= 7
 
-.PHONY: run demo test bench clean
+.PHONY: run demo test bench native clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +32,12 @@ bench: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/suite.py --hours 3 --runs-per-hour 100000 --workspaces 1000 --history 2
 
+# The optional C functions (docs/native.md), built and installed for the PostgreSQL server whose
+# pg_config is PG_CONFIG (its -dev headers needed); `aggjobs migrate` then creates the extension.
+PG_CONFIG ?= pg_config
+native:
+	$(MAKE) -C native PG_CONFIG=$(PG_CONFIG) install
+
 clean:
 	rm -rf $(VENV) .aggjobs
+	$(MAKE) -C native clean PG_CONFIG=$(PG_CONFIG) 2>/dev/null || true

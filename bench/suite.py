@@ -59,7 +59,7 @@ from workload import Workload, load  # noqa: E402
 
 from aggjobs.catalog import ROLLUPS, Grain, get_rollup  # noqa: E402
 from aggjobs.db.migrate import migrate  # noqa: E402
-from aggjobs.engine.recompute import recompute_range  # noqa: E402
+from aggjobs.engine.recompute import native_installed, recompute_range  # noqa: E402
 from aggjobs.engine.refresh import refresh  # noqa: E402
 from aggjobs.jobs.runner import RunRequest, run_job  # noqa: E402
 from aggjobs.settings import Settings  # noqa: E402
@@ -347,12 +347,13 @@ def summary(samples_ms: list[float]) -> dict:
 
 def plan_of(conn: psycopg.Connection, lo: datetime, hi: datetime) -> list[str]:
     """The scan and aggregation nodes of the engine's hourly statement for [lo, hi)."""
-    from aggjobs.engine.recompute import bitmap_scans, statements
+    from aggjobs.engine.recompute import plan_changes, planner_settings, statements
     from aggjobs.sql.rollup import Scope
 
-    insert = statements(EM, Grain.HOUR, Scope.RANGE)[1]
+    native = native_installed(conn)
+    insert = statements(EM, Grain.HOUR, Scope.RANGE, native)[1]
     with conn.transaction():
-        with bitmap_scans(conn, True):
+        with planner_settings(conn, plan_changes(raw=True, native=native)):
             lines = [r[0] for r in conn.execute(
                 sql.SQL("EXPLAIN ") + insert, {"lo": lo, "hi": hi})]
     nodes = [line.strip().lstrip("-> ").split("  ")[0] for line in lines]
@@ -659,6 +660,8 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections: {', '.join(SECTIONS)}")
     ap.add_argument("--label", default="suite", help="results file name")
+    ap.add_argument("--portable", action="store_true",
+                    help="without the C functions of extension aggjobs_native (docs/native.md)")
     args = ap.parse_args()
     # Data ends at midnight; the staleness alerts the jobs evaluate would fire all along.
     logging.getLogger("aggjobs").setLevel(logging.CRITICAL)
@@ -676,7 +679,8 @@ def main() -> None:
                                   "workspaces": w.workspaces, "start": w.start.isoformat()},
                      "server": conn.execute("SHOW server_version").fetchone()[0],
                      "date": datetime.now(UTC).isoformat(timespec="seconds")}
-    migrate(conn)  # also on --reuse: the code may have moved on since the load
+    migrate(conn, native=not args.portable)  # also on --reuse: the code may have moved on
+    results["native"] = native_installed(conn)
     conn.execute(SEED_TABLE)
     if not args.reuse:
         print(f"loading {w.hours} hours x {w.runs_per_hour:,} runs ...", flush=True)
@@ -705,7 +709,8 @@ def main() -> None:
     table = rows(results) or [("(no figure measured)", "", "", "")]
     width = max(len(r[0]) for r in table)
     print(f"\n{w.runs_per_hour:,} runs/hour x {w.hours} h, {w.workspaces:,} workspaces, "
-          f"PostgreSQL {results['server']}, medians of {args.repeat}")
+          f"PostgreSQL {results['server']}, medians of {args.repeat}, "
+          + ("C functions (aggjobs_native)" if results["native"] else "portable SQL"))
     print(f"{'figure':<{width}}  {'value':>24}  {'against':<34} target")
     for name, value, against, target in table:
         print(f"{name:<{width}}  {value:>24}  {against:<34} {target}")

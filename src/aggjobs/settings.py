@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     heavy_jobs_concurrency: int = Field(
         default=1, ge=1, description="How many heavy jobs (daily, weekly, cleanup) run at once."
     )
+    native: bool = Field(
+        default=True,
+        description="`aggjobs migrate` installs extension aggjobs_native where the server has "
+        "it (docs/native.md); false drops it and the rollups run the portable SQL.",
+    )
     step_concurrency: int = Field(
         default=3, ge=1,
         description="Steps of one run that may run at once (the rollups of a job, each on its "

@@ -27,6 +27,7 @@ def generated(rollup: Rollup) -> str:
             "create_table": r.create_table(rollup, grain),
             "insert_range": r.insert_target(rollup, grain, r.Scope.RANGE),
             "insert_keys": r.insert_target(rollup, grain, r.Scope.KEYS),
+            "insert_range_native": r.insert_target(rollup, grain, r.Scope.RANGE, native=True),
             "delete_range": r.delete_target(rollup, grain, r.Scope.RANGE),
             "delete_keys": r.delete_target(rollup, grain, r.Scope.KEYS),
             "reference": r.reference(rollup, grain),
@@ -55,6 +56,21 @@ def test_hourly_p95_is_exact_and_merged_p95_reads_the_sketch() -> None:
     assert "percentile_cont(0.95) WITHIN GROUP" in reference  # verify trusts the seed's SQL
     assert "percentile_cont" not in daily and "sketch_quantile" in daily
     assert '"public"."agent_runs"' not in daily  # merged grains never re-read raw rows
+
+
+def test_the_c_functions_replace_the_per_value_sql() -> None:
+    """With aggjobs_native the hour's values are collected unordered (the groups can be
+    hashed) and digested in C; merged grains use the C aggregate; the reference is unchanged."""
+    em = get_rollup("execution_metrics")
+    hourly = r.insert_target(em, r.Grain.HOUR, r.Scope.RANGE, native=True).as_string(None)
+    daily = r.insert_target(em, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
+    assert "aggjobs_native.digest(" in hourly and "ORDER BY" not in hourly
+    assert "unnest" not in daily and "aggjobs_native.sketch_merge(" in daily
+    assert "aggjobs_native.sketch_quantile(" in daily
+    # the other rollups have no quantile: nothing changes for them
+    ua = get_rollup("user_activity")
+    assert (r.insert_target(ua, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
+            == r.insert_target(ua, r.Grain.DAY, r.Scope.RANGE).as_string(None))
 
 
 def test_tracking_triggers_compare_with_a_constant() -> None:

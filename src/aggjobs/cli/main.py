@@ -28,6 +28,7 @@ from ..catalog.grains import parse_timestamp
 from ..db.connect import connect, first_line, translate_errors
 from ..db.migrate import current_version, migrations
 from ..db.migrate import migrate as run_migrations
+from ..engine.recompute import native_installed
 from ..errors import (
     AggjobsError,
     ConfigError,
@@ -108,9 +109,13 @@ def progress_bar() -> Iterator[Progress]:
 def migrate() -> None:
     """Create or upgrade the schema: source tables if missing, `analytics`, `aggjobs`."""
     with session("migrate", require_schema=False) as conn:
-        applied = run_migrations(conn)
+        applied = run_migrations(conn, native=get_settings().native)
+        native = native_installed(conn)
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (up to date)"
     console.print(f"migrations applied: {names}")
+    console.print("p95 and sketches: " + (
+        "C functions of extension aggjobs_native" if native
+        else "portable SQL (extension aggjobs_native not installed; docs/native.md)"))
 
 
 @app.command()
@@ -422,7 +427,7 @@ def up(
 
     settings = get_settings()
     with session("up", require_schema=False) as conn:
-        run_migrations(conn)
+        run_migrations(conn, native=settings.native)
         empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM agent_runs)").fetchone()[0]
         if empty and demo_days:
             console.print(f"loading {demo_days} days of demo data ...")

@@ -11,6 +11,7 @@ a failure changes nothing.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from importlib.resources import files
@@ -19,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from ..catalog import ROLLUPS, SOURCES
+from ..sql import query
 from ..sql import rollup as rollup_sql
 from ..sql import tracking
 from .view_caches import update_view_caches
@@ -54,8 +56,9 @@ def canonical_schema() -> str:
     return files(__package__).joinpath("schema.sql").read_text()
 
 
-def migrate(conn: psycopg.Connection) -> list[Migration]:
-    """Apply pending migrations and sync the catalog; returns the migrations applied."""
+def migrate(conn: psycopg.Connection, *, native: bool = True) -> list[Migration]:
+    """Apply pending migrations and sync the catalog; returns the migrations applied.
+    `native`: install extension aggjobs_native where the server has it (else drop it)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('aggjobs.migrate'))")
         conn.execute(BOOTSTRAP)
@@ -67,8 +70,33 @@ def migrate(conn: psycopg.Connection) -> list[Migration]:
                 "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (%s, %s)",
                 (m.version, m.name),
             )
+        sync_native(conn, wanted=native)
         sync_catalog(conn)
     return applied
+
+
+log = logging.getLogger(__name__)
+
+
+def sync_native(conn: psycopg.Connection, *, wanted: bool) -> bool:
+    """Install the optional C functions (docs/native.md) if wanted and the server has them;
+    returns whether they are installed. Without them, or without the privilege to create a C
+    extension (superuser), the rollups run the portable SQL: same results, more time."""
+    if not wanted:
+        conn.execute("DROP EXTENSION IF EXISTS aggjobs_native")
+        conn.execute("DROP SCHEMA IF EXISTS aggjobs_native")
+        return False
+    if not conn.execute(query("native_available")).fetchone()[0]:
+        log.info("extension aggjobs_native is not on this server: portable SQL")
+        return False
+    try:
+        with conn.transaction():
+            conn.execute("CREATE SCHEMA IF NOT EXISTS aggjobs_native")
+            conn.execute("CREATE EXTENSION IF NOT EXISTS aggjobs_native SCHEMA aggjobs_native")
+    except psycopg.errors.InsufficientPrivilege as exc:
+        log.warning("extension aggjobs_native not installed (%s): portable SQL", exc)
+        return False
+    return True
 
 
 def apply_canonical_schema(conn: psycopg.Connection) -> None:
@@ -81,6 +109,7 @@ def apply_canonical_schema(conn: psycopg.Connection) -> None:
                 "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (%s, %s)",
                 (m.version, m.name),
             )
+        sync_native(conn, wanted=True)
         sync_catalog(conn)
 
 
@@ -151,6 +180,9 @@ def sync_grants(conn: psycopg.Connection) -> None:
         sql.SQL("REVOKE EXECUTE ON FUNCTION aggjobs.source_relation(text) FROM {}"
                 ).format(worker),
         sql.SQL("GRANT USAGE ON SCHEMA analytics, aggjobs TO {}").format(reader),
+        # The C functions, when installed (EXECUTE is PUBLIC's by default).
+        sql.SQL("DO $$ BEGIN IF to_regnamespace('aggjobs_native') IS NOT NULL THEN"
+                " GRANT USAGE ON SCHEMA aggjobs_native TO {}; END IF; END $$").format(worker),
         sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA analytics TO {}").format(reader),
         sql.SQL("GRANT SELECT ON aggjobs.job_runs TO {}").format(reader),
     ):

@@ -111,14 +111,14 @@ CREATE UNIQUE INDEX backfills_one_open_per_range
 
 -- Log-bucket sketch: bucket i holds (gamma^(i-1), gamma^i] with gamma = 1.015; its
 -- representative 2*gamma^i/(gamma+1) is within (gamma-1)/(gamma+1) = 0.745% of every value in
--- it. Values <= 1e-9 share bucket -32768 (represented by 0); +Infinity and NaN bucket 32767.
--- Not STRICT, so that the planner inlines them into the aggregate queries (NULL gives NULL).
+-- it. Values <= 1e-9 share bucket -32768 (represented by 0); +Infinity and NaN bucket 32767;
+-- finite values above 1.015^32766 (about 1e211) share bucket 32766 (0009). Not STRICT, so that the planner inlines them into the aggregate queries (NULL gives NULL).
 CREATE FUNCTION aggjobs.sketch_key(x double precision) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
         WHEN x <= 1e-9 THEN -32768
         WHEN x = 'Infinity'::float8 OR x = 'NaN'::float8 THEN 32767
-        ELSE ceil(ln(x) / ln(1.015::float8))::integer
+        ELSE least(ceil(ln(x) / ln(1.015::float8)), 32766)::integer
     END
 $$;
 

@@ -41,39 +41,64 @@ class Written:
 
 
 @cache
-def statements(rollup: Rollup, grain: Grain, scope: Scope) -> tuple[sql.Composed, sql.Composed]:
+def statements(rollup: Rollup, grain: Grain, scope: Scope,
+               native: bool) -> tuple[sql.Composed, sql.Composed]:
     return (
         rollup_sql.delete_target(rollup, grain, scope),
-        rollup_sql.insert_target(rollup, grain, scope),
+        rollup_sql.insert_target(rollup, grain, scope, native=native),
     )
+
+
+def native_installed(conn: psycopg.Connection) -> bool:
+    """Whether the database has the C functions of aggjobs_native (docs/native.md); asked
+    on each recompute, in its transaction, so a DROP or CREATE EXTENSION takes effect at once."""
+    return conn.execute(query("native_installed")).fetchone()[0]
 
 
 def replace(conn: psycopg.Connection, rollup: Rollup, grain: Grain, scope: Scope,
             params: dict) -> Written:
-    delete, insert = statements(rollup, grain, scope)
+    native = native_installed(conn)
+    delete, insert = statements(rollup, grain, scope, native)
     deleted, marked_old = conn.execute(delete, params).fetchone()
-    with bitmap_scans(conn, rollup.finer(grain) is None):
+    with planner_settings(conn, plan_changes(raw=rollup.finer(grain) is None, native=native)):
         written, marked_new = conn.execute(insert, params).fetchone()
     return Written(deleted, written, marked_old + marked_new)
 
 
-@contextmanager
-def bitmap_scans(conn: psycopg.Connection, wanted: bool) -> Iterator[None]:
-    """Read the raw rows of a bucket with a bitmap heap scan, not an index scan.
+def plan_changes(*, raw: bool, native: bool) -> dict[str, str]:
+    """Where the planner's default plan for a recompute is measured to be wrong.
 
-    Rows of an hour are spread over its pages in arrival order, not in index order: an
-    index scan fetches a page once per row (a million fetches for a million-run hour), a
-    bitmap scan once per page. The planner sees the index's high correlation with time
-    (hours are in time order) and picks the index scan, which measured 1.5x slower on a
-    1M-run hour (docs/benchmarks.md). Set for the one statement, restored after it.
+    enable_indexscan off on raw rows: rows of an hour are spread over its pages in arrival
+    order, not in index order, so an index scan fetches a page once per row (a million
+    fetches for a million-run hour), a bitmap scan once per page. The planner sees the
+    index's high correlation with time and picks the index scan, 1.5x slower on a 1M-run
+    hour (docs/benchmarks.md).
+
+    enable_sort off with the C functions: their aggregates can be hashed, but the planner
+    has no statistics for a bucket expression (date_bin, a UTC date) and expects one group
+    per input row, so it sorts the whole input instead (a 54 MB spill for a 1M-run hour,
+    0.6 s); there are a few thousand groups per bucket. (The portable SQL's ordered
+    aggregates cannot be hashed: it sorts either way.)
     """
-    if not wanted:
-        yield
-        return
-    before = conn.execute("SELECT current_setting('enable_indexscan')").fetchone()[0]
-    conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
-    yield  # on an error the (sub)transaction's rollback undoes the setting
-    conn.execute("SELECT set_config('enable_indexscan', %s, true)", (before,))
+    changes = {}
+    if raw:
+        changes["enable_indexscan"] = "off"
+    if native:
+        changes["enable_sort"] = "off"
+    return changes
+
+
+@contextmanager
+def planner_settings(conn: psycopg.Connection, changes: dict[str, str]) -> Iterator[None]:
+    """Planner settings for one statement, restored after it (on an error the
+    (sub)transaction's rollback undoes them)."""
+    before = {name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
+              for name in changes}
+    for name, value in changes.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    yield
+    for name, value in before.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
 
 
 def recompute_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,

@@ -136,3 +136,12 @@ WHERE id = %(id)s
 -- name: backfill_finish
 UPDATE aggjobs.backfills SET status = %(status)s, error = %(error)s, finished_at = now()
 WHERE id = %(id)s
+
+-- name: native_installed
+-- Whether the C functions of extension aggjobs_native can be used by this session.
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'aggjobs_native')
+   AND has_schema_privilege('aggjobs_native', 'USAGE')
+
+-- name: native_available
+-- Whether the server has the extension's files (built by `make native`, docs/native.md).
+SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'aggjobs_native')

@@ -1,0 +1,215 @@
+"""The C functions of extension aggjobs_native (native/, docs/native.md) against the portable
+SQL they replace: the same values bit for bit, from the functions up to whole rollup tables.
+
+They run where the server has the extension (`make native`); CI builds it for PostgreSQL 15
+and sets AGGJOBS_TEST_EXPECT_NATIVE=1 there, so these tests cannot skip silently. The
+embedded PostgreSQL run has no extension: the whole suite runs the portable SQL there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from aggjobs.catalog import ROLLUPS, Grain
+from aggjobs.db.migrate import migrate
+from aggjobs.engine.recompute import native_installed, recompute_range
+from aggjobs.sql.rollup import table_ident, value_columns
+from tests import platform as p
+from tests.conftest import create_database, drop_database
+
+SETTINGS = hsettings(max_examples=200, deadline=None, database=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                            HealthCheck.too_slow])
+
+
+def require_native(conn: psycopg.Connection) -> None:
+    if native_installed(conn):
+        return
+    if os.environ.get("AGGJOBS_TEST_EXPECT_NATIVE") == "1":
+        pytest.fail("extension aggjobs_native is not installed (make native)")
+    pytest.skip("extension aggjobs_native not built for this server")
+
+
+@pytest.fixture(scope="module")
+def db(server_url: str, template_db: str) -> Iterator[psycopg.Connection]:
+    name = f"aggjobs_n_{uuid.uuid4().hex[:12]}"
+    url = create_database(server_url, name, template=template_db)
+    try:
+        with psycopg.connect(url, autocommit=True, application_name="aggjobs:tests") as conn:
+            require_native(conn)
+            yield conn
+    finally:
+        drop_database(server_url, name)
+
+
+# ------------------------------------------------------------------------------ digest
+
+VALUE = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(1e-3, 1e5),
+    st.sampled_from([0.0, -0.0, -1.0, 1e-9, 1e-10, 1.015, math.inf, -math.inf, math.nan]),
+)
+VALUES = st.one_of(
+    st.lists(VALUE, min_size=1, max_size=300),
+    # few distinct values, repeated: runs of equal keys and ties in the order statistics
+    st.lists(VALUE, min_size=1, max_size=4).flatmap(
+        lambda pool: st.lists(st.sampled_from(pool), min_size=1, max_size=200)),
+)
+Q = st.one_of(st.sampled_from([0.0, 0.5, 0.95, 1.0]), st.floats(0, 1))
+
+PORTABLE_DIGEST = """
+WITH v AS (SELECT unnest(%(xs)s::float8[]) AS x)
+SELECT (SELECT percentile_cont(%(q)s) WITHIN GROUP (ORDER BY x) FROM v),
+       (SELECT array_agg(k ORDER BY k) FROM (SELECT DISTINCT aggjobs.sketch_key(x) AS k FROM v) k),
+       (SELECT array_agg(c ORDER BY k) FROM (SELECT aggjobs.sketch_key(x) AS k, count(*) AS c
+                                             FROM v GROUP BY 1) c)
+"""
+NATIVE_DIGEST = "SELECT quantile, keys, counts FROM aggjobs_native.digest(%(xs)s, %(q)s)"
+
+
+def same_float(ours: float, exact: float) -> bool:
+    """Bit for bit, NaN as NaN. The sign of a zero is not compared: which of two equal zeros
+    (-0 and 0) a sort puts first is not defined, in percentile_cont's sort as in ours."""
+    if math.isnan(exact):
+        return math.isnan(ours)
+    return ours == exact and (exact == 0 or math.copysign(1, ours) == math.copysign(1, exact))
+
+
+@given(xs=VALUES, q=Q)
+@SETTINGS
+def test_digest_is_percentile_cont_and_the_portable_sketch(db: psycopg.Connection,
+                                                           xs: list[float], q: float) -> None:
+    params = {"xs": xs, "q": q}
+    exact, keys, counts = db.execute(PORTABLE_DIGEST, params).fetchone()
+    quantile, n_keys, n_counts = db.execute(NATIVE_DIGEST, params).fetchone()
+    assert same_float(quantile, exact), (xs, q, quantile, exact)
+    assert (n_keys, n_counts) == (keys, counts)
+
+
+def test_digest_of_no_values_is_null_and_bad_input_is_refused(db: psycopg.Connection) -> None:
+    for xs in (None, []):
+        row = db.execute(NATIVE_DIGEST, {"xs": xs, "q": 0.95}).fetchone()
+        assert row == (None, None, None)
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="NULL element at position 2"):
+        db.execute(NATIVE_DIGEST, {"xs": [1.0, None], "q": 0.95})
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="not between 0 and 1"):
+        db.execute(NATIVE_DIGEST, {"xs": [1.0], "q": 1.5})
+
+
+# ------------------------------------------------------------------------------ merge
+
+SKETCH_OF = """
+SELECT array_agg(k ORDER BY k), array_agg(c ORDER BY k)
+FROM (SELECT aggjobs.sketch_key(x) AS k, count(*) AS c FROM unnest(%s::float8[]) AS x
+      GROUP BY 1) AS s
+"""
+PORTABLE_MERGE = """
+WITH s AS (SELECT * FROM unnest(%(keys)s::text[], %(counts)s::text[]) AS s(k, c)),
+     pairs AS (SELECT u.k, sum(u.c)::bigint AS c
+               FROM s, unnest(s.k::int[], s.c::bigint[]) AS u(k, c) GROUP BY u.k)
+SELECT keys, counts, aggjobs.sketch_quantile(keys, counts, %(q)s)
+FROM (SELECT array_agg(k ORDER BY k) AS keys, array_agg(c ORDER BY k) AS counts FROM pairs) m
+"""
+NATIVE_MERGE = """
+WITH s AS (SELECT * FROM unnest(%(keys)s::text[], %(counts)s::text[]) AS s(k, c)),
+     m AS (SELECT aggjobs_native.sketch_merge(s.k::int[], s.c::bigint[]) AS m FROM s)
+SELECT (m).keys, (m).counts, aggjobs_native.sketch_quantile((m).keys, (m).counts, %(q)s) FROM m
+"""
+
+
+def array_text(items: list[int] | None) -> str | None:
+    return None if items is None else "{" + ",".join(map(str, items)) + "}"
+
+
+@given(parts=st.lists(st.one_of(st.none(), st.lists(VALUE, min_size=0, max_size=80)),
+                      min_size=1, max_size=24), q=Q)
+@SETTINGS
+def test_merged_sketches_and_their_quantile_are_the_portable_ones(
+        db: psycopg.Connection, parts: list[list[float] | None], q: float) -> None:
+    """Sketches as the hourly rows hold them (NULL for an hour without values), merged into
+    a day: the same keys and counts, and sketch_quantile's value bit for bit."""
+    sketches = [db.execute(SKETCH_OF, (xs,)).fetchone() if xs is not None else (None, None)
+                for xs in parts]
+    params = {"keys": [array_text(k) for k, _ in sketches],
+              "counts": [array_text(c) for _, c in sketches], "q": q}
+    keys, counts, quantile = db.execute(PORTABLE_MERGE, params).fetchone()
+    n_keys, n_counts, n_quantile = db.execute(NATIVE_MERGE, params).fetchone()
+    assert (n_keys, n_counts) == (keys, counts)
+    if quantile is None:
+        assert n_quantile is None
+    else:
+        assert same_float(n_quantile, quantile), (sketches, q)
+
+
+def test_malformed_sketches_are_refused(db: psycopg.Connection) -> None:
+    merge = "SELECT aggjobs_native.sketch_merge(k, c) FROM (VALUES (%s::int[], %s::bigint[])) v(k, c)"
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="keys must ascend"):
+        db.execute(merge, ([3, 2], [1, 1]))
+    with pytest.raises(psycopg.errors.ArraySubscriptError, match="2 keys and 1 counts"):
+        db.execute(merge, ([1, 2], [1]))
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="NULL key or count"):
+        db.execute("SELECT aggjobs_native.sketch_quantile('{1,NULL}', '{1,1}', 0.5)")
+
+
+# ------------------------------------------------------------------------------ rollups
+
+T0 = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
+SPAN = (T0, T0 + timedelta(days=14))
+
+
+def snapshot(conn: psycopg.Connection) -> dict:
+    tables = {}
+    for rollup in ROLLUPS:
+        for grain in rollup.grains:
+            rows = conn.execute(
+                psycopg.sql.SQL("SELECT {}, {}, {} FROM {} ORDER BY 1, 2").format(
+                    psycopg.sql.Identifier(rollup.source.key_column),
+                    psycopg.sql.Identifier(grain.column),
+                    psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier,
+                                                   value_columns(rollup, grain))),
+                    table_ident(rollup, grain))).fetchall()
+            tables[(rollup.name, grain.value)] = rows
+    return tables
+
+
+def recompute_everything(conn: psycopg.Connection) -> dict:
+    with conn.transaction():
+        for rollup in ROLLUPS:
+            for grain in (Grain.HOUR, Grain.DAY, Grain.WEEK):
+                if grain in rollup.grains:
+                    recompute_range(conn, rollup, grain, *SPAN)
+    return snapshot(conn)
+
+
+def test_every_rollup_table_is_the_same_with_and_without_the_c_functions(
+        server_url: str, template_db: str) -> None:
+    name = f"aggjobs_n_{uuid.uuid4().hex[:12]}"
+    url = create_database(server_url, name, template=template_db)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            require_native(conn)
+            p.seed_sources(conn, T0 + timedelta(minutes=7), rows=6000, every=timedelta(minutes=3))
+            # values at the sketch's edges, a hour without runtimes, ties
+            for i, runtime in enumerate([None, 0.0, 1e-12, 1e300, 7.5, 7.5, 7.5, math.inf]):
+                p.run(conn, ws=9, at=T0 + timedelta(hours=30, minutes=i), runtime=runtime)
+            p.run(conn, ws=9, at=T0 + timedelta(hours=40), runtime=None)
+            native = recompute_everything(conn)
+            migrate(conn, native=False)
+            assert not native_installed(conn)
+            portable = recompute_everything(conn)
+            assert sum(map(len, native.values())) > 1000
+            assert native == portable
+            migrate(conn, native=True)
+            assert native_installed(conn)
+    finally:
+        drop_database(server_url, name)
