@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         le=1,
         description="Recompute a whole bucket once this fraction of its groups is dirty.",
     )
+    scan_groups: int = Field(
+        default=8, ge=1,
+        description="Dirty groups of one bucket from which they are recomputed together, by "
+        "one scan of their rows (fewer: looked up group by group).",
+    )
     quarantine_after: int = Field(
         default=3, ge=1,
         description="Runs in which a bucket failed permanently before it is quarantined.",

@@ -94,6 +94,7 @@ SETTINGS = st.fixed_dictionaries({
     "hours_per_transaction": st.sampled_from([1, 6]),
     "dirty_groups_per_transaction": st.sampled_from([1, 3, 20_000]),
     "coalesce_fraction": st.sampled_from([0.01, 0.5, 1.0]),
+    "scan_groups": st.sampled_from([1, 2, 8]),
 })
 
 # ------------------------------------------------------------------------------ the runner

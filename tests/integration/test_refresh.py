@@ -114,6 +114,32 @@ def test_mostly_dirty_bucket_is_recomputed_whole(conn, settings: Settings) -> No
     assert_all_match(conn)
 
 
+def test_many_dirty_groups_of_a_bucket_are_recomputed_by_one_scan(
+        conn, settings: Settings) -> None:
+    """Under half of the bucket's groups, but AGGJOBS_SCAN_GROUPS or more: one statement reads
+    their rows together; fewer go group by group. Either way the result is the raw rows'."""
+    scan_groups = settings.scan_groups
+    hour = T0 + timedelta(hours=2)
+    for ws in range(1, 21):
+        for i in range(3):
+            p.run(conn, ws=ws, at=hour + timedelta(minutes=i), runtime=ws + i)
+    as_of = T0 + timedelta(days=1)
+    p.refresh_all(conn, settings, as_of)
+    em = get_rollup("execution_metrics")
+    for ws in range(1, scan_groups + 1):
+        p.run(conn, ws=ws, at=hour + timedelta(minutes=50), runtime=100.0 + ws)
+    conn.execute("DELETE FROM agent_runs WHERE workspace_id = 1 AND runtime_seconds = 1")
+    report = refresh(conn, em, as_of=as_of, settings=settings).grains[0]
+    assert (report.dirty_groups, report.scanned_buckets, report.coalesced_buckets) == (
+        scan_groups, 1, 0)
+    assert_all_match(conn)
+    for ws in (3, 4):
+        p.run(conn, ws=ws, at=hour + timedelta(minutes=51))
+    report = refresh(conn, em, as_of=as_of, settings=settings).grains[0]
+    assert (report.dirty_groups, report.scanned_buckets, report.coalesced_buckets) == (2, 0, 0)
+    assert_all_match(conn)
+
+
 def test_truncate_of_a_source_starts_its_rollups_over(conn, settings: Settings) -> None:
     seed_rows(conn, hours=10)
     as_of = T0 + timedelta(days=1)

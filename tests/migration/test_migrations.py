@@ -25,6 +25,10 @@ INTROSPECT = {
     "functions": """
         SELECT p.proname, pg_get_function_arguments(p.oid), p.prosrc FROM pg_proc AS p
         WHERE p.pronamespace::regnamespace::text = 'aggjobs' ORDER BY 1, 2""",
+    "storage": """
+        SELECT c.oid::regclass::text, c.reloptions FROM pg_class AS c
+        WHERE c.relnamespace::regnamespace::text IN ('aggjobs', 'analytics')
+          AND c.reloptions IS NOT NULL ORDER BY 1""",
     "triggers": """
         SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) FROM pg_trigger
         WHERE NOT tgisinternal ORDER BY 1, 2""",

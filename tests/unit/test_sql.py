@@ -28,6 +28,8 @@ def generated(rollup: Rollup) -> str:
             "insert_range": r.insert_target(rollup, grain, r.Scope.RANGE),
             "insert_keys": r.insert_target(rollup, grain, r.Scope.KEYS),
             "insert_range_native": r.insert_target(rollup, grain, r.Scope.RANGE, native=True),
+            "insert_bucket": r.insert_target(rollup, grain, r.Scope.BUCKET),
+            "delete_bucket": r.delete_target(rollup, grain, r.Scope.BUCKET),
             "delete_range": r.delete_target(rollup, grain, r.Scope.RANGE),
             "delete_keys": r.delete_target(rollup, grain, r.Scope.KEYS),
             "reference": r.reference(rollup, grain),

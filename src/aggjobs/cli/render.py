@@ -33,7 +33,9 @@ def refresh_table(reports: list[RefreshReport]) -> Table:
         for g in report.grains:
             table.add_row(report.rollup, g.grain.value, ts(g.watermark_after), str(g.new_buckets),
                           f"{g.dirty_groups}" + (f" ({g.coalesced_buckets} whole buckets)"
-                                                 if g.coalesced_buckets else ""),
+                                                 if g.coalesced_buckets else "")
+                          + (f" ({g.scanned_buckets} buckets by one scan)"
+                             if g.scanned_buckets else ""),
                           f"{g.rows.written:,}", f"{g.seconds:.2f}", g.held_back or "")
     return table
 
@@ -51,6 +53,7 @@ def refresh_json(report: RefreshReport) -> dict:
                 "new_buckets": g.new_buckets,
                 "dirty_groups": g.dirty_groups,
                 "coalesced_buckets": g.coalesced_buckets,
+                "scanned_buckets": g.scanned_buckets,
                 "rows_deleted": g.rows.deleted,
                 "rows_written": g.rows.written,
                 "coarser_groups_marked": g.rows.marked,

@@ -90,6 +90,13 @@ CREATE TABLE aggjobs.pending_groups (
     since timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (rollup, grain, bucket, workspace_id)
 );
+-- 0010: queue tables, vacuumed once 1,000 rows are dead whatever their size.
+ALTER TABLE aggjobs.invalidation_log SET (
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 1000);
+ALTER TABLE aggjobs.pending_groups SET (
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 1000);
 
 -- Backfills: resumable progress (the grain being recomputed and how far), one row per rollup
 -- and requested range.

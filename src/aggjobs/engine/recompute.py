@@ -119,19 +119,31 @@ def recompute_keys(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
     return replace(conn, rollup, grain, Scope.KEYS, params)
 
 
+def recompute_bucket(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
+                     bucket: datetime, workspaces: list[int]) -> Written:
+    """Recompute the listed workspaces' groups of one bucket."""
+    params = {"lo": bucket, "hi": bucket + grain.step, "ws": workspaces}
+    return replace(conn, rollup, grain, Scope.BUCKET, params)
+
+
 @dataclass
 class DirtyBatch:
     groups: int = 0
-    coalesced_buckets: int = 0
+    coalesced_buckets: int = 0  # recomputed whole
+    scanned_buckets: int = 0  # their dirty groups recomputed together
+
 
 
 def take_and_recompute(conn: psycopg.Connection, rollup: Rollup, grain: Grain, *,
                        watermark: datetime, limit: int, coalesce_fraction: float,
-                       ) -> tuple[DirtyBatch, Written]:
+                       scan_groups: int) -> tuple[DirtyBatch, Written]:
     """One transaction's worth of pending groups behind the watermark, recomputed.
 
     A bucket where at least `coalesce_fraction` of the groups are dirty is recomputed whole
-    (one range scan beats thousands of key lookups); the others group by group.
+    (one range scan beats thousands of key lookups). One with `scan_groups` dirty groups or
+    more has them recomputed by a statement of its own, whose one scan collects their rows
+    visiting each page once; the rest go into one statement for all buckets, group by group
+    (a statement per bucket would cost more than it saves for a few groups).
     """
     rows = conn.execute(
         query("take_pending"),
@@ -154,6 +166,9 @@ def take_and_recompute(conn: psycopg.Connection, rollup: Rollup, grain: Grain, *
         if len(members) > 1 and len(members) >= coalesce_fraction * sizes.get(bucket, 0):
             batch.coalesced_buckets += 1
             written += recompute_range(conn, rollup, grain, bucket, bucket + grain.step)
+        elif len(members) >= scan_groups:
+            batch.scanned_buckets += 1
+            written += recompute_bucket(conn, rollup, grain, bucket, members)
         else:
             keys += [(bucket, ws) for ws in members]
     written += recompute_keys(conn, rollup, grain, keys)

@@ -41,7 +41,8 @@ class GrainReport:
     watermark_after: datetime | None = None
     new_buckets: int = 0
     dirty_groups: int = 0
-    coalesced_buckets: int = 0
+    coalesced_buckets: int = 0  # recomputed whole: most of their groups were dirty
+    scanned_buckets: int = 0  # their many dirty groups recomputed by one scan
     rows: Written = field(default_factory=Written)
     dropped_behind_horizon: int = 0  # late changes older than retention: not recomputable
     quarantined: list[datetime] = field(default_factory=list)  # buckets skipped, see below
@@ -156,6 +157,7 @@ def recompute_dirty(conn: psycopg.Connection, rollup: Rollup, grain: Grain, wm: 
                     conn, rollup, grain, watermark=wm,
                     limit=settings.dirty_groups_per_transaction,
                     coalesce_fraction=settings.coalesce_fraction,
+                    scan_groups=settings.scan_groups,
                 )
         except PERMANENT:
             recompute_dirty_by_bucket(conn, rollup, grain, wm, settings, report)
@@ -164,6 +166,7 @@ def recompute_dirty(conn: psycopg.Connection, rollup: Rollup, grain: Grain, wm: 
             return
         report.dirty_groups += batch.groups
         report.coalesced_buckets += batch.coalesced_buckets
+        report.scanned_buckets += batch.scanned_buckets
         report.rows += written
 
 
