@@ -36,9 +36,10 @@ def rollup_step(rollup: Rollup, grains: list[Grain]) -> Step:
 
 
 def view_steps() -> list[Step]:
-    """The views' caches first (the views read them), then each view."""
+    """The views' caches first (the views read them), then the views side by side."""
     return [Step("view.caches", refresh_view_caches)] + [
-        Step(f"view.{name.split('.')[1]}", refresh_view(name)) for name in VIEWS]
+        Step(f"view.{name.split('.')[1]}", refresh_view(name), concurrent=True)
+        for name in VIEWS]
 
 
 def refresh_view_caches(ctx: StepContext) -> dict:
