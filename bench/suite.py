@@ -61,6 +61,7 @@ from aggjobs.catalog import ROLLUPS, Grain, get_rollup  # noqa: E402
 from aggjobs.db.migrate import migrate  # noqa: E402
 from aggjobs.engine.recompute import native_installed, recompute_range  # noqa: E402
 from aggjobs.engine.refresh import refresh  # noqa: E402
+from aggjobs.engine.state import reset_if_requested  # noqa: E402
 from aggjobs.jobs.runner import RunRequest, run_job  # noqa: E402
 from aggjobs.settings import Settings  # noqa: E402
 
@@ -196,8 +197,12 @@ class Bench:
                                  " AND started_at < %s", (lo, hi)).fetchone()[0]
 
     def catch_up(self) -> dict:
-        """All hours but the last --repeat, for the three rollups, from nothing."""
+        """All hours but the last --repeat, for the three rollups, from nothing (each is
+        reset first, as after a TRUNCATE of its source: also with --reuse)."""
         as_of = self.w.end - self.repeat * HOUR
+        self.conn.execute("UPDATE aggjobs.watermarks SET reset_requested = true")
+        for rollup in ROLLUPS:  # emptied before the clock starts
+            reset_if_requested(self.conn, rollup)
         started = time.perf_counter()
         for rollup in ROLLUPS:
             refresh(self.conn, rollup, as_of=as_of, settings=self.settings, grains=[Grain.HOUR])
@@ -363,10 +368,8 @@ def plan_of(conn: psycopg.Connection, lo: datetime, hi: datetime) -> list[str]:
 
     native = native_installed(conn)
     insert = statements(EM, Grain.HOUR, Scope.RANGE, native)[1]
-    with conn.transaction():
-        with planner_settings(conn, plan_changes(raw=True, native=native)):
-            lines = [r[0] for r in conn.execute(
-                sql.SQL("EXPLAIN ") + insert, {"lo": lo, "hi": hi})]
+    with conn.transaction(), planner_settings(conn, plan_changes(raw=True, native=native)):
+        lines = [r[0] for r in conn.execute(sql.SQL("EXPLAIN ") + insert, {"lo": lo, "hi": hi})]
     nodes = [line.strip().lstrip("-> ").split("  ")[0] for line in lines]
     return [n.split(" on ")[0] for n in nodes
             if any(k in n for k in ("Scan", "Aggregate", "Sort", "Join", "Loop"))]

@@ -90,6 +90,19 @@ def template_db(server_url: str) -> Iterator[str]:
     yield from migrated_template(server_url, f"aggjobs_tpl_{os.getpid()}")
 
 
+@pytest.fixture(scope="module")
+def module_conn(server_url: str, template_db: str) -> Iterator[psycopg.Connection]:
+    """A connection to one copy of the template shared by a module's tests (hypothesis
+    examples cannot use function-scoped fixtures); the copy is dropped after."""
+    copies = copy_of(server_url, template_db, "aggjobs_m")
+    url = next(copies)
+    try:
+        with psycopg.connect(url, autocommit=True, application_name="aggjobs:tests") as conn:
+            yield conn
+    finally:
+        next(copies, None)
+
+
 @pytest.fixture
 def db_url(server_url: str, template_db: str) -> Iterator[str]:
     yield from copy_of(server_url, template_db, "aggjobs_t")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -25,7 +23,6 @@ from aggjobs.db.migrate import migrate
 from aggjobs.engine.recompute import native_installed, recompute_range
 from aggjobs.sql.rollup import table_ident, value_columns
 from tests import platform as p
-from tests.conftest import create_database, drop_database
 
 SETTINGS = hsettings(max_examples=200, deadline=None, database=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -41,15 +38,9 @@ def require_native(conn: psycopg.Connection) -> None:
 
 
 @pytest.fixture(scope="module")
-def db(server_url: str, template_db: str) -> Iterator[psycopg.Connection]:
-    name = f"aggjobs_n_{uuid.uuid4().hex[:12]}"
-    url = create_database(server_url, name, template=template_db)
-    try:
-        with psycopg.connect(url, autocommit=True, application_name="aggjobs:tests") as conn:
-            require_native(conn)
-            yield conn
-    finally:
-        drop_database(server_url, name)
+def db(module_conn: psycopg.Connection) -> psycopg.Connection:
+    require_native(module_conn)
+    return module_conn
 
 
 # ------------------------------------------------------------------------------ digest
@@ -191,25 +182,19 @@ def recompute_everything(conn: psycopg.Connection) -> dict:
     return snapshot(conn)
 
 
-def test_every_rollup_table_is_the_same_with_and_without_the_c_functions(
-        server_url: str, template_db: str) -> None:
-    name = f"aggjobs_n_{uuid.uuid4().hex[:12]}"
-    url = create_database(server_url, name, template=template_db)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            require_native(conn)
-            p.seed_sources(conn, T0 + timedelta(minutes=7), rows=6000, every=timedelta(minutes=3))
-            # values at the sketch's edges, a hour without runtimes, ties
-            for i, runtime in enumerate([None, 0.0, 1e-12, 1e300, 7.5, 7.5, 7.5, math.inf]):
-                p.run(conn, ws=9, at=T0 + timedelta(hours=30, minutes=i), runtime=runtime)
-            p.run(conn, ws=9, at=T0 + timedelta(hours=40), runtime=None)
-            native = recompute_everything(conn)
-            migrate(conn, native=False)
-            assert not native_installed(conn)
-            portable = recompute_everything(conn)
-            assert sum(map(len, native.values())) > 1000
-            assert native == portable
-            migrate(conn, native=True)
-            assert native_installed(conn)
-    finally:
-        drop_database(server_url, name)
+def test_every_rollup_table_is_the_same_with_and_without_the_c_functions(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        require_native(conn)
+        p.seed_sources(conn, T0 + timedelta(minutes=7), rows=6000, every=timedelta(minutes=3))
+        # values at the sketch's edges, an hour without runtimes, ties
+        for i, runtime in enumerate([None, 0.0, 1e-12, 1e300, 7.5, 7.5, 7.5, math.inf]):
+            p.run(conn, ws=9, at=T0 + timedelta(hours=30, minutes=i), runtime=runtime)
+        p.run(conn, ws=9, at=T0 + timedelta(hours=40), runtime=None)
+        native = recompute_everything(conn)
+        migrate(conn, native=False)
+        assert not native_installed(conn)
+        portable = recompute_everything(conn)
+        assert sum(map(len, native.values())) > 1000
+        assert native == portable
+        migrate(conn, native=True)
+        assert native_installed(conn)

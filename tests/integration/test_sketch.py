@@ -10,16 +10,12 @@ is within 0.745% of the exact one (0.0075 allows for float rounding).
 from __future__ import annotations
 
 import math
-import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-
-from tests.conftest import create_database, drop_database
 
 GAMMA = 1.015
 BOUND = 0.0075  # the documented 0.745%, plus float rounding
@@ -31,14 +27,8 @@ SETTINGS = hsettings(max_examples=300, deadline=None, database=None,
 
 
 @pytest.fixture(scope="module")
-def db(server_url: str, template_db: str) -> Iterator[psycopg.Connection]:
-    name = f"aggjobs_s_{uuid.uuid4().hex[:12]}"
-    url = create_database(server_url, name, template=template_db)
-    try:
-        with psycopg.connect(url, autocommit=True, application_name="aggjobs:tests") as conn:
-            yield conn
-    finally:
-        drop_database(server_url, name)
+def db(module_conn: psycopg.Connection) -> psycopg.Connection:
+    return module_conn
 
 
 # ------------------------------------------------------------------------------ strategies

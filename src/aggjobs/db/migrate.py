@@ -20,9 +20,8 @@ import psycopg
 from psycopg import sql
 
 from ..catalog import ROLLUPS, SOURCES
-from ..sql import query
+from ..sql import query, tracking
 from ..sql import rollup as rollup_sql
-from ..sql import tracking
 from .view_caches import update_view_caches
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")

@@ -388,9 +388,8 @@ def add_native_merge(parts: Parts, m: Quantile, alias: str) -> None:
     keys, counts, sketch = m.name + STATE_KEYS, m.name + STATE_COUNTS, m.name + "__merged"
     parts.aggs.append((sketch, S("aggjobs_native.sketch_merge({}, {})").format(
         rcol(keys), rcol(counts))))
-    merged = lambda field: S("({}).{}").format(I("g", sketch), I(field))  # noqa: E731
-    parts.laterals.append((alias, S("SELECT {} AS keys, {} AS counts").format(
-        merged("keys"), merged("counts"))))
+    parts.laterals.append((alias, S("SELECT ({0}).keys AS keys, ({0}).counts AS counts").format(
+        I("g", sketch))))
     parts.finals[m.name] = S("aggjobs_native.sketch_quantile({}, {}, {})").format(
         I(alias, "keys"), I(alias, "counts"), L(m.q))
 
