@@ -103,21 +103,11 @@ def planner_settings(conn: psycopg.Connection, changes: dict[str, str]) -> Itera
 
 def recompute_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
                     lo: datetime, hi: datetime) -> Written:
-    """Recompute every group with a bucket in [lo, hi) (both aligned to the grain).
-
-    One statement per bucket, so that an aggregation holds one bucket's groups at a time:
-    six million-run hours in one statement spilled 294 MB to disk and took 9.7 s, against
-    0.8 s an hour one by one."""
+    """Recompute every group with a bucket in [lo, hi) (both aligned to the grain)."""
     params = {"rollup": rollup.name, "grain": grain.value, "lo": lo, "hi": hi}
     conn.execute(query("drop_pending_range"), params)
     conn.execute(query("clear_quarantine"), params)  # it recomputes fine now
-    written = Written()
-    start = as_utc(lo)  # UTC: start + step must not be wall-clock
-    while start < hi:
-        written += replace(conn, rollup, grain, Scope.RANGE,
-                           {"lo": start, "hi": start + grain.step})
-        start += grain.step
-    return written
+    return replace(conn, rollup, grain, Scope.RANGE, {"lo": lo, "hi": hi})
 
 
 def recompute_keys(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
@@ -141,7 +131,6 @@ class DirtyBatch:
     groups: int = 0
     coalesced_buckets: int = 0  # recomputed whole
     scanned_buckets: int = 0  # their dirty groups recomputed together
-
 
 
 def take_and_recompute(conn: psycopg.Connection, rollup: Rollup, grain: Grain, *,
