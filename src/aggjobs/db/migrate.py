@@ -77,25 +77,23 @@ def migrate(conn: psycopg.Connection, *, native: bool = True) -> list[Migration]
 log = logging.getLogger(__name__)
 
 
-def sync_native(conn: psycopg.Connection, *, wanted: bool) -> bool:
-    """Install the optional C functions (docs/native.md) if wanted and the server has them;
-    returns whether they are installed. Without them, or without the privilege to create a C
+def sync_native(conn: psycopg.Connection, *, wanted: bool) -> None:
+    """Install the optional C functions (docs/native.md) if wanted and the server has them
+    (`native_installed` says whether they are). Without them, or without the privilege to create a C
     extension (superuser), the rollups run the portable SQL: same results, more time."""
     if not wanted:
         conn.execute("DROP EXTENSION IF EXISTS aggjobs_native")
         conn.execute("DROP SCHEMA IF EXISTS aggjobs_native")
-        return False
+        return
     if not conn.execute(query("native_available")).fetchone()[0]:
         log.info("extension aggjobs_native is not on this server: portable SQL")
-        return False
+        return
     try:
         with conn.transaction():
             conn.execute("CREATE SCHEMA IF NOT EXISTS aggjobs_native")
             conn.execute("CREATE EXTENSION IF NOT EXISTS aggjobs_native SCHEMA aggjobs_native")
     except psycopg.errors.InsufficientPrivilege as exc:
         log.warning("extension aggjobs_native not installed (%s): portable SQL", exc)
-        return False
-    return True
 
 
 def apply_canonical_schema(conn: psycopg.Connection) -> None:

@@ -174,6 +174,13 @@ def bound(ts: Composable, *, is_date: bool) -> Composable:
     return utc_date(ts) if is_date else ts
 
 
+def listed_workspaces(scope: Scope, key: sql.Identifier) -> Composable:
+    """BUCKET's restriction to the listed workspaces (`ws`); nothing for the other scopes."""
+    if scope is not Scope.BUCKET:
+        return S("")
+    return S(" AND {} = ANY({}::bigint[])").format(key, sql.Placeholder("ws"))
+
+
 def scoped(inp: Input, key_column: str, grain: Grain, scope: Scope) -> Composable:
     """The input restricted to the scope, aliased `r`.
 
@@ -187,10 +194,8 @@ def scoped(inp: Input, key_column: str, grain: Grain, scope: Scope) -> Composabl
         # BUCKET: the listed workspaces' rows of one bucket, found by one bitmap scan of the
         # (workspace, time) index that visits each page once, where KEYS looks every
         # workspace up on its own (and visits a page once per workspace on it).
-        listed = S(" AND {} = ANY({}::bigint[])").format(
-            I(key_column), sql.Placeholder("ws")) if scope is Scope.BUCKET else S("")
         return S("(SELECT * FROM {} WHERE {} >= {} AND {} < {}{}) AS r").format(
-            inp.table, t, lo, t, hi, listed
+            inp.table, t, lo, t, hi, listed_workspaces(scope, I(key_column))
         )
     start = S("k.b")
     end = S("(k.b + make_interval(hours => {}))").format(L(STEP_HOURS[grain]))
@@ -508,10 +513,8 @@ def delete_target(rollup: Rollup, grain: Grain, scope: Scope) -> Composable:
     if scope in (Scope.RANGE, Scope.BUCKET):
         lo = bound(S("{}::timestamptz").format(sql.Placeholder("lo")), is_date=is_date)
         hi = bound(S("{}::timestamptz").format(sql.Placeholder("hi")), is_date=is_date)
-        listed = S(" AND {} = ANY({}::bigint[])").format(
-            key, sql.Placeholder("ws")) if scope is Scope.BUCKET else S("")
         stmt = S("DELETE FROM {} WHERE {} >= {} AND {} < {}{} {}").format(
-            table, col, lo, col, hi, listed, ret)
+            table, col, lo, col, hi, listed_workspaces(scope, key), ret)
     else:
         stmt = S(
             "DELETE FROM {t} AS t USING unnest({ws}::bigint[], {bk}::timestamptz[]) AS k(ws, b)"
