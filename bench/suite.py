@@ -2,7 +2,7 @@
 
     python bench/suite.py [--hours 24] [--runs-per-hour 1000000] [--workspaces 5000]
                           [--repeat 3] [--history 3] [--url URL] [--db NAME] [--reuse]
-                          [--only a,b]
+                          [--only a,b] [--layout plain|partitioned] [--portable]
 
 Loads the reference workload (bench/workload.py) into a database (--db, default
 `aggjobs_bench`) on the server of --url, ending at today's 00:00 UTC (the views' windows
@@ -30,6 +30,9 @@ are relative to now), then measures, each --repeat times (median, min, max):
   history        the hourly step again after --history x as much older data is loaded (the
                  cost must not grow; the plan must not flip)
 
+--layout partitioned loads the same data into sources partitioned by UTC day (docs/rollups.md,
+"Partitioned sources"), a partition per day.
+
 Prints a table (figure, value, baseline, ratio, target), writes bench/results/suite.json and,
 if matplotlib is installed (`pip install -e '.[bench]'`), bench/results/suite.png.
 """
@@ -55,7 +58,7 @@ import psycopg
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).parent))
-from workload import Workload, load  # noqa: E402
+from workload import Workload, create_partitioned, load  # noqa: E402
 
 from aggjobs.catalog import ROLLUPS, Grain, get_rollup  # noqa: E402
 from aggjobs.db.migrate import migrate  # noqa: E402
@@ -680,6 +683,9 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections: {', '.join(SECTIONS)}")
     ap.add_argument("--label", default="suite", help="results file name")
+    ap.add_argument("--layout", choices=("plain", "partitioned"), default="plain",
+                    help="the sources as plain tables or partitioned by day (a new database;"
+                    " with --reuse, whatever the loaded one has)")
     ap.add_argument("--portable", action="store_true",
                     help="without the C functions of extension aggjobs_native (docs/native.md)")
     args = ap.parse_args()
@@ -699,7 +705,12 @@ def main() -> None:
                                   "workspaces": w.workspaces, "start": w.start.isoformat()},
                      "server": conn.execute("SHOW server_version").fetchone()[0],
                      "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    if args.layout == "partitioned" and not args.reuse:
+        create_partitioned(conn, w)
     migrate(conn, native=not args.portable)  # also on --reuse: the code may have moved on
+    results["layout"] = "partitioned" if conn.execute(
+        "SELECT relkind = 'p' FROM pg_class WHERE oid = 'public.agent_runs'::regclass"
+    ).fetchone()[0] else "plain"
     results["native"] = native_installed(conn)
     conn.execute(SEED_TABLE)
     if not args.reuse:
@@ -729,7 +740,8 @@ def main() -> None:
     table = rows(results) or [("(no figure measured)", "", "", "")]
     width = max(len(r[0]) for r in table)
     print(f"\n{w.runs_per_hour:,} runs/hour x {w.hours} h, {w.workspaces:,} workspaces, "
-          f"PostgreSQL {results['server']}, medians of {args.repeat}, "
+          f"PostgreSQL {results['server']}, {results['layout']} sources, "
+          f"medians of {args.repeat}, "
           + ("C functions (aggjobs_native)" if results["native"] else "portable SQL"))
     print(f"{'figure':<{width}}  {'value':>24}  {'against':<34} target")
     for name, value, against, target in table:

@@ -10,15 +10,28 @@ within the hour, as when many writers insert concurrently), hours in time order.
 
 Secondary indexes are dropped during the load and rebuilt after it (what a bulk load does);
 the tracking triggers are disabled during it, so the load itself logs no invalidations.
+
+Two layouts of the sources: `plain` tables (what `aggjobs migrate` creates when they are
+missing) or `partitioned` by UTC day (created before the migration, as the platform would:
+tests/platform.py holds their DDL), with a partition for every day the load writes.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.platform import (  # noqa: E402  the platform's DDL, shared with the tests
+    add_daily_partitions,
+    create_partitioned_sources,
+    partition_name,
+)
 
 SOURCES = ("agent_runs", "user_events", "credit_transactions")
 
@@ -77,6 +90,30 @@ class Workload:
     def end(self) -> datetime:
         return self.start + timedelta(hours=self.hours)
 
+    def days(self) -> list[datetime]:
+        """The UTC days it writes into, and the next one (the writes of the ingest figures)."""
+        first = self.start.replace(hour=0)
+        return [first + timedelta(days=d)
+                for d in range((self.end - first + timedelta(days=1)).days + 1)]
+
+
+def create_partitioned(conn: psycopg.Connection, w: Workload) -> None:
+    """The sources partitioned by day, before `aggjobs migrate` (which keeps them)."""
+    create_partitioned_sources(conn, w.days()[0], len(w.days()))
+
+
+def add_partitions(conn: psycopg.Connection, w: Workload) -> None:
+    """A partition for each day of `w` that has none, if the sources are partitioned (rows
+    of other days would land in the default partition)."""
+    if conn.execute("SELECT relkind FROM pg_class WHERE oid = 'public.agent_runs'::regclass"
+                    ).fetchone()[0] != "p":
+        return
+    for day in w.days():
+        exists = conn.execute("SELECT to_regclass(%s)",
+                              (f"public.{partition_name('agent_runs', day)}",)).fetchone()[0]
+        if exists is None:
+            add_daily_partitions(conn, day, 1)
+
 
 def secondary_indexes(conn: psycopg.Connection) -> list[tuple[str, str]]:
     """(name, definition) of the non-unique indexes on the sources."""
@@ -90,6 +127,7 @@ def secondary_indexes(conn: psycopg.Connection) -> list[tuple[str, str]]:
 def load(conn: psycopg.Connection, w: Workload, *, progress: bool = True) -> dict:
     """Append `w` to the sources (ids continue after the current maximum); returns figures."""
     started = time.perf_counter()
+    add_partitions(conn, w)
     indexes = secondary_indexes(conn)
     for name, _ in indexes:
         conn.execute(f'DROP INDEX public."{name}"')
@@ -109,8 +147,8 @@ def load(conn: psycopg.Connection, w: Workload, *, progress: bool = True) -> dic
     for table in SOURCES:
         conn.execute(f"ALTER TABLE public.{table} ENABLE TRIGGER USER")
     loaded = time.perf_counter() - started
-    for _, definition in indexes:
-        conn.execute(definition)
+    for _, definition in indexes:  # a partitioned table's reads "ON ONLY": all partitions
+        conn.execute(definition.replace(" ON ONLY ", " ON ", 1))
     conn.execute("VACUUM ANALYZE public.agent_runs, public.user_events,"
                  " public.credit_transactions")
     return {"runs": w.hours * w.runs_per_hour, "load_s": loaded,

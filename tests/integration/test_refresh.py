@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from aggjobs.catalog import ROLLUPS, Grain, get_rollup
+from aggjobs.engine.recompute import statement_ranges
 from aggjobs.engine.refresh import refresh
 from aggjobs.settings import Settings
 from tests import platform as p
@@ -137,6 +138,31 @@ def test_many_dirty_groups_of_a_bucket_are_recomputed_by_one_scan(
         p.run(conn, ws=ws, at=hour + timedelta(minutes=51))
     report = refresh(conn, em, as_of=as_of, settings=settings).grains[0]
     assert (report.dirty_groups, report.scanned_buckets, report.coalesced_buckets) == (2, 0, 0)
+    assert_all_match(conn)
+
+
+def test_a_large_range_is_recomputed_a_few_buckets_per_statement(
+        conn, settings: Settings) -> None:
+    """Each statement aggregates as many raw rows as work_mem holds (the planner's estimate):
+    a small work_mem cuts six hours of 500 runs into three statements, the default keeps one.
+    The rows are the raw rows' either way."""
+    hi = T0 + timedelta(hours=6)
+    conn.execute(
+        "INSERT INTO agent_runs (id, workspace_id, status, started_at, runtime_seconds,"
+        " credits_consumed) SELECT g, g %% 7, 'completed', %s + g * interval '7.2 seconds',"
+        " g %% 97, 1 FROM generate_series(0, 2999) AS g", (T0,))
+    conn.execute("ANALYZE agent_runs")
+    em = get_rollup("execution_metrics")
+    assert statement_ranges(conn, em, Grain.HOUR, T0, hi) == [(T0, hi)]
+    conn.execute("SET work_mem = '64kB'")  # 1,024 rows a statement
+    two = timedelta(hours=2)
+    assert statement_ranges(conn, em, Grain.HOUR, T0, hi) == [
+        (T0, T0 + two), (T0 + two, T0 + 2 * two), (T0 + 2 * two, hi)]
+    week = Grain.WEEK.floor(T0)
+    assert statement_ranges(conn, em, Grain.WEEK, week, week + timedelta(days=14)) == [
+        (week, week + timedelta(days=14))]  # merged from rollup rows
+    p.refresh_all(conn, settings.model_copy(update={"hours_per_transaction": 24}),
+                  T0 + timedelta(days=1))
     assert_all_match(conn)
 
 

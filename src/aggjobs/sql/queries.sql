@@ -147,3 +147,6 @@ SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'aggjobs_native')
 -- name: native_available
 -- Whether the server has the extension's files (built by `make native`, docs/native.md).
 SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'aggjobs_native')
+
+-- name: work_mem_bytes
+SELECT pg_catalog.pg_size_bytes(pg_catalog.current_setting('work_mem'))

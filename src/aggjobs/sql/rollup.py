@@ -580,6 +580,13 @@ def min_input_time(rollup: Rollup, grain: Grain) -> Composable:
     )
 
 
+def input_rows_estimate(rollup: Rollup, grain: Grain) -> Composable:
+    """The plan, with the planner's estimate of the input rows in [lo, hi): nothing is read."""
+    inp = input_of(rollup, grain)
+    return S("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(
+        scoped(inp, rollup.source.key_column, grain, Scope.RANGE))
+
+
 def groups_per_bucket(rollup: Rollup, grain: Grain) -> Composable:
     """How many groups each listed bucket holds now (to decide when to coalesce)."""
     is_date = grain is not Grain.HOUR
