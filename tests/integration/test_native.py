@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from aggjobs import health
 from aggjobs.catalog import ROLLUPS, Grain
 from aggjobs.db.migrate import migrate
 from aggjobs.engine.recompute import native_installed, recompute_range
@@ -191,10 +192,14 @@ def test_every_rollup_table_is_the_same_with_and_without_the_c_functions(db_url:
             p.run(conn, ws=9, at=T0 + timedelta(hours=30, minutes=i), runtime=runtime)
         p.run(conn, ws=9, at=T0 + timedelta(hours=40), runtime=None)
         native = recompute_everything(conn)
+        day = (T0 + timedelta(days=10)).date()  # health: the 7 days before merged
+        native_health = health.inputs(conn, day)
         migrate(conn, native=False)
         assert not native_installed(conn)
         portable = recompute_everything(conn)
         assert sum(map(len, native.values())) > 1000
         assert native == portable
+        assert sum(r["prior_p95"] is not None for r in native_health) >= 3
+        assert native_health == health.inputs(conn, day)
         migrate(conn, native=True)
         assert native_installed(conn)

@@ -16,17 +16,9 @@ WITH active AS (
     WHERE day >= %(day)s::date - 7 AND day < %(day)s::date
     GROUP BY workspace_id
 ), prior_p95 AS (
-    -- The trailing window's p95: the days' sketches merged (within 0.75 percent of exact).
-    SELECT workspace_id,
-           aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(n ORDER BY k), 0.95) AS p95
-    FROM (
-        SELECT d.workspace_id, u.k, sum(u.n)::bigint AS n
-        FROM analytics.execution_metrics_daily AS d,
-             unnest(d.p95_runtime__keys, d.p95_runtime__counts) AS u(k, n)
-        WHERE d.day >= %(day)s::date - 7 AND d.day < %(day)s::date
-        GROUP BY 1, 2
-    ) AS merged
-    GROUP BY workspace_id
+    -- The trailing window's p95: the days' sketches merged (within 0.75 percent of exact),
+    -- by the C aggregate of aggjobs_native where installed, else in SQL (prior_p95.sql).
+    {prior_p95}
 ), credits AS (
     SELECT workspace_id,
            sum(credits_used) FILTER (WHERE day = %(day)s::date) AS today,

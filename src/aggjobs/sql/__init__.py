@@ -15,10 +15,14 @@ _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 def queries() -> dict[str, str]:
     """Named static queries: each block of queries.sql, jobs.sql and view_caches.sql under a
     `-- name: x` header."""
-    text = "\n".join(
+    return named("\n".join(
         files(__package__).joinpath(name).read_text()
         for name in ("queries.sql", "jobs.sql", "view_caches.sql")
-    )
+    ))
+
+
+def named(text: str) -> dict[str, str]:
+    """The blocks of `text` under `-- name: x` headers (what precedes the first is a comment)."""
     parts = _HEADER.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
