@@ -8,7 +8,6 @@ so that every renderer works on either. docs/reports.md describes each section.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import cache
@@ -21,6 +20,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ..errors import AggjobsError
+from ..sql import named
 
 SCHEMA_VERSION = 1
 LEDGER_TOLERANCE = Decimal("0.01")  # credits: a difference beyond this is a mismatch
@@ -61,13 +61,9 @@ class NoReportData(ReportError):
 
 
 # -- SQL ----------------------------------------------------------------------------------------
-_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-
-
 @cache
 def queries() -> dict[str, str]:
-    parts = _HEADER.split(files(__package__).joinpath("queries.sql").read_text())
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    return named(files(__package__).joinpath("queries.sql").read_text())
 
 
 def fetch(conn: psycopg.Connection, name: str, **params: Any) -> list[dict]:
@@ -198,8 +194,12 @@ def build(conn: psycopg.Connection, day: date) -> dict[int | None, dict]:
     for r in fetch(conn, "hourly_by_workspace", lo=lo, hi=hi):
         hourly_ws.setdefault(r["workspace_id"], []).append(r)
     agent_rows = fetch(conn, "worst_agents", lo=lo, hi=hi)
+    agents_of: dict[int, list[dict]] = {}  # per workspace, in the query's order
+    for r in agent_rows:
+        agents_of.setdefault(r["workspace_id"], []).append(r)
     health_rows = {r["workspace_id"]: r for r in fetch(conn, "health", day=day)}
     ledger_rows = fetch(conn, "ledger", day=day, tolerance=LEDGER_TOLERANCE)
+    ledger_of = {r["workspace_id"]: r for r in ledger_rows}
 
     def head(kind: str, ws: int | None, has_data: bool, prev_has: bool, week_has: bool) -> dict:
         return {"schema_version": SCHEMA_VERSION, "kind": kind, "day": day.isoformat(),
@@ -253,12 +253,12 @@ def build(conn: psycopg.Connection, day: date) -> dict[int | None, dict]:
         ws_hourly = hourly_series(day, hourly_ws.get(ws, []))
         report["failure_hot_spots"] = {
             "worst_hours": worst_hours(ws_hourly),
-            "worst_agents": agents([r for r in agent_rows if r["workspace_id"] == ws],
-                                   HOT_SPOTS_N, today_ws[ws]["failed_runs"]),
+            "worst_agents": agents(agents_of.get(ws, []), HOT_SPOTS_N,
+                                   today_ws[ws]["failed_runs"]),
         }
         report["health"] = workspace_health(health_rows.get(ws))
-        row = next((r for r in ledger_rows if r["workspace_id"] == ws), None)
-        report["ledger"] = ledger_item(row, ws) | {"tolerance": float(LEDGER_TOLERANCE)}
+        report["ledger"] = (ledger_item(ledger_of.get(ws), ws)
+                            | {"tolerance": float(LEDGER_TOLERANCE)})
         report["hourly"] = ws_hourly
         reports[ws] = report
     return reports
