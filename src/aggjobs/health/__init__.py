@@ -13,8 +13,8 @@ from psycopg.types.json import Jsonb
 from ..catalog import Grain, get_rollup
 from ..engine import state
 from ..engine.recompute import native_installed
-from ..sql import named
 from ..jobs.model import Step, StepContext
+from ..sql import named
 from .formula import BURST_MIN_RUNS, Health, Inputs, score
 
 INPUTS = files(__package__).joinpath("inputs.sql").read_text()
