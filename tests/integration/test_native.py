@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import psycopg
 import pytest
@@ -22,6 +22,7 @@ from aggjobs import health
 from aggjobs.catalog import ROLLUPS, Grain
 from aggjobs.db.migrate import migrate
 from aggjobs.engine.recompute import native_installed, recompute_range
+from aggjobs.reports.build import fetch as report_query
 from aggjobs.sql.rollup import table_ident, value_columns
 from tests import platform as p
 
@@ -183,6 +184,13 @@ def recompute_everything(conn: psycopg.Connection) -> dict:
     return snapshot(conn)
 
 
+def report_p95s(conn: psycopg.Connection, day: date) -> tuple[list[dict], list[dict]]:
+    """The daily reports' platform figures: p95s of merged daily and hourly sketches."""
+    lo = datetime.combine(day, time(), UTC)
+    return (report_query(conn, "daily_platform", days=[day, day - timedelta(days=1)]),
+            report_query(conn, "hourly_platform", lo=lo, hi=lo + timedelta(days=1)))
+
+
 def test_every_rollup_table_is_the_same_with_and_without_the_c_functions(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         require_native(conn)
@@ -193,7 +201,7 @@ def test_every_rollup_table_is_the_same_with_and_without_the_c_functions(db_url:
         p.run(conn, ws=9, at=T0 + timedelta(hours=40), runtime=None)
         native = recompute_everything(conn)
         day = (T0 + timedelta(days=10)).date()  # health: the 7 days before merged
-        native_health = health.inputs(conn, day)
+        native_health, native_reports = health.inputs(conn, day), report_p95s(conn, day)
         migrate(conn, native=False)
         assert not native_installed(conn)
         portable = recompute_everything(conn)
@@ -201,5 +209,7 @@ def test_every_rollup_table_is_the_same_with_and_without_the_c_functions(db_url:
         assert native == portable
         assert sum(r["prior_p95"] is not None for r in native_health) >= 3
         assert native_health == health.inputs(conn, day)
+        assert native_reports == report_p95s(conn, day)
+        assert all(r["p95_runtime"] is not None for r in native_reports[1])
         migrate(conn, native=True)
         assert native_installed(conn)

@@ -6,7 +6,6 @@ from datetime import date, timedelta
 from importlib.resources import files
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -14,17 +13,15 @@ from ..catalog import Grain, get_rollup
 from ..engine import state
 from ..engine.recompute import native_installed
 from ..jobs.model import Step, StepContext
-from ..sql import named
+from ..sql import named, with_merges
 from .formula import BURST_MIN_RUNS, Health, Inputs, score
 
-INPUTS = files(__package__).joinpath("inputs.sql").read_text()
-PRIOR_P95 = named(files(__package__).joinpath("prior_p95.sql").read_text())
+INPUTS = named(files(__package__).joinpath("inputs.sql").read_text())
 
 
 def inputs(conn: psycopg.Connection, day: date) -> list[dict]:
     """Every active workspace's inputs (inputs.sql), one dict each."""
-    prior_p95 = PRIOR_P95["native" if native_installed(conn) else "portable"]
-    statement = sql.SQL(INPUTS).format(prior_p95=sql.SQL(prior_p95))  # type: ignore[arg-type]
+    statement = with_merges(INPUTS, "inputs", native=native_installed(conn))
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(statement, {"day": day, "burst_min_runs": BURST_MIN_RUNS}).fetchall()
 

@@ -1,3 +1,4 @@
+-- name: inputs
 -- Inputs of the health score of every workspace active on %(day)s or in the 7 days before,
 -- all read from the rollup tables. "prior" is the trailing window: the 7 days before the
 -- day, or fewer for a workspace first seen during them (first_day).
@@ -16,8 +17,7 @@ WITH active AS (
     WHERE day >= %(day)s::date - 7 AND day < %(day)s::date
     GROUP BY workspace_id
 ), prior_p95 AS (
-    -- The trailing window's p95: the days' sketches merged (within 0.75 percent of exact),
-    -- by the C aggregate of aggjobs_native where installed, else in SQL (prior_p95.sql).
+    -- The trailing window's p95: the days' sketches merged (within 0.75 percent of exact).
     {prior_p95}
 ), credits AS (
     SELECT workspace_id,
@@ -50,3 +50,27 @@ LEFT JOIN prior_p95 AS pp USING (workspace_id)
 LEFT JOIN credits AS c USING (workspace_id)
 LEFT JOIN worst_hour AS w USING (workspace_id)
 ORDER BY a.workspace_id
+
+-- name: prior_p95__portable
+-- {prior_p95} above, two ways with the same numbers (tests/integration/test_native.py): in
+-- SQL, every (key, count) unnested; or with the C aggregate of aggjobs_native (native.md).
+SELECT workspace_id,
+       aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(n ORDER BY k), 0.95) AS p95
+FROM (
+    SELECT d.workspace_id, u.k, sum(u.n)::bigint AS n
+    FROM analytics.execution_metrics_daily AS d,
+         unnest(d.p95_runtime__keys, d.p95_runtime__counts) AS u(k, n)
+    WHERE d.day >= %(day)s::date - 7 AND d.day < %(day)s::date
+    GROUP BY 1, 2
+) AS merged
+GROUP BY workspace_id
+
+-- name: prior_p95__native
+SELECT workspace_id, aggjobs_native.sketch_quantile((s).keys, (s).counts, 0.95) AS p95
+FROM (
+    SELECT workspace_id,
+           aggjobs_native.sketch_merge(p95_runtime__keys, p95_runtime__counts) AS s
+    FROM analytics.execution_metrics_daily
+    WHERE day >= %(day)s::date - 7 AND day < %(day)s::date
+    GROUP BY workspace_id
+) AS merged

@@ -20,7 +20,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ..errors import AggjobsError
-from ..sql import named
+from ..engine.recompute import native_installed
+from ..sql import named, with_merges
 
 SCHEMA_VERSION = 1
 LEDGER_TOLERANCE = Decimal("0.01")  # credits: a difference beyond this is a mismatch
@@ -67,8 +68,9 @@ def queries() -> dict[str, str]:
 
 
 def fetch(conn: psycopg.Connection, name: str, **params: Any) -> list[dict]:
+    statement = with_merges(queries(), name, native=native_installed(conn))
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries()[name], params).fetchall()  # type: ignore[arg-type]
+        return cur.execute(statement, params).fetchall()
 
 
 # -- values -------------------------------------------------------------------------------------

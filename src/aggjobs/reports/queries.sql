@@ -61,14 +61,7 @@ WITH days AS (
     FROM analytics.execution_metrics_daily WHERE day = ANY(%(days)s::date[])
     GROUP BY day
 ), sketch AS (
-    SELECT day, aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(c ORDER BY k), 0.95)
-               AS p95_runtime
-    FROM (SELECT d.day, u.k, sum(u.c)::bigint AS c
-          FROM analytics.execution_metrics_daily AS d,
-               unnest(d.p95_runtime__keys, d.p95_runtime__counts) AS u(k, c)
-          WHERE d.day = ANY(%(days)s::date[])
-          GROUP BY 1, 2) AS merged
-    GROUP BY day
+    {daily_p95}
 ), a AS (
     SELECT day, count(*) AS n, sum(total_events)::bigint AS events
     FROM analytics.user_activity_daily WHERE day = ANY(%(days)s::date[])
@@ -142,14 +135,7 @@ WITH e AS (
     WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz
     GROUP BY hour
 ), sketch AS (
-    SELECT hour, aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(c ORDER BY k), 0.95)
-                AS p95_runtime
-    FROM (SELECT h.hour, u.k, sum(u.c)::bigint AS c
-          FROM analytics.execution_metrics_hourly AS h,
-               unnest(h.p95_runtime__keys, h.p95_runtime__counts) AS u(k, c)
-          WHERE h.hour >= %(lo)s::timestamptz AND h.hour < %(hi)s::timestamptz
-          GROUP BY 1, 2) AS merged
-    GROUP BY hour
+    {hourly_p95}
 ), c AS (
     SELECT hour, sum(credits_used) AS credits_used
     FROM analytics.credit_consumption_hourly
@@ -167,6 +153,43 @@ FROM e
 FULL JOIN c USING (hour)
 LEFT JOIN sketch ON sketch.hour = coalesce(e.hour, c.hour)
 ORDER BY 1
+
+-- name: daily_p95__portable
+-- {daily_p95} and {hourly_p95} above, two ways with the same numbers
+-- (tests/integration/test_native.py): in SQL, every (key, count) unnested; or with the C
+-- aggregate of aggjobs_native (docs/native.md).
+SELECT day, aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(c ORDER BY k), 0.95)
+           AS p95_runtime
+FROM (SELECT d.day, u.k, sum(u.c)::bigint AS c
+      FROM analytics.execution_metrics_daily AS d,
+           unnest(d.p95_runtime__keys, d.p95_runtime__counts) AS u(k, c)
+      WHERE d.day = ANY(%(days)s::date[])
+      GROUP BY 1, 2) AS merged
+GROUP BY day
+
+-- name: daily_p95__native
+SELECT day, aggjobs_native.sketch_quantile((s).keys, (s).counts, 0.95) AS p95_runtime
+FROM (SELECT day, aggjobs_native.sketch_merge(p95_runtime__keys, p95_runtime__counts) AS s
+      FROM analytics.execution_metrics_daily
+      WHERE day = ANY(%(days)s::date[])
+      GROUP BY day) AS merged
+
+-- name: hourly_p95__portable
+SELECT hour, aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(c ORDER BY k), 0.95)
+            AS p95_runtime
+FROM (SELECT h.hour, u.k, sum(u.c)::bigint AS c
+      FROM analytics.execution_metrics_hourly AS h,
+           unnest(h.p95_runtime__keys, h.p95_runtime__counts) AS u(k, c)
+      WHERE h.hour >= %(lo)s::timestamptz AND h.hour < %(hi)s::timestamptz
+      GROUP BY 1, 2) AS merged
+GROUP BY hour
+
+-- name: hourly_p95__native
+SELECT hour, aggjobs_native.sketch_quantile((s).keys, (s).counts, 0.95) AS p95_runtime
+FROM (SELECT hour, aggjobs_native.sketch_merge(p95_runtime__keys, p95_runtime__counts) AS s
+      FROM analytics.execution_metrics_hourly
+      WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz
+      GROUP BY hour) AS merged
 
 -- name: worst_agents
 -- THE ONE QUERY ON RAW ROWS. Agents are not a dimension of the rollups (their only dimension

@@ -9,6 +9,7 @@ from importlib.resources import files
 from psycopg import sql
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
 @cache
@@ -25,6 +26,15 @@ def named(text: str) -> dict[str, str]:
     """The blocks of `text` under `-- name: x` headers (what precedes the first is a comment)."""
     parts = _HEADER.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def with_merges(blocks: dict[str, str], name: str, *, native: bool) -> sql.Composed:
+    """Block `name` with each `{x}` in it replaced by block `x__native` (the C aggregate of
+    aggjobs_native, docs/native.md) or `x__portable` (the same numbers in SQL)."""
+    suffix = "native" if native else "portable"
+    text = blocks[name]
+    return sql.SQL(text).format(**{  # type: ignore[arg-type]
+        x: sql.SQL(blocks[f"{x}__{suffix}"]) for x in _PLACEHOLDER.findall(text)})  # type: ignore[arg-type]
 
 
 def query(name: str) -> sql.SQL:
