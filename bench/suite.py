@@ -23,8 +23,9 @@ are relative to now), then measures, each --repeat times (median, min, max):
   ingest         the platform's writes with change tracking on and off: single-row inserts,
                  1,000-row batches, updates running -> completed (current hour and an old
                  hour), and 8 concurrent writers
-  backfill       `aggjobs backfill` of the day in a child process: raw rows per second beside
-                 the floor's scan rate, and the process's peak memory
+  backfill       `aggjobs backfill` of the day in a child process, with one session and with
+                 one per core (--sessions): raw rows per second beside the floor's scan rate,
+                 and the process's peak memory
   views          `refresh_materialized_views` over 90 days of rollup rows (the day's rows
                  copied back in time: shape-true, not data-true)
   history        the hourly step again after --history x as much older data is loaded (the
@@ -134,7 +135,7 @@ TARGETS = {
                              lambda r: r["ingest"]["insert_single"]["ratio"] <= 1.05),
     "ingest.insert_batch": ("<= 1.05 x off",
                             lambda r: r["ingest"]["insert_batch"]["ratio"] <= 1.05),
-    "backfill": (">= 0.5 x floor rate", lambda r: r["backfill"]["ratio"] >= 0.5),
+    "backfill": (">= 0.5 x floor rate", lambda r: r["backfill"]["best"]["ratio"] >= 0.5),
     "backfill.peak_rss_mb": ("< 250 MB", lambda r: r["backfill"]["peak_rss_mb"] < 250),
 }
 
@@ -298,10 +299,19 @@ class Bench:
         return Ingest(self).measure()
 
     def backfill(self) -> dict:
+        """One session, then as many as the machine has cores (AGGJOBS_BACKFILL_SESSIONS)."""
+        one = self.backfill_with(1)
+        sessions = max(2, os.cpu_count() or 1)
+        several = self.backfill_with(sessions)
+        best = max(one, several, key=lambda b: b["runs_per_s"])
+        return {**one, "sessions": {1: one, sessions: several}, "best": best,
+                "peak_rss_mb": max(one["peak_rss_mb"], several["peak_rss_mb"])}
+
+    def backfill_with(self, sessions: int) -> dict:
         lo, hi = self.day, self.day + DAY
         env = {**os.environ, "AGGJOBS_DATABASE_URL": self.url}
         cmd = [str(Path(sys.executable).parent / "aggjobs"), "backfill", "execution_metrics",
-               "--from", lo.isoformat(), "--to", hi.isoformat()]
+               "--from", lo.isoformat(), "--to", hi.isoformat(), "--sessions", str(sessions)]
         with tempfile.TemporaryFile() as output:
             started = time.perf_counter()
             child = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -586,8 +596,11 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                     f"{c['ratio']:.3f} x, worst {c['on']['worst_ms']:.0f} ms", ""))
     if "backfill" in r:
         b = r["backfill"]
-        out += [("backfill of the day (child process)", f"{b['runs_per_s']:,.0f} runs/s",
-                 f"{b['ratio']:.2f} x floor", TARGETS["backfill"][0]),
+        out += [(f"backfill of the day, {n} session{'s' if int(n) > 1 else ''}",
+                 f"{s['runs_per_s']:,.0f} runs/s", f"{s['ratio']:.2f} x floor", "")
+                for n, s in b["sessions"].items()]
+        out += [("backfill, best", f"{b['best']['runs_per_s']:,.0f} runs/s",
+                 f"{b['best']['ratio']:.2f} x floor", TARGETS["backfill"][0]),
                 ("backfill peak memory", f"{b['peak_rss_mb']:.0f} MB", "",
                  TARGETS["backfill.peak_rss_mb"][0])]
     if "history" in r:
@@ -633,7 +646,7 @@ def plot(results: dict, path: Path) -> bool:
         bars.append(("single inserts on/off", results["ingest"]["insert_single"]["ratio"], 1.05))
         bars.append(("batches on/off", results["ingest"]["insert_batch"]["ratio"], 1.05))
     if "backfill" in results:
-        bars.append(("floor rate / backfill rate", 1 / results["backfill"]["ratio"], 2.0))
+        bars.append(("floor rate / backfill rate", 1 / results["backfill"]["best"]["ratio"], 2.0))
     if "history" in results:
         bars.append(("3x history / 1x", results["history"]["ratio"], 1.05))
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(bars) + 1.5))

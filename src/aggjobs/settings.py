@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     hours_per_transaction: int = Field(
         default=6, ge=1, description="Hourly buckets recomputed per transaction when catching up."
     )
+    backfill_sessions: int = Field(
+        default=1, ge=1, le=16,
+        description="Database sessions a backfill recomputes hours in side by side (each a "
+        "chunk of AGGJOBS_HOURS_PER_TRANSACTION hours, each with its own work_mem).",
+    )
     max_buckets_per_refresh: int = Field(
         default=24 * 7, ge=1, description="New hourly buckets one refresh materializes at most."
     )

@@ -9,6 +9,7 @@ import pytest
 
 from aggjobs.catalog import ROLLUPS, Grain, get_rollup
 from aggjobs.engine.backfill import backfill
+from aggjobs.engine.recompute import recompute_range
 from aggjobs.errors import InvalidRange
 from aggjobs.settings import Settings
 from tests import platform as p
@@ -245,3 +246,80 @@ def test_range_beyond_the_watermark_is_reported_not_materialized(conn, settings)
     # Within the watermark: nothing beyond.
     inside = backfill(conn, rollup, T0 + 2 * H, T0 + 4 * H, settings=settings)
     assert inside.beyond_watermark == {"day": T0, "week": T0}
+
+
+# -- several sessions side by side (AGGJOBS_BACKFILL_SESSIONS) --------------------------------
+
+
+@pytest.fixture
+def side_by_side(db_url: str) -> Settings:
+    """Three sessions, two hours a chunk: a day's 12 hour chunks in 4 waves."""
+    return Settings(database_url=db_url, hours_per_transaction=2, backfill_sessions=3)
+
+
+def test_sessions_side_by_side_recompute_hours_and_mark_the_days_they_change(
+        refreshed, side_by_side: Settings) -> None:
+    """Rows changed behind the tracking's back in two hours of one day, one workspace's
+    vanishing: stopped right after its hours, the backfill has left those days' groups
+    marked (by the main session: the chunks' own transactions mark nothing), and the next
+    refresh makes them right; the finished backfill makes everything right."""
+    conn, rollup = refreshed, get_rollup("execution_metrics")
+    lo, hi = T0 + 24 * H, T0 + 48 * H
+    conn.execute("ALTER TABLE agent_runs DISABLE TRIGGER USER")
+    conn.execute("DELETE FROM agent_runs WHERE workspace_id = 2 AND started_at >= %s"
+                 " AND started_at < %s", (lo, hi))
+    conn.execute("UPDATE agent_runs SET status = 'failed' WHERE workspace_id = 1"
+                 " AND started_at >= %s AND started_at < %s", (lo + 20 * H, lo + 22 * H))
+    conn.execute("ALTER TABLE agent_runs ENABLE TRIGGER USER")
+    calls: list[int] = []
+
+    def stop_after_the_hours(done: int, total: int) -> None:
+        calls.append(done)
+        if done == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        backfill(conn, rollup, lo, hi, settings=side_by_side, progress=stop_after_the_hours)
+    assert calls == list(range(1, 13))  # four waves of three chunks
+    assert_matches(conn, rollup.name, Grain.HOUR, AS_OF)
+    pending = conn.execute(
+        "SELECT grain, bucket, workspace_id FROM aggjobs.pending_groups"
+        " WHERE rollup = 'execution_metrics' ORDER BY 1, 2, 3").fetchall()
+    assert ("day", lo, 1) in pending and ("day", lo, 2) in pending
+    assert {g for g, _, _ in pending} == {"day"}
+    p.refresh_all(conn, side_by_side, AS_OF)
+    assert_all_match(conn)
+
+    resumed = backfill(conn, rollup, lo, hi, settings=side_by_side)
+    assert resumed.resumed and resumed.buckets == 1 + 1  # the day and the week were left
+    tamper(conn, "execution_metrics_hourly", "hour", lo + 3 * H, 1)
+    tamper(conn, "execution_metrics_daily", "day", lo.date(), 3)
+    report = backfill(conn, rollup, lo, hi, settings=side_by_side)
+    assert not report.resumed and report.buckets == 24 + 1 + 1
+    assert backfill_rows(conn)[-1][1:4] == ("succeeded", "week", T0 + timedelta(weeks=1))
+    assert_all_match(conn)
+
+
+def test_a_failing_chunk_fails_its_wave_and_the_resumed_backfill_redoes_it(
+        refreshed, side_by_side: Settings, monkeypatch) -> None:
+    conn, rollup = refreshed, get_rollup("execution_metrics")
+    lo, hi = T0 + 24 * H, T0 + 48 * H
+    import aggjobs.engine.backfill as engine
+
+    def failing(session, rollup, grain, a, b, **kw):
+        if a == lo + 8 * H:  # the second chunk of the second wave
+            raise psycopg.errors.DiskFull("could not extend file")
+        return recompute_range(session, rollup, grain, a, b, **kw)
+
+    monkeypatch.setattr(engine, "recompute_range", failing)
+    with pytest.raises(psycopg.errors.DiskFull):
+        backfill(conn, rollup, lo, hi, settings=side_by_side)
+    monkeypatch.undo()
+    [(job_id, status, grain, done_until, error, _)] = backfill_rows(conn)
+    assert (status, grain, done_until) == ("failed", "hour", lo + 6 * H)  # the first wave
+    assert "could not extend file" in error
+    tamper(conn, "execution_metrics_hourly", "hour", lo + 7 * H, 2)
+    report = backfill(conn, rollup, lo, hi, settings=side_by_side)
+    assert report.resumed and report.backfill_id == job_id
+    assert report.buckets == 18 + 1 + 1
+    assert_all_match(conn)

@@ -34,8 +34,12 @@ def test_backfill_over_the_cap_exits_2_unless_forced(db_url, conn, monkeypatch):
         ("succeeded",)]
 
     within = aggjobs(db_url, "backfill", "user_activity", "--from",
-                     (TODAY - timedelta(days=3)).isoformat(), "--to", TODAY.isoformat())
+                     (TODAY - timedelta(days=3)).isoformat(), "--to", TODAY.isoformat(),
+                     "--sessions", "2")
     assert within.returncode == 0, within.stderr
+    too_many = aggjobs(db_url, "backfill", "user_activity", "--from", lo, "--to", hi,
+                       "--sessions", "17")
+    assert too_many.returncode == 2 and "--sessions" in too_many.stderr
 
     refused, forced_row, plain = rows(conn, "backfill")
     user = f"cli:{getpass.getuser()}"
@@ -43,6 +47,7 @@ def test_backfill_over_the_cap_exits_2_unless_forced(db_url, conn, monkeypatch):
     assert refused[1]["forced"] is False and refused[1]["days"] == 5
     assert forced_row[1]["forced"] is True and forced_row[2] == "succeeded"
     assert plain[1]["forced"] is False and plain[2] == "succeeded"
+    assert (forced_row[1]["sessions"], plain[1]["sessions"]) == (1, 2)
     assert {r[3] for r in (refused, forced_row, plain)} == {CLI_SOURCE}
 
 

@@ -182,6 +182,10 @@ def backfill(
     force: Annotated[bool, typer.Option(
         "--force", help="Allow a range longer than AGGJOBS_MAX_BACKFILL_DAYS (audited as "
         "forced).")] = False,
+    sessions: Annotated[int | None, typer.Option(
+        "--sessions", min=1, max=16, show_default=False,
+        help="Database sessions recomputing hours side by side (default: "
+        "AGGJOBS_BACKFILL_SESSIONS, 1). Each costs a core and work_mem on the server.")] = None,
 ) -> None:
     """Recompute a range of materialized buckets (all grains), chunked and resumable.
     Audited. A range longer than AGGJOBS_MAX_BACKFILL_DAYS (default 31) exits 2 unless
@@ -192,8 +196,11 @@ def backfill(
     chosen = select_rollups(rollups)
     lo, hi = time_range(from_, to)
     settings = get_settings()
+    if sessions is not None:
+        settings = settings.model_copy(update={"backfill_sessions": sessions})
     params = {"rollups": [r.name for r in chosen], "from": lo.isoformat(),
-              "to": hi.isoformat(), "days": span_days(lo, hi)}
+              "to": hi.isoformat(), "days": span_days(lo, hi),
+              "sessions": settings.backfill_sessions}
     refused: SpanTooLong | None = None
     try:
         check_backfill_span(lo, hi, settings, override="--force")

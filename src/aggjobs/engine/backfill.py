@@ -4,11 +4,21 @@ Each chunk is one transaction under the rollup's lock, which is taken per chunk 
 scheduled refreshes interleave with a long backfill. Progress (grain, done_until) is saved
 in the chunk's own transaction, so a killed backfill resumes where its last chunk committed.
 Buckets past a grain's watermark are not yet materialized: `aggjobs refresh` builds those.
+
+With AGGJOBS_BACKFILL_SESSIONS = N > 1 the hours (the grain read from raw rows, most of the
+work) are recomputed N chunks at a time, each in its own session and transaction, while the
+main session holds the rollup's lock. Those transactions do not mark the coarser groups (two
+chunks of one day would each wait on the other's marks of that day's groups): the main
+session marks them, before the wave (groups that may vanish) and after it (groups that may
+appear), and saves the progress once every chunk of the wave has committed. A backfill
+killed mid-wave redoes the wave.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -20,7 +30,7 @@ from ..errors import InvalidRange
 from ..settings import Settings
 from ..sql import query
 from . import state
-from .recompute import Written, recompute_range
+from .recompute import Written, mark_coarser_range, recompute_range
 from .refresh import CHUNK_BUCKETS
 
 Progress = Callable[[int, int], None]
@@ -85,17 +95,37 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
             report.beyond_watermark[grain_plan.grain.value] = wm or grain_plan.grain.floor(lo)
     total, done = sum(len(p.pieces) for p in plans), 0
     try:
-        for grain_plan in plans:
-            for a, b in grain_plan.pieces:
-                run_chunk(conn, rollup, grain_plan.grain, a, b, job_id, report, lock_wait_s)
-                done += 1
-                if progress:
-                    progress(done, total)
+        with helper_sessions(settings, settings.backfill_sessions - 1) as helpers:
+            for grain_plan in plans:
+                grain = grain_plan.grain
+                side_by_side = bool(helpers) and rollup.finer(grain) is None
+                for wave in waves(grain_plan.pieces, len(helpers) + 1 if side_by_side else 1):
+                    if len(wave) == 1:
+                        run_chunk(conn, rollup, grain, *wave[0], job_id, report, lock_wait_s)
+                    else:
+                        run_wave(conn, helpers, rollup, grain, wave, job_id, report,
+                                 lock_wait_s)
+                    for _ in wave:
+                        done += 1
+                        if progress:
+                            progress(done, total)
     except BaseException as exc:
         finish(conn, job_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finish(conn, job_id, "succeeded", None)
     return report
+
+
+def waves(pieces: list, size: int) -> list[list]:
+    return [pieces[i:i + size] for i in range(0, len(pieces), size)]
+
+
+@contextmanager
+def helper_sessions(settings: Settings, n: int) -> Iterator[list[psycopg.Connection]]:
+    from ..db.connect import connect  # db.connect imports the settings, not the engine
+
+    with ExitStack() as stack:
+        yield [stack.enter_context(connect("backfill", settings=settings)) for _ in range(n)]
 
 
 def run_chunk(conn: psycopg.Connection, rollup: Rollup, grain: Grain, a: datetime,
@@ -106,6 +136,31 @@ def run_chunk(conn: psycopg.Connection, rollup: Rollup, grain: Grain, a: datetim
             query("backfill_progress"), {"id": job_id, "grain": grain.value, "done_until": b}
         )
     report.buckets += len(grain.buckets(a, b))
+
+
+def run_wave(conn: psycopg.Connection, helpers: list[psycopg.Connection], rollup: Rollup,
+             grain: Grain, wave: list[tuple[datetime, datetime]], job_id: int,
+             report: BackfillReport, lock_wait_s: float) -> None:
+    """The wave's chunks side by side, the first in `conn`, which holds the rollup's lock."""
+    lo, hi = wave[0][0], wave[-1][1]
+    with state.rollup_lock(conn, rollup, wait_s=lock_wait_s):
+        with conn.transaction():  # groups the chunks may delete
+            mark_coarser_range(conn, rollup, grain, lo, hi)
+
+        def chunk(session: psycopg.Connection, a: datetime, b: datetime) -> Written:
+            with session.transaction():
+                return recompute_range(session, rollup, grain, a, b, marks=False)
+
+        with ThreadPoolExecutor(len(wave)) as pool:
+            futures = [pool.submit(chunk, session, a, b)
+                       for session, (a, b) in zip([conn, *helpers], wave, strict=False)]
+        for future in futures:  # all have ended: the first error, if any, fails the job
+            report.rows += future.result()
+        with conn.transaction():  # groups the chunks wrote; the wave is done
+            mark_coarser_range(conn, rollup, grain, lo, hi)
+            conn.execute(query("backfill_progress"),
+                         {"id": job_id, "grain": grain.value, "done_until": hi})
+    report.buckets += len(grain.buckets(lo, hi))
 
 
 def finish(conn: psycopg.Connection, job_id: int, status: str, error: str | None) -> None:

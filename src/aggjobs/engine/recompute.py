@@ -42,11 +42,11 @@ class Written:
 
 
 @cache
-def statements(rollup: Rollup, grain: Grain, scope: Scope,
-               native: bool) -> tuple[sql.Composed, sql.Composed]:
+def statements(rollup: Rollup, grain: Grain, scope: Scope, native: bool,
+               marks: bool = True) -> tuple[sql.Composed, sql.Composed]:
     return (
-        rollup_sql.delete_target(rollup, grain, scope),
-        rollup_sql.insert_target(rollup, grain, scope, native=native),
+        rollup_sql.delete_target(rollup, grain, scope, marks=marks),
+        rollup_sql.insert_target(rollup, grain, scope, native=native, marks=marks),
     )
 
 
@@ -57,9 +57,9 @@ def native_installed(conn: psycopg.Connection) -> bool:
 
 
 def replace(conn: psycopg.Connection, rollup: Rollup, grain: Grain, scope: Scope,
-            params: dict) -> Written:
+            params: dict, *, marks: bool = True) -> Written:
     native = native_installed(conn)
-    delete, insert = statements(rollup, grain, scope, native)
+    delete, insert = statements(rollup, grain, scope, native, marks)
     deleted, marked_old = conn.execute(delete, params).fetchone()
     with planner_settings(conn, plan_changes(raw=rollup.finer(grain) is None, native=native)):
         written, marked_new = conn.execute(insert, params).fetchone()
@@ -103,15 +103,23 @@ def planner_settings(conn: psycopg.Connection, changes: dict[str, str]) -> Itera
 
 
 def recompute_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
-                    lo: datetime, hi: datetime) -> Written:
-    """Recompute every group with a bucket in [lo, hi) (both aligned to the grain)."""
+                    lo: datetime, hi: datetime, *, marks: bool = True) -> Written:
+    """Recompute every group with a bucket in [lo, hi) (both aligned to the grain).
+    `marks=False`: the caller marks the coarser groups (mark_coarser_range)."""
     params = {"rollup": rollup.name, "grain": grain.value, "lo": lo, "hi": hi}
     conn.execute(query("drop_pending_range"), params)
     conn.execute(query("clear_quarantine"), params)  # it recomputes fine now
     written = Written()
     for a, b in statement_ranges(conn, rollup, grain, lo, hi):
-        written += replace(conn, rollup, grain, Scope.RANGE, {"lo": a, "hi": b})
+        written += replace(conn, rollup, grain, Scope.RANGE, {"lo": a, "hi": b}, marks=marks)
     return written
+
+
+def mark_coarser_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
+                       lo: datetime, hi: datetime) -> int:
+    """Mark dirty the coarser groups holding the grain's rows in [lo, hi), if materialized."""
+    return conn.execute(rollup_sql.mark_coarser_range(rollup, grain),
+                        {"lo": lo, "hi": hi}).fetchone()[1]
 
 
 # Memory a raw row takes in a recompute's aggregation (its value collected for the p95 and

@@ -504,7 +504,25 @@ def counted(cte_name: str, cte: Composable, marking: Composable) -> Composable:
     ).format(c=I(cte_name), cte=cte, mark=marking)
 
 
-def delete_target(rollup: Rollup, grain: Grain, scope: Scope) -> Composable:
+def marking(rollup: Rollup, grain: Grain, changed: str, *, marks: bool) -> Composable:
+    """coarser_marking, or nothing when the caller marks the coarser groups itself."""
+    return coarser_marking(rollup, grain, changed) if marks else S("SELECT 1 WHERE false")
+
+
+def mark_coarser_range(rollup: Rollup, grain: Grain) -> Composable:
+    """Mark the coarser groups holding the target's rows in [lo, hi); returns (rows, groups
+    marked). For recomputes that leave marking to their caller (`marks=False`)."""
+    is_date = grain is not Grain.HOUR
+    col, key = I(grain.column), I(rollup.source.key_column)
+    rows = S("SELECT {}, {} FROM {} WHERE {} >= {} AND {} < {}").format(
+        key, col, table_ident(rollup, grain), col,
+        bound(S("{}::timestamptz").format(sql.Placeholder("lo")), is_date=is_date), col,
+        bound(S("{}::timestamptz").format(sql.Placeholder("hi")), is_date=is_date))
+    return counted("held", rows, coarser_marking(rollup, grain, "held"))
+
+
+def delete_target(rollup: Rollup, grain: Grain, scope: Scope, *,
+                  marks: bool = True) -> Composable:
     """Delete the target rows in scope; returns (rows deleted, coarser groups marked)."""
     table, col = table_ident(rollup, grain), I(grain.column)
     is_date = grain is not Grain.HOUR
@@ -527,13 +545,14 @@ def delete_target(rollup: Rollup, grain: Grain, scope: Scope) -> Composable:
             col=col,
             b=bound(S("k.b"), is_date=is_date),
         )
-    return counted("gone", stmt, coarser_marking(rollup, grain, "gone"))
+    return counted("gone", stmt, marking(rollup, grain, "gone", marks=marks))
 
 
 def insert_target(rollup: Rollup, grain: Grain, scope: Scope, *,
-                  native: bool = False) -> Composable:
+                  native: bool = False, marks: bool = True) -> Composable:
     """Recompute the groups in scope into the target; returns (rows written, groups marked).
-    `native`: with the C functions of aggjobs_native (same results, less time)."""
+    `native`: with the C functions of aggjobs_native (same results, less time); `marks`:
+    mark the coarser groups of the rows written (delete_target: of the rows deleted)."""
     ctx = context(rollup, grain, scope, native=native)
     values = value_columns(rollup, grain)
     parts = collect(ctx, with_state=True)
@@ -546,7 +565,7 @@ def insert_target(rollup: Rollup, grain: Grain, scope: Scope, *,
         I(rollup.source.key_column),
         I(grain.column),
     )
-    return counted("made", stmt, coarser_marking(rollup, grain, "made"))
+    return counted("made", stmt, marking(rollup, grain, "made", marks=marks))
 
 
 def reference(rollup: Rollup, grain: Grain) -> Composable:
