@@ -174,6 +174,15 @@ def bound(ts: Composable, *, is_date: bool) -> Composable:
     return utc_date(ts) if is_date else ts
 
 
+def in_range(col: Composable, *, is_date: bool) -> Composable:
+    """`col` in [lo, hi), the placeholders' timestamptz bounds (converted for a date column)."""
+    return S("{0} >= {1} AND {0} < {2}").format(
+        col,
+        bound(S("{}::timestamptz").format(sql.Placeholder("lo")), is_date=is_date),
+        bound(S("{}::timestamptz").format(sql.Placeholder("hi")), is_date=is_date),
+    )
+
+
 def listed_workspaces(scope: Scope, key: sql.Identifier) -> Composable:
     """BUCKET's restriction to the listed workspaces (`ws`); nothing for the other scopes."""
     if scope is not Scope.BUCKET:
@@ -189,13 +198,11 @@ def scoped(inp: Input, key_column: str, grain: Grain, scope: Scope) -> Composabl
     """
     t = I(inp.time_column)
     if scope in (Scope.RANGE, Scope.BUCKET):
-        lo = bound(S("{}::timestamptz").format(sql.Placeholder("lo")), is_date=inp.is_date)
-        hi = bound(S("{}::timestamptz").format(sql.Placeholder("hi")), is_date=inp.is_date)
         # BUCKET: the listed workspaces' rows of one bucket, found by one bitmap scan of the
         # (workspace, time) index that visits each page once, where KEYS looks every
         # workspace up on its own (and visits a page once per workspace on it).
-        return S("(SELECT * FROM {} WHERE {} >= {} AND {} < {}{}) AS r").format(
-            inp.table, t, lo, t, hi, listed_workspaces(scope, I(key_column))
+        return S("(SELECT * FROM {} WHERE {}{}) AS r").format(
+            inp.table, in_range(t, is_date=inp.is_date), listed_workspaces(scope, I(key_column))
         )
     start = S("k.b")
     end = S("(k.b + make_interval(hours => {}))").format(L(STEP_HOURS[grain]))
@@ -472,11 +479,13 @@ def output_names(rollup: Rollup) -> list[str]:
     return [c.name for m in rollup.measures for c in output_columns(m)]
 
 
-def coarser_marking(rollup: Rollup, grain: Grain, changed: str) -> Composable:
+def coarser_marking(rollup: Rollup, grain: Grain, changed: str, *,
+                    marks: bool = True) -> Composable:
     """INSERT the coarser grain's groups holding the rows in CTE `changed` into
-    pending_groups, for buckets that grain has already materialized."""
+    pending_groups, for buckets that grain has already materialized. Nothing when there is
+    no coarser grain, or with `marks=False` (the caller marks them: mark_coarser_range)."""
     coarser = rollup.coarser(grain)
-    if coarser is None:
+    if coarser is None or not marks:
         return S("SELECT 1 WHERE false")
     is_date = grain is not Grain.HOUR
     start = as_utc_timestamptz(
@@ -504,20 +513,12 @@ def counted(cte_name: str, cte: Composable, marking: Composable) -> Composable:
     ).format(c=I(cte_name), cte=cte, mark=marking)
 
 
-def marking(rollup: Rollup, grain: Grain, changed: str, *, marks: bool) -> Composable:
-    """coarser_marking, or nothing when the caller marks the coarser groups itself."""
-    return coarser_marking(rollup, grain, changed) if marks else S("SELECT 1 WHERE false")
-
-
 def mark_coarser_range(rollup: Rollup, grain: Grain) -> Composable:
     """Mark the coarser groups holding the target's rows in [lo, hi); returns (rows, groups
     marked). For recomputes that leave marking to their caller (`marks=False`)."""
-    is_date = grain is not Grain.HOUR
     col, key = I(grain.column), I(rollup.source.key_column)
-    rows = S("SELECT {}, {} FROM {} WHERE {} >= {} AND {} < {}").format(
-        key, col, table_ident(rollup, grain), col,
-        bound(S("{}::timestamptz").format(sql.Placeholder("lo")), is_date=is_date), col,
-        bound(S("{}::timestamptz").format(sql.Placeholder("hi")), is_date=is_date))
+    rows = S("SELECT {}, {} FROM {} WHERE {}").format(
+        key, col, table_ident(rollup, grain), in_range(col, is_date=grain is not Grain.HOUR))
     return counted("held", rows, coarser_marking(rollup, grain, "held"))
 
 
@@ -529,10 +530,8 @@ def delete_target(rollup: Rollup, grain: Grain, scope: Scope, *,
     key = I(rollup.source.key_column)
     ret = S("RETURNING {}, {}").format(key, col)
     if scope in (Scope.RANGE, Scope.BUCKET):
-        lo = bound(S("{}::timestamptz").format(sql.Placeholder("lo")), is_date=is_date)
-        hi = bound(S("{}::timestamptz").format(sql.Placeholder("hi")), is_date=is_date)
-        stmt = S("DELETE FROM {} WHERE {} >= {} AND {} < {}{} {}").format(
-            table, col, lo, col, hi, listed_workspaces(scope, key), ret)
+        stmt = S("DELETE FROM {} WHERE {}{} {}").format(
+            table, in_range(col, is_date=is_date), listed_workspaces(scope, key), ret)
     else:
         stmt = S(
             "DELETE FROM {t} AS t USING unnest({ws}::bigint[], {bk}::timestamptz[]) AS k(ws, b)"
@@ -545,7 +544,7 @@ def delete_target(rollup: Rollup, grain: Grain, scope: Scope, *,
             col=col,
             b=bound(S("k.b"), is_date=is_date),
         )
-    return counted("gone", stmt, marking(rollup, grain, "gone", marks=marks))
+    return counted("gone", stmt, coarser_marking(rollup, grain, "gone", marks=marks))
 
 
 def insert_target(rollup: Rollup, grain: Grain, scope: Scope, *,
@@ -565,7 +564,7 @@ def insert_target(rollup: Rollup, grain: Grain, scope: Scope, *,
         I(rollup.source.key_column),
         I(grain.column),
     )
-    return counted("made", stmt, marking(rollup, grain, "made", marks=marks))
+    return counted("made", stmt, coarser_marking(rollup, grain, "made", marks=marks))
 
 
 def reference(rollup: Rollup, grain: Grain) -> Composable:
@@ -577,16 +576,11 @@ def reference(rollup: Rollup, grain: Grain) -> Composable:
 
 def stored(rollup: Rollup, grain: Grain) -> Composable:
     """The stored outputs for buckets in [lo, hi)."""
-    is_date = grain is not Grain.HOUR
-    col = I(grain.column)
     names = [*rollup.dimensions, grain.column, *output_names(rollup)]
-    return S("SELECT {} FROM {} WHERE {} >= {} AND {} < {}").format(
+    return S("SELECT {} FROM {} WHERE {}").format(
         S(", ").join(map(I, names)),
         table_ident(rollup, grain),
-        col,
-        bound(S("{}::timestamptz").format(sql.Placeholder("lo")), is_date=is_date),
-        col,
-        bound(S("{}::timestamptz").format(sql.Placeholder("hi")), is_date=is_date),
+        in_range(I(grain.column), is_date=grain is not Grain.HOUR),
     )
 
 
