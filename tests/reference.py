@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import psycopg
 
-from aggjobs.catalog import ROLLUPS, Grain
+from aggjobs.catalog import ROLLUPS, Grain, Rollup
 
 BUCKET = {
     Grain.HOUR: "date_trunc('hour', {t} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
@@ -40,34 +40,47 @@ SELECT workspace_id, {b} AS bucket,
     count(*)
 FROM public.credit_transactions GROUP BY 1, 2
 """
+AGENTS = """
+SELECT workspace_id, {b} AS bucket, agent_id,
+    count(*), count(*) FILTER (WHERE status = 'failed')
+FROM public.agent_runs GROUP BY 1, 2, 3
+"""
 QUERIES = {
     "execution_metrics": (EXECUTION, "started_at"),
     "user_activity": (ACTIVITY, "occurred_at"),
     "credit_consumption": (CREDITS, "created_at"),
+    "agent_executions": (AGENTS, "started_at"),
 }
+# Dimensions beyond the workspace: keys are (workspace, bucket, *these).
+FURTHER = {"agent_executions": ["agent_id"]}
 COLUMNS = {
     "execution_metrics": ["total_executions", "successful_executions", "failed_executions",
                           "avg_runtime", "p95_runtime", "total_credits"],
     "user_activity": ["active_users", "total_events"],
     "credit_consumption": ["credits_used", "credits_refunded", "credits_granted", "net_credits",
                            "transactions"],
+    "agent_executions": ["total_executions", "failed_executions"],
 }
 
 
 def expected(conn: psycopg.Connection, rollup: str, grain: Grain, below) -> dict:
-    """(workspace, bucket) -> measures, for buckets starting before `below`."""
+    """(workspace, bucket, *further dimensions) -> measures, for buckets starting before
+    `below`."""
     text, t = QUERIES[rollup]
     rows = conn.execute(text.format(b=BUCKET[grain].format(t=t))).fetchall()
-    return {(r[0], r[1]): r[2:] for r in rows if starts_before(r[1], below)}
+    return keyed(rollup, rows, below)
 
 
 def stored(conn: psycopg.Connection, rollup: str, grain: Grain, below) -> dict:
     r = next(x for x in ROLLUPS if x.name == rollup)
-    cols = ", ".join(COLUMNS[rollup])
-    rows = conn.execute(
-        f"SELECT workspace_id, {grain.column}, {cols} FROM analytics.{r.table(grain)}"
-    ).fetchall()
-    return {(row[0], row[1]): row[2:] for row in rows if starts_before(row[1], below)}
+    cols = ", ".join(["workspace_id", grain.column, *FURTHER.get(rollup, []), *COLUMNS[rollup]])
+    rows = conn.execute(f"SELECT {cols} FROM analytics.{r.table(grain)}").fetchall()
+    return keyed(rollup, rows, below)
+
+
+def keyed(rollup: str, rows: list[tuple], below) -> dict:
+    n = 2 + len(FURTHER.get(rollup, []))
+    return {row[:n]: row[n:] for row in rows if starts_before(row[1], below)}
 
 
 def starts_before(bucket, below) -> bool:
@@ -100,3 +113,13 @@ def assert_matches(conn: psycopg.Connection, rollup: str, grain: Grain, below) -
             rel = 0.01 if name == "p95_runtime" and grain is not Grain.HOUR else 1e-9
             assert close(a, b, rel), f"{rollup} {grain.value} {key} {name}: {a} != {b}"
     return len(want)
+
+
+def assert_all_match(conn: psycopg.Connection, *only: Rollup) -> None:
+    """Every rollup (or those named: others on the same source were not brought up to date
+    since its rows changed) equals the raw rows below each grain's watermark."""
+    marks = dict(((r, g), wm) for r, g, wm in conn.execute(
+        "SELECT rollup, grain, watermark FROM aggjobs.watermarks"))
+    for rollup in only or ROLLUPS:
+        for grain in rollup.grains:
+            assert_matches(conn, rollup.name, grain, marks[(rollup.name, grain.value)])

@@ -30,7 +30,7 @@ from aggjobs.errors import UnknownJob
 from aggjobs.jobs.runner import RunRequest, RunResult, run_job
 from aggjobs.settings import Settings
 from tests import platform as p
-from tests.reference import COLUMNS, assert_matches, close, expected, stored
+from tests.reference import COLUMNS, FURTHER, assert_matches, close, expected, stored
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday, in the past
 H = timedelta(hours=1)
@@ -110,9 +110,10 @@ def rollup_contents(conn: psycopg.Connection) -> dict[str, list[tuple]]:
     out = {}
     for r in ROLLUPS:
         for g in r.grains:
-            cols = ", ".join(["workspace_id", g.column] + COLUMNS[r.name])
+            cols = ", ".join(["workspace_id", g.column, *FURTHER.get(r.name, []),
+                              *COLUMNS[r.name]])
             out[r.table(g)] = conn.execute(
-                f"SELECT {cols} FROM analytics.{r.table(g)} ORDER BY 1, 2").fetchall()
+                f"SELECT {cols} FROM analytics.{r.table(g)} ORDER BY 1, 2, 3").fetchall()
     return out
 
 

@@ -7,21 +7,14 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from aggjobs.catalog import ROLLUPS, Grain, get_rollup
+from aggjobs.catalog import Grain, get_rollup
 from aggjobs.engine.recompute import statement_ranges
 from aggjobs.engine.refresh import refresh
 from aggjobs.settings import Settings
 from tests import platform as p
-from tests.reference import assert_matches
+from tests.reference import assert_all_match
 
 T0 = datetime(2026, 11, 16, tzinfo=UTC)  # a Monday
-
-
-def assert_all_match(conn: psycopg.Connection) -> None:
-    marks = p.watermarks(conn)
-    for rollup in ROLLUPS:
-        for grain in rollup.grains:
-            assert_matches(conn, rollup.name, grain, marks[(rollup.name, grain.value)])
 
 
 def seed_rows(conn: psycopg.Connection, hours: int = 60) -> None:
@@ -71,6 +64,9 @@ def test_late_row_recomputes_one_group_per_grain(conn, settings: Settings) -> No
     by_grain = {g.grain: g for g in report.grains}
     assert [by_grain[g].dirty_groups for g in Grain] == [1, 1, 1]
     assert [by_grain[g].rows.written for g in Grain] == [1, 1, 1]
+    # The other rollup on the runs: the same group at its two grains, one agent's row each.
+    agents = refresh(conn, get_rollup("agent_executions"), as_of=as_of, settings=settings)
+    assert [g.dirty_groups for g in agents.grains] == [1, 1]
     assert_all_match(conn)
 
 
@@ -109,10 +105,11 @@ def test_mostly_dirty_bucket_is_recomputed_whole(conn, settings: Settings) -> No
     p.refresh_all(conn, settings, as_of)
     for ws in (1, 2, 3):
         p.run(conn, ws=ws, at=T0 + timedelta(hours=2, minutes=59))
-    report = refresh(conn, get_rollup("execution_metrics"), as_of=as_of, settings=settings)
+    em = get_rollup("execution_metrics")
+    report = refresh(conn, em, as_of=as_of, settings=settings)
     hour = report.grains[0]
     assert (hour.dirty_groups, hour.coalesced_buckets) == (3, 1)
-    assert_all_match(conn)
+    assert_all_match(conn, em)
 
 
 def test_many_dirty_groups_of_a_bucket_are_recomputed_by_one_scan(
@@ -133,12 +130,12 @@ def test_many_dirty_groups_of_a_bucket_are_recomputed_by_one_scan(
     report = refresh(conn, em, as_of=as_of, settings=settings).grains[0]
     assert (report.dirty_groups, report.scanned_buckets, report.coalesced_buckets) == (
         scan_groups, 1, 0)
-    assert_all_match(conn)
+    assert_all_match(conn, em)
     for ws in (3, 4):
         p.run(conn, ws=ws, at=hour + timedelta(minutes=51))
     report = refresh(conn, em, as_of=as_of, settings=settings).grains[0]
     assert (report.dirty_groups, report.scanned_buckets, report.coalesced_buckets) == (2, 0, 0)
-    assert_all_match(conn)
+    assert_all_match(conn, em)
 
 
 def test_a_large_range_is_recomputed_a_few_buckets_per_statement(

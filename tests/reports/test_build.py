@@ -181,7 +181,7 @@ def test_hourly_series_and_failure_hot_spots(loaded: Settings, conn: psycopg.Con
     p_hourly = built[None]["hourly"]
     assert sum(h["runs"] for h in p_hourly) == built[None]["totals"]["runs"]["value"]
     assert sum(h["failed_runs"] for h in p_hourly) == built[None]["totals"]["failed_runs"]["value"]
-    # Worst agents: from the raw runs.
+    # Worst agents (read from analytics.agent_executions_daily): against the raw runs.
     want = conn.execute(
         "SELECT workspace_id, agent_id, count(*), count(*) FILTER (WHERE status = 'failed')"
         " FROM agent_runs WHERE (started_at AT TIME ZONE 'UTC')::date = %s GROUP BY 1, 2"
@@ -193,6 +193,23 @@ def test_hourly_series_and_failure_hot_spots(loaded: Settings, conn: psycopg.Con
     ws4 = built[4]["failure_hot_spots"]["worst_agents"]["items"]
     assert {a["agent_id"] for a in ws4} == {400, 401, 402}
     assert built[None]["failure_hot_spots"]["worst_workspaces"][0]["workspace_id"] == 2
+
+
+def test_worst_agents_say_so_while_their_rollup_lags(loaded: Settings,
+                                                     conn: psycopg.Connection) -> None:
+    # A deployment that has just added agent_executions: its days are still catching up.
+    # The report is built from the other rollups; the agents section names the lag.
+    conn.execute("UPDATE aggjobs.watermarks SET watermark = %s"
+                 " WHERE rollup = 'agent_executions' AND grain = 'day'",
+                 (datetime.combine(DAY, datetime.min.time(), tzinfo=UTC),))
+    built = reports.build(conn, DAY)
+    for report in built.values():
+        agents = report["failure_hot_spots"]["worst_agents"]
+        assert agents["items"] is None
+        assert f"agent_executions has not materialized {DAY}" in agents["note"]
+        assert f"--as-of {DAY + timedelta(days=1)}T01:00Z" in agents["note"]
+    assert built[None]["totals"]["failed_runs"]["value"] > 0
+    assert f"agent_executions has not materialized {DAY}" in reports.render(built[None], "md")
 
 
 def runs_per_ws(conn: psycopg.Connection, day) -> dict[int, int]:

@@ -153,6 +153,8 @@ def refresh(
     from ..engine.refresh import refresh as run_refresh
 
     chosen = select_rollups(rollups)
+    if grain is not None:
+        chosen = with_grain(chosen, grain, named=bool(rollups))
     ref = past(as_of, "--as-of")
     settings = get_settings()
     reports = []
@@ -172,6 +174,16 @@ def refresh(
         print(json.dumps([render.refresh_json(r) for r in reports], indent=2))
     else:
         console.print(render.refresh_table(reports))
+
+
+def with_grain(chosen: list[Rollup], grain: Grain, *, named: bool) -> list[Rollup]:
+    """The rollups that have `grain`; naming one that has not is an error."""
+    lacking = [r for r in chosen if grain not in r.grains]
+    if named and lacking:
+        r = lacking[0]
+        raise InvalidRange(f"rollup {r.name} has no {grain.value} grain (its grains: "
+                           f"{', '.join(g.value for g in r.grains)})")
+    return [r for r in chosen if grain in r.grains]
 
 
 @app.command()

@@ -24,7 +24,8 @@ def daily_steps(settings: Settings) -> list[Step]:
 
 
 def weekly_steps(settings: Settings) -> list[Step]:
-    return [steps.rollup_step(r, [Grain.HOUR, Grain.DAY, Grain.WEEK]) for r in ROLLUPS]
+    # A rollup without weeks (agent_executions) is brought up to its days.
+    return [steps.rollup_step(r, list(r.grains)) for r in ROLLUPS]
 
 
 def cleanup_steps(settings: Settings) -> list[Step]:
@@ -44,7 +45,7 @@ JOBS: dict[str, Job] = {
     for job in (
         Job("hourly_rollup", "5 * * * *", False, 30 * 60,
             "complete hours not yet materialized (catching up) and invalidated groups, "
-            "for the three hourly rollups; then the views", hourly_steps),
+            "for every hourly rollup; then the views", hourly_steps),
         Job("daily_rollup", "0 1 * * *", True, 2 * 3600,
             "hours caught up, then the daily grains; health scores and reports",
             daily_steps),

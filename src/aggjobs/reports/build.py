@@ -30,6 +30,9 @@ MOVERS_N = 5  # per direction
 HOT_SPOTS_N = 5  # worst hours, worst workspaces; worst agents: TOP_N platform-wide
 LEDGER_LISTED = 100  # mismatches listed in the platform report (all are counted)
 ROLLUPS_READ = ("execution_metrics", "user_activity", "credit_consumption")
+# Read by the worst agents alone, which say so while it lags (a deployment that has just
+# added it catches its history up) instead of holding the whole report back.
+AGENTS_ROLLUP = "agent_executions"
 
 # (key, label, kind): the order of the totals in every format. kind drives formatting.
 METRICS: tuple[tuple[str, str, str], ...] = (
@@ -168,16 +171,16 @@ def worst_hours(hourly: list[dict]) -> list[dict]:
             for h in hot[:HOT_SPOTS_N]]
 
 
-def agents(rows: list[dict], limit: int, failed_total: int) -> dict:
+def agents(rows: list[dict], limit: int, unavailable: str | None) -> dict:
+    """The agents with the most failures; `unavailable` says why there is no list."""
+    if unavailable:
+        return {"items": None, "note": unavailable}
     items = sorted(({"workspace_id": r["workspace_id"], "agent_id": r["agent_id"],
                      "runs": r["runs"], "failed_runs": r["failed_runs"],
                      "failure_rate": ratio(r["failed_runs"], r["runs"])} for r in rows),
                    key=lambda a: (-a["failed_runs"], -(a["failure_rate"] or 0),
                                   a["workspace_id"], a["agent_id"] or 0))
-    available = bool(items) or failed_total == 0
-    return {"items": items[:limit] if available else None,
-            "note": None if available else
-            "failed runs in the rollups but none in the raw rows (past their retention?)"}
+    return {"items": items[:limit], "note": None}
 
 
 # -- build --------------------------------------------------------------------------------------
@@ -195,7 +198,8 @@ def build(conn: psycopg.Connection, day: date) -> dict[int | None, dict]:
     hourly_ws: dict[int, list[dict]] = {}
     for r in fetch(conn, "hourly_by_workspace", lo=lo, hi=hi):
         hourly_ws.setdefault(r["workspace_id"], []).append(r)
-    agent_rows = fetch(conn, "worst_agents", lo=lo, hi=hi)
+    agents_missing = agents_unavailable(conn, day)
+    agent_rows = [] if agents_missing else fetch(conn, "worst_agents", day=day)
     agents_of: dict[int, list[dict]] = {}  # per workspace, in the query's order
     for r in agent_rows:
         agents_of.setdefault(r["workspace_id"], []).append(r)
@@ -239,7 +243,7 @@ def build(conn: psycopg.Connection, day: date) -> dict[int | None, dict]:
                               "failed_runs": r["failed_runs"],
                               "failure_rate": ratio(r["failed_runs"], r["runs"])}
                              for r in worst_ws[:HOT_SPOTS_N]],
-        "worst_agents": agents(agent_rows, TOP_N, today_fig["failed_runs"]),
+        "worst_agents": agents(agent_rows, TOP_N, agents_missing),
     }
     platform["health"] = platform_health(health_rows)
     platform["ledger"] = platform_ledger(ledger_rows)
@@ -255,8 +259,7 @@ def build(conn: psycopg.Connection, day: date) -> dict[int | None, dict]:
         ws_hourly = hourly_series(day, hourly_ws.get(ws, []))
         report["failure_hot_spots"] = {
             "worst_hours": worst_hours(ws_hourly),
-            "worst_agents": agents(agents_of.get(ws, []), HOT_SPOTS_N,
-                                   today_ws[ws]["failed_runs"]),
+            "worst_agents": agents(agents_of.get(ws, []), HOT_SPOTS_N, agents_missing),
         }
         report["health"] = workspace_health(health_rows.get(ws))
         report["ledger"] = (ledger_item(ledger_of.get(ws), ws)
@@ -358,13 +361,26 @@ def platform_ledger(rows: list[dict]) -> dict:
 
 
 # -- completeness, storage ----------------------------------------------------------------------
-def lagging_rollups(conn: psycopg.Connection, day: date) -> dict[str, datetime | None]:
+def lagging_rollups(conn: psycopg.Connection, day: date,
+                    names: tuple[str, ...] = ROLLUPS_READ) -> dict[str, datetime | None]:
     """Rollups whose day grain has not materialized `day` yet (rollup -> its watermark)."""
     _, end = day_bounds(day)
     marks = {r["rollup"]: r["watermark"]
-             for r in fetch(conn, "day_watermarks", rollups=list(ROLLUPS_READ))}
-    return {name: marks.get(name) for name in ROLLUPS_READ
+             for r in fetch(conn, "day_watermarks", rollups=list(names))}
+    return {name: marks.get(name) for name in names
             if marks.get(name) is None or marks[name] < end}
+
+
+def agents_unavailable(conn: psycopg.Connection, day: date) -> str | None:
+    """Why the day has no worst agents yet, if it has none: the agent rollup lags."""
+    behind = lagging_rollups(conn, day, (AGENTS_ROLLUP,))
+    if not behind:
+        return None
+    mark = behind[AGENTS_ROLLUP]
+    rerun = (day + timedelta(days=1)).isoformat()
+    return (f"{AGENTS_ROLLUP} has not materialized {day} yet (day watermark: "
+            f"{mark.isoformat() if mark else 'none'}); once it has, "
+            f"`aggjobs run daily_rollup --as-of {rerun}T01:00Z` rebuilds this report")
 
 
 def store(conn: psycopg.Connection, day: date) -> int:

@@ -1,8 +1,7 @@
 -- The daily reports' queries, each under a `-- name: x` header (loaded by aggjobs.reports.sql).
 --
 -- Every figure comes from the rollup tables (analytics.*_hourly / *_daily), never from the raw
--- source rows, with one exception named below (`worst_agents`: agents are not a rollup
--- dimension). A handful of set-based queries serve every report of a day, however many
+-- source rows. A handful of set-based queries serve every report of a day, however many
 -- workspaces are active: each returns one row per workspace (or per day / hour), and Python
 -- only picks, ranks and formats.
 -- Parameters: %(day)s the report's UTC date; %(days)s that day and its comparison days;
@@ -192,17 +191,11 @@ FROM (SELECT hour, aggjobs_native.sketch_merge(p95_runtime__keys, p95_runtime__c
       GROUP BY hour) AS merged
 
 -- name: worst_agents
--- THE ONE QUERY ON RAW ROWS. Agents are not a dimension of the rollups (their only dimension
--- is the workspace), so failures per agent are counted from public.agent_runs directly. The
--- scan is bounded by the report's day on `started_at` (index agent_runs_started_at_idx) and
--- keeps only agents with at least one failure. Raw rows past their retention are gone, so
--- for old days this returns nothing (the report then says the figure is unavailable).
-SELECT workspace_id, agent_id, count(*) AS runs,
-       count(*) FILTER (WHERE status = 'failed') AS failed_runs
-FROM public.agent_runs
-WHERE started_at >= %(lo)s::timestamptz AND started_at < %(hi)s::timestamptz
-GROUP BY workspace_id, agent_id
-HAVING count(*) FILTER (WHERE status = 'failed') > 0
+-- Per (workspace, agent), the day's runs and failures, for the agents that failed at least once:
+-- from analytics.agent_executions_daily (a rollup of its own, keyed by agent as well).
+SELECT workspace_id, agent_id, total_executions AS runs, failed_executions AS failed_runs
+FROM analytics.agent_executions_daily
+WHERE day = %(day)s::date AND failed_executions > 0
 ORDER BY failed_runs DESC, workspace_id, agent_id NULLS LAST
 
 -- name: health

@@ -123,8 +123,7 @@ def sections(report: dict) -> Iterator[tuple[str, list[str], list[list[str]], st
            [[str(a["workspace_id"]), NA if a["agent_id"] is None else str(a["agent_id"]),
              fmt(a["runs"]), fmt(a["failed_runs"]), fmt(a["failure_rate"], "rate")]
             for a in agents["items"] or []],
-           agents["note"] or "From the raw runs of the day (agents are not a rollup "
-           "dimension).")
+           agents["note"])
     health = report["health"]
     if report["workspace_id"] is None:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(health["counts"].items()))
