@@ -16,14 +16,15 @@ _ids = itertools.count(1)
 
 
 def run(conn: psycopg.Connection, *, ws: int, at: datetime, status: str = "completed",
-        runtime: float | None = 10.0, credits: str | None = "1.5", user: int = 1) -> int:
+        runtime: float | None = 10.0, credits: str | None = "1.5", user: int = 1,
+        agent: int | None = 1) -> int:
     rid = next(_ids)
     if status == "running":
         runtime, credits = None, None
     conn.execute(
         "INSERT INTO agent_runs (id, workspace_id, user_id, agent_id, status, started_at,"
-        " runtime_seconds, credits_consumed) VALUES (%s, %s, %s, 1, %s, %s, %s, %s)",
-        (rid, ws, user, status, at, runtime, credits),
+        " runtime_seconds, credits_consumed) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (rid, ws, user, agent, status, at, runtime, credits),
     )
     return rid
 

@@ -68,6 +68,11 @@ AMOUNT = st.decimals(min_value=Decimal("-999.9999"), max_value=Decimal("9999.999
 TABLE = st.sampled_from(sorted(TABLES))
 PICK = st.integers(0, 10_000)  # index (mod the number of candidate rows) of the row touched
 
+def agent_of(user: int) -> int | None:
+    """A run's agent, from its drawn user: three agents, and runs without one (NULL)."""
+    return None if user == 5 else user % 3
+
+
 OP = st.one_of(
     st.tuples(st.just("run"), WORKSPACES, WHEN,
               st.sampled_from(["running", "running", "completed", "failed", "cancelled"]),
@@ -174,7 +179,7 @@ class World:
         if kind == "run":
             _, ws, when, status, runtime, credits, user = op
             p.run(conn, ws=ws, at=self.at(when), status=status, runtime=runtime,
-                  credits=credits, user=user)
+                  credits=credits, user=user, agent=agent_of(user))
         elif kind == "event":
             _, ws, user, when = op
             p.event(conn, ws=ws, user=user, at=self.at(when))

@@ -10,6 +10,7 @@ import pytest
 from aggjobs.catalog import Grain, get_rollup
 from aggjobs.engine.recompute import statement_ranges
 from aggjobs.engine.refresh import refresh
+from aggjobs.engine.verify import repair, verify_grain
 from aggjobs.settings import Settings
 from tests import platform as p
 from tests.reference import assert_all_match
@@ -207,3 +208,31 @@ def test_day_waits_for_its_hours(conn, settings: Settings) -> None:
                      grains=[Grain.DAY])
     assert report.grains[0].watermark_after is None
     assert "no hour" in report.grains[0].held_back
+
+
+def test_agents_are_a_dimension_and_runs_without_an_agent_one_group(conn, settings) -> None:
+    """agent_executions: one row per (workspace, hour, agent), NULL agents together (the key
+    is NULLS NOT DISTINCT); verify names the agent of a wrong row, repair recomputes it."""
+    agents = get_rollup("agent_executions")
+    for agent in (None, 1, 2):
+        p.run(conn, ws=1, at=T0 + timedelta(minutes=5), agent=agent, status="failed")
+        p.run(conn, ws=1, at=T0 + timedelta(minutes=6), agent=agent)
+    p.refresh_all(conn, settings, T0 + timedelta(days=1))
+    assert conn.execute(
+        "SELECT agent_id, total_executions, failed_executions"
+        " FROM analytics.agent_executions_hourly ORDER BY agent_id NULLS LAST").fetchall() == [
+        (1, 2, 1), (2, 2, 1), (None, 2, 1)]
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("INSERT INTO analytics.agent_executions_hourly (workspace_id, agent_id,"
+                     " hour, total_executions, failed_executions, updated_at)"
+                     " VALUES (1, NULL, %s, 1, 0, now())", (T0,))
+    conn.execute("UPDATE analytics.agent_executions_hourly SET failed_executions = 9"
+                 " WHERE agent_id IS NULL")
+    conn.execute("DELETE FROM analytics.agent_executions_hourly WHERE agent_id = 2")
+    report = verify_grain(conn, agents, Grain.HOUR, T0, T0 + timedelta(hours=1))
+    assert [(m.where(), m.measure, m.stored, m.expected) for m in report.mismatches] == [
+        ("1 agent_id 2", "(row)", "absent", "present"),
+        ("1 agent_id None", "failed_executions", 9, 1)]
+    repair(conn, agents, Grain.HOUR, report.mismatches)
+    assert verify_grain(conn, agents, Grain.HOUR, T0, T0 + timedelta(hours=1)).mismatches == []
+    assert_all_match(conn, agents)

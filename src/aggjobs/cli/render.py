@@ -98,7 +98,7 @@ def mismatch_table(mismatches: list[Mismatch]) -> Table:
     for col in ("grain", "bucket", "workspace", "measure", "stored", "expected"):
         table.add_column(col)
     for m in mismatches:
-        table.add_row(m.grain.value, str(m.bucket), str(m.workspace_id), m.measure,
+        table.add_row(m.grain.value, str(m.bucket), m.where(), m.measure,
                       describe(m.stored), describe(m.expected))
     return table
 

@@ -36,6 +36,11 @@ class Mismatch:
     measure: str
     stored: object
     expected: object
+    further: tuple[tuple[str, object], ...] = ()  # the dimensions past the workspace's
+
+    def where(self) -> str:
+        """The group: its workspace, and e.g. its agent."""
+        return " ".join([str(self.workspace_id), *(f"{d} {v}" for d, v in self.further)])
 
 
 @dataclass
@@ -78,18 +83,25 @@ def compare(rollup: Rollup, grain: Grain, stored: list[tuple], expected: list[tu
     tol = tolerance(rollup, grain)
     left = {row[:n_keys]: row[n_keys:] for row in stored}
     right = {row[:n_keys]: row[n_keys:] for row in expected}
+    further = rollup.dimensions[1:]
     out = []
-    for key in sorted(left.keys() | right.keys(), key=lambda k: (k[-1], k[:-1])):
+    for key in sorted(left.keys() | right.keys(), key=key_order):
         a = left.get(key, (None,) * len(names))
         b = right.get(key, (None,) * len(names))
+        dims = tuple(zip(further, key[1:-1], strict=True))
         if key not in left or key not in right:
             out.append(Mismatch(rollup.name, grain, key[-1], key[0], "(row)",
-                                present(key in left), present(key in right)))
+                                present(key in left), present(key in right), dims))
             continue
         for name, x, y in zip(names, a, b, strict=True):
             if not same(x, y, tol.get(name)):
-                out.append(Mismatch(rollup.name, grain, key[-1], key[0], name, x, y))
+                out.append(Mismatch(rollup.name, grain, key[-1], key[0], name, x, y, dims))
     return out
+
+
+def key_order(key: tuple) -> tuple:
+    """Bucket first, then the dimensions, NULL (a run without an agent) last."""
+    return key[-1], tuple((v is None, v) for v in key[:-1])
 
 
 def verify_grain(conn: psycopg.Connection, rollup: Rollup, grain: Grain, lo: datetime,
