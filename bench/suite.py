@@ -668,7 +668,8 @@ def plot(results: dict, path: Path) -> bool:
     ax.scatter([b[2] for b in bars], names, marker="|", s=400, color="black", label="target")
     ax.set_xlabel("measured (lower is better); black mark: target")
     ax.invert_yaxis()
-    ax.set_title(f"aggjobs benchmark suite, {results['workload']['runs_per_hour']:,} runs/hour")
+    ax.set_title(f"aggjobs benchmark suite, {results['workload']['runs_per_hour']:,} runs/hour,"
+                 f" {results.get('layout', 'plain')} sources, {results['date'][:10]}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
