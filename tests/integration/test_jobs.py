@@ -624,7 +624,6 @@ def test_the_rollups_of_a_run_go_side_by_side_on_sessions_of_their_own(conn, fas
     assert_hours_match(conn, T0 + 3 * H)
 
 
-
 class Interrupt(Exception):
     """Stands for Celery's soft time limit: an exception that ends the whole run."""
 

@@ -68,6 +68,7 @@ AMOUNT = st.decimals(min_value=Decimal("-999.9999"), max_value=Decimal("9999.999
 TABLE = st.sampled_from(sorted(TABLES))
 PICK = st.integers(0, 10_000)  # index (mod the number of candidate rows) of the row touched
 
+
 def agent_of(user: int) -> int | None:
     """A run's agent, from its drawn user: three agents, and runs without one (NULL)."""
     return None if user == 5 else user % 3
