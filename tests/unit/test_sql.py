@@ -103,5 +103,8 @@ def test_a_rollup_must_group_by_its_source_key() -> None:
     src = Source(name="s", table="s", time_column="t")
     with pytest.raises(ValueError, match="must include workspace_id"):
         Rollup(name="x", source=src, dimensions=("agent_id",), measures=(Count(name="n"),))
+    with pytest.raises(ValueError, match="must include workspace_id, first"):
+        Rollup(name="x", source=src, dimensions=("agent_id", "workspace_id"),
+               measures=(Count(name="n"),))
     with pytest.raises(ValueError, match="measure names repeat"):
         Rollup(name="x", source=src, measures=(Count(name="n"), Sum(name="n", column="a")))

@@ -106,13 +106,20 @@ class Rollup:
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        if self.source.key_column not in self.dimensions:
-            raise ValueError(f"{self.name}: dimensions must include {self.source.key_column}")
+        if self.dimensions[:1] != (self.source.key_column,):
+            # first: the key column leads every key and every group (verify reads it there)
+            raise ValueError(f"{self.name}: dimensions must include {self.source.key_column},"
+                             " first")
         if self.grains[0] is not Grain.HOUR:
             raise ValueError(f"{self.name}: the first grain must be the hour")
         names = [m.name for m in self.measures]
         if len(set(names)) != len(names):
             raise ValueError(f"{self.name}: measure names repeat")
+
+    @property
+    def further_dimensions(self) -> tuple[str, ...]:
+        """The dimensions after the key column (e.g. the agent): they may be NULL."""
+        return self.dimensions[1:]
 
     def table(self, grain: Grain) -> str:
         return f"{self.name}_{grain.table_suffix}"

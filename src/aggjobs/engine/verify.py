@@ -83,7 +83,7 @@ def compare(rollup: Rollup, grain: Grain, stored: list[tuple], expected: list[tu
     tol = tolerance(rollup, grain)
     left = {row[:n_keys]: row[n_keys:] for row in stored}
     right = {row[:n_keys]: row[n_keys:] for row in expected}
-    further = rollup.dimensions[1:]
+    further = rollup.further_dimensions
     out = []
     for key in sorted(left.keys() | right.keys(), key=key_order):
         a = left.get(key, (None,) * len(names))

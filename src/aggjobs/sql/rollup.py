@@ -92,8 +92,8 @@ def state_columns(measure: Measure) -> list[Column]:
 def target_columns(rollup: Rollup, grain: Grain) -> list[Column]:
     # The key column is never NULL in the source; a further dimension may be (a run without
     # an agent), and its NULLs form one group like GROUP BY's.
-    key = rollup.source.key_column
-    dims = [Column(d, "bigint", not_null=d == key) for d in rollup.dimensions]
+    dims = [Column(rollup.source.key_column, "bigint", not_null=True)] + [
+        Column(d, "bigint") for d in rollup.further_dimensions]
     bucket = [Column(grain.column, bucket_type(grain), not_null=True)]
     outputs = [c for m in rollup.measures for c in output_columns(m)]
     states = [c for m in rollup.measures for c in state_columns(m)]
@@ -110,13 +110,11 @@ def create_table(rollup: Rollup, grain: Grain) -> Composable:
         for c in target_columns(rollup, grain)
     ]
     # (workspace, bucket) lead: the engine finds and replaces a workspace's bucket as a whole.
-    key = rollup.source.key_column
-    further = [d for d in rollup.dimensions if d != key]
-    keys = sql.SQL(", ").join(I(c) for c in (key, grain.column, *further))
-    nullable = bool(further)
+    further = rollup.further_dimensions
+    keys = sql.SQL(", ").join(I(c) for c in (rollup.source.key_column, grain.column, *further))
     return S("CREATE TABLE IF NOT EXISTS {} ({}, UNIQUE{} ({}))").format(
         table_ident(rollup, grain), S(", ").join(cols),
-        S(" NULLS NOT DISTINCT" if nullable else ""), keys
+        S(" NULLS NOT DISTINCT" if further else ""), keys
     )
 
 
