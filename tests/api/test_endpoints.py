@@ -115,7 +115,7 @@ def test_post_run_runs_the_job_and_audits_it(client, history, keys, conn):
 
 @pytest.mark.parametrize("body,status,words", [
     ({"as_of": "not a time"}, 400, "cannot parse timestamp"),
-    ({"as_of": "2999-01-01"}, 400, "in the future"),
+    ({"as_of": "2199-01-01"}, 400, "in the future"),
     ({"as_of": "2026-01-01", "extra": 1}, 422, None),
 ])
 def test_post_run_validates_its_body(client, keys, conn, body, status, words):
@@ -150,7 +150,7 @@ def test_backfill_recomputes_and_audits(client, history, keys, conn):
     ({"rollups": ["x'); DELETE FROM aggjobs.watermarks; --"], "from": "2026-01-01",
       "to": "2026-01-02"}, 400, "unknown rollup"),
     ({"from": "2026-01-02", "to": "2026-01-01"}, 400, "must be before"),
-    ({"from": "2026-01-01", "to": "2999-01-01"}, 400, "in the future"),
+    ({"from": "2026-01-01", "to": "2199-01-01"}, 400, "in the future"),
     ({"from": "garbage", "to": "2026-01-01"}, 400, "cannot parse timestamp"),
     ({"to": "2026-01-01"}, 422, None),
 ])

@@ -6,7 +6,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from aggjobs.catalog.grains import Grain, chunks, parse_timestamp
+from aggjobs.catalog.grains import (
+    SUPPORTED_FROM,
+    SUPPORTED_UNTIL,
+    Grain,
+    chunks,
+    parse_timestamp,
+)
 from aggjobs.errors import InvalidTimestamp
 
 IST = timezone(timedelta(hours=5, minutes=30))
@@ -75,3 +81,19 @@ def test_parse_timestamp(text: str, expected: datetime) -> None:
 def test_parse_timestamp_rejects(text: str) -> None:
     with pytest.raises(InvalidTimestamp, match="cannot parse timestamp"):
         parse_timestamp(text)
+
+
+@pytest.mark.parametrize("text", [
+    "0001-01-01T00:00+01:00",  # an offset past year 1 in UTC (OverflowError)
+    "9999-12-31T23:59-23:59",  # past year 9999 in UTC
+    "1969-12-31T23:59:59Z", "2200-01-01", "0044-03-15",
+])
+def test_parse_timestamp_refuses_unsupported_times(text: str) -> None:
+    with pytest.raises(InvalidTimestamp, match=r"outside the supported times \[1970-01-01, "
+                       r"2200-01-01\) UTC"):
+        parse_timestamp(text)
+
+
+def test_supported_times_bounds() -> None:
+    assert parse_timestamp("1970-01-01") == SUPPORTED_FROM
+    assert parse_timestamp("2199-12-31T23:59:59.999999Z") < SUPPORTED_UNTIL

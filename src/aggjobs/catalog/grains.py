@@ -73,18 +73,38 @@ def bucket_date(ts: datetime) -> date:
     return as_utc(ts).date()
 
 
+# The times aggjobs rolls up (docs/rollups.md, "Supported times"): a raw row whose time is
+# outside [SUPPORTED_FROM, SUPPORTED_UNTIL) (infinite, BC, year 10000, ...) is in no bucket,
+# and a timestamp given to a command or the API must lie within it too.
+SUPPORTED_FROM = datetime(1970, 1, 1, tzinfo=UTC)
+SUPPORTED_UNTIL = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def supported(ts: datetime) -> bool:
+    return SUPPORTED_FROM <= as_utc(ts) < SUPPORTED_UNTIL
+
+
 def parse_timestamp(text: str) -> datetime:
-    """ISO 8601 date or timestamp; without an offset it is UTC. 'now' is accepted."""
+    """ISO 8601 date or timestamp within the supported times; without an offset it is UTC.
+    'now' is accepted."""
     text = text.strip()
     if text.lower() == "now":
         return datetime.now(UTC)
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:
         raise InvalidTimestamp(
-            f"cannot parse timestamp {text!r}: use ISO 8601, e.g. 2026-11-28 or 2026-11-28T13:00Z"
+            f"cannot parse timestamp {text[:64]!r}: use ISO 8601, e.g. 2026-11-28 or "
+            "2026-11-28T13:00Z"
         ) from None
-    return as_utc(parsed)
+    except OverflowError:  # an offset that moves it past year 1 or 9999 in UTC
+        parsed = None
+    if parsed is None or not supported(parsed):
+        raise InvalidTimestamp(
+            f"timestamp {text[:64]!r} is outside the supported times "
+            f"[{SUPPORTED_FROM:%Y-%m-%d}, {SUPPORTED_UNTIL:%Y-%m-%d}) UTC"
+        )
+    return parsed
 
 
 def chunks(start: datetime, end: datetime, step: timedelta) -> list[tuple[datetime, datetime]]:
