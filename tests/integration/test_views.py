@@ -6,7 +6,9 @@ Semantics compared (those of src/aggjobs/db/views.sql), with R = the view's `ref
   when the start of its UTC hour is >= R - 24 h (resp. 7 d), and only hours materialized by
   the hourly job count (the row's time < the hourly watermark; the hour in progress is not
   complete yet).
-- p95 and active users over 7 d, 30 d runs and 7 d / 30 d credits are over UTC DAYS:
+- 30 d runs and success rates are over hour buckets too (>= R - 30 days), so that they hold
+  the 7 d ones (issue 21: they were over days, without today's hours, and came out smaller).
+- p95 and active users over 7 d and 7 d / 30 d credits are over UTC DAYS:
   day >= R's UTC date - 7 (resp. 30), and only days materialized by the daily job count (time
   < the daily watermark, so today is not in them yet): p95 and active users over 7 d are over
   the last 7 complete days, read from the caches kept by the step `view.caches`.
@@ -66,10 +68,12 @@ WITH runs AS (
       AND {DAY.format(t="occurred_at")} < (%(r)s AT TIME ZONE 'UTC')::date
       AND occurred_at < %(dwm_events)s
     GROUP BY workspace_id
-), m AS (  -- day windows over materialized days
+), m AS (  -- the 30 days: hour buckets like the 7 d, over materialized hours
     SELECT workspace_id, count(*) AS runs_30d, count(*) FILTER (WHERE status = 'completed')
-               AS ok_30d, max(d) AS last_day
-    FROM runs WHERE d >= (%(r)s AT TIME ZONE 'UTC')::date - 30 AND started_at < %(dwm_runs)s
+               AS ok_30d,
+           max(d) FILTER (WHERE d > ((%(r)s - interval '30 days') AT TIME ZONE 'UTC')::date
+                            AND started_at < %(dwm_runs)s) AS last_day
+    FROM runs WHERE hb >= %(r)s - interval '30 days' AND started_at < %(hwm_runs)s
     GROUP BY workspace_id
 ), c AS (
     SELECT workspace_id,
@@ -229,7 +233,8 @@ def test_views_equal_recomputation_from_raw_rows(conn, settings) -> None:
     # The data are spread so that every window both includes and excludes some rows.
     rs = view.values()
     total = {k: sum(r[k] for r in rs) for k in ("runs_24h", "runs_7d", "runs_30d")}
-    assert 0 < total["runs_24h"] < total["runs_7d"] and total["runs_30d"] > 0, total
+    assert 0 < total["runs_24h"] < total["runs_7d"] < total["runs_30d"], total
+    assert all(r["runs_24h"] <= r["runs_7d"] <= r["runs_30d"] for r in rs), view
     assert all(r["p95_runtime_7d"] is not None and r["active_users_7d"] > 0 for r in rs)
     assert all(r["health_score"] is None for r in rs)  # health scores are not built yet
     assert sum(r["total_executions"] for r in daily.values()) > 0
@@ -323,3 +328,17 @@ def test_views_follow_the_window_moving_forward(conn, settings) -> None:
     after, _ = check(conn, now)
     assert {ws: (r["p95_runtime_7d"], r["active_users_7d"]) for ws, r in after.items()} == {
         ws: (r["p95_runtime_7d"], r["active_users_7d"]) for ws, r in view.items()}
+
+
+def test_30_days_hold_the_7_days(conn, settings) -> None:
+    """A week of data, today's hours included: the 30 days count every run the 7 days count
+    (they were over days only, without today's materialized hours, and came out smaller)."""
+    now = datetime.now(UTC)
+    top = Grain.HOUR.floor(now)
+    for n, age in enumerate([1, 2, 3, 20, 30, 50, 100, 150]):
+        for ws in (1, 2):
+            p.run(conn, ws=ws, at=top - age * H, status=("completed", "failed")[n % 2])
+    run_jobs(settings, now)
+    view, _ = check(conn, now)
+    assert {ws: (r["runs_7d"], r["runs_30d"]) for ws, r in view.items()} == {1: (8, 8),
+                                                                              2: (8, 8)}

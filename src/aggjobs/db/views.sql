@@ -41,11 +41,31 @@ WITH runs AS (
     FROM analytics.execution_metrics_hourly
     WHERE hour >= now() - interval '7 days'
     GROUP BY workspace_id
+), days_30d AS (
+    -- The 30 days are hours like the 24 h and 7 d (hour >= now() - 30 days), so that they
+    -- hold the 7 d: the whole UTC days of the window that the daily job has materialized
+    -- come from the daily rows (one row a day instead of 24), the rest (the window's first
+    -- partial day, the days not built yet, today) from the hourly rows.
+    SELECT lo.first_day,
+           greatest(lo.first_day, coalesce(w.watermark, lo.first_day)) AS days_until
+    FROM (SELECT date_trunc('day', now() - interval '30 days', 'UTC') + interval '1 day'
+                     AS first_day) AS lo
+    LEFT JOIN aggjobs.watermarks AS w
+        ON w.rollup = 'execution_metrics' AND w.grain = 'day'
 ), runs_30d AS (
-    SELECT workspace_id, sum(total_executions) AS runs_30d, sum(successful_executions) AS ok_30d,
-           max(day) AS last_run_day
-    FROM analytics.execution_metrics_daily
-    WHERE day >= (now() AT TIME ZONE 'UTC')::date - 30
+    SELECT workspace_id, sum(runs) AS runs_30d, sum(ok) AS ok_30d, max(day) AS last_run_day
+    FROM (
+        SELECT d.workspace_id, d.total_executions AS runs, d.successful_executions AS ok,
+               d.day
+        FROM analytics.execution_metrics_daily AS d, days_30d AS b
+        WHERE d.day >= (b.first_day AT TIME ZONE 'UTC')::date
+          AND d.day < (b.days_until AT TIME ZONE 'UTC')::date
+        UNION ALL
+        SELECT h.workspace_id, h.total_executions, h.successful_executions, NULL
+        FROM analytics.execution_metrics_hourly AS h, days_30d AS b
+        WHERE h.hour >= now() - interval '30 days'
+          AND (h.hour < b.first_day OR h.hour >= b.days_until)
+    ) AS parts
     GROUP BY workspace_id
 ), window_7d AS (
     -- p95 (merged daily sketches: within 0.75% of the exact value) and exact active users
