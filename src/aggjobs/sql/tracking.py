@@ -32,20 +32,27 @@ def hour_of(row: str, source: Source) -> sql.Composable:
 
 def create_function(source: Source) -> sql.Composable:
     """The trigger function: log (key, hour) of the old and the new row; retention's deletes
-    (transaction setting `aggjobs.retention` = 'on') are not logged."""
+    are not logged. They are those of a transaction aggjobs.delete_raw_before listed in
+    aggjobs.retention_transactions while it runs (owner-only: no other session can claim to
+    be retention, as a settable GUC let any). Looked up for a DELETE only (one index probe
+    beside the log row it saves); the insert path, and writes ahead of the threshold, which
+    run no function at all, are unchanged. Its search_path is pinned: it runs as whoever writes,
+    who must not be able to shadow date_trunc or `=` and so log the wrong hour."""
     key = I(source.key_column)
     log = S(
         "INSERT INTO aggjobs.invalidation_log (source, workspace_id, bucket) VALUES ({}, {}, {});"
     )
     return S(
-        """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $body$
+        """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $body$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         INSERT INTO aggjobs.invalidation_log (source) VALUES ({src});
         RETURN NULL;
     END IF;
     -- Retention deletes rows whose buckets stay as they are: nothing to recompute.
-    IF TG_OP = 'DELETE' AND current_setting('aggjobs.retention', true) = 'on' THEN
+    IF TG_OP = 'DELETE' AND EXISTS (SELECT FROM aggjobs.retention_transactions
+            WHERE txid = pg_current_xact_id_if_assigned()) THEN
         RETURN NULL;
     END IF;
     IF TG_OP <> 'INSERT' THEN
