@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from aggjobs.api import tokens
 from aggjobs.catalog import SOURCES, Grain, get_rollup
@@ -240,6 +241,27 @@ def test_no_other_session_can_switch_tracking_off(conn, settings, platform_write
     p.refresh_all(conn, settings, HOUR + timedelta(minutes=5))
     assert_matches(conn, "execution_metrics", Grain.HOUR, HOUR)
     assert_matches(conn, "execution_metrics", Grain.DAY, HOUR)
+
+
+def test_a_writer_cannot_shadow_the_trigger_functions_operators(conn, settings, db_url,
+                                                              platform_writer):
+    """A writer with a schema of its own put before pg_catalog, where `=` and `<>` on text
+    are always false: the trigger function (which runs as the writer) still logs."""
+    materialize(conn, settings)
+    name = conninfo_to_dict(platform_writer)["user"]
+    conn.execute(sql.SQL("CREATE SCHEMA evil AUTHORIZATION {}").format(sql.Identifier(name)))
+    with psycopg.connect(platform_writer, autocommit=True) as writer:
+        writer.execute("CREATE FUNCTION evil.never(text, text) RETURNS boolean"
+                       " LANGUAGE sql IMMUTABLE AS 'SELECT false'")
+        for op in ("=", "<>"):
+            writer.execute(f"CREATE OPERATOR evil.{op} (LEFTARG = text, RIGHTARG = text,"
+                           " FUNCTION = evil.never)")
+        writer.execute("SET search_path = evil, pg_catalog, public")
+        late = conn.execute("SELECT min(id) FROM agent_runs").fetchone()[0]
+        writer.execute("UPDATE agent_runs SET workspace_id = 7 WHERE id = %s", (late,))
+        writer.execute("DELETE FROM agent_runs WHERE id = %s", (late,))
+    assert count(conn, "aggjobs.invalidation_log") == 3  # old and new group, then the delete
+    conn.execute("DROP SCHEMA evil CASCADE")
 
 
 def test_retention_deletes_stay_untracked_and_leave_no_marker(conn, worker, settings):
