@@ -135,8 +135,8 @@ def test_migrate_leaves_a_threshold_within_bounds(conn, db_url, settings):
 
 # -- finding 3 and the token part of 10: api_tokens through audited functions only ------------
 TOKEN_WRITES = [
-    "INSERT INTO aggjobs.api_tokens (name, role, token_hash, created_by)"
-    " VALUES ('mine', 'admin', repeat('a', 64), 'w')",
+    ("INSERT INTO aggjobs.api_tokens (name, role, token_hash, created_by)"
+    " VALUES ('mine', 'admin', repeat('a', 64), 'w')"),
     "UPDATE aggjobs.api_tokens SET revoked_at = NULL",
     "UPDATE aggjobs.api_tokens SET role = 'admin'",
     "UPDATE aggjobs.api_tokens SET token_hash = repeat('b', 64)",

@@ -287,19 +287,19 @@ DEFINER_CALLS = [
 CANNOT = [
     # aggjobs_worker
     *[("worker", stmt, Denied) for stmt in (
-        "INSERT INTO public.agent_runs (id, workspace_id, status, started_at)"
-        " VALUES (1, 1, 'completed', now())",
+        ("INSERT INTO public.agent_runs (id, workspace_id, status, started_at)"
+        " VALUES (1, 1, 'completed', now())"),
         "UPDATE public.user_events SET workspace_id = 9",
         "DELETE FROM public.credit_transactions",
         "TRUNCATE public.agent_runs",
         "UPDATE aggjobs.sources SET threshold = 'infinity'",
-        "INSERT INTO aggjobs.sources (source, relation_schema, relation_name, time_column)"
-        " VALUES ('audit', 'aggjobs', 'audit_log', 'at')",
+        ("INSERT INTO aggjobs.sources (source, relation_schema, relation_name, time_column)"
+        " VALUES ('audit', 'aggjobs', 'audit_log', 'at')"),
         "DROP TRIGGER aggjobs_track_delete ON public.agent_runs",
         "ALTER TABLE public.agent_runs DISABLE TRIGGER USER",
         "SELECT * FROM aggjobs.source_relation('agent_runs')",
-        "INSERT INTO aggjobs.api_tokens (name, role, token_hash, created_by)"
-        " VALUES ('mine', 'admin', repeat('a', 64), 'w')",
+        ("INSERT INTO aggjobs.api_tokens (name, role, token_hash, created_by)"
+        " VALUES ('mine', 'admin', repeat('a', 64), 'w')"),
         "UPDATE aggjobs.api_tokens SET revoked_at = NULL, role = 'admin'",
         "DELETE FROM aggjobs.api_tokens",
         "TRUNCATE aggjobs.api_tokens",
@@ -321,8 +321,8 @@ CANNOT = [
         "aggjobs.watermarks", "aggjobs.invalidation_log")],
     *[("reader", stmt, Denied) for stmt in (
         "DELETE FROM analytics.execution_metrics_hourly",
-        "INSERT INTO aggjobs.job_runs (job, trigger, who, as_of, status, host, pid)"
-        " VALUES ('x', 'manual', 'r', now(), 'running', 'h', 1)",
+        ("INSERT INTO aggjobs.job_runs (job, trigger, who, as_of, status, host, pid)"
+        " VALUES ('x', 'manual', 'r', now(), 'running', 'h', 1)"),
         "INSERT INTO aggjobs.audit_log (actor, action, outcome) VALUES ('r', 'r', 'r')",
         *DEFINER_CALLS)],
     # the platform's writers (with docs/security.md's grant)
@@ -337,8 +337,8 @@ CANNOT = [
     *[("public", stmt, Denied) for stmt in (
         "SELECT count(*) FROM analytics.execution_metrics_hourly",
         "SELECT count(*) FROM aggjobs.job_runs",
-        "INSERT INTO public.agent_runs (id, workspace_id, status, started_at)"
-        " VALUES (1, 1, 'completed', now())",
+        ("INSERT INTO public.agent_runs (id, workspace_id, status, started_at)"
+        " VALUES (1, 1, 'completed', now())"),
         *DEFINER_CALLS)],
 ]
 

@@ -76,12 +76,12 @@ def audit(conn: psycopg.Connection, *, actor: str, action: str, target: str | No
 
 
 REFUSALS = {  # create_token's refusals (migration 0011), as the caller is told them
-    "refused: invalid name": "invalid token name {name!r:.120}: 1-100 letters, digits or _ . @ : -, "
-                             "starting with a letter or digit",
+    "refused: invalid name": ("invalid token name {name!r:.120}: 1-100 letters, digits or "
+                              "_ . @ : -, starting with a letter or digit"),
     "refused: invalid role": "invalid role {role!r:.60}; roles are: " + ", ".join(ROLES),
     "refused: invalid expiry": "--expires-days must be positive and at most 36500 (100 years)",
-    "refused: name exists": "a token named {name!r:.120} exists already: revoke it or pick another "
-                            "name",
+    "refused: name exists": ("a token named {name!r:.120} exists already: revoke it or pick "
+                             "another name"),
 }
 
 
@@ -102,7 +102,7 @@ def create(conn: psycopg.Connection, name: str, role: str, *, actor: str,
             "SELECT id, name, role, created_at, created_by, expires_at FROM aggjobs.api_tokens"
             " WHERE name = %s", (name,)).fetchone() if outcome == "created" else None
     if row is None:
-        message = REFUSALS.get(outcome, outcome).format(name=name, role=role)
+        message = REFUSALS.get(outcome, str(outcome)).format(name=name, role=role)
         raise (TokenExists if outcome == "refused: name exists" else TokenError)(message)
     return secret, row
 
