@@ -4,6 +4,8 @@ refused; the audit log is append-only for every role, the owner included."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -17,6 +19,8 @@ from aggjobs.settings import Settings
 from aggjobs.sql import tracking
 from tests import platform as p
 from tests.reference import assert_matches
+
+from .conftest import as_user
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 H, D = timedelta(hours=1), timedelta(days=1)
@@ -268,3 +272,118 @@ def test_worker_privileges_cover_tables_created_after_the_migrations(conn, worke
         "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class WHERE relkind = 'm'"
         " AND relnamespace = 'analytics'::regnamespace")).fetchall()
     assert owners == [("aggjobs_worker",)]
+
+
+# -- every "cannot" of docs/security.md, "Who can do what" -------------------------------------
+Invalid = pg_errors.InvalidParameterValue
+DEFINER_CALLS = [
+    "SELECT aggjobs.delete_raw_before('agent_runs', now(), 10)",
+    "SELECT aggjobs.move_tracking_threshold('agent_runs', now())",
+    "SELECT * FROM aggjobs.drop_partition_before('agent_runs', now())",
+    "SELECT aggjobs.create_token('x', 'admin', repeat('a', 64), 'me', NULL, NULL)",
+    "SELECT aggjobs.revoke_token('x', 'me', NULL)",
+    "SELECT aggjobs.token_used(1)",
+]
+CANNOT = [
+    # aggjobs_worker
+    *[("worker", stmt, Denied) for stmt in (
+        ("INSERT INTO public.agent_runs (id, workspace_id, status, started_at)"
+        " VALUES (1, 1, 'completed', now())"),
+        "UPDATE public.user_events SET workspace_id = 9",
+        "DELETE FROM public.credit_transactions",
+        "TRUNCATE public.agent_runs",
+        "UPDATE aggjobs.sources SET threshold = 'infinity'",
+        ("INSERT INTO aggjobs.sources (source, relation_schema, relation_name, time_column)"
+        " VALUES ('audit', 'aggjobs', 'audit_log', 'at')"),
+        "DROP TRIGGER aggjobs_track_delete ON public.agent_runs",
+        "ALTER TABLE public.agent_runs DISABLE TRIGGER USER",
+        "SELECT * FROM aggjobs.source_relation('agent_runs')",
+        ("INSERT INTO aggjobs.api_tokens (name, role, token_hash, created_by)"
+        " VALUES ('mine', 'admin', repeat('a', 64), 'w')"),
+        "UPDATE aggjobs.api_tokens SET revoked_at = NULL, role = 'admin'",
+        "DELETE FROM aggjobs.api_tokens",
+        "TRUNCATE aggjobs.api_tokens",
+        "UPDATE aggjobs.audit_log SET outcome = 'forged'",
+        "DELETE FROM aggjobs.audit_log",
+        "TRUNCATE aggjobs.audit_log",
+        "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (9999, 'x')",
+        "INSERT INTO aggjobs.retention_transactions VALUES (pg_current_xact_id())",
+        "CREATE TABLE analytics.mine (x int)",
+        "CREATE TABLE aggjobs.mine (x int)",
+    )],
+    ("worker", "SELECT aggjobs.delete_raw_before('aggjobs.audit_log', now(), 10)", Invalid),
+    ("worker", "SELECT aggjobs.move_tracking_threshold('agent_runs', 'infinity')", Invalid),
+    ("worker", "SELECT aggjobs.move_tracking_threshold('agent_runs', now() + interval '1 day')",
+     Invalid),
+    # aggjobs_reader
+    *[("reader", f"SELECT count(*) FROM {t}", Denied) for t in (
+        "public.agent_runs", "aggjobs.api_tokens", "aggjobs.audit_log", "aggjobs.sources",
+        "aggjobs.watermarks", "aggjobs.invalidation_log")],
+    *[("reader", stmt, Denied) for stmt in (
+        "DELETE FROM analytics.execution_metrics_hourly",
+        ("INSERT INTO aggjobs.job_runs (job, trigger, who, as_of, status, host, pid)"
+        " VALUES ('x', 'manual', 'r', now(), 'running', 'h', 1)"),
+        "INSERT INTO aggjobs.audit_log (actor, action, outcome) VALUES ('r', 'r', 'r')",
+        *DEFINER_CALLS)],
+    # the platform's writers (with docs/security.md's grant)
+    *[("writer", stmt, Denied) for stmt in (
+        "SELECT count(*) FROM aggjobs.invalidation_log",
+        "DELETE FROM aggjobs.invalidation_log",
+        "INSERT INTO aggjobs.retention_transactions VALUES (pg_current_xact_id())",
+        "SELECT count(*) FROM aggjobs.api_tokens",
+        "INSERT INTO aggjobs.audit_log (actor, action, outcome) VALUES ('p', 'p', 'p')",
+        *DEFINER_CALLS)],
+    # PUBLIC: a role that can connect and nothing more
+    *[("public", stmt, Denied) for stmt in (
+        "SELECT count(*) FROM analytics.execution_metrics_hourly",
+        "SELECT count(*) FROM aggjobs.job_runs",
+        ("INSERT INTO public.agent_runs (id, workspace_id, status, started_at)"
+        " VALUES (1, 1, 'completed', now())"),
+        *DEFINER_CALLS)],
+]
+
+
+@pytest.fixture
+def as_role(db_url: str, login_role) -> Iterator[Callable[[str], psycopg.Connection]]:
+    """connect(kind) for kind in worker, reader, writer (the platform's, with the documented
+    grant) and public (no grant at all)."""
+    opened: list[psycopg.Connection] = []
+    made: list[str] = []
+
+    def connect(kind: str) -> psycopg.Connection:
+        if kind in ("worker", "reader"):
+            url = login_role(f"aggjobs_{kind}")
+        else:
+            name = f"aggjobs_t_{kind}_{uuid.uuid4().hex[:10]}"
+            role = sql.Identifier(name)
+            with psycopg.connect(db_url, autocommit=True) as admin:
+                admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+                if kind == "writer":
+                    admin.execute(sql.SQL("GRANT USAGE ON SCHEMA aggjobs TO {}").format(role))
+                    admin.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON"
+                                          " public.agent_runs TO {}").format(role))
+                    admin.execute(sql.SQL("GRANT INSERT ON aggjobs.invalidation_log TO {}"
+                                          ).format(role))
+            made.append(name)
+            url = as_user(db_url, name)
+        opened.append(psycopg.connect(url, autocommit=True))
+        return opened[-1]
+
+    yield connect
+    for c in opened:
+        c.close()
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        for name in made:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize("kind,stmt,error", CANNOT,
+                         ids=[f"{k}-{s[:60]}" for k, s, _ in CANNOT])
+def test_role_cannot(conn, as_role, kind, stmt, error):
+    load(conn, T0, 2)
+    tables = ("public.agent_runs", "public.user_events", "public.credit_transactions",
+              "aggjobs.api_tokens", "aggjobs.sources", "aggjobs.audit_log")
+    before = {t: count(conn, t) for t in tables}
+    refused(as_role(kind), stmt, error=error)
+    assert {t: count(conn, t) for t in tables} == before

@@ -2,17 +2,17 @@
 
 Roles are ordered viewer < operator < admin: a route needing `operator` accepts operator and
 admin tokens. A token is valid while it is neither revoked nor past its expiry. Every
-creation and revocation is written to aggjobs.audit_log; secrets never are (nor logged).
+creation and revocation, and every refused one, is written to aggjobs.audit_log by the
+SECURITY DEFINER functions that alone change api_tokens (migration 0011, docs/security.md);
+secrets never are (nor logged).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg.rows import dict_row
@@ -22,7 +22,6 @@ from ..errors import AggjobsError
 
 ROLES = ("viewer", "operator", "admin")
 PREFIX = "agj_"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,99}$")
 
 
 class TokenError(AggjobsError):
@@ -76,37 +75,53 @@ def audit(conn: psycopg.Connection, *, actor: str, action: str, target: str | No
                     outcome=outcome, source=source or audit_log.local_source("local"))
 
 
+REFUSALS = {  # create_token's refusals (migration 0011), as the caller is told them
+    "refused: invalid name": ("invalid token name {name!r:.120}: 1-100 letters, digits or "
+                              "_ . @ : -, starting with a letter or digit"),
+    "refused: invalid role": "invalid role {role!r:.60}; roles are: " + ", ".join(ROLES),
+    "refused: invalid expiry": "--expires-days must be positive and at most 36500 (100 years)",
+    "refused: name exists": ("a token named {name!r:.120} exists already: revoke it or pick "
+                             "another name"),
+}
+
+
 def create(conn: psycopg.Connection, name: str, role: str, *, actor: str,
            expires_days: float | None = None, source: str | None = None) -> tuple[str, dict]:
     """A new token; returns its secret (the only time it exists outside the client) and its
-    row. `source`: where the request came from, for the audit row."""
-    if not NAME.match(name or ""):
-        raise TokenError(f"invalid token name {name!r}: 1-100 letters, digits or _ . @ : -, "
-                         "starting with a letter or digit")
-    if role not in ROLES:
-        raise TokenError(f"invalid role {role!r}; roles are: {', '.join(ROLES)}")
-    if expires_days is not None and expires_days <= 0:
-        raise TokenError("--expires-days must be positive")
-    expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+    row. `source`: where the request came from, for the audit row. The database function
+    aggjobs.create_token checks the request and writes the token and the audit row, a
+    refusal's too, in one transaction: the worker cannot write api_tokens itself."""
     secret = new_secret()
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        outcome = cur.execute(
+            "SELECT aggjobs.create_token(%s, %s, %s, %s, %s, %s) AS outcome",
+            (printable(name), printable(role), hash_secret(secret), actor,
+             days(expires_days), source or audit_log.local_source("local")),
+        ).fetchone()["outcome"]
         row = cur.execute(
-            "INSERT INTO aggjobs.api_tokens (name, role, token_hash, created_by, expires_at)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING"
-            " RETURNING id, name, role, created_at, created_by, expires_at",
-            (name, role, hash_secret(secret), actor, expires),
-        ).fetchone()
-        if row is None:
-            audit(conn, actor=actor, action="token.create", target=name,
-                  params={"role": role, "expires_at": expires and expires.isoformat()},
-                  outcome="refused: name exists", source=source)
-        else:
-            audit(conn, actor=actor, action="token.create", target=name,
-                  params={"role": role, "expires_at": expires and expires.isoformat()},
-                  outcome="created", source=source)
+            "SELECT id, name, role, created_at, created_by, expires_at FROM aggjobs.api_tokens"
+            " WHERE name = %s", (name,)).fetchone() if outcome == "created" else None
     if row is None:
-        raise TokenExists(f"a token named {name!r} exists already: revoke it or pick another name")
+        message = REFUSALS.get(outcome, str(outcome)).format(name=name, role=role)
+        raise (TokenExists if outcome == "refused: name exists" else TokenError)(message)
     return secret, row
+
+
+def printable(text: str | None) -> str | None:
+    """`text` as PostgreSQL can store it (no NUL): the function refuses it, audited, rather
+    than psycopg failing before the call."""
+    return text.replace("\x00", "\\x00") if isinstance(text, str) else text
+
+
+def days(value: float | None) -> float | None:
+    """A float for the database, whatever was given (an int too large for a float is
+    infinite: refused there, audited)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf")
 
 
 def list_tokens(conn: psycopg.Connection) -> list[dict]:
@@ -121,14 +136,12 @@ def list_tokens(conn: psycopg.Connection) -> list[dict]:
 
 def revoke(conn: psycopg.Connection, name: str, *, actor: str, source: str | None = None
            ) -> None:
+    """Revoke the active token `name` through aggjobs.revoke_token, which audits it."""
     with conn.transaction():
         done = conn.execute(
-            "UPDATE aggjobs.api_tokens SET revoked_at = now()"
-            " WHERE name = %s AND revoked_at IS NULL RETURNING id", (name,)
-        ).fetchone()
-        audit(conn, actor=actor, action="token.revoke", target=name, params={},
-              outcome="revoked" if done else "refused: no active token of that name",
-              source=source)
+            "SELECT aggjobs.revoke_token(%s, %s, %s)",
+            (printable(name), actor, source or audit_log.local_source("local")),
+        ).fetchone()[0]
     if not done:
         raise UnknownToken(f"no active token named {name!r} (see `aggjobs token list`)")
 
@@ -150,10 +163,7 @@ def check(conn: psycopg.Connection, secret: str | None) -> Verdict:
         return Verdict(None, "token revoked", name)
     if expired:
         return Verdict(None, "token expired", name)
-    conn.execute(
-        "UPDATE aggjobs.api_tokens SET last_used_at = now() WHERE id = %s"
-        " AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-        (token_id,))
+    conn.execute("SELECT aggjobs.token_used(%s)", (token_id,))
     return Verdict(Principal(name, role))
 
 

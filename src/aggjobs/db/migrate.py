@@ -19,7 +19,7 @@ from importlib.resources import files
 import psycopg
 from psycopg import sql
 
-from ..catalog import ROLLUPS, SOURCES
+from ..catalog import ROLLUPS, SOURCES, Source, rollups_on
 from ..sql import query, tracking
 from ..sql import rollup as rollup_sql
 from .view_caches import update_view_caches
@@ -124,6 +124,7 @@ def sync_catalog(conn: psycopg.Connection) -> None:
             " excluded.time_column)",
             (source.name, source.schema, source.table, source.time_column),
         )
+        repair_threshold(conn, source)
         threshold = conn.execute(
             "SELECT threshold FROM aggjobs.sources WHERE source = %s", (source.name,)
         ).fetchone()[0]
@@ -143,12 +144,26 @@ def sync_catalog(conn: psycopg.Connection) -> None:
     sync_grants(conn)
 
 
+def repair_threshold(conn: psycopg.Connection, source: Source) -> None:
+    """Put back a tracking threshold outside its bounds (0011: infinite, BC, far ahead of
+    now), which move_tracking_threshold refuses to move and psycopg cannot even read, to the
+    end of what the source's rollups materialized; the caller re-creates the triggers."""
+    row = conn.execute(query("repair_threshold"), {
+        "source": source.name, "rollups": [r.name for r in rollups_on(source)]}).fetchone()
+    if row:
+        log.warning("tracking threshold of %s was %s, outside [1970-01-01, now + 10 minutes]:"
+                    " reset to %s", source.name, row[0], row[1] or "none (nothing materialized)")
+
+
 WORKER, READER = "aggjobs_worker", "aggjobs_reader"
 # The engine's state: the worker reads and writes it. Not aggjobs.sources (it names the
 # tables the SECURITY DEFINER functions act on: read-only for the worker), not audit_log
-# (append-only: INSERT and SELECT) and not schema_migrations (read-only).
+# (append-only: INSERT and SELECT), not schema_migrations (read-only), not api_tokens
+# (read-only: changed through the audited functions of 0011) and not
+# retention_transactions (the owner's: delete_raw_before writes it).
 WORKER_STATE_TABLES = ("watermarks", "pending_groups", "invalidation_log", "job_runs",
-                       "backfills", "quarantine", "alerts", "api_tokens")
+                       "backfills", "quarantine", "alerts")
+WORKER_READ_ONLY_TABLES = ("sources", "schema_migrations", "api_tokens")
 
 
 def sync_grants(conn: psycopg.Connection) -> None:
@@ -161,6 +176,7 @@ def sync_grants(conn: psycopg.Connection) -> None:
     worker, reader = I(WORKER), I(READER)
     sources = sql.SQL(", ").join(I(s.schema, s.table) for s in SOURCES)
     state_tables = sql.SQL(", ").join(I("aggjobs", t) for t in WORKER_STATE_TABLES)
+    read_only = sql.SQL(", ").join(I("aggjobs", t) for t in WORKER_READ_ONLY_TABLES)
     for stmt in (
         sql.SQL("GRANT USAGE ON SCHEMA public, analytics, aggjobs TO {}").format(worker),
         sql.SQL("GRANT SELECT ON {} TO {}").format(sources, worker),
@@ -169,8 +185,10 @@ def sync_grants(conn: psycopg.Connection) -> None:
         sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA analytics TO {}"
                 ).format(worker),
         sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(state_tables, worker),
-        sql.SQL("GRANT SELECT ON aggjobs.sources, aggjobs.schema_migrations TO {}"
-                ).format(worker),
+        sql.SQL("GRANT SELECT ON {} TO {}").format(read_only, worker),
+        # Before 0011 the worker could write api_tokens: no longer.
+        sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(
+            read_only, worker),
         sql.SQL("GRANT SELECT, INSERT ON aggjobs.audit_log TO {}").format(worker),
         sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA aggjobs TO {}").format(worker),
         # source_relation is an internal helper of the SECURITY DEFINER functions.

@@ -28,9 +28,13 @@ def rollup_lock(conn: psycopg.Connection, rollup: Rollup, *, wait_s: float) -> I
     deadline = time.monotonic() + wait_s
     while not conn.execute(query("try_rollup_lock"), {"rollup": rollup.name}).fetchone()[0]:
         if time.monotonic() >= deadline:
+            from ..monitor import locks  # the monitor imports the engine: imported late
+
+            held = locks.held_by(conn, "rollup", rollup.name)  # issue 21: name a foreign one
             raise LockBusy(
                 f"rollup {rollup.name} is being written by another process "
                 f"(waited {wait_s:g} s); try again when it finishes"
+                + (f"; its lock is {held}" if held else "")
             )
         time.sleep(0.1)
     try:

@@ -35,7 +35,7 @@ from ..audit import local_source
 from ..catalog.grains import as_utc
 from ..db.connect import SessionLimits, connect, first_line
 from ..errors import AggjobsError, LockBusy
-from ..monitor import alerts
+from ..monitor import alerts, locks
 from ..settings import Settings
 from ..sql import query
 from .model import Job, Step, StepContext, batches
@@ -112,7 +112,7 @@ def run_job(request: RunRequest, settings: Settings,
         result = run.execute(should_stop)
         if request.trigger in ("manual", "backfill"):  # people's actions are audited
             run.audit(result)
-        if result.status != "skipped":
+        if result.status != "skipped" or run.foreign_holder:  # a foreign holder: alert now
             run.check_alerts()
         return result
     finally:
@@ -127,6 +127,7 @@ class Run:
         self.conn = self.connect()
         self.stopping = threading.Event()  # set when an interruption ends the run
         self.heavy_slot: int | None = None
+        self.foreign_holder = False  # a lock was held by a session aggjobs does not run as
         self.run_id: int | None = None
         self.row = {
             "job": job.name, "trigger": request.trigger, "as_of": as_of, "slot": request.slot,
@@ -156,9 +157,11 @@ class Run:
         if busy:
             return self.skip(busy)
         if not self.take_heavy_slot():
+            held = self.foreign("heavy-job slot")
             result = self.skip(
                 f"{self.settings.heavy_jobs_concurrency} heavy job(s) already running "
-                f"(AGGJOBS_HEAVY_JOBS_CONCURRENCY); waited {self.settings.lock_wait_s:g} s")
+                f"(AGGJOBS_HEAVY_JOBS_CONCURRENCY); waited {self.settings.lock_wait_s:g} s"
+                + (f"; a slot is {held}" if held else ""))
             result.retry_later = True
             return result
         try:
@@ -293,12 +296,24 @@ class Run:
                                             {"job": self.job.name}).fetchone()[0]:
                 return None
             if time.monotonic() >= deadline:
-                return (f"steps of an earlier {self.job.name} run whose process died are still "
-                        "finishing in the database; the next run goes ahead" if locked
-                        else self.holder_message())
+                return self.steps_message() if locked else self.holder_message()
             time.sleep(0.25)
 
+    def foreign(self, kind: str, name: str | None = None) -> str:
+        """'' or who, not being aggjobs, holds the lock (monitor.locks)."""
+        held = locks.held_by(self.conn, kind, name)
+        self.foreign_holder = self.foreign_holder or bool(held)
+        return held
+
+    def steps_message(self) -> str:
+        if held := self.foreign("job steps", self.job.name):
+            return f"{self.job.name} cannot start: its steps' lock is {held}"
+        return (f"steps of an earlier {self.job.name} run whose process died are still "
+                "finishing in the database; the next run goes ahead")
+
     def holder_message(self) -> str:
+        if held := self.foreign("job", self.job.name):
+            return f"{self.job.name} cannot start: its lock is {held}"
         holder = self.conn.execute(query("running_run"), {"job": self.job.name}).fetchone()
         if holder is None:
             return f"{self.job.name} is already running elsewhere"

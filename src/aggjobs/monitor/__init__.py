@@ -15,6 +15,7 @@ from ..jobs.registry import JOBS
 from ..jobs.schedule import next_run as next_firing
 from ..settings import Settings
 from ..sql import query
+from . import locks
 
 
 def next_run(job: str, settings: Settings, now: datetime) -> datetime | None:
@@ -83,12 +84,20 @@ def problems(jobs: list[dict], rollups: list[dict], settings: Settings,
     return found
 
 
+def lock_problems(conn: psycopg.Connection) -> list[Problem]:
+    """A session aggjobs does not run as holding one of its advisory locks (monitor.locks)."""
+    return [Problem(f"foreign_lock:{h.pid}:{h.kind}:{h.name or ''}", f"advisory lock ({h.lock})",
+                    f"held by a session aggjobs does not run as: {h.who}; while it is held, "
+                    f"{locks.effect(h)}", h.todo)
+            for h in locks.foreign_holders(conn)]
+
+
 def overview(conn: psycopg.Connection, settings: Settings, now: datetime | None = None
              ) -> dict:
     now = as_utc(now or datetime.now(UTC))
     jobs = job_states(conn, settings, now)
     rollups = rollup_status(conn, now=now)
-    found = problems(jobs, rollups, settings, now)
+    found = problems(jobs, rollups, settings, now) + lock_problems(conn)
     return {"healthy": not found, "checked_at": now, "problems": [str(p) for p in found],
             "incidents": [p.key for p in found], "jobs": jobs, "rollups": rollups}
 
@@ -97,7 +106,7 @@ def current_problems(conn: psycopg.Connection, settings: Settings,
                      now: datetime | None = None) -> list[Problem]:
     now = as_utc(now or datetime.now(UTC))
     return problems(job_states(conn, settings, now), rollup_status(conn, now=now),
-                    settings, now)
+                    settings, now) + lock_problems(conn)
 
 
 def run_history(conn: psycopg.Connection, *, job: str | None = None,

@@ -14,11 +14,11 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 @cache
 def queries() -> dict[str, str]:
-    """Named static queries: each block of queries.sql, jobs.sql and view_caches.sql under a
-    `-- name: x` header."""
+    """Named static queries: each block of queries.sql, jobs.sql, view_caches.sql and
+    roles.sql under a `-- name: x` header."""
     return named("\n".join(
         files(__package__).joinpath(name).read_text()
-        for name in ("queries.sql", "jobs.sql", "view_caches.sql")
+        for name in ("queries.sql", "jobs.sql", "view_caches.sql", "roles.sql")
     ))
 
 

@@ -27,12 +27,25 @@ def function_ident(source: Source) -> sql.Identifier:
 
 
 def hour_of(row: str, source: Source) -> sql.Composable:
-    return S("date_trunc('hour', {}.{}, 'UTC')").format(S(row), I(source.time_column))
+    return S("pg_catalog.date_trunc('hour', {}.{}, 'UTC')").format(S(row), I(source.time_column))
+
+
+EQ, NE = S("OPERATOR(pg_catalog.=)"), S("OPERATOR(pg_catalog.<>)")
 
 
 def create_function(source: Source) -> sql.Composable:
     """The trigger function: log (key, hour) of the old and the new row; retention's deletes
-    (transaction setting `aggjobs.retention` = 'on') are not logged."""
+    are not logged. They are those of a transaction aggjobs.delete_raw_before listed in
+    aggjobs.retention_transactions while it runs (owner-only: no other session can claim to
+    be retention, as the settable GUC aggjobs.retention let any). Looked up for a DELETE only
+    (one primary-key probe beside the log row it saves); inserts and updates cost what they
+    did, and writes ahead of the threshold run no function at all.
+
+    It runs as whoever writes, under their search_path: every function and operator is
+    schema-qualified, so that a writer cannot shadow `=` or date_trunc (in a schema of its
+    own put before pg_catalog) to log nothing or the wrong hour. Qualifying costs nothing;
+    a `SET search_path` clause would cost every late write a GUC save and restore. The key
+    is an integer (it goes to invalidation_log.workspace_id), whose `=` is pg_catalog's."""
     key = I(source.key_column)
     log = S(
         "INSERT INTO aggjobs.invalidation_log (source, workspace_id, bucket) VALUES ({}, {}, {});"
@@ -40,19 +53,26 @@ def create_function(source: Source) -> sql.Composable:
     return S(
         """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
-    IF TG_OP = 'TRUNCATE' THEN
+    IF TG_OP {eq} 'TRUNCATE' THEN
         INSERT INTO aggjobs.invalidation_log (source) VALUES ({src});
         RETURN NULL;
     END IF;
-    -- Retention deletes rows whose buckets stay as they are: nothing to recompute.
-    IF TG_OP = 'DELETE' AND current_setting('aggjobs.retention', true) = 'on' THEN
-        RETURN NULL;
+    -- Retention deletes rows whose buckets stay as they are: nothing to recompute. (Two
+    -- IFs: a condition with a subquery is not a simple expression, and would cost the
+    -- executor's start-up on every insert and update too.)
+    IF TG_OP {eq} 'DELETE' THEN
+        IF EXISTS (SELECT FROM aggjobs.retention_transactions AS r
+                   WHERE r.txid {eq} pg_catalog.pg_current_xact_id_if_assigned()) THEN
+            RETURN NULL;
+        END IF;
     END IF;
-    IF TG_OP <> 'INSERT' THEN
+    IF TG_OP {ne} 'INSERT' THEN
         {log_old}
     END IF;
-    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE'
-            AND (OLD.{key}, {old_hour}) IS DISTINCT FROM (NEW.{key}, {new_hour})) THEN
+    -- The new group, unless the same as the old (a NULL compares as different: logged).
+    IF TG_OP {eq} 'INSERT' OR (TG_OP {eq} 'UPDATE'
+            AND ((OLD.{key} {eq} NEW.{key}) IS NOT TRUE
+                 OR ({old_hour} {eq} {new_hour}) IS NOT TRUE)) THEN
         {log_new}
     END IF;
     RETURN NULL;
@@ -62,6 +82,8 @@ $body$"""
         fn=function_ident(source),
         src=L(source.name),
         key=key,
+        eq=EQ,
+        ne=NE,
         old_hour=hour_of("OLD", source),
         new_hour=hour_of("NEW", source),
         log_old=log.format(L(source.name), S("OLD.{}").format(key), hour_of("OLD", source)),
