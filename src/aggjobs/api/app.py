@@ -42,21 +42,14 @@ from ..catalog import select_rollups
 from ..catalog.grains import parse_timestamp
 from ..db.connect import connect, first_line, read_database_url
 from ..engine.status import rollup_status
-from ..errors import (
-    AggjobsError,
-    DatabaseUnavailable,
-    InvalidRange,
-    MigrationRequired,
-    SpanTooLong,
-    UnknownJob,
-)
+from ..errors import AggjobsError, InvalidRange, SpanTooLong
 from ..jobs.registry import JOBS, get_job
 from ..monitor import overview, run_history
 from ..safety import check_backfill_span, span_days
 from ..settings import RETENTION_DAYS, Settings, get_settings
 from ..sql import query
 from . import dashboard as dashboard_page
-from . import metrics, tokens
+from . import errors, metrics, tokens
 from .ratelimit import TriggerLimiter
 
 log = logging.getLogger(__name__)
@@ -90,7 +83,7 @@ class TokenBody(BaseModel):
                       description="Unique name: who or what uses it (1-100 letters, digits "
                       "or _ . @ : -).")
     role: Literal["viewer", "operator", "admin"]
-    expires_days: float | None = Field(default=None, gt=0, le=36500,
+    expires_days: float | None = Field(default=None, gt=0, le=36500, allow_inf_nan=False,
                                        description="Expire after this many days (default: "
                                        "never).")
 
@@ -120,7 +113,9 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         title="aggjobs",
         summary="Incremental analytics rollups over PostgreSQL: jobs, runs, freshness.",
         version="0.1.0",
+        max_body_size=errors.MAX_BODY_BYTES,
     )
+    errors.install(api)
 
     def open_conn() -> psycopg.Connection:
         return connect("api", settings=settings)
@@ -136,8 +131,13 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     registry = metrics.registry(open_read, settings)
 
     def db() -> Iterator[psycopg.Connection]:
-        with open_conn() as conn:
+        # Closed, never committed on the way out (autocommit: nothing is pending), so that
+        # a session terminated after the route's last statement fails nothing.
+        conn = open_conn()
+        try:
             yield conn
+        finally:
+            conn.close()
 
     Conn = Annotated[psycopg.Connection, Depends(db)]
 
@@ -147,8 +147,11 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         if replica is None:
             yield primary
             return
-        with open_read() as conn:
+        conn = open_read()
+        try:
             yield conn
+        finally:
+            conn.close()
 
     ReadConn = Annotated[psycopg.Connection, Depends(read_db)]
 
@@ -202,14 +205,6 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     if settings.trusted_proxies:  # else X-Forwarded-For is ignored (see also `serve`)
         api.add_middleware(ProxyHeadersMiddleware,
                            trusted_hosts=settings.trusted_proxies.split(","))
-
-    @api.exception_handler(AggjobsError)
-    def aggjobs_error(request: Request, exc: AggjobsError) -> JSONResponse:
-        status = 503 if isinstance(exc, DatabaseUnavailable | MigrationRequired) else \
-            404 if isinstance(exc, UnknownJob | tokens.UnknownToken) else \
-            409 if isinstance(exc, tokens.TokenExists) else \
-            422 if isinstance(exc, SpanTooLong) else 400
-        return JSONResponse({"detail": str(exc).splitlines()[0]}, status_code=status)
 
     @api.get("/healthz", tags=["health"])
     def healthz() -> JSONResponse:
