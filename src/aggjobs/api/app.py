@@ -218,7 +218,8 @@ def create_api(settings: Settings | None = None) -> FastAPI:
                     conn.execute("SELECT 1")
             except (AggjobsError, psycopg.Error) as exc:
                 error = first_line(exc) if what == "database" else f"{what}: {first_line(exc)}"
-                return JSONResponse({"ok": False, "error": error}, status_code=503)
+                return JSONResponse({"ok": False, "error": error}, status_code=503,
+                                    headers={"Retry-After": str(errors.RETRY_AFTER_S)})
         return JSONResponse({"ok": True})
 
     @api.get("/metrics", tags=["health"], response_class=Response)
