@@ -23,7 +23,6 @@ Annotated aliases (defined inside create_api) as objects, not strings.
 
 
 import logging
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, date, datetime
@@ -51,6 +50,7 @@ from ..sql import query
 from . import dashboard as dashboard_page
 from . import errors, metrics, tokens
 from .ratelimit import TriggerLimiter
+from .redact import RedactTokens, redact, redact_access_log
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
 
     def deny(conn: psycopg.Connection, request: Request, actor: str, needed: str,
              reason: str | None, status: int) -> None:
-        tokens.audit(conn, actor=actor, action="denied", target=request.url.path, params={
+        tokens.audit(conn, actor=actor, action="denied", target=redact(request.url.path), params={
             "method": request.method, "needs": needed, "reason": reason,
             "client": client_address(request),
         }, outcome=str(status), source=client_address(request))
@@ -391,25 +391,6 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     return api
 
 
-TOKEN_IN_QUERY = re.compile(r"(?i)(token=)[^&\s]*")
-
-
-class RedactTokens(logging.Filter):
-    """Keeps `?token=<secret>` out of uvicorn's access log (and any record it is put on)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(TOKEN_IN_QUERY.sub(r"\1<redacted>", a) if isinstance(a, str)
-                                else a for a in record.args)
-        if isinstance(record.msg, str):
-            record.msg = TOKEN_IN_QUERY.sub(r"\1<redacted>", record.msg)
-        return True
-
-
-def redact_access_log() -> None:
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
-
-
 render_dashboard = dashboard_page.render
 
-__all__ = ["JOBS", "create_api", "redact_access_log", "render_dashboard"]
+__all__ = ["JOBS", "RedactTokens", "create_api", "redact_access_log", "render_dashboard"]

@@ -33,6 +33,7 @@ from ..errors import (
     UnknownJob,
 )
 from . import tokens
+from .redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,8 @@ def lost_session(request: Request, exc: psycopg.OperationalError) -> JSONRespons
     """The request's database session failed under it (terminated by an administrator or a
     failover, the server shutting down, the network): nothing the client did wrong, and
     the next request opens a new session."""
-    log.warning("%s %s: database session lost: %s", request.method, request.url.path,
-                first_line(exc))
+    log.warning("%s %s: database session lost: %s", request.method,
+                redact(request.url.path), first_line(exc))
     return unavailable(f"the database session was lost ({type(exc).__name__}): retry")
 
 
