@@ -49,6 +49,7 @@ from ..settings import RETENTION_DAYS, Settings, get_settings
 from ..sql import query
 from . import dashboard as dashboard_page
 from . import errors, metrics, tokens
+from .denials import Denial, DenialLog
 from .ratelimit import TriggerLimiter
 from .redact import RedactTokens, redact, redact_access_log
 
@@ -109,16 +110,20 @@ def past(text: str, what: str) -> datetime:
 
 def create_api(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    def open_conn() -> psycopg.Connection:
+        return connect("api", settings=settings)
+
+    denial_log = DenialLog()
     api = FastAPI(
         title="aggjobs",
         summary="Incremental analytics rollups over PostgreSQL: jobs, runs, freshness.",
         version="0.1.0",
         max_body_size=errors.MAX_BODY_BYTES,
+        lifespan=denial_log.lifespan(open_conn),  # writes the last aggregated denials
     )
     errors.install(api)
-
-    def open_conn() -> psycopg.Connection:
-        return connect("api", settings=settings)
+    api.state.denials = denial_log
 
     replica = read_database_url(settings) if settings.read_database_url else None
 
@@ -166,6 +171,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
             header: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
             in_query: Annotated[str | None, Depends(query_token)],
         ) -> tokens.Principal:
+            denial_log.flush_due(conn)  # the aggregated denials of a closed minute
             secret = header.credentials if header else in_query
             verdict = tokens.check(conn, secret)
             principal = verdict.principal
@@ -192,10 +198,11 @@ def create_api(settings: Settings | None = None) -> FastAPI:
 
     def deny(conn: psycopg.Connection, request: Request, actor: str, needed: str,
              reason: str | None, status: int) -> None:
-        tokens.audit(conn, actor=actor, action="denied", target=redact(request.url.path), params={
-            "method": request.method, "needs": needed, "reason": reason,
-            "client": client_address(request),
-        }, outcome=str(status), source=client_address(request))
+        """Audited: at once, or, a 401 after the first of its client and minute, counted
+        and written with the others when the minute closes (denials.py)."""
+        denial_log.record(conn, Denial(
+            actor=actor, target=redact(request.url.path), method=request.method,
+            needs=needed, reason=reason, client=client_address(request), status=status))
 
     Viewer = Annotated[tokens.Principal, Depends(require("viewer"))]
     Operator = Annotated[tokens.Principal, Depends(require("operator", limited=True))]
