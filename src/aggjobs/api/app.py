@@ -4,11 +4,12 @@ Every route but `/healthz` needs a token (`Authorization: Bearer <secret>`, or `
 links such as the dashboard's): reading needs `viewer`, triggering runs and backfills
 `operator`, tokens and retention `admin`. A missing or invalid token is 401, a too-weak one
 403, a token over its rate limit on a triggering route 429 (ratelimit.py); each denial is
-written to aggjobs.audit_log (actor: the token's name, or "anonymous"), with the client
-address in `source` (X-Forwarded-For only from AGGJOBS_TRUSTED_PROXIES). Routes are plain
-functions, so
-FastAPI runs them (and the jobs they start) in its threadpool; each request has its own
-database session named `aggjobs:api`.
+written to aggjobs.audit_log (actor: the token's name, or "anonymous"; 401s aggregated per
+client and minute, denials.py), with the client address in `source` (X-Forwarded-For only
+from AGGJOBS_TRUSTED_PROXIES). Errors (errors.py): no 500 for input or a lost database
+session (503), bounded 422s, bodies over 64 KiB 413; secrets redacted from logs
+(redact.py). Routes are plain functions, so FastAPI runs them (and the jobs they start) in
+its threadpool; each request has its own database session named `aggjobs:api`.
 
 Reads can go to a replica (AGGJOBS_READ_DATABASE_URL): the reading routes (dashboard, jobs,
 runs, rollups, backfills, reports, retention, /metrics) take their data from a second
