@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from aggjobs.api import tokens
 from aggjobs.api.app import create_api
-from aggjobs.api.denials import WINDOW_S
+from aggjobs.api.denials import MAX_LISTED, MAX_TRACKED, WINDOW_S, Denial, Tally, listed
 from aggjobs.settings import Settings
 from tests.api.conftest import auth
 
@@ -133,3 +133,15 @@ def keys(conn) -> Iterator[dict[str, str]]:
             "wrong": tokens.new_secret()}
     tokens.revoke(conn, "t-revoked", actor="tests")
     yield made
+
+
+def test_a_tally_stays_bounded_whatever_the_paths():
+    tally = Tally(0)
+    for i in range(MAX_TRACKED + 500):
+        tally.add(Denial(actor="anonymous", target=f"/api/jobs/j{i}/runs", method="GET",
+                         needs="viewer", reason="no token", client="192.0.2.5", status=401),
+                  float(i))
+    assert tally.count == MAX_TRACKED + 500 and len(tally.paths) == MAX_TRACKED + 1
+    paths = listed(tally.paths)
+    assert len(paths) <= MAX_LISTED + 1 and sum(paths.values()) == tally.count
+    assert paths["(others)"] == tally.count - (len(paths) - 1)

@@ -202,7 +202,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         """Audited: at once, or, a 401 after the first of its client and minute, counted
         and written with the others when the minute closes (denials.py)."""
         denial_log.record(conn, Denial(
-            actor=actor, target=redact(request.url.path), method=request.method,
+            actor=actor, target=errors.cut(redact(request.url.path), 200), method=request.method,
             needs=needed, reason=reason, client=client_address(request), status=status))
 
     Viewer = Annotated[tokens.Principal, Depends(require("viewer"))]

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 WINDOW_S = 60
 MAX_KEYS = 10_000  # (client, actor) pairs tallied at once; beyond, one tally for the rest
 MAX_LISTED = 20  # paths, methods, reasons listed in an aggregated row; the rest summed
+MAX_TRACKED = 1_000  # distinct paths (methods, reasons) counted apart in one tally
+OTHERS = "(others)"
 OTHER_CLIENTS = "(other clients)"
 AGGREGATED_STATUS = 401
 
@@ -73,17 +75,21 @@ class Tally:
         self.count += 1
         self.first = now if self.first is None else self.first
         self.last = now
-        self.paths[denial.target] += 1
-        self.methods[denial.method] += 1
-        self.reasons[denial.reason or ""] += 1
+        bump(self.paths, denial.target)
+        bump(self.methods, denial.method)
+        bump(self.reasons, denial.reason or "")
         if len(self.clients) < MAX_KEYS:
             self.clients.add(denial.client)
+
+
+def bump(counts: Counter, key: str) -> None:
+    counts[key if key in counts or len(counts) < MAX_TRACKED else OTHERS] += 1
 
 
 def listed(counts: Counter) -> dict[str, int]:
     shown = dict(counts.most_common(MAX_LISTED))
     rest = sum(counts.values()) - sum(shown.values())
-    return shown | ({"(others)": rest} if rest else {})
+    return shown | ({OTHERS: shown.get(OTHERS, 0) + rest} if rest else {})
 
 
 def iso(ts: float) -> str:
