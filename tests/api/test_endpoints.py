@@ -71,15 +71,15 @@ def test_runs_lists_history_newest_first_with_steps_and_errors(client, history, 
 @pytest.mark.parametrize("path,status", [
     ("/api/jobs/nope/runs", 404),
     ("/api/jobs/hourly_rollup'; DROP TABLE aggjobs.job_runs; --/runs", 404),
-    ("/api/jobs/hourly_rollup/runs?since=yesterday", 400),
-    ("/api/jobs/hourly_rollup/runs?since=2026-01-01'%20OR%201=1--", 400),
+    ("/api/jobs/hourly_rollup/runs?since=yesterday", 422),
+    ("/api/jobs/hourly_rollup/runs?since=2026-01-01'%20OR%201=1--", 422),
     ("/api/jobs/hourly_rollup/runs?limit=0", 422),
     ("/api/jobs/hourly_rollup/runs?limit=abc", 422),
 ])
 def test_bad_run_queries_are_refused_with_one_line(client, keys, conn, path, status):
     got = client.get(path, headers=auth(keys["viewer"]))
     assert got.status_code == status, got.text
-    if status != 422:
+    if isinstance(got.json()["detail"], str):  # ours; FastAPI's 422 lists its errors
         assert "\n" not in got.json()["detail"]
     assert conn.execute("SELECT to_regclass('aggjobs.job_runs')").fetchone()[0] is not None
 
@@ -114,7 +114,7 @@ def test_post_run_runs_the_job_and_audits_it(client, history, keys, conn):
 
 
 @pytest.mark.parametrize("body,status,words", [
-    ({"as_of": "not a time"}, 400, "cannot parse timestamp"),
+    ({"as_of": "not a time"}, 422, "cannot parse timestamp"),
     ({"as_of": "2199-01-01"}, 400, "in the future"),
     ({"as_of": "2026-01-01", "extra": 1}, 422, None),
 ])
@@ -151,7 +151,7 @@ def test_backfill_recomputes_and_audits(client, history, keys, conn):
       "to": "2026-01-02"}, 400, "unknown rollup"),
     ({"from": "2026-01-02", "to": "2026-01-01"}, 400, "must be before"),
     ({"from": "2026-01-01", "to": "2199-01-01"}, 400, "in the future"),
-    ({"from": "garbage", "to": "2026-01-01"}, 400, "cannot parse timestamp"),
+    ({"from": "garbage", "to": "2026-01-01"}, 422, "cannot parse timestamp"),
     ({"to": "2026-01-01"}, 422, None),
 ])
 def test_backfill_validates_like_the_cli(client, keys, conn, body, status, words):

@@ -133,7 +133,7 @@ def test_triggering_routes_are_rate_limited_per_token(make_client, keys, conn):
     # one budget per token across the triggering routes (bad bodies count too)
     assert client.post(run, headers=op).status_code == 200
     assert client.post("/api/backfills", json={"from": "x", "to": "y"},
-                       headers=op).status_code == 400
+                       headers=op).status_code == 422
     assert client.post(run, headers=op).status_code == 200
     limited = client.post("/api/backfills", json={"from": "x", "to": "y"}, headers=op)
     assert limited.status_code == 429, limited.text
@@ -168,7 +168,7 @@ def test_rate_limit_off(make_client, keys):
     for _ in range(12):
         got = client.post("/api/backfills", json={"from": "x", "to": "y"},
                           headers=auth(keys["operator"]))
-        assert got.status_code == 400
+        assert got.status_code == 422
 
 
 def test_the_limiter_lets_requests_through_again_after_retry_after():

@@ -4,11 +4,12 @@ Every route but `/healthz` needs a token (`Authorization: Bearer <secret>`, or `
 links such as the dashboard's): reading needs `viewer`, triggering runs and backfills
 `operator`, tokens and retention `admin`. A missing or invalid token is 401, a too-weak one
 403, a token over its rate limit on a triggering route 429 (ratelimit.py); each denial is
-written to aggjobs.audit_log (actor: the token's name, or "anonymous"), with the client
-address in `source` (X-Forwarded-For only from AGGJOBS_TRUSTED_PROXIES). Routes are plain
-functions, so
-FastAPI runs them (and the jobs they start) in its threadpool; each request has its own
-database session named `aggjobs:api`.
+written to aggjobs.audit_log (actor: the token's name, or "anonymous"; 401s aggregated per
+client and minute, denials.py), with the client address in `source` (X-Forwarded-For only
+from AGGJOBS_TRUSTED_PROXIES). Errors (errors.py): no 500 for input or a lost database
+session (503), bounded 422s, bodies over 64 KiB 413; secrets redacted from logs
+(redact.py). Routes are plain functions, so FastAPI runs them (and the jobs they start) in
+its threadpool; each request has its own database session named `aggjobs:api`.
 
 Reads can go to a replica (AGGJOBS_READ_DATABASE_URL): the reading routes (dashboard, jobs,
 runs, rollups, backfills, reports, retention, /metrics) take their data from a second
@@ -23,7 +24,6 @@ Annotated aliases (defined inside create_api) as objects, not strings.
 
 
 import logging
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, date, datetime
@@ -42,22 +42,17 @@ from ..catalog import select_rollups
 from ..catalog.grains import parse_timestamp
 from ..db.connect import connect, first_line, read_database_url
 from ..engine.status import rollup_status
-from ..errors import (
-    AggjobsError,
-    DatabaseUnavailable,
-    InvalidRange,
-    MigrationRequired,
-    SpanTooLong,
-    UnknownJob,
-)
+from ..errors import AggjobsError, InvalidRange, SpanTooLong
 from ..jobs.registry import JOBS, get_job
 from ..monitor import overview, run_history
 from ..safety import check_backfill_span, span_days
 from ..settings import RETENTION_DAYS, Settings, get_settings
 from ..sql import query
 from . import dashboard as dashboard_page
-from . import metrics, tokens
+from . import errors, metrics, tokens
+from .denials import Denial, DenialLog
 from .ratelimit import TriggerLimiter
+from .redact import RedactTokens, redact, redact_access_log
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +85,7 @@ class TokenBody(BaseModel):
                       description="Unique name: who or what uses it (1-100 letters, digits "
                       "or _ . @ : -).")
     role: Literal["viewer", "operator", "admin"]
-    expires_days: float | None = Field(default=None, gt=0, le=36500,
+    expires_days: float | None = Field(default=None, gt=0, le=36500, allow_inf_nan=False,
                                        description="Expire after this many days (default: "
                                        "never).")
 
@@ -116,14 +111,20 @@ def past(text: str, what: str) -> datetime:
 
 def create_api(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    def open_conn() -> psycopg.Connection:
+        return connect("api", settings=settings)
+
+    denial_log = DenialLog()
     api = FastAPI(
         title="aggjobs",
         summary="Incremental analytics rollups over PostgreSQL: jobs, runs, freshness.",
         version="0.1.0",
+        max_body_size=errors.MAX_BODY_BYTES,
+        lifespan=denial_log.lifespan(open_conn),  # writes the last aggregated denials
     )
-
-    def open_conn() -> psycopg.Connection:
-        return connect("api", settings=settings)
+    errors.install(api)
+    api.state.denials = denial_log
 
     replica = read_database_url(settings) if settings.read_database_url else None
 
@@ -136,8 +137,13 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     registry = metrics.registry(open_read, settings)
 
     def db() -> Iterator[psycopg.Connection]:
-        with open_conn() as conn:
+        # Closed, never committed on the way out (autocommit: nothing is pending), so that
+        # a session terminated after the route's last statement fails nothing.
+        conn = open_conn()
+        try:
             yield conn
+        finally:
+            conn.close()
 
     Conn = Annotated[psycopg.Connection, Depends(db)]
 
@@ -147,8 +153,11 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         if replica is None:
             yield primary
             return
-        with open_read() as conn:
+        conn = open_read()
+        try:
             yield conn
+        finally:
+            conn.close()
 
     ReadConn = Annotated[psycopg.Connection, Depends(read_db)]
 
@@ -163,6 +172,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
             header: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
             in_query: Annotated[str | None, Depends(query_token)],
         ) -> tokens.Principal:
+            denial_log.flush_due(conn)  # the aggregated denials of a closed minute
             secret = header.credentials if header else in_query
             verdict = tokens.check(conn, secret)
             principal = verdict.principal
@@ -189,10 +199,11 @@ def create_api(settings: Settings | None = None) -> FastAPI:
 
     def deny(conn: psycopg.Connection, request: Request, actor: str, needed: str,
              reason: str | None, status: int) -> None:
-        tokens.audit(conn, actor=actor, action="denied", target=request.url.path, params={
-            "method": request.method, "needs": needed, "reason": reason,
-            "client": client_address(request),
-        }, outcome=str(status), source=client_address(request))
+        """Audited: at once, or, a 401 after the first of its client and minute, counted
+        and written with the others when the minute closes (denials.py)."""
+        denial_log.record(conn, Denial(
+            actor=actor, target=errors.cut(redact(request.url.path), 200), method=request.method,
+            needs=needed, reason=reason, client=client_address(request), status=status))
 
     Viewer = Annotated[tokens.Principal, Depends(require("viewer"))]
     Operator = Annotated[tokens.Principal, Depends(require("operator", limited=True))]
@@ -202,14 +213,6 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     if settings.trusted_proxies:  # else X-Forwarded-For is ignored (see also `serve`)
         api.add_middleware(ProxyHeadersMiddleware,
                            trusted_hosts=settings.trusted_proxies.split(","))
-
-    @api.exception_handler(AggjobsError)
-    def aggjobs_error(request: Request, exc: AggjobsError) -> JSONResponse:
-        status = 503 if isinstance(exc, DatabaseUnavailable | MigrationRequired) else \
-            404 if isinstance(exc, UnknownJob | tokens.UnknownToken) else \
-            409 if isinstance(exc, tokens.TokenExists) else \
-            422 if isinstance(exc, SpanTooLong) else 400
-        return JSONResponse({"detail": str(exc).splitlines()[0]}, status_code=status)
 
     @api.get("/healthz", tags=["health"])
     def healthz() -> JSONResponse:
@@ -223,7 +226,8 @@ def create_api(settings: Settings | None = None) -> FastAPI:
                     conn.execute("SELECT 1")
             except (AggjobsError, psycopg.Error) as exc:
                 error = first_line(exc) if what == "database" else f"{what}: {first_line(exc)}"
-                return JSONResponse({"ok": False, "error": error}, status_code=503)
+                return JSONResponse({"ok": False, "error": error}, status_code=503,
+                                    headers={"Retry-After": str(errors.RETRY_AFTER_S)})
         return JSONResponse({"ok": True})
 
     @api.get("/metrics", tags=["health"], response_class=Response)
@@ -395,25 +399,6 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     return api
 
 
-TOKEN_IN_QUERY = re.compile(r"(?i)(token=)[^&\s]*")
-
-
-class RedactTokens(logging.Filter):
-    """Keeps `?token=<secret>` out of uvicorn's access log (and any record it is put on)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(TOKEN_IN_QUERY.sub(r"\1<redacted>", a) if isinstance(a, str)
-                                else a for a in record.args)
-        if isinstance(record.msg, str):
-            record.msg = TOKEN_IN_QUERY.sub(r"\1<redacted>", record.msg)
-        return True
-
-
-def redact_access_log() -> None:
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
-
-
 render_dashboard = dashboard_page.render
 
-__all__ = ["JOBS", "create_api", "redact_access_log", "render_dashboard"]
+__all__ = ["JOBS", "RedactTokens", "create_api", "redact_access_log", "render_dashboard"]
