@@ -231,6 +231,7 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 def check_postgres_url(name: str, url: str) -> str:
     """A postgresql:// URL (postgresql+driver:// too) or a libpq `key=value` string."""
+    from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
     scheme, sep, _ = url.partition("://")
@@ -239,7 +240,7 @@ def check_postgres_url(name: str, url: str) -> str:
                          "postgresql://user@host:port/dbname")
     try:
         conninfo_to_dict(url if not sep else "postgresql://" + url.partition("://")[2])
-    except Exception:  # psycopg.ProgrammingError; its message may quote a password
+    except ProgrammingError:  # not quoted: its message may hold a password
         raise ValueError(f"{name} is not a PostgreSQL URL: use "
                          "postgresql://user@host:port/dbname") from None
     return url

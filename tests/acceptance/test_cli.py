@@ -151,8 +151,8 @@ BAD_INPUT = {
     "database URL of MySQL": (["status"], "AGGJOBS_DATABASE_URL: mysql:// is not PostgreSQL",
                               {"AGGJOBS_DATABASE_URL": "mysql://root@127.0.0.1:3306/db"}),
     # unset means the embedded server; empty must not start one (here: in a temp dir)
-    "database URL empty": (["status"], "AGGJOBS_DATABASE_URL is empty: unset it to use the "
-                           "embedded PostgreSQL, or set a postgresql:// URL",
+    "database URL empty": (["status"], ("AGGJOBS_DATABASE_URL is empty: unset it to use the "
+                                        "embedded PostgreSQL, or set a postgresql:// URL"),
                            {"AGGJOBS_DATABASE_URL": ""}),
     "setting not a number": (["status"], "AGGJOBS_MAX_BACKFILL_DAYS",
                              {"AGGJOBS_MAX_BACKFILL_DAYS": "lots"}),

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
@@ -27,7 +27,7 @@ from .. import audit as audit_log
 from .. import logs
 from ..catalog import Grain, Rollup, select_rollups
 from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, parse_timestamp
-from ..db.connect import connect, first_line, translate_errors
+from ..db.connect import connect, translate_errors
 from ..db.migrate import current_version, migrations
 from ..db.migrate import migrate as run_migrations
 from ..engine.recompute import native_installed
@@ -37,7 +37,6 @@ from ..errors import (
     InvalidRange,
     InvalidTimestamp,
     MigrationRequired,
-    SpanTooLong,
 )
 from ..settings import get_settings
 from . import render
@@ -238,48 +237,24 @@ def backfill(
 ) -> None:
     """Recompute a range of materialized buckets (all grains), chunked and resumable.
     Audited. A range longer than AGGJOBS_MAX_BACKFILL_DAYS (default 31) exits 2 unless
-    --force."""
-    from ..engine.backfill import backfill as run_backfill
-    from ..safety import check_backfill_span, span_days
+    --force; so does a range another session is backfilling."""
+    from ..operations import Requester, audited_backfill
 
     chosen = select_rollups(rollups)
     lo, hi = time_range(from_, to)
     settings = get_settings()
     if sessions is not None:
         settings = settings.model_copy(update={"backfill_sessions": sessions})
-    params = {"rollups": [r.name for r in chosen], "from": lo.isoformat(),
-              "to": hi.isoformat(), "days": span_days(lo, hi),
-              "sessions": settings.backfill_sessions}
-    refused: SpanTooLong | None = None
-    try:
-        check_backfill_span(lo, hi, settings, override="--force")
-    except SpanTooLong as exc:
-        refused = exc
-    params["forced"] = bool(refused and force)
-    with session("backfill") as conn:
+    who = Requester(cli_actor(), audit_log.local_source("cli"))
+    with session("backfill") as conn, progress_bar() as bar:
 
-        def audit(outcome: str) -> None:
-            audit_log.write(conn, actor=cli_actor(), action="backfill",
-                            target=",".join(params["rollups"]), params=params,
-                            outcome=outcome, source=audit_log.local_source("cli"))
+        def progress(rollup: Rollup) -> Callable[[int, int], None]:
+            task = bar.add_task(f"backfill {rollup.name}", total=None)
+            return lambda d, t: bar.update(task, completed=d, total=t)
 
-        if refused and not force:
-            audit(f"refused: {refused}")
-            raise refused
-        try:
-            with progress_bar() as bar:
-                for rollup in chosen:
-                    task = bar.add_task(f"backfill {rollup.name}", total=None)
-                    report = run_backfill(
-                        conn, rollup, lo, hi, settings=settings,
-                        progress=lambda d, t, task=task: bar.update(task, completed=d, total=t),
-                    )
-                    console.print(render.backfill_line(report))
-        except BaseException as exc:
-            with contextlib.suppress(psycopg.Error):  # the connection may be gone
-                audit(f"failed: {type(exc).__name__}: {first_line(exc)}")
-            raise
-        audit("succeeded")
+        audited_backfill(conn, chosen, lo, hi, settings=settings, who=who, force=force,
+                         override="--force", progress=progress,
+                         done=lambda report: console.print(render.backfill_line(report)))
 
 
 @app.command()

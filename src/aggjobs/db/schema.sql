@@ -574,3 +574,15 @@ CREATE TABLE analytics.workspace_window_stats (
     users_rows bigint,
     computed_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- 0013 (issue 21) ------------------------------------------------------------------------
+-- backend_pid: the session running a backfill (a duplicate is refused while it lives; a
+-- 'running' row whose session is gone was abandoned). A backfill's audit rows pair up: a
+-- 'started' row, then at most one outcome row naming it in params.started_id.
+ALTER TABLE aggjobs.backfills ADD COLUMN backend_pid integer;
+CREATE UNIQUE INDEX audit_log_one_backfill_outcome
+    ON aggjobs.audit_log ((params ->> 'started_id'))
+    WHERE action = 'backfill' AND params ? 'started_id';
+CREATE INDEX audit_log_backfill_starts ON aggjobs.audit_log (id)
+    WHERE action = 'backfill' AND outcome = 'started';
+-- end of 0013 ---------------------------------------------------------------------------
