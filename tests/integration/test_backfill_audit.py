@@ -118,8 +118,8 @@ def test_a_killed_backfill_leaves_its_start_and_the_next_job_run_marks_it_abando
         "succeeded")
     start, end = audit_rows(conn)
     assert start[0] == started_id
-    assert end[1:3] == (start[1], "abandoned: its session ended before it recorded an outcome "
-                        "(process killed or session terminated)")
+    assert end[1:3] == (start[1], ("abandoned: its session ended before it recorded an "
+                                   "outcome (process killed or session terminated)"))
     assert end[3]["started_id"] == started_id and end[3]["noticed_by"].startswith("worker:")
     assert end[4] == start[4]
     [(status, error)] = conn.execute("SELECT status, error FROM aggjobs.backfills").fetchall()
@@ -128,7 +128,8 @@ def test_a_killed_backfill_leaves_its_start_and_the_next_job_run_marks_it_abando
     run_job(RunRequest(job="refresh_materialized_views"), settings)
     again = subprocess.run([str(AGGJOBS), "backfill", ROLLUP, "--from", LO.isoformat(),
                             "--to", HI.isoformat()], capture_output=True, text=True,
-                           env=dict(os.environ, AGGJOBS_DATABASE_URL=db_url), timeout=120)
+                           env=dict(os.environ, AGGJOBS_DATABASE_URL=db_url), timeout=120,
+                           check=False)
     assert again.returncode == 0, again.stderr
     assert "(resumed)" in again.stdout
     outcomes = [r[2].split(":")[0] for r in audit_rows(conn)]
@@ -142,7 +143,7 @@ def test_a_backfill_whose_session_is_terminated_records_why_it_failed(
     conn = refreshed
     with first_chunk_blocked(conn, db_url) as (proc, started_id, pid):
         assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     [line] = err.strip().splitlines()
     assert line.startswith("error: database error:") and "terminat" in line, line

@@ -64,13 +64,13 @@ def test_migrate_lists_missing_and_mistyped_source_columns_and_changes_nothing(
         assert result.returncode == 2, result.stdout + result.stderr
         line = one_line_error(result)
         for problem in (
-            "public.agent_runs.started_at is text, must be timestamp with time zone (read by "
-            "agent_executions, execution_metrics)",
+            ("public.agent_runs.started_at is text, must be timestamp with time zone (read by "
+             "agent_executions, execution_metrics)"),
             "public.agent_runs.runtime_seconds is missing (read by execution_metrics)",
-            "public.user_events.user_id is text, must be smallint, integer or bigint (read by "
-            "user_activity)",
-            "public.credit_transactions.kind is integer, must be a text type (read by "
-            "credit_consumption)",
+            ("public.user_events.user_id is text, must be smallint, integer or bigint (read by "
+             "user_activity)"),
+            ("public.credit_transactions.kind is integer, must be a text type (read by "
+             "credit_consumption)"),
         ):
             assert problem in line, line
         assert line.count(" is missing") + line.count(", must be ") == 4, line
