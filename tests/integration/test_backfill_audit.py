@@ -176,3 +176,27 @@ def test_a_backfill_running_in_a_live_session_is_busy_and_resumable_once_it_is_g
     assert report.resumed
     assert conn.execute("SELECT status, backend_pid FROM aggjobs.backfills").fetchall() == [
         ("succeeded", conn.info.backend_pid)]
+
+
+def test_the_cli_refuses_a_range_another_session_is_backfilling(refreshed, db_url) -> None:
+    conn = refreshed
+    lock = psycopg.connect(db_url, autocommit=True)
+    try:
+        with state.rollup_lock(lock, get_rollup(ROLLUP), wait_s=10):  # the first one waits
+            first = cli_backfill(db_url)
+            wait_for(lambda: conn.execute("SELECT 1 FROM aggjobs.backfills").fetchone(),
+                     "the first backfill to open")
+            second = subprocess.run(first.args, capture_output=True, text=True, timeout=120,
+                                    env=dict(os.environ, AGGJOBS_DATABASE_URL=db_url),
+                                    check=False)
+        _, err = first.communicate(timeout=120)
+    finally:
+        lock.close()
+    assert second.returncode == 2, second.stderr
+    [line] = second.stderr.strip().splitlines()
+    assert line.startswith("error: backfill ") and "is running in another session" in line
+    assert first.returncode == 0, err
+    rows = [(r[2].split(":")[0], r[3].get("started_id")) for r in audit_rows(conn)]
+    ids = [r[0] for r in audit_rows(conn)]
+    assert rows == [("started", None), ("started", None), ("refused", ids[1]),
+                    ("succeeded", ids[0])]
