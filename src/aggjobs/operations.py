@@ -71,10 +71,11 @@ def audited_backfill(conn: psycopg.Connection, rollups: list[Rollup], lo: dateti
     CLI's --force) offers. `progress(rollup)` gives a rollup's progress callback; `done` is
     called with each rollup's report as it finishes."""
     refused = span_refusal(lo, hi, settings, override)
-    params = {"rollups": [r.name for r in rollups], "from": lo.isoformat(),
-              "to": hi.isoformat(), "days": span_days(lo, hi),
-              "sessions": settings.backfill_sessions, "forced": bool(refused and force)}
-    entry = Audited(who, ",".join(params["rollups"]), params)
+    names = [r.name for r in rollups]
+    params = {"rollups": names, "from": lo.isoformat(), "to": hi.isoformat(),
+              "days": span_days(lo, hi), "sessions": settings.backfill_sessions,
+              "forced": bool(refused and force)}
+    entry = Audited(who, ",".join(names), params)
     if refused and not force:
         audit.write(conn, actor=who.actor, action="backfill", target=entry.target,
                     params=params, outcome=f"refused: {refused}", source=who.source)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import psycopg
 import typer
@@ -96,7 +96,7 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def fail(reason: str, code: int) -> None:
+def fail(reason: str, code: int) -> NoReturn:
     # escaped: a reason quotes user input, which must not be read as rich markup
     err_console.print(f"[red]error:[/red] {escape(reason)}", highlight=False, soft_wrap=True)
     sys.exit(code)

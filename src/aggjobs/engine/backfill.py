@@ -128,7 +128,9 @@ def open_backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: da
         with conn.transaction():
             row = conn.execute(query("find_open_backfill"), params).fetchone()
             if row is None:
-                return (*conn.execute(query("create_backfill"), params).fetchone(), False)
+                job_id, grain, done_until = conn.execute(query("create_backfill"),
+                                                         params).fetchone()
+                return job_id, grain, done_until, False
             if row[5]:
                 raise busy(rollup, lo, hi, row)
             conn.execute(query("claim_backfill"), {"id": row[0]})
