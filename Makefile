@@ -21,7 +21,7 @@ demo: $(BIN)/.installed
 	$(BIN)/aggjobs migrate
 	$(BIN)/aggjobs demo --days $(DEMO_DAYS)
 	$(BIN)/aggjobs refresh
-	$(BIN)/aggjobs verify --from "$$($(BIN)/python -c 'import datetime as d; print((d.datetime.now(d.UTC) - d.timedelta(days=$(DEMO_DAYS) + 7)).date())')" --to now
+	$(BIN)/aggjobs verify --force --from "$$($(BIN)/python -c 'import datetime as d; print((d.datetime.now(d.UTC) - d.timedelta(days=$(DEMO_DAYS) + 7)).date())')" --to now
 	$(BIN)/aggjobs status
 
 test: $(BIN)/.installed

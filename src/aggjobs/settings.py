@@ -6,8 +6,10 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
 
 # Days kept per class of table (0: forever): raw source rows, hourly, daily and weekly
 # rollups, job history (PRODUCT.md section 6).
@@ -188,6 +190,22 @@ class Settings(BaseSettings):
                                  "network (e.g. 10.0.0.5, 10.0.0.0/8)") from None
         return ",".join(items)
 
+    # -- database URLs (issue 21): refused here, in one line, rather than by the driver -----
+    @field_validator("database_url", "read_database_url")
+    @classmethod
+    def _database_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        name = f"AGGJOBS_{(info.field_name or '').upper()}"
+        if value is None:
+            return None
+        if not value.strip():
+            if info.field_name == "read_database_url":
+                return None  # empty: no replica, the primary serves the reads
+            # unset means the embedded server; empty is more likely a variable that was
+            # meant to be filled in, so it must not silently start one
+            raise ValueError(f"{name} is empty: unset it to use the embedded PostgreSQL, or "
+                             "set a postgresql:// URL")
+        return check_postgres_url(name, value.strip())
+
     @field_validator("heavy_queue", mode="before")
     @classmethod
     def _heavy_queue(cls, value: object) -> object:
@@ -208,6 +226,34 @@ class Settings(BaseSettings):
         return self.freshness_target_s.get(grain, FRESHNESS_TARGET_S[grain])
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def check_postgres_url(name: str, url: str) -> str:
+    """A postgresql:// URL (postgresql+driver:// too) or a libpq `key=value` string."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    scheme, sep, _ = url.partition("://")
+    if sep and scheme.split("+")[0].lower() not in POSTGRES_SCHEMES:
+        raise ValueError(f"{name}: {scheme}:// is not PostgreSQL: use "
+                         "postgresql://user@host:port/dbname")
+    try:
+        conninfo_to_dict(url if not sep else "postgresql://" + url.partition("://")[2])
+    except ProgrammingError:  # not quoted: its message may hold a password
+        raise ValueError(f"{name} is not a PostgreSQL URL: use "
+                         "postgresql://user@host:port/dbname") from None
+    return url
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The settings of this process; invalid ones raise ConfigError with one line per
+    problem joined by "; " (the CLI prints it and exits 2)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError("invalid configuration: " + "; ".join(
+            str(e["msg"]).removeprefix("Value error, ") if e["type"] == "value_error"
+            else f"AGGJOBS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+            for e in exc.errors())) from None

@@ -33,11 +33,13 @@ DAYS = 3
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/none"
 
 
-def cli(*args: str, url: str | None, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(*args: str, url: str | None, timeout: float = 120,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGGJOBS_")}
     env["COLUMNS"] = "200"  # rich wraps tables to the terminal width; keep cells whole
     if url is not None:
         env["AGGJOBS_DATABASE_URL"] = url
+    env.update(extra_env or {})
     return subprocess.run([str(AGGJOBS), *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -121,18 +123,55 @@ BAD_INPUT = {
     "injection as rollup": (["refresh", "x'; DROP TABLE agent_runs; --"], "unknown rollup"),
     "grain the rollup lacks": (["refresh", "agent_executions", "--grain", "week"],
                                "rollup agent_executions has no week grain (its grains: hour, day)"),
+    # issue 21: inputs that used to end in a traceback (exit 1), or to run unbounded
+    "offset overflowing year 1": (["refresh", "--as-of", "0001-01-01T00:00+01:00"],
+                                  "outside the supported times"),
+    "offset overflowing year 9999": (["backfill", "--from", "9999-12-31T23:59-23:59", "--to",
+                                      "2026-11-01"], "outside the supported times"),
+    "range before 1970": (["verify", "--from", "1969-12-31", "--to", "2026-11-01"],
+                          "outside the supported times"),
+    "verify over the span cap": (["verify", "--from", "1970-01-01", "--to", "2026-11-01"],
+                                 "over the backfill cap of 31 days (AGGJOBS_MAX_BACKFILL_DAYS)"),
+    "max-buckets overflowing": (["refresh", "--max-buckets", "99999999999999999999999"],
+                                "Invalid value for '--max-buckets'"),
+    "verify limit below 1": (["verify", "--from", "2026-11-02", "--to", "2026-11-03",
+                              "--limit", "-1"], "Invalid value for '--limit'"),
+    "infinite expiry": (["token", "create", "--name", "x", "--role", "viewer",
+                         "--expires-days", "inf"], "Invalid value for '--expires-days'"),
+    "NaN expiry": (["token", "create", "--name", "x", "--role", "viewer",
+                    "--expires-days", "nan"], "Invalid value for '--expires-days'"),
+    "workspace beyond bigint": (["report", "--day", "2026-11-02", "--workspace",
+                                 "9223372036854775808"], "Invalid value for '--workspace'"),
+    "report day 0001": (["report", "--day", "0001-01-01"], "outside the supported times"),
+    "report day 2300": (["report", "--day", "2300-01-01"], "outside the supported times"),
+    "missing option": (["verify"], "Missing option '--from'"),
+    "unknown option": (["refresh", "--fro", "x"], "No such option: --fro"),
+    "database URL not a URL": (["status"], "AGGJOBS_DATABASE_URL is not a PostgreSQL URL",
+                               {"AGGJOBS_DATABASE_URL": "not a url"}),
+    "database URL of MySQL": (["status"], "AGGJOBS_DATABASE_URL: mysql:// is not PostgreSQL",
+                              {"AGGJOBS_DATABASE_URL": "mysql://root@127.0.0.1:3306/db"}),
+    # unset means the embedded server; empty must not start one (here: in a temp dir)
+    "database URL empty": (["status"], ("AGGJOBS_DATABASE_URL is empty: unset it to use the "
+                                        "embedded PostgreSQL, or set a postgresql:// URL"),
+                           {"AGGJOBS_DATABASE_URL": ""}),
+    "setting not a number": (["status"], "AGGJOBS_MAX_BACKFILL_DAYS",
+                             {"AGGJOBS_MAX_BACKFILL_DAYS": "lots"}),
 }
 
 
-@pytest.mark.parametrize("args, reason", BAD_INPUT.values(), ids=list(BAD_INPUT))
-def test_bad_input_exits_2_with_one_line_and_changes_nothing(busy, db_url, args, reason) -> None:
+@pytest.mark.parametrize("case", BAD_INPUT.values(), ids=list(BAD_INPUT))
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(busy, db_url, tmp_path,
+                                                             case) -> None:
+    args, reason, *env = case
     before = checksum(busy)
-    result = cli(*args, url=db_url)
+    result = cli(*args, url=db_url, extra_env={"AGGJOBS_DATA_DIR": str(tmp_path / "data"),
+                                               **(env[0] if env else {})})
     assert result.returncode == 2, result
     line = one_line_error(result)
     assert line.startswith("error: ") and reason in line, line
     assert result.stdout == ""
     assert checksum(busy) == before
+    assert not (tmp_path / "data").exists()  # no embedded server was started
 
 
 def test_injection_as_a_rollup_name_is_refused_and_agent_runs_survives(busy, db_url) -> None:

@@ -138,11 +138,16 @@ def test_backfill_recomputes_and_audits(client, history, keys, conn):
     assert got.status_code == 200, got.text
     [report] = got.json()["rollups"]
     assert report["rollup"] == "user_activity" and report["buckets"] >= 0
-    audit = conn.execute("SELECT actor, target, params, outcome, source FROM aggjobs.audit_log"
-                         " WHERE action = 'backfill'").fetchall()
-    assert audit == [("api:t-operator", "user_activity",
-                      {"rollups": ["user_activity"], "from": lo.isoformat(),
-                       "to": hi.isoformat(), "days": 0.125}, "succeeded", "testclient")]
+    audit = conn.execute("SELECT id, actor, target, params, outcome, source"
+                         " FROM aggjobs.audit_log WHERE action = 'backfill' ORDER BY id").fetchall()
+    params = {"rollups": ["user_activity"], "from": lo.isoformat(), "to": hi.isoformat(),
+              "days": 0.125, "sessions": 1, "forced": False}
+    [(started_id, *start), (_, *end)] = audit  # a row when it starts, one when it ends
+    session = start[2].pop("session_pid")
+    assert start == ["api:t-operator", "user_activity", params, "started", "testclient"]
+    assert end == ["api:t-operator", "user_activity",
+                   {**params, "session_pid": session, "started_id": started_id}, "succeeded",
+                   "testclient"]
 
 
 @pytest.mark.parametrize("body,status,words", [

@@ -67,6 +67,7 @@ def test_every_api_audit_row_carries_the_client_address(make_client, keys, conn)
     rows = conn.execute("SELECT action, source FROM aggjobs.audit_log WHERE actor <> 'tests'"
                         " ORDER BY id").fetchall()
     assert rows == [("denied", "192.0.2.7"), ("run", "192.0.2.7"), ("backfill", "192.0.2.7"),
+                    ("backfill", "192.0.2.7"),  # started, then succeeded
                     ("token.create", "192.0.2.7"), ("token.revoke", "192.0.2.7")]
 
 

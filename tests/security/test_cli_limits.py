@@ -41,14 +41,17 @@ def test_backfill_over_the_cap_exits_2_unless_forced(db_url, conn, monkeypatch):
                        "--sessions", "17")
     assert too_many.returncode == 2 and "--sessions" in too_many.stderr
 
-    refused, forced_row, plain = rows(conn, "backfill")
+    # refused: one row; each backfill that ran: a row when it started, one when it ended
+    refused, forced_start, forced_row, plain_start, plain = rows(conn, "backfill")
     user = f"cli:{getpass.getuser()}"
     assert refused[0] == user and refused[2].startswith("refused: the range spans 5 days")
     assert refused[1]["forced"] is False and refused[1]["days"] == 5
+    assert (forced_start[2], plain_start[2]) == ("started", "started")
     assert forced_row[1]["forced"] is True and forced_row[2] == "succeeded"
     assert plain[1]["forced"] is False and plain[2] == "succeeded"
     assert (forced_row[1]["sessions"], plain[1]["sessions"]) == (1, 2)
-    assert {r[3] for r in (refused, forced_row, plain)} == {CLI_SOURCE}
+    assert {r[3] for r in (refused, forced_start, forced_row, plain_start, plain)} == {
+        CLI_SOURCE}
 
 
 def test_cli_audit_rows_say_where_the_command_ran(db_url, conn):

@@ -124,10 +124,7 @@ def httpx_kwargs(case, secret: str) -> dict:
     return kwargs
 
 
-# POST /api/backfills is left out until its concurrent duplicates answer 409 instead of a
-# UniqueViolation (issue 21, the backfill route's slice, branch h21-cli): drop the exclude
-# when that lands.
-@schema.include(method=["POST", "DELETE"]).exclude(path="/api/backfills").parametrize()
+@schema.include(method=["POST", "DELETE"]).parametrize()
 @hypothesis_settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 def test_concurrent_duplicates_never_answer_a_server_error(case, client, admin_secret):
     kwargs = httpx_kwargs(case, admin_secret)

@@ -89,7 +89,7 @@ def test_tracking_triggers_compare_with_a_constant() -> None:
 
 def test_named_queries_load() -> None:
     names = queries()
-    assert {"fan_out", "take_pending", "try_rollup_lock", "open_backfill"} <= names.keys()
+    assert {"fan_out", "take_pending", "try_rollup_lock", "find_open_backfill"} <= names.keys()
     assert all(body for body in names.values())
 
 

@@ -42,10 +42,9 @@ from ..catalog import select_rollups
 from ..catalog.grains import parse_timestamp
 from ..db.connect import connect, first_line, read_database_url
 from ..engine.status import rollup_status
-from ..errors import AggjobsError, InvalidRange, SpanTooLong
+from ..errors import AggjobsError, InvalidRange
 from ..jobs.registry import JOBS, get_job
 from ..monitor import overview, run_history
-from ..safety import check_backfill_span, span_days
 from ..settings import RETENTION_DAYS, Settings, get_settings
 from ..sql import query
 from . import dashboard as dashboard_page
@@ -281,40 +280,22 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         return run_now(request, who, job, body)
 
     @api.post("/api/backfills", tags=["rollups"])
-    def backfills(request: Request, conn: Conn, who: Operator, body: BackfillBody) -> dict:
+    def backfills(request: Request, who: Operator, body: BackfillBody) -> dict:
         """Recompute a range of materialized buckets of the rollups, all grains (operator).
-        Chunked and resumable like `aggjobs backfill`; waits for its end; audited. A range
-        longer than AGGJOBS_MAX_BACKFILL_DAYS is refused (422, audited)."""
-        from ..engine.backfill import backfill as run_backfill
+        Chunked and resumable like `aggjobs backfill`; waits for its end; audited (a row
+        when it starts, one when it ends). A range longer than AGGJOBS_MAX_BACKFILL_DAYS is
+        refused (422, audited); so is one that another session is backfilling (409)."""
+        from ..operations import Requester, audited_backfill
 
         chosen = select_rollups(body.rollups)
         lo, hi = past(body.from_, "from"), past(body.to, "to")
         if lo >= hi:
             raise InvalidRange(f"from {lo.isoformat()} must be before to {hi.isoformat()}")
-        params = {"rollups": [r.name for r in chosen], "from": lo.isoformat(),
-                  "to": hi.isoformat(), "days": span_days(lo, hi)}
-
-        def audit(outcome: str) -> None:
-            tokens.audit(conn, actor=f"api:{who.name}", action="backfill",
-                         target=",".join(params["rollups"]), params=params, outcome=outcome,
-                         source=client_address(request))
-
-        try:
-            check_backfill_span(lo, hi, settings)
-        except SpanTooLong as exc:
-            audit(f"refused: {exc}")
-            raise
-        reports = []
-        try:
-            with connect("backfill", settings=settings) as work:
-                for rollup in chosen:
-                    reports.append(asdict(run_backfill(work, rollup, lo, hi,
-                                                       settings=settings)))
-        except Exception as exc:
-            audit(f"failed: {type(exc).__name__}: {first_line(exc)}")
-            raise
-        audit("succeeded")
-        return {"rollups": reports}
+        with connect("backfill", settings=settings) as work:
+            reports = audited_backfill(
+                work, chosen, lo, hi, settings=settings,
+                who=Requester(f"api:{who.name}", client_address(request)))
+        return {"rollups": [asdict(r) for r in reports]}
 
     # -- admin: tokens and retention --------------------------------------------------------
     @api.get("/api/tokens", tags=["admin"])

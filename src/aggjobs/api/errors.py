@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ..db.connect import first_line
+from ..engine.backfill import BackfillBusy
 from ..errors import (
     AggjobsError,
     DatabaseUnavailable,
@@ -49,7 +50,7 @@ def aggjobs_status(exc: AggjobsError) -> int:
         return 503
     if isinstance(exc, UnknownJob | tokens.UnknownToken):
         return 404
-    if isinstance(exc, tokens.TokenExists):
+    if isinstance(exc, tokens.TokenExists | BackfillBusy):
         return 409
     if isinstance(exc, SpanTooLong | InvalidTimestamp):
         return 422

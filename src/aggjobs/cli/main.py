@@ -9,23 +9,25 @@ import contextlib
 import enum
 import json
 import logging
+import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import audit as audit_log
 from .. import logs
 from ..catalog import Grain, Rollup, select_rollups
-from ..catalog.grains import parse_timestamp
-from ..db.connect import connect, first_line, translate_errors
+from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, parse_timestamp
+from ..db.connect import connect, translate_errors
 from ..db.migrate import current_version, migrations
 from ..db.migrate import migrate as run_migrations
 from ..engine.recompute import native_installed
@@ -35,7 +37,6 @@ from ..errors import (
     InvalidRange,
     InvalidTimestamp,
     MigrationRequired,
-    SpanTooLong,
 )
 from ..settings import get_settings
 from . import render
@@ -59,19 +60,53 @@ FromTs = Annotated[str, typer.Option("--from", help="Range start, ISO 8601 (UTC 
 ToTs = Annotated[str, typer.Option("--to", help="Range end (exclusive), ISO 8601.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
+# Bounds of numeric options, so that no value reaches SQL or datetime arithmetic out of range
+# (issue 21): a bigint, the hours from 1970 to 2200 and then some, a sane process count.
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+MAX_BUCKETS = 10_000_000
+MAX_CONCURRENCY = 256
+
+
+def finite(value: float | None) -> float | None:
+    """Option callback: NaN passes every min/max comparison, so refuse it explicitly."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
 
 def main() -> None:
     """Entry point: one-line errors instead of tracebacks for expected failures.
 
-    Typer runs in standalone mode, so usage errors keep Click's own message and exit code 2;
-    only aggjobs' errors are caught here.
+    Typer runs outside its standalone mode so that usage errors (a bad option value, a
+    missing option) come here too, and are printed as one line like aggjobs' own errors
+    instead of Typer's framed box; both exit 2.
     """
     logs.setup(logging.WARNING)
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # Click's errors (Typer vendors Click)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `aggjobs` alone: the help
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)
+        fail(usage_line(exc), exc.exit_code)
+    except typer.Abort:
+        fail("aborted", 1)
     except AggjobsError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        fail(str(exc), 2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def fail(reason: str, code: int) -> NoReturn:
+    # escaped: a reason quotes user input, which must not be read as rich markup
+    err_console.print(f"[red]error:[/red] {escape(reason)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def usage_line(exc: typer.TyperException) -> str:
+    """Click's message on one line, with where to read the usage."""
+    text = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    return f"{text} (see `{ctx.command_path} --help`)" if ctx else text
 
 
 @contextlib.contextmanager
@@ -145,7 +180,8 @@ def refresh(
     grain: Annotated[Grain | None, typer.Option(help="Only this grain.")] = None,
     as_of: Annotated[str, typer.Option("--as-of", help="Reference time (default now).")] = "now",
     max_buckets: Annotated[int | None, typer.Option(
-        min=1, help="At most this many new hours per rollup (default: all complete ones).")] = None,
+        min=1, max=MAX_BUCKETS,
+        help="At most this many new hours per rollup (default: all complete ones).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Incremental refresh: new complete buckets plus groups invalidated by late,
@@ -201,48 +237,24 @@ def backfill(
 ) -> None:
     """Recompute a range of materialized buckets (all grains), chunked and resumable.
     Audited. A range longer than AGGJOBS_MAX_BACKFILL_DAYS (default 31) exits 2 unless
-    --force."""
-    from ..engine.backfill import backfill as run_backfill
-    from ..safety import check_backfill_span, span_days
+    --force; so does a range another session is backfilling."""
+    from ..operations import Requester, audited_backfill
 
     chosen = select_rollups(rollups)
     lo, hi = time_range(from_, to)
     settings = get_settings()
     if sessions is not None:
         settings = settings.model_copy(update={"backfill_sessions": sessions})
-    params = {"rollups": [r.name for r in chosen], "from": lo.isoformat(),
-              "to": hi.isoformat(), "days": span_days(lo, hi),
-              "sessions": settings.backfill_sessions}
-    refused: SpanTooLong | None = None
-    try:
-        check_backfill_span(lo, hi, settings, override="--force")
-    except SpanTooLong as exc:
-        refused = exc
-    params["forced"] = bool(refused and force)
-    with session("backfill") as conn:
+    who = Requester(cli_actor(), audit_log.local_source("cli"))
+    with session("backfill") as conn, progress_bar() as bar:
 
-        def audit(outcome: str) -> None:
-            audit_log.write(conn, actor=cli_actor(), action="backfill",
-                            target=",".join(params["rollups"]), params=params,
-                            outcome=outcome, source=audit_log.local_source("cli"))
+        def progress(rollup: Rollup) -> Callable[[int, int], None]:
+            task = bar.add_task(f"backfill {rollup.name}", total=None)
+            return lambda d, t: bar.update(task, completed=d, total=t)
 
-        if refused and not force:
-            audit(f"refused: {refused}")
-            raise refused
-        try:
-            with progress_bar() as bar:
-                for rollup in chosen:
-                    task = bar.add_task(f"backfill {rollup.name}", total=None)
-                    report = run_backfill(
-                        conn, rollup, lo, hi, settings=settings,
-                        progress=lambda d, t, task=task: bar.update(task, completed=d, total=t),
-                    )
-                    console.print(render.backfill_line(report))
-        except BaseException as exc:
-            with contextlib.suppress(psycopg.Error):  # the connection may be gone
-                audit(f"failed: {type(exc).__name__}: {first_line(exc)}")
-            raise
-        audit("succeeded")
+        audited_backfill(conn, chosen, lo, hi, settings=settings, who=who, force=force,
+                         override="--force", progress=progress,
+                         done=lambda report: console.print(render.backfill_line(report)))
 
 
 @app.command()
@@ -251,13 +263,21 @@ def verify(
     from_: FromTs = ...,
     to: ToTs = ...,
     repair: Annotated[bool, typer.Option("--repair", help="Recompute mismatched groups.")] = False,
-    limit: Annotated[int, typer.Option(help="Mismatches listed at most.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=10_000,
+                                       help="Mismatches listed at most.")] = 50,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Allow a range longer than AGGJOBS_MAX_BACKFILL_DAYS.")] = False,
 ) -> None:
-    """Recompute from the raw rows and compare; exit 1 listing each mismatched bucket."""
+    """Recompute from the raw rows and compare; exit 1 listing each mismatched bucket.
+    A range longer than AGGJOBS_MAX_BACKFILL_DAYS (default 31) exits 2 unless --force:
+    verify reads every raw row of its range, as a backfill does."""
     from ..engine import verify as v
+    from ..safety import check_backfill_span
 
     chosen = select_rollups(rollups)
     lo, hi = time_range(from_, to)
+    if not force:
+        check_backfill_span(lo, hi, get_settings(), override="--force")
     failed = False
     with session("verify") as conn:
         for rollup in chosen:
@@ -396,7 +416,8 @@ def worker(
         help="Which jobs this worker takes: light (hourly_rollup, refresh_materialized_views; "
         "queue AGGJOBS_QUEUE), heavy (daily_rollup, weekly_rollup, cleanup_old_data; queue "
         "AGGJOBS_HEAVY_QUEUE, by default the same queue) or light,heavy.")] = "light,heavy",
-    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 2,
+    concurrency: Annotated[int, typer.Option(min=1, max=MAX_CONCURRENCY,
+                                             help="Jobs run at once.")] = 2,
     hostname: Annotated[str | None, typer.Option(
         "--hostname", "-n", help="Celery node name, e.g. heavy@%h (default celery@%h); "
         "workers on one host need distinct names.", show_default=False)] = None,
@@ -426,8 +447,9 @@ def beat(loglevel: Annotated[str, typer.Option(help="Celery's log level.")] = "I
 @app.command()
 def up(
     demo_days: Annotated[int, typer.Option(
-        min=0, help="Days of demo data to load when the sources are empty (0: none).")] = 7,
-    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 2,
+        min=0, max=400, help="Days of demo data to load when the sources are empty (0: none).")] = 7,
+    concurrency: Annotated[int, typer.Option(min=1, max=MAX_CONCURRENCY,
+                                             help="Jobs run at once.")] = 2,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the API and "
                                       "dashboard (on 127.0.0.1).")] = 8700,
 ) -> None:
@@ -524,6 +546,9 @@ def report_day(text: str) -> date:
         day = date.fromisoformat(text.strip())
     except ValueError:
         raise InvalidTimestamp(f"--day {text!r} is not a date: use YYYY-MM-DD") from None
+    if not SUPPORTED_FROM.date() <= day < SUPPORTED_UNTIL.date():
+        raise InvalidTimestamp(f"--day {day} is outside the supported times "
+                               f"[{SUPPORTED_FROM:%Y-%m-%d}, {SUPPORTED_UNTIL:%Y-%m-%d}) UTC")
     if day >= datetime.now(UTC).date():
         raise InvalidRange(f"--day {day} is not over yet (days are UTC): pick an earlier day")
     return day
@@ -534,7 +559,8 @@ def report(
     day: Annotated[str, typer.Option("--day", help="UTC date, YYYY-MM-DD.",
                                      show_default=False)] = ...,
     workspace: Annotated[int | None, typer.Option(
-        "--workspace", help="This workspace's report (default: the platform's).")] = None,
+        "--workspace", min=BIGINT_MIN, max=BIGINT_MAX,
+        help="This workspace's report (default: the platform's).")] = None,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = (
         ReportFormat.md),
     output: Annotated[Path | None, typer.Option(
@@ -643,7 +669,8 @@ def token_create(
                                             "runs jobs and backfills; admin manages tokens "
                                             "and retention.", show_default=False)] = ...,
     expires_days: Annotated[float | None, typer.Option(
-        "--expires-days", min=0.001, help="Expire after this many days (default: never).")] = None,
+        "--expires-days", min=0.001, max=36500, callback=finite,
+        help="Expire after this many days (default: never).")] = None,
 ) -> None:
     """Create a token and print its secret, once: only its SHA-256 is stored."""
     from ..api import tokens

@@ -22,6 +22,7 @@ from psycopg import sql
 from ..catalog import ROLLUPS, SOURCES, Source, rollups_on
 from ..sql import query, tracking
 from ..sql import rollup as rollup_sql
+from .check import check_sources
 from .view_caches import update_view_caches
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
@@ -69,6 +70,8 @@ def migrate(conn: psycopg.Connection, *, native: bool = True) -> list[Migration]
                 "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (%s, %s)",
                 (m.version, m.name),
             )
+        # before anything is made for the sources: a mismatch rolls all of it back
+        check_sources(conn, ROLLUPS)
         sync_native(conn, wanted=native)
         sync_catalog(conn)
     return applied

@@ -798,3 +798,15 @@ GRANT EXECUTE ON FUNCTION aggjobs.create_token(text, text, text, text, double pr
 GRANT EXECUTE ON FUNCTION aggjobs.revoke_token(text, text, text) TO aggjobs_worker;
 GRANT EXECUTE ON FUNCTION aggjobs.token_used(bigint) TO aggjobs_worker;
 -- ==== 0011 ========================================================================= end ====
+
+-- 0013 (issue 21) ------------------------------------------------------------------------
+-- backend_pid: the session running a backfill (a duplicate is refused while it lives; a
+-- 'running' row whose session is gone was abandoned). A backfill's audit rows pair up: a
+-- 'started' row, then at most one outcome row naming it in params.started_id.
+ALTER TABLE aggjobs.backfills ADD COLUMN backend_pid integer;
+CREATE UNIQUE INDEX audit_log_one_backfill_outcome
+    ON aggjobs.audit_log ((params ->> 'started_id'))
+    WHERE action = 'backfill' AND params ? 'started_id';
+CREATE INDEX audit_log_backfill_starts ON aggjobs.audit_log (id)
+    WHERE action = 'backfill' AND outcome = 'started';
+-- end of 0013 ---------------------------------------------------------------------------

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg
+from psycopg import errors as pg_errors
 
 from ..catalog import Grain, Rollup
 from ..catalog.grains import as_utc, chunks
-from ..errors import InvalidRange
+from ..errors import AggjobsError, InvalidRange
 from ..settings import Settings
 from ..sql import query
 from . import state
@@ -80,10 +81,7 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
              lock_wait_s: float = 600.0) -> BackfillReport:
     if lo >= hi:
         raise InvalidRange(f"--from {lo.isoformat()} must be before --to {hi.isoformat()}")
-    with conn.transaction():
-        job_id, grain, done_until, resumed = conn.execute(
-            query("open_backfill"), {"rollup": rollup.name, "lo": lo, "hi": hi}
-        ).fetchone()
+    job_id, grain, done_until, resumed = open_backfill(conn, rollup, lo, hi)
     report = BackfillReport(rollup.name, job_id, resumed)
     marks = state.watermarks(conn, rollup)
     resume = (Grain(grain), as_utc(done_until)) if resumed else None
@@ -114,6 +112,43 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
         raise
     finish(conn, job_id, "succeeded", None)
     return report
+
+
+class BackfillBusy(AggjobsError):
+    """Another session is running a backfill of this rollup and range."""
+
+
+def open_backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime
+                  ) -> tuple[int, str, datetime, bool]:
+    """(id, grain, done_until, resumed): the unfinished backfill of this range claimed by
+    this session, or a new one. Raises BackfillBusy while another live session runs it: two
+    would redo the same chunks, and two first openers raced on the unique index."""
+    params = {"rollup": rollup.name, "lo": lo, "hi": hi}
+    try:
+        with conn.transaction():
+            row = conn.execute(query("find_open_backfill"), params).fetchone()
+            if row is None:
+                job_id, grain, done_until = conn.execute(query("create_backfill"),
+                                                         params).fetchone()
+                return job_id, grain, done_until, False
+            if row[5]:
+                raise busy(rollup, lo, hi, row)
+            conn.execute(query("claim_backfill"), {"id": row[0]})
+            return row[0], row[1], row[2], True
+    except pg_errors.UniqueViolation:  # opened by another session between our look and insert
+        row = conn.execute(query("running_backfill"), params).fetchone()
+        raise busy(rollup, lo, hi, row) from None
+
+
+def busy(rollup: Rollup, lo: datetime, hi: datetime, row: tuple | None) -> BackfillBusy:
+    what = f"a backfill of {rollup.name} over [{lo.isoformat()}, {hi.isoformat()})"
+    if row is not None:
+        job_id, _, done_until, started_at, pid, _ = row
+        what = (f"backfill {job_id} of {rollup.name} over [{lo.isoformat()}, "
+                f"{hi.isoformat()}) (started {as_utc(started_at):%Y-%m-%d %H:%M:%S} UTC, done "
+                f"until {as_utc(done_until).isoformat()}, database session {pid})")
+    return BackfillBusy(f"{what} is running in another session: wait for it to finish "
+                        "(aggjobs.backfills), or stop it and this range resumes where it was")
 
 
 def waves(pieces: list, size: int) -> list[list]:

@@ -36,6 +36,7 @@ from ..catalog.grains import as_utc
 from ..db.connect import SessionLimits, connect, first_line
 from ..errors import AggjobsError, LockBusy
 from ..monitor import alerts, locks
+from ..operations import sweep_abandoned
 from ..settings import Settings
 from ..sql import query
 from .model import Job, Step, StepContext, batches
@@ -154,6 +155,7 @@ class Run:
         busy = self.take_job_lock()
         for run_id, job in self.conn.execute(query("mark_abandoned")).fetchall():
             log.warning("run %s of %s was abandoned: its process died", run_id, job)
+        sweep_abandoned_backfills(self.conn, self.source)
         if busy:
             return self.skip(busy)
         if not self.take_heavy_slot():
@@ -454,3 +456,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, AggjobsError):
         return str(exc)
     return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def sweep_abandoned_backfills(conn: psycopg.Connection, source: str) -> None:
+    """Backfills whose process died are marked abandoned at each job run too, so that a
+    killed one is noticed within the hour even if no backfill follows (operations.py)."""
+    sweep_abandoned(conn, noticed_by=source)

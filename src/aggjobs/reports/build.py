@@ -19,8 +19,8 @@ from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from ..errors import AggjobsError
 from ..engine.recompute import native_installed
+from ..errors import AggjobsError
 from ..sql import named, with_merges
 
 SCHEMA_VERSION = 1

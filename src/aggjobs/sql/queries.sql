@@ -114,21 +114,78 @@ FROM aggjobs.pending_groups GROUP BY rollup, grain
 SELECT source, count(*) AS changes, min(logged_at) AS oldest FROM aggjobs.invalidation_log
 GROUP BY source
 
--- name: open_backfill
--- The unfinished backfill of this rollup and range, or a new one.
-WITH existing AS (
-    SELECT id, grain, done_until FROM aggjobs.backfills
-    WHERE rollup = %(rollup)s AND range_start = %(lo)s AND range_end = %(hi)s
-      AND status <> 'succeeded'
-), created AS (
-    INSERT INTO aggjobs.backfills (rollup, range_start, range_end, grain, done_until)
-    SELECT %(rollup)s, %(lo)s, %(hi)s, 'hour', %(lo)s
-    WHERE NOT EXISTS (SELECT 1 FROM existing)
-    RETURNING id, grain, done_until
-)
-SELECT id, grain, done_until, true AS resumed FROM existing
-UNION ALL
-SELECT id, grain, done_until, false FROM created
+-- name: find_open_backfill
+-- The unfinished backfill of this rollup and range, locked so that a concurrent opener waits
+-- for this one's decision; `busy`: another session runs it and is still connected.
+SELECT b.id, b.grain, b.done_until, b.started_at, b.backend_pid,
+       b.status = 'running' AND b.backend_pid IS DISTINCT FROM pg_backend_pid()
+       AND EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = b.backend_pid) AS busy
+FROM aggjobs.backfills AS b
+WHERE b.rollup = %(rollup)s AND b.range_start = %(lo)s AND b.range_end = %(hi)s
+  AND b.status <> 'succeeded'
+FOR UPDATE OF b
+
+-- name: running_backfill
+-- The one a refused opener names (not locked: only for the message).
+SELECT id, grain, done_until, started_at, backend_pid, true FROM aggjobs.backfills
+WHERE rollup = %(rollup)s AND range_start = %(lo)s AND range_end = %(hi)s
+  AND status <> 'succeeded'
+
+-- name: create_backfill
+-- A concurrent creator of the same range makes this raise UniqueViolation
+-- (backfills_one_open_per_range): the backfill is busy.
+INSERT INTO aggjobs.backfills (rollup, range_start, range_end, grain, done_until, backend_pid)
+VALUES (%(rollup)s, %(lo)s, %(hi)s, 'hour', %(lo)s, pg_backend_pid())
+RETURNING id, grain, done_until
+
+-- name: claim_backfill
+-- Resume a failed or abandoned backfill in this session.
+UPDATE aggjobs.backfills SET backend_pid = pg_backend_pid(), status = 'running'
+WHERE id = %(id)s
+
+-- name: mark_abandoned_backfills
+-- Backfills still 'running' whose session is gone: their process died. Failed, so that the
+-- dashboard stops showing them as running; the next backfill of the range resumes them.
+UPDATE aggjobs.backfills AS b
+SET status = 'failed', finished_at = clock_timestamp(),
+    error = coalesce(b.error, 'abandoned: its database session ended before it finished')
+WHERE b.status = 'running'
+  AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = b.backend_pid)
+RETURNING b.id, b.rollup
+
+-- name: audit_backfill_started
+-- The row a backfill writes when it starts, in its own transaction (autocommit).
+INSERT INTO aggjobs.audit_log (actor, action, target, params, outcome, source)
+VALUES (%(actor)s, 'backfill', %(target)s, %(params)s, 'started', %(source)s)
+RETURNING id
+
+-- name: audit_backfill_outcome
+-- How the backfill whose start is params.started_id ended; a second outcome (a sweep that
+-- saw its session gone, racing the process's own late word) is dropped.
+INSERT INTO aggjobs.audit_log (actor, action, target, params, outcome, source)
+VALUES (%(actor)s, 'backfill', %(target)s, %(params)s, %(outcome)s, %(source)s)
+ON CONFLICT ((params ->> 'started_id')) WHERE action = 'backfill' AND params ? 'started_id'
+DO NOTHING
+
+-- name: audit_abandoned_backfills
+-- Started backfills with no outcome whose session is gone (the process was killed, or its
+-- session terminated before it could write one): an 'abandoned' outcome each, with the
+-- start's actor, target and source, and who noticed.
+INSERT INTO aggjobs.audit_log (actor, action, target, params, outcome, source)
+SELECT s.actor, 'backfill', s.target,
+       s.params || jsonb_build_object('started_id', s.id, 'noticed_by', %(noticed_by)s::text),
+       'abandoned: its session ended before it recorded an outcome (process killed or '
+       'session terminated)', s.source
+FROM aggjobs.audit_log AS s
+WHERE s.action = 'backfill' AND s.outcome = 'started'
+  AND NOT EXISTS (SELECT 1 FROM aggjobs.audit_log AS o
+                  WHERE o.action = 'backfill' AND o.params ? 'started_id'
+                    AND o.params ->> 'started_id' = s.id::text)
+  AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
+                  WHERE a.pid = (s.params ->> 'session_pid')::integer)
+ON CONFLICT ((params ->> 'started_id')) WHERE action = 'backfill' AND params ? 'started_id'
+DO NOTHING
+RETURNING (params ->> 'started_id')::bigint
 
 -- name: backfill_progress
 UPDATE aggjobs.backfills SET grain = %(grain)s, done_until = %(done_until)s, status = 'running',
@@ -138,6 +195,16 @@ WHERE id = %(id)s
 -- name: backfill_finish
 UPDATE aggjobs.backfills SET status = %(status)s, error = %(error)s, finished_at = now()
 WHERE id = %(id)s
+
+-- name: source_columns
+-- A source table's columns (db/check.py): whether it exists, then each column with its type
+-- (a domain's base type: typname, category, typtype) and the type as written.
+SELECT c.oid IS NOT NULL, a.attname, bt.typname, bt.typcategory, bt.typtype,
+       format_type(a.atttypid, a.atttypmod)
+FROM (SELECT to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) AS oid) AS c
+LEFT JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_type AS t ON t.oid = a.atttypid
+LEFT JOIN pg_type AS bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
 
 -- name: native_installed
 -- Whether the C functions of extension aggjobs_native can be used by this session.

@@ -1,0 +1,99 @@
+"""The source tables against the catalog's declarations, checked by `aggjobs migrate`.
+
+The platform owns the sources (PRODUCT.md section 2): `migrate` creates them only if
+missing, so a table made by the platform may lack a column the rollups read, or have it
+with another type. Found at migrate time, that is one line listing each problem, and the
+migration changes nothing; found later, it was a traceback in every refresh while `status`
+said healthy (issue 21).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import psycopg
+
+from ..catalog import Rollup, Source
+from ..catalog.model import Avg, DistinctCount, Quantile, Sum
+from ..errors import AggjobsError
+from ..sql import query
+
+INTEGERS = frozenset({"int2", "int4", "int8"})
+# What a column must be, by what reads it: the types accepted (base types, so a domain over
+# one of them passes) and how the message names them.
+KINDS: dict[str, tuple[frozenset[str], str]] = {
+    # buckets are UTC instants: a timestamp without time zone would follow the TimeZone
+    "time": (frozenset({"timestamptz"}), "timestamp with time zone"),
+    # keys and dimensions are stored as bigint, and so are the distinct sets
+    "integer": (INTEGERS, "smallint, integer or bigint"),
+    "number": (INTEGERS | {"numeric", "float4", "float8"}, "a number type"),
+    "text": (frozenset(), "a text type"),  # string category or an enum: see `accepts`
+}
+
+
+class SourceMismatch(AggjobsError):
+    """A source table lacks a column the rollups read, or has it with another type."""
+
+
+def requirements(rollups: Iterable[Rollup]) -> dict[Source, dict[str, dict[str, set[str]]]]:
+    """Per source, per column, per kind: the rollups that need the column to be of it."""
+    needs: dict[Source, dict[str, dict[str, set[str]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(set)))
+    for rollup in rollups:
+        cols = needs[rollup.source]
+        cols[rollup.source.time_column]["time"].add(rollup.name)
+        for dim in rollup.dimensions:
+            cols[dim]["integer"].add(rollup.name)
+        for m in rollup.measures:
+            if isinstance(m, DistinctCount):
+                cols[m.column]["integer"].add(rollup.name)
+            elif isinstance(m, Sum | Avg | Quantile):
+                cols[m.column]["number"].add(rollup.name)
+            where = getattr(m, "where", None)
+            if where is not None:
+                cols[where.column]["text"].add(rollup.name)
+    return needs
+
+
+def accepts(kind: str, typname: str, category: str, typtype: str) -> bool:
+    if kind == "text":
+        return category == "S" or typtype == "e"
+    return typname in KINDS[kind][0]
+
+
+def source_problems(conn: psycopg.Connection, source: Source,
+                    needs: dict[str, dict[str, set[str]]]) -> list[str]:
+    """What is missing or mistyped in one source table, one phrase each."""
+    rows = conn.execute(query("source_columns"),
+                        {"schema": source.schema, "table": source.table}).fetchall()
+    name = f"{source.schema}.{source.table}"
+    if not rows or not rows[0][0]:
+        return [f"{name} does not exist"]
+    found = {col: (typname, category, typtype, shown) for _, col, typname, category, typtype,
+             shown in rows if col is not None}
+    problems = []
+    for column, kinds in needs.items():
+        users = ", ".join(sorted(set().union(*kinds.values())))
+        if column not in found:
+            problems.append(f"{name}.{column} is missing (read by {users})")
+            continue
+        typname, category, typtype, shown = found[column]
+        for kind in kinds:
+            if not accepts(kind, typname, category, typtype):
+                problems.append(f"{name}.{column} is {shown}, must be {KINDS[kind][1]} "
+                                f"(read by {users})")
+                break
+    return problems
+
+
+def check_sources(conn: psycopg.Connection, rollups: Iterable[Rollup]) -> None:
+    """Raise SourceMismatch listing every column the rollups read that is missing or of
+    another type."""
+    problems = [p for source, needs in requirements(rollups).items()
+                for p in source_problems(conn, source, needs)]
+    if problems:
+        raise SourceMismatch("the source tables do not match what the rollups read: "
+                             + "; ".join(problems)
+                             + ". Fix the tables (docs/rollups.md, \"Source tables\"), then run "
+                             "`aggjobs migrate` again")

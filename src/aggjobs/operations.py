@@ -1,0 +1,148 @@
+"""What more than one front end starts, written once: the audited backfill, run by
+`aggjobs backfill` and by `POST /api/backfills`.
+
+A backfill's audit rows (docs/security.md, "Backfill audit rows"): a refused one (over the
+span cap) writes one row, `refused: ...`. One that starts writes a row `started` at once,
+in its own transaction, naming its database session (params.session_pid); when it ends, a
+second row with the same parameters and `started_id` says how: `succeeded`, `failed: ...`
+or `refused: ...` (the range is being backfilled by another session). If the process dies
+first, the start stays alone until someone notices that its session is gone (the next
+backfill, or the next job run) and writes `abandoned: ...` for it, as job runs are marked
+abandoned. The audit log is append-only, hence a second row rather than an update of the
+first; a unique index keeps it to one outcome per start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from . import audit
+from .catalog import Rollup
+from .db.connect import connect, first_line
+from .engine.backfill import BackfillBusy, BackfillReport, Progress
+from .engine.backfill import backfill as run_backfill
+from .errors import AggjobsError, SpanTooLong
+from .safety import check_backfill_span, span_days
+from .settings import Settings
+from .sql import query
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asks (`cli:<user>`, `api:<token>`) and from where (audit.py's `source`)."""
+
+    actor: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Audited:
+    """One backfill's audit identity: who, what, with which parameters, which start row."""
+
+    who: Requester
+    target: str
+    params: dict
+    started_id: int | None = None
+
+    def row(self, outcome: str) -> dict:
+        params = self.params if self.started_id is None else {
+            **self.params, "started_id": self.started_id}
+        return {"actor": self.who.actor, "target": self.target, "params": Jsonb(params),
+                "outcome": outcome, "source": self.who.source}
+
+
+def audited_backfill(conn: psycopg.Connection, rollups: list[Rollup], lo: datetime,
+                     hi: datetime, *, settings: Settings, who: Requester,
+                     force: bool = False, override: str | None = None,
+                     progress: Callable[[Rollup], Progress | None] | None = None,
+                     done: Callable[[BackfillReport], None] | None = None,
+                     ) -> list[BackfillReport]:
+    """Backfill each rollup over [lo, hi) in `conn`, audited. A range over the span cap is
+    refused (SpanTooLong) unless `force`, which only a front end with an `override` (the
+    CLI's --force) offers. `progress(rollup)` gives a rollup's progress callback; `done` is
+    called with each rollup's report as it finishes."""
+    refused = span_refusal(lo, hi, settings, override)
+    names = [r.name for r in rollups]
+    params = {"rollups": names, "from": lo.isoformat(), "to": hi.isoformat(),
+              "days": span_days(lo, hi), "sessions": settings.backfill_sessions,
+              "forced": bool(refused and force)}
+    entry = Audited(who, ",".join(names), params)
+    if refused and not force:
+        audit.write(conn, actor=who.actor, action="backfill", target=entry.target,
+                    params=params, outcome=f"refused: {refused}", source=who.source)
+        raise refused
+    sweep_abandoned(conn, noticed_by=who.source)
+    entry = start(conn, entry)
+    reports = []
+    try:
+        for rollup in rollups:
+            reports.append(run_backfill(conn, rollup, lo, hi, settings=settings,
+                                        progress=progress(rollup) if progress else None))
+            if done:
+                done(reports[-1])
+    except BaseException as exc:
+        finish(conn, settings, entry, outcome_of(exc))
+        raise
+    finish(conn, settings, entry, "succeeded")
+    return reports
+
+
+def span_refusal(lo: datetime, hi: datetime, settings: Settings,
+                 override: str | None) -> SpanTooLong | None:
+    try:
+        check_backfill_span(lo, hi, settings, override=override)
+    except SpanTooLong as exc:
+        return exc
+    return None
+
+
+def start(conn: psycopg.Connection, entry: Audited) -> Audited:
+    """The `started` row, committed at once (the connection is in autocommit mode), naming
+    the session whose end, without an outcome, means the backfill was abandoned."""
+    params = {**entry.params, "session_pid": conn.info.backend_pid}
+    started = Audited(entry.who, entry.target, params)
+    row = started.row("started")
+    started_id = conn.execute(query("audit_backfill_started"), row).fetchone()[0]
+    return Audited(entry.who, entry.target, params, started_id)
+
+
+def outcome_of(exc: BaseException) -> str:
+    if isinstance(exc, BackfillBusy):
+        return f"refused: {first_line(exc)}"
+    return f"failed: {type(exc).__name__}: {first_line(exc)}"
+
+
+def finish(conn: psycopg.Connection, settings: Settings, entry: Audited, outcome: str) -> None:
+    """The outcome row: in the backfill's session if it still works, else in a new one (its
+    session was terminated, the process lives and knows why). If neither can be written the
+    start stays alone, and the sweep marks it abandoned."""
+    try:
+        if conn.closed or conn.broken:
+            raise psycopg.OperationalError("the backfill's session is gone")
+        conn.execute(query("audit_backfill_outcome"), entry.row(outcome))
+    except psycopg.Error:
+        with contextlib.suppress(psycopg.Error, AggjobsError), \
+                connect("backfill", settings=settings) as fresh:
+            fresh.execute(query("audit_backfill_outcome"), entry.row(outcome))
+
+
+def sweep_abandoned(conn: psycopg.Connection, *, noticed_by: str) -> list[int]:
+    """Mark the backfills whose session is gone and that recorded no end: their rows of
+    aggjobs.backfills failed, their audit starts given an `abandoned` outcome. Returns the
+    ids of those starts. Run at each audited backfill and at each job run."""
+    for job_id, rollup in conn.execute(query("mark_abandoned_backfills")).fetchall():
+        log.warning("backfill %s of %s was abandoned: its session ended", job_id, rollup)
+    starts = [row[0] for row in conn.execute(query("audit_abandoned_backfills"),
+                                             {"noticed_by": noticed_by}).fetchall()]
+    for started_id in starts:
+        log.warning("audited backfill started as audit row %s was abandoned", started_id)
+    return starts
