@@ -7,7 +7,9 @@ from datetime import datetime
 import psycopg
 
 from ..catalog import ROLLUPS
+from ..catalog.grains import SUPPORTED_PARAMS
 from ..sql import query
+from ..sql import rollup as rollup_sql
 from . import state
 
 
@@ -15,7 +17,7 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
     """One dict per rollup and grain: watermark, lag behind the last complete bucket,
     pending dirty groups, and changes logged on the source but not yet fanned out."""
     pending = {
-        (r, g): (n, oldest) for r, g, n, oldest, _ in conn.execute(query("pending_counts"))
+        (r, g): (n, oldest) for r, g, n, oldest, _ in conn.execute(query("pending_counts"), SUPPORTED_PARAMS)
     }
     logged = {s: n for s, n, _ in conn.execute(query("unlogged_changes"))}
     quarantine = {(r, g): (q, f) for r, g, q, f in conn.execute(query("quarantine_counts"))}
@@ -44,3 +46,21 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
                 if grain is rollup.grains[0] else None,
             })
     return rows
+
+
+def unsupported_rows(conn: psycopg.Connection) -> list[dict]:
+    """Per source holding any, its raw rows outside the supported times (docs/rollups.md):
+    they are in no bucket of any rollup, so someone must fix or delete them. Counted by
+    two range scans of the time index; `query` finds them."""
+    found = []
+    for source in sorted({r.source for r in ROLLUPS}, key=lambda s: s.name):
+        n = conn.execute(rollup_sql.count_unsupported_rows(source)).fetchone()[0]
+        if n:
+            found.append({
+                "source": source.name,
+                "table": f"{source.schema}.{source.table}",
+                "time_column": source.time_column,
+                "rows": n,
+                "query": rollup_sql.unsupported_rows(source).as_string(conn),
+            })
+    return found
