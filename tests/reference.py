@@ -10,7 +10,7 @@ p95 is checked against the values as the sketch holds them; NaN equals NaN.
 from __future__ import annotations
 
 import math
-from datetime import UTC
+from datetime import UTC, timedelta
 from decimal import Decimal
 
 import psycopg
@@ -33,7 +33,7 @@ SKETCH_DOMAIN = """CASE WHEN runtime_seconds <= 1e-9 THEN 0::float8
 EXECUTION = """
 SELECT workspace_id, {b} AS bucket,
     COUNT(*), COUNT(*) FILTER (WHERE status = 'completed'), COUNT(*) FILTER (WHERE status = 'failed'),
-    SUM(runtime_seconds::numeric), COUNT(runtime_seconds),
+    NULL, COUNT(runtime_seconds),
     PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY {v}),
     SUM(credits_consumed)
 FROM public.agent_runs WHERE {w} GROUP BY 1, 2
@@ -83,15 +83,43 @@ def expected(conn: psycopg.Connection, rollup: str, grain: Grain, below) -> dict
     rows = conn.execute(text.format(b=BUCKET[grain].format(t=t), w=SUPPORTED.format(t=t),
                                     v=value)).fetchall()
     if rollup == "execution_metrics":
-        rows = [(*r[:5], avg(r[5], r[6]), *r[7:]) for r in rows]
+        sums = runtime_sums(conn, grain)
+        rows = [(*r[:5], sums[r[:2]] / r[6] if r[6] else None, *r[7:]) for r in rows]
     return keyed(rollup, rows, below)
 
 
-def avg(total: Decimal | None, n: int) -> float | None:
-    """The float sum over the count: float() of the exact sum is +-inf past the range."""
-    if not n:
-        return None
-    return float(total) / n
+HOURLY_SUMS = f"""
+SELECT workspace_id, {BUCKET[Grain.HOUR].format(t="started_at")}, SUM(runtime_seconds::numeric)
+FROM public.agent_runs WHERE {SUPPORTED.format(t="started_at")} AND runtime_seconds IS NOT NULL
+GROUP BY 1, 2
+"""
+
+
+def runtime_sums(conn: psycopg.Connection, grain: Grain) -> dict:
+    """(workspace, bucket) -> the float sum of its runtimes as defined: each hour's exact
+    sum rounded (+-inf past the float range), then each day's of its hours, each week's of
+    its days."""
+    sums = {(ws, h): float(total) for ws, h, total in conn.execute(HOURLY_SUMS).fetchall()}
+    for step, bucket in ((Grain.DAY, lambda h: h.astimezone(UTC).date()),
+                         (Grain.WEEK, lambda d: d - timedelta(days=d.weekday()))):
+        if grain is Grain.HOUR:
+            break
+        parts: dict = {}
+        for (ws, b), value in sums.items():
+            parts.setdefault((ws, bucket(b)), []).append(value)
+        sums = {key: float_sum(values) for key, values in parts.items()}
+        if grain is step:
+            break
+    return sums
+
+
+def float_sum(values: list[float]) -> float:
+    """NaN and infinities as IEEE addition has them; otherwise the exact sum, rounded."""
+    if any(math.isnan(v) for v in values) or {math.inf, -math.inf} <= set(values):
+        return math.nan
+    if math.inf in values or -math.inf in values:
+        return math.inf if math.inf in values else -math.inf
+    return float(sum(Decimal(v) for v in values))
 
 
 def stored(conn: psycopg.Connection, rollup: str, grain: Grain, below) -> dict:

@@ -292,7 +292,7 @@ def add_measure(parts: Parts, m: Measure, ctx: Context, *, with_state: bool) -> 
             parts.aggs.append((m.name, zero_if(agg, m.zero_if_empty)))
             parts.finals[m.name] = g(m.name)
         case Avg():
-            add_avg(parts, m, raw=raw, with_state=with_state)
+            add_avg(parts, m, ctx, with_state=with_state)
         case Quantile():
             add_quantile(parts, m, ctx, with_state=with_state)
         case DistinctCount():
@@ -303,13 +303,11 @@ def add_measure(parts: Parts, m: Measure, ctx: Context, *, with_state: bool) -> 
             )
 
 
-def add_avg(parts: Parts, m: Avg, *, raw: bool, with_state: bool) -> None:
+def add_avg(parts: Parts, m: Avg, ctx: Context, *, with_state: bool) -> None:
     s, n = m.name + STATE_SUM, m.name + STATE_N
+    raw = ctx.inp.is_raw
     if raw and not with_state:  # the reference: from the raw rows, with the same definition
-        # Not avg(): float8_accum also sums squares, which overflow from values near 1e154.
-        parts.aggs.append((m.name, S("{} / nullif(count({}), 0)::float8").format(
-            float_sum(rcol(m.column)), rcol(m.column))))
-        parts.finals[m.name] = I("g", m.name)
+        add_reference_avg(parts, m, ctx)
         return
     if raw:
         # avg(x) is sum(x) / count(x), summed in the same order (float8_accum's Sx): the
@@ -323,6 +321,35 @@ def add_avg(parts: Parts, m: Avg, *, raw: bool, with_state: bool) -> None:
     parts.finals[m.name] = S("{} / nullif({}, 0)::float8").format(I("g", s), I("g", n))
     if with_state:
         parts.finals[s], parts.finals[n] = I("g", s), I("g", n)
+
+
+def add_reference_avg(parts: Parts, m: Avg, ctx: Context) -> None:
+    """The avg from the raw rows as the engine defines it: the float sum of each hour, then
+    of each finer bucket's sums (a sum past the float range stays +-Infinity above it),
+    over the count. Not avg(): float8_accum also sums squares, which overflow from values
+    near 1e154."""
+    x = rcol(m.column)
+    if ctx.rollup.finer(ctx.grain) is None:  # the hour: one level, in the main GROUP BY
+        parts.aggs.append((m.name, S("{} / nullif(count({}), 0)::float8").format(
+            float_sum(x), x)))
+        parts.finals[m.name] = I("g", m.name)
+        return
+    dims = [I(d) for d in ctx.rollup.dimensions]
+    positions = S(", ").join(L(i + 1) for i in range(len(dims) + 1))
+    level = S("SELECT {}, {} AS b, {} AS s, count({}) AS n FROM {} GROUP BY {}").format(
+        S(", ").join(rcol(d) for d in ctx.rollup.dimensions),
+        bucket_expr(rcol(ctx.inp.time_column), is_date=False, grain=Grain.HOUR),
+        float_sum(x), x, ctx.rel, positions)
+    chain = ctx.rollup.grains[: ctx.rollup.grains.index(ctx.grain) + 1]
+    for finer, grain in zip(chain, chain[1:], strict=False):
+        level = S("SELECT {}, {} AS b, {} AS s, sum(n)::bigint AS n FROM ({}) AS l"
+                  " GROUP BY {}").format(
+            S(", ").join(dims), bucket_expr(I("b"), is_date=finer is not Grain.HOUR, grain=grain),
+            float_sum(I("s")), level, positions)
+    alias = f"a_{m.name}"
+    parts.auxes.append((alias, S("SELECT {}, b AS {}, s, n FROM ({}) AS l").format(
+        S(", ").join(dims), I(ctx.grain.column), level)))
+    parts.finals[m.name] = S("{} / nullif({}, 0)::float8").format(I(alias, "s"), I(alias, "n"))
 
 
 BIG = "'9.7453140114e+288'::float8"  # 2^960: fewer than 2^64 values below it cannot overflow
