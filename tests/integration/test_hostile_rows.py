@@ -16,12 +16,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from aggjobs.catalog import ROLLUPS, Grain, get_rollup
+from aggjobs.catalog import ROLLUPS, Grain, Rollup, get_rollup
+from aggjobs.catalog.families import AGENT_RUNS
+from aggjobs.catalog.model import Sum
 from aggjobs.engine.refresh import refresh
 from aggjobs.engine.verify import verify_grain
 from aggjobs.jobs.runner import RunRequest, run_job
 from aggjobs.monitor import overview
 from aggjobs.settings import Settings
+from aggjobs.sql import rollup as rollup_sql
 from tests import platform as p
 from tests.reference import assert_all_match
 
@@ -46,7 +49,7 @@ INSERT_AT = {
 def aggjobs(db_url: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "AGGJOBS_DATABASE_URL": db_url, "COLUMNS": "200"}
     return subprocess.run([AGGJOBS, *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
 
 
 def load(conn: psycopg.Connection) -> None:
@@ -245,6 +248,37 @@ def test_a_data_exception_quarantines_its_bucket_at_once_and_a_change_there_clea
     assert conn.execute("SELECT count(*) FROM aggjobs.quarantine").fetchone()[0] == 0
     assert stored(conn, "execution_metrics_hourly", "hour", 1, bad) == (2.0, 1)  # whole
     assert_all_match(conn, rollup)
+
+
+def test_a_rollup_whose_own_sum_overflows_is_quarantined_at_once_and_verify_goes_on(
+        loaded, settings) -> None:
+    """A rollup the built-ins' definitions do not cover: a plain float Sum, which still
+    raises on overflow. The engine quarantines the bucket on the first run and materializes
+    the others; verify says the bucket cannot be computed and compares the others, then,
+    once refresh has quarantined it, lists it instead."""
+    totals = Rollup(name="runtime_totals", source=AGENT_RUNS, grains=(Grain.HOUR,),
+                    measures=(Sum(name="runtime_total", column="runtime_seconds"),))
+    conn, bad = loaded, T0 + 3 * H
+    conn.execute(rollup_sql.create_table(totals, Grain.HOUR))
+    conn.execute("INSERT INTO aggjobs.watermarks (rollup, grain) VALUES (%s, 'hour')",
+                 (totals.name,))
+    for i in range(2):
+        p.run(conn, ws=1, at=bad + timedelta(minutes=i), runtime=1e308)
+    report = refresh(conn, totals, as_of=AS_OF, settings=settings)
+    assert report.grains[0].quarantined == [bad]  # at once
+    assert report.grains[0].watermark_after == AS_OF
+    stored_hours = conn.execute("SELECT DISTINCT hour FROM analytics.runtime_totals_hourly"
+                                " ORDER BY 1").fetchall()
+    assert [h for (h,) in stored_hours] == [T0 + H, T0 + 2 * H, T0 + 30 * H]
+    found = verify_grain(conn, totals, Grain.HOUR, T0, AS_OF)
+    assert found.mismatches == [] and [b for b, _ in found.quarantined] == [bad]
+
+    conn.execute("DELETE FROM aggjobs.quarantine")  # as if refresh had not met it yet
+    found = verify_grain(conn, totals, Grain.HOUR, T0, AS_OF)
+    [mismatch] = found.mismatches
+    assert (mismatch.bucket, mismatch.workspace_id, mismatch.measure) == (
+        bad, None, "(cannot be computed)")
+    assert "out of range" in mismatch.expected and found.groups == 6
 
 
 # ------------------------------------------------------------------ finding 7: NaN

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import psycopg
 
-from ..catalog import ROLLUPS
+from ..catalog import ROLLUPS, SOURCES
 from ..catalog.grains import SUPPORTED_PARAMS
 from ..sql import query
 from ..sql import rollup as rollup_sql
@@ -16,9 +16,8 @@ from . import state
 def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
     """One dict per rollup and grain: watermark, lag behind the last complete bucket,
     pending dirty groups, and changes logged on the source but not yet fanned out."""
-    pending = {
-        (r, g): (n, oldest) for r, g, n, oldest, _ in conn.execute(query("pending_counts"), SUPPORTED_PARAMS)
-    }
+    pending = {(r, g): (n, oldest) for r, g, n, oldest, _
+               in conn.execute(query("pending_counts"), SUPPORTED_PARAMS)}
     logged = {s: n for s, n, _ in conn.execute(query("unlogged_changes"))}
     quarantine = {(r, g): (q, f) for r, g, q, f in conn.execute(query("quarantine_counts"))}
     thresholds = dict(conn.execute("SELECT source, threshold FROM aggjobs.sources").fetchall())
@@ -53,7 +52,7 @@ def unsupported_rows(conn: psycopg.Connection) -> list[dict]:
     they are in no bucket of any rollup, so someone must fix or delete them. Counted by
     two range scans of the time index; `query` finds them."""
     found = []
-    for source in sorted({r.source for r in ROLLUPS}, key=lambda s: s.name):
+    for source in SOURCES:
         n = conn.execute(rollup_sql.count_unsupported_rows(source)).fetchone()[0]
         if n:
             found.append({

@@ -167,6 +167,8 @@ def compare_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain, a: dat
 
 def compare_by_bucket(conn: psycopg.Connection, rollup: Rollup, grain: Grain, a: datetime,
                       b: datetime, skip: set[datetime]) -> tuple[int, list[Mismatch]]:
+    """[a, b) a bucket at a time: one whose data cannot be computed is a mismatch of its
+    own (unless quarantined: refresh skips it too), the others are compared."""
     groups, found = 0, []
     for bucket in grain.buckets(a, b):
         try:

@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg.rows import dict_row
 
-from ..catalog.grains import as_utc
-from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL
+from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, as_utc
 from ..engine.status import rollup_status, unsupported_rows
 from ..jobs.registry import JOBS
 from ..jobs.schedule import next_run as next_firing

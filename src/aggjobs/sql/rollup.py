@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import pairwise
 
 from psycopg import sql
 
@@ -341,7 +342,7 @@ def add_reference_avg(parts: Parts, m: Avg, ctx: Context) -> None:
         bucket_expr(rcol(ctx.inp.time_column), is_date=False, grain=Grain.HOUR),
         float_sum(x), x, ctx.rel, positions)
     chain = ctx.rollup.grains[: ctx.rollup.grains.index(ctx.grain) + 1]
-    for finer, grain in zip(chain, chain[1:], strict=False):
+    for finer, grain in pairwise(chain):
         level = S("SELECT {}, {} AS b, {} AS s, sum(n)::bigint AS n FROM ({}) AS l"
                   " GROUP BY {}").format(
             S(", ").join(dims), bucket_expr(I("b"), is_date=finer is not Grain.HOUR, grain=grain),
