@@ -102,6 +102,11 @@ def test_migrate_repairs_a_broken_threshold(conn, db_url, settings, broken):
     # The function refuses to go on from it, saying what repairs it.
     with pytest.raises(Invalid, match="aggjobs migrate"):
         conn.execute("SELECT aggjobs.move_tracking_threshold('agent_runs', %s)", (HOUR,))
+    # Status names it (it tracebacked on an infinite threshold) and says what repairs it.
+    state = overview(conn, settings)
+    assert not state["healthy"]
+    assert any("tracking threshold" in p and "aggjobs migrate" in p for p in state["problems"]
+               ), state["problems"]
 
     with psycopg.connect(db_url, autocommit=True) as owner:
         migrate(owner)
@@ -123,7 +128,7 @@ def test_migrate_repairs_a_broken_threshold(conn, db_url, settings, broken):
     reports = p.refresh_all(conn, settings, datetime.now(UTC))
     assert all(r.grains for r in reports.values())
     assert_matches(conn, "execution_metrics", Grain.HOUR, HOUR)
-    assert overview(conn, settings)["rollups"]
+    assert not any("tracking threshold" in p for p in overview(conn, settings)["problems"])
 
 
 def test_migrate_leaves_a_threshold_within_bounds(conn, db_url, settings):

@@ -84,6 +84,10 @@ def supported(ts: datetime) -> bool:
     return SUPPORTED_FROM <= as_utc(ts) < SUPPORTED_UNTIL
 
 
+# The bounds as the parameters of the named queries that apply them (queries.sql).
+SUPPORTED_PARAMS = {"supported_from": SUPPORTED_FROM, "supported_until": SUPPORTED_UNTIL}
+
+
 def parse_timestamp(text: str) -> datetime:
     """ISO 8601 date or timestamp within the supported times; without an offset it is UTC.
     'now' is accepted."""

@@ -11,7 +11,7 @@ from rich import box
 from rich.table import Table
 
 from ..engine.backfill import BackfillReport
-from ..engine.refresh import RefreshReport
+from ..engine.refresh import GrainReport, RefreshReport
 from ..engine.verify import Mismatch, VerifyReport, describe
 from ..jobs.runner import RunResult
 
@@ -36,8 +36,16 @@ def refresh_table(reports: list[RefreshReport]) -> Table:
                                                  if g.coalesced_buckets else "")
                           + (f" ({g.scanned_buckets} buckets by one scan)"
                              if g.scanned_buckets else ""),
-                          f"{g.rows.written:,}", f"{g.seconds:.2f}", g.held_back or "")
+                          f"{g.rows.written:,}", f"{g.seconds:.2f}", grain_note(g))
     return table
+
+
+def grain_note(g: GrainReport) -> str:
+    notes = [g.held_back] if g.held_back else []
+    if g.quarantined:
+        notes.append(f"[yellow]{len(g.quarantined)} bucket(s) quarantined from "
+                     f"{ts(g.quarantined[0])}: see `aggjobs status`[/yellow]")
+    return "; ".join(notes)
 
 
 def refresh_json(report: RefreshReport) -> dict:
@@ -58,6 +66,7 @@ def refresh_json(report: RefreshReport) -> dict:
                 "rows_written": g.rows.written,
                 "coarser_groups_marked": g.rows.marked,
                 "held_back": g.held_back,
+                "quarantined": [iso(b) for b in g.quarantined],
                 "seconds": round(g.seconds, 3),
             }
             for g in report.grains
@@ -84,6 +93,10 @@ def verify_line(report: VerifyReport) -> str:
         line += f" (not materialized from {ts(report.unmaterialized_from)}: not checked)"
     if report.retained_from is not None:
         line += f" (inputs before {ts(report.retained_from)} deleted by retention: not checked)"
+    if report.quarantined:
+        first, error = report.quarantined[0]
+        line += (f" [yellow]({len(report.quarantined)} quarantined bucket(s) not checked, from "
+                 f"{ts(first)}: {error}; see `aggjobs status`)[/yellow]")
     return line
 
 

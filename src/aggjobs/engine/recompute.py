@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from ..catalog import Grain, Rollup
-from ..catalog.grains import as_utc, chunks
+from ..catalog.grains import SUPPORTED_PARAMS, as_utc, chunks
 from ..sql import query
 from ..sql import rollup as rollup_sql
 from ..sql.rollup import Scope
@@ -187,7 +187,8 @@ def take_and_recompute(conn: psycopg.Connection, rollup: Rollup, grain: Grain, *
     """
     rows = conn.execute(
         query("take_pending"),
-        {"rollup": rollup.name, "grain": grain.value, "watermark": watermark, "limit": limit},
+        {"rollup": rollup.name, "grain": grain.value, "watermark": watermark, "limit": limit,
+         **SUPPORTED_PARAMS},
     ).fetchall()
     batch, written = DirtyBatch(groups=len(rows)), Written()
     if not rows:
@@ -201,9 +202,14 @@ def take_and_recompute(conn: psycopg.Connection, rollup: Rollup, grain: Grain, *
             rollup_sql.groups_per_bucket(rollup, grain), {"bk": list(by_bucket)}
         )
     }
+    # A quarantined bucket was skipped whole (a new one has no rows at all): a change in it,
+    # such as the deletion of the rows that broke it, recomputes it whole.
+    broken = {as_utc(b) for (b,) in conn.execute(query("quarantine_among"), {
+        "rollup": rollup.name, "grain": grain.value, "bk": list(by_bucket)})}
     keys = []
     for bucket, members in sorted(by_bucket.items()):
-        if len(members) > 1 and len(members) >= coalesce_fraction * sizes.get(bucket, 0):
+        if bucket in broken or (
+                len(members) > 1 and len(members) >= coalesce_fraction * sizes.get(bucket, 0)):
             batch.coalesced_buckets += 1
             written += recompute_range(conn, rollup, grain, bucket, bucket + grain.step)
         elif len(members) >= scan_groups:

@@ -20,7 +20,7 @@ from datetime import datetime
 import psycopg
 
 from ..catalog import Grain, Rollup
-from ..catalog.grains import as_utc, chunks
+from ..catalog.grains import SUPPORTED_PARAMS, as_utc, chunks
 from ..db.connect import first_line
 from ..settings import Settings
 from ..sql import query
@@ -198,8 +198,16 @@ def materialize(conn: psycopg.Connection, rollup: Rollup, grain: Grain, start: d
 # a violated constraint) is retried bucket by bucket, so that one bucket cannot hold back the
 # others. The failing bucket's failure is counted, once per run; after
 # AGGJOBS_QUARANTINE_AFTER runs it is quarantined: skipped (its rows stay as they were, none
-# for a new bucket), reported by `status`, and cleared by a successful backfill of it.
+# for a new bucket), reported by `status`. A data exception (SQLSTATE class 22: a value out
+# of range, an invalid input) fails the same way on every run: it is quarantined at once.
+# Any later change in a quarantined bucket recomputes it whole; a success (that, or a
+# backfill of it) clears the quarantine.
 PERMANENT = (psycopg.DataError, psycopg.IntegrityError)
+
+
+def is_data_exception(exc: Exception) -> bool:
+    """SQLSTATE class 22: the rows themselves cannot be computed; retrying cannot help."""
+    return (getattr(exc, "sqlstate", None) or "").startswith("22")
 
 
 def materialize_by_bucket(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
@@ -222,7 +230,7 @@ def recompute_dirty_by_bucket(conn: psycopg.Connection, rollup: Rollup, grain: G
     """The dirty groups of each bucket recomputed on their own (the whole bucket)."""
     buckets = conn.execute(query("pending_buckets"), {
         "rollup": rollup.name, "grain": grain.value, "watermark": wm,
-        "limit": settings.dirty_groups_per_transaction,
+        "limit": settings.dirty_groups_per_transaction, **SUPPORTED_PARAMS,
     }).fetchall()
     for (bucket,) in buckets:
         bucket = as_utc(bucket)
@@ -245,10 +253,10 @@ def quarantine_or_raise(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
     quarantined = conn.execute(query("record_failure"), {
         "rollup": rollup.name, "grain": grain.value, "bucket": bucket,
         "error": f"{type(exc).__name__}: {first_line(exc)}",
-        "after": settings.quarantine_after,
+        "after": 1 if is_data_exception(exc) else settings.quarantine_after,
     }).fetchone()[0]
     if not quarantined:
         raise exc
-    log.error("%s %s bucket %s quarantined after repeated failures: %s",
-              rollup.name, grain.value, bucket.isoformat(), exc)
+    log.warning("%s %s bucket %s quarantined (skipped until its rows change or it is "
+                "backfilled): %s", rollup.name, grain.value, bucket.isoformat(), first_line(exc))
     report.quarantined.append(bucket)

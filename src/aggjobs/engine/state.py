@@ -13,7 +13,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from ..catalog import Grain, Rollup, Source, rollups_on
-from ..catalog.grains import as_utc
+from ..catalog.grains import SUPPORTED_PARAMS, as_utc
 from ..errors import LockBusy
 from ..sql import query
 from ..sql import rollup as rollup_sql
@@ -80,14 +80,21 @@ def reset_if_requested(conn: psycopg.Connection, rollup: Rollup) -> bool:
 
 
 def fan_out(conn: psycopg.Connection, source: Source) -> int:
-    """Move logged changes of `source` to pending groups of every rollup on it."""
+    """Move logged changes of `source` to pending groups of every rollup on it. Changes
+    outside the supported times, and pending groups an older version queued there, are
+    dropped and reported: those rows are in no bucket (docs/rollups.md)."""
     names = [r.name for r in rollups_on(source)]
+    params = {"source": source.name, "rollups": names, **SUPPORTED_PARAMS}
     with conn.transaction():
-        moved, truncations, _ = conn.execute(
-            query("fan_out"), {"source": source.name, "rollups": names}
-        ).fetchone()
+        moved, truncations, _, unsupported = conn.execute(query("fan_out"), params).fetchone()
         if truncations:
             conn.execute(query("request_reset"), {"rollups": names})
+        stale = conn.execute(query("drop_unsupported_pending"), params).rowcount
+    if unsupported or stale:
+        log.warning(
+            "%s: %d logged change(s) and %d pending group(s) outside the supported times "
+            "dropped: rows there are in no bucket (see `aggjobs status`)",
+            source.name, unsupported, stale)
     return moved
 
 

@@ -6,20 +6,21 @@ from datetime import datetime
 
 import psycopg
 
-from ..catalog import ROLLUPS
+from ..catalog import ROLLUPS, SOURCES
+from ..catalog.grains import SUPPORTED_PARAMS
 from ..sql import query
+from ..sql import rollup as rollup_sql
 from . import state
 
 
 def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
     """One dict per rollup and grain: watermark, lag behind the last complete bucket,
     pending dirty groups, and changes logged on the source but not yet fanned out."""
-    pending = {
-        (r, g): (n, oldest) for r, g, n, oldest, _ in conn.execute(query("pending_counts"))
-    }
+    pending = {(r, g): (n, oldest) for r, g, n, oldest, _
+               in conn.execute(query("pending_counts"), SUPPORTED_PARAMS)}
     logged = {s: n for s, n, _ in conn.execute(query("unlogged_changes"))}
     quarantine = {(r, g): (q, f) for r, g, q, f in conn.execute(query("quarantine_counts"))}
-    thresholds = dict(conn.execute("SELECT source, threshold FROM aggjobs.sources").fetchall())
+    thresholds = {s: (t, broken) for s, t, broken in conn.execute(query("tracking_thresholds"))}
     rows = []
     for rollup in ROLLUPS:
         marks = state.watermarks(conn, rollup)
@@ -40,7 +41,27 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
                 "failing_buckets": quarantine.get((rollup.name, grain.value), (0, 0))[1],
                 "source_changes_not_fanned_out": logged.get(rollup.source.name, 0)
                 if grain is rollup.grains[0] else 0,
-                "tracking_threshold": thresholds.get(rollup.source.name)
+                "tracking_threshold": thresholds.get(rollup.source.name, (None, None))[0]
+                if grain is rollup.grains[0] else None,
+                "tracking_threshold_broken": thresholds.get(rollup.source.name, (None, None))[1]
                 if grain is rollup.grains[0] else None,
             })
     return rows
+
+
+def unsupported_rows(conn: psycopg.Connection) -> list[dict]:
+    """Per source holding any, its raw rows outside the supported times (docs/rollups.md):
+    they are in no bucket of any rollup, so someone must fix or delete them. Counted by
+    two range scans of the time index; `query` finds them."""
+    found = []
+    for source in SOURCES:
+        n = conn.execute(rollup_sql.count_unsupported_rows(source)).fetchone()[0]
+        if n:
+            found.append({
+                "source": source.name,
+                "table": f"{source.schema}.{source.table}",
+                "time_column": source.time_column,
+                "rows": n,
+                "query": rollup_sql.unsupported_rows(source).as_string(conn),
+            })
+    return found

@@ -2,22 +2,27 @@
 
 Both sides are read in one REPEATABLE READ snapshot, a chunk of buckets at a time, and
 compared measure by measure: counts and sums exactly, averages to 1e-9 relative, the p95
-of merged grains (read off the sketch) within the contract's 1%.
+of merged grains (read off the sketch) within the contract's 1%; NaN equals NaN and each
+infinity itself (docs/rollups.md). Quarantined buckets are skipped on purpose by refresh:
+they are listed, not compared. A bucket whose recomputation fails on its data (SQLSTATE
+class 22) is a mismatch "cannot be computed", with the reason, and does not stop the rest.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import psycopg
 
 from ..catalog import Grain, Rollup
-from ..catalog.grains import chunks
+from ..catalog.grains import as_utc, chunks
 from ..catalog.model import Avg, Quantile
+from ..db.connect import first_line
+from ..sql import query
 from ..sql import rollup as rollup_sql
 from . import state
 from .recompute import Written, recompute_keys
@@ -32,7 +37,7 @@ class Mismatch:
     rollup: str
     grain: Grain
     bucket: object
-    workspace_id: int
+    workspace_id: int | None  # None: the whole bucket (it cannot be computed)
     measure: str
     stored: object
     expected: object
@@ -40,6 +45,8 @@ class Mismatch:
 
     def where(self) -> str:
         """The group: its workspace, and e.g. its agent."""
+        if self.workspace_id is None:
+            return "-"
         return " ".join([str(self.workspace_id), *(f"{d} {v}" for d, v in self.further)])
 
 
@@ -53,6 +60,7 @@ class VerifyReport:
     mismatches: list[Mismatch] | None = None
     unmaterialized_from: datetime | None = None
     retained_from: datetime | None = None  # retention deleted the inputs before this
+    quarantined: list[tuple[datetime, str]] = field(default_factory=list)  # (bucket, error)
 
 
 def tolerance(rollup: Rollup, grain: Grain) -> dict[str, float]:
@@ -69,10 +77,17 @@ def tolerance(rollup: Rollup, grain: Grain) -> dict[str, float]:
 def same(stored: object, expected: object, rel: float | None) -> bool:
     if stored is None or expected is None:
         return stored is None and expected is None
+    if is_nan(stored) or is_nan(expected):  # NaN is a value like any other (as in SQL)
+        return is_nan(stored) and is_nan(expected)
     if rel is None:
         return stored == expected
     a, b = float(stored), float(expected)  # type: ignore[arg-type]
-    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)  # an infinity equals itself
+
+
+def is_nan(value: object) -> bool:
+    return (isinstance(value, float) and math.isnan(value)) or (
+        isinstance(value, Decimal) and value.is_nan())
 
 
 def compare(rollup: Rollup, grain: Grain, stored: list[tuple], expected: list[tuple]
@@ -124,18 +139,55 @@ def verify_grain(conn: psycopg.Connection, rollup: Rollup, grain: Grain, lo: dat
                           retained_from=retained_from)
     if limit < end:
         report.unmaterialized_from = max(start, limit)
-    stored_q, expected_q = rollup_sql.stored(rollup, grain), rollup_sql.reference(rollup, grain)
+    report.quarantined = quarantined(conn, rollup, grain, start, limit)
+    skip = {bucket for bucket, _ in report.quarantined}
     pieces = chunks(start, limit, CHUNK[grain] * grain.step)
     for i, (a, b) in enumerate(pieces):
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            stored = conn.execute(stored_q, {"lo": a, "hi": b}).fetchall()
-            expected = conn.execute(expected_q, {"lo": a, "hi": b}).fetchall()
-        report.groups += len(expected)
-        report.mismatches += compare(rollup, grain, stored, expected)
+        try:
+            groups, found = compare_range(conn, rollup, grain, a, b)
+        except psycopg.DataError:  # some bucket's data: find it, compare the others
+            groups, found = compare_by_bucket(conn, rollup, grain, a, b, skip)
+        report.groups += groups
+        report.mismatches += [m for m in found if bucket_start(m.bucket) not in skip]
         if progress:
             progress(i + 1, len(pieces))
     return report
+
+
+def compare_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain, a: datetime,
+                  b: datetime) -> tuple[int, list[Mismatch]]:
+    """Both sides of [a, b) in one snapshot, compared: (groups expected, mismatches)."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        stored = conn.execute(rollup_sql.stored(rollup, grain), {"lo": a, "hi": b}).fetchall()
+        expected = conn.execute(rollup_sql.reference(rollup, grain),
+                                {"lo": a, "hi": b}).fetchall()
+    return len(expected), compare(rollup, grain, stored, expected)
+
+
+def compare_by_bucket(conn: psycopg.Connection, rollup: Rollup, grain: Grain, a: datetime,
+                      b: datetime, skip: set[datetime]) -> tuple[int, list[Mismatch]]:
+    """[a, b) a bucket at a time: one whose data cannot be computed is a mismatch of its
+    own (unless quarantined: refresh skips it too), the others are compared."""
+    groups, found = 0, []
+    for bucket in grain.buckets(a, b):
+        try:
+            n, more = compare_range(conn, rollup, grain, bucket, bucket + grain.step)
+        except psycopg.DataError as exc:
+            if bucket not in skip:
+                found.append(Mismatch(rollup.name, grain, bucket, None, "(cannot be computed)",
+                                      "-", f"{type(exc).__name__}: {first_line(exc)}"))
+            continue
+        groups, found = groups + n, found + more
+    return groups, found
+
+
+def quarantined(conn: psycopg.Connection, rollup: Rollup, grain: Grain, lo: datetime,
+                hi: datetime) -> list[tuple[datetime, str]]:
+    """The buckets refresh skips (aggjobs.quarantine) in [lo, hi), with their last error."""
+    rows = conn.execute(query("quarantined_buckets"), {
+        "rollup": rollup.name, "grain": grain.value, "lo": lo, "hi": hi}).fetchall()
+    return [(as_utc(bucket), error) for bucket, error in rows]
 
 
 def repair(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
@@ -143,7 +195,8 @@ def repair(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
            audit: Callable[[dict], None] | None = None) -> Written:
     """Recompute the groups behind the mismatches, under the rollup's lock; `audit(params)`
     writes the audit row in the same transaction, so a repair is never unrecorded."""
-    keys = sorted({(bucket_start(m.bucket), m.workspace_id) for m in mismatches})
+    keys = sorted({(bucket_start(m.bucket), m.workspace_id) for m in mismatches
+                   if m.workspace_id is not None})
     with state.rollup_lock(conn, rollup, wait_s=lock_wait_s), conn.transaction():
         written = recompute_keys(conn, rollup, grain, keys)
         if audit:

@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 
 from ..audit import local_source
 from ..catalog import Grain, Rollup, Source, rollups_on
+from ..catalog.grains import SUPPORTED_PARAMS
 from ..engine import state
 from ..sql import query
 from ..sql.rollup import table_ident
@@ -101,8 +102,8 @@ def protect(ctx: StepContext, readers: list[tuple[Rollup, Grain]], cutoff: datet
             wm = state.watermarks(conn, rollup).get(grain)
             if wm is None:
                 return None, f"{rollup.name} {grain.value}: nothing materialized yet"
-            pending = conn.execute(query("oldest_pending"),
-                                   {"rollup": rollup.name, "grain": grain.value}).fetchone()[0]
+            pending = conn.execute(query("oldest_pending"), {
+                "rollup": rollup.name, "grain": grain.value, **SUPPORTED_PARAMS}).fetchone()[0]
             for bound, why in ((wm, "materialized only up to"), (pending, "changes pending at")):
                 if bound is not None and bound < limit:
                     limit, reason = bound, f"{rollup.name} {grain.value}: {why} {bound}"

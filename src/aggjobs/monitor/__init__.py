@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg.rows import dict_row
 
-from ..catalog.grains import as_utc
-from ..engine.status import rollup_status
+from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, as_utc
+from ..engine.status import rollup_status, unsupported_rows
 from ..jobs.registry import JOBS
 from ..jobs.schedule import next_run as next_firing
 from ..settings import Settings
@@ -50,9 +50,9 @@ class Problem:
 
 
 def problems(jobs: list[dict], rollups: list[dict], settings: Settings,
-             now: datetime) -> list[Problem]:
+             now: datetime, unsupported: list[dict] | None = None) -> list[Problem]:
     """Everything that makes the installation unhealthy, each with what to do about it."""
-    found = []
+    found = [unsupported_problem(row) for row in unsupported or []]
     for job in jobs:
         name, fails = job["job"], job["consecutive_failures"]
         if fails >= settings.alert_failures:
@@ -76,6 +76,12 @@ def problems(jobs: list[dict], rollups: list[dict], settings: Settings,
                 f"{row['lag_seconds'] / 3600:.1f} h behind (target {target / 3600:g} h); "
                 f"watermark {row['watermark']}",
                 "check the jobs above; `aggjobs run hourly_rollup` (or daily/weekly) catches up"))
+        if row["tracking_threshold_broken"]:
+            found.append(Problem(
+                f"threshold:{row['rollup']}", table,
+                f"the tracking threshold of its source is {row['tracking_threshold_broken']}, "
+                "outside its bounds, so late changes are not tracked as they should be",
+                "run `aggjobs migrate`: it repairs the threshold"))
         if row["quarantined_buckets"]:
             found.append(Problem(
                 f"quarantine:{table}", table,
@@ -92,21 +98,34 @@ def lock_problems(conn: psycopg.Connection) -> list[Problem]:
             for h in locks.foreign_holders(conn)]
 
 
+def unsupported_problem(row: dict) -> Problem:
+    """Raw rows outside the supported times: in no bucket, so the rollups silently lack
+    them; data the operator must look at."""
+    return Problem(
+        f"unsupported_rows:{row['source']}", row["table"],
+        f"{row['rows']:,} row(s) with {row['time_column']} outside the supported times "
+        f"[{SUPPORTED_FROM:%Y-%m-%d}, {SUPPORTED_UNTIL:%Y-%m-%d}) UTC are in no rollup "
+        f"bucket (docs/rollups.md, \"Supported times\")",
+        f"fix their {row['time_column']} or delete them; find them with: {row['query']}")
+
+
 def overview(conn: psycopg.Connection, settings: Settings, now: datetime | None = None
              ) -> dict:
     now = as_utc(now or datetime.now(UTC))
     jobs = job_states(conn, settings, now)
     rollups = rollup_status(conn, now=now)
-    found = problems(jobs, rollups, settings, now) + lock_problems(conn)
+    unsupported = unsupported_rows(conn)
+    found = problems(jobs, rollups, settings, now, unsupported) + lock_problems(conn)
     return {"healthy": not found, "checked_at": now, "problems": [str(p) for p in found],
-            "incidents": [p.key for p in found], "jobs": jobs, "rollups": rollups}
+            "incidents": [p.key for p in found], "jobs": jobs, "rollups": rollups,
+            "unsupported_rows": unsupported}
 
 
 def current_problems(conn: psycopg.Connection, settings: Settings,
                      now: datetime | None = None) -> list[Problem]:
     now = as_utc(now or datetime.now(UTC))
     return problems(job_states(conn, settings, now), rollup_status(conn, now=now),
-                    settings, now) + lock_problems(conn)
+                    settings, now, unsupported_rows(conn)) + lock_problems(conn)
 
 
 def run_history(conn: psycopg.Connection, *, job: str | None = None,

@@ -8,6 +8,7 @@ so that every renderer works on either. docs/reports.md describes each section.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import cache
@@ -393,11 +394,24 @@ def store(conn: psycopg.Connection, day: date) -> int:
         reports = build(conn, day)
         with conn.cursor() as cur:
             cur.executemany(queries()["upsert_report"], [  # type: ignore[arg-type]
-                {"day": day, "ws": ws, "report": Jsonb(r), "generated_at": r["generated_at"]}
+                {"day": day, "ws": ws, "report": Jsonb(finite(r)),
+                 "generated_at": r["generated_at"]}
                 for ws, r in reports.items()])
             cur.execute(queries()["delete_inactive_reports"],  # type: ignore[arg-type]
                         {"day": day, "active": [ws for ws in reports if ws is not None]})
     return len(reports)
+
+
+def finite(value: object) -> object:
+    """`value` with each NaN or infinite number as null: JSON has no such numbers, and the
+    report's figures and charts none to show (hostile rows give them: docs/rollups.md)."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if isinstance(value, float | Decimal) and not math.isfinite(value):
+        return None
+    return value
 
 
 def load_stored(conn: psycopg.Connection, day: date, workspace_id: int | None) -> dict | None:

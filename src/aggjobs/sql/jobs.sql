@@ -83,7 +83,9 @@ INSERT INTO aggjobs.audit_log (actor, action, target, params, outcome, source)
 VALUES (%(actor)s, %(action)s, %(target)s, %(params)s, %(outcome)s, %(source)s)
 
 -- name: oldest_pending
+-- Within the supported times: buckets outside them are dropped by the next refresh.
 SELECT min(bucket) FROM aggjobs.pending_groups WHERE rollup = %(rollup)s AND grain = %(grain)s
+  AND bucket >= %(supported_from)s AND bucket < %(supported_until)s
 
 -- name: job_summary
 -- Per job: its latest run, its latest success, and how many runs failed in a row since.

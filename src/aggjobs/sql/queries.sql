@@ -27,7 +27,9 @@ DELETE FROM aggjobs.pending_groups WHERE rollup = %(rollup)s
 -- name: fan_out
 -- Moves the source's logged changes to every rollup on it as pending hour groups; a NULL
 -- workspace marks a TRUNCATE. Runs in READ COMMITTED: a concurrent fan-out skips the rows
--- this one deleted, so each logged change lands once.
+-- this one deleted, so each logged change lands once. A change whose hour is outside the
+-- supported times (a row at -infinity, BC, year 10000: docs/rollups.md) is in no bucket:
+-- it is dropped here, counted, and never reaches the engine.
 WITH moved AS (
     DELETE FROM aggjobs.invalidation_log WHERE source = %(source)s
     RETURNING workspace_id, bucket
@@ -36,13 +38,23 @@ WITH moved AS (
     SELECT DISTINCT r.rollup, 'hour', m.bucket, m.workspace_id
     FROM moved AS m CROSS JOIN unnest(%(rollups)s::text[]) AS r(rollup)
     WHERE m.workspace_id IS NOT NULL
+      AND m.bucket >= %(supported_from)s AND m.bucket < %(supported_until)s
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
 SELECT count(*) AS moved,
        count(*) FILTER (WHERE workspace_id IS NULL) AS truncations,
-       (SELECT count(*) FROM queued) AS queued
+       (SELECT count(*) FROM queued) AS queued,
+       count(*) FILTER (WHERE workspace_id IS NOT NULL AND (bucket IS NULL
+           OR bucket < %(supported_from)s OR bucket >= %(supported_until)s)) AS unsupported
 FROM moved
+
+-- name: drop_unsupported_pending
+-- Pending groups outside the supported times, left by a version that queued them: dropped
+-- (and reported), so that no such bucket ever reaches a recompute or a status query.
+DELETE FROM aggjobs.pending_groups
+WHERE rollup = ANY(%(rollups)s::text[])
+  AND (bucket < %(supported_from)s OR bucket >= %(supported_until)s)
 
 -- name: request_reset
 UPDATE aggjobs.watermarks SET reset_requested = true, updated_at = now()
@@ -57,7 +69,8 @@ WHERE rollup = ANY(%(rollups)s::text[]) AND grain = 'hour'
 DELETE FROM aggjobs.pending_groups
 WHERE ctid = ANY (ARRAY(
     SELECT ctid FROM aggjobs.pending_groups
-    WHERE rollup = %(rollup)s AND grain = %(grain)s AND bucket < %(watermark)s
+    WHERE rollup = %(rollup)s AND grain = %(grain)s
+      AND bucket >= %(supported_from)s AND bucket < %(watermark)s
     ORDER BY bucket, workspace_id
     LIMIT %(limit)s
     FOR UPDATE
@@ -94,7 +107,8 @@ WHERE rollup = %(rollup)s AND grain = %(grain)s AND bucket >= %(lo)s AND bucket 
 
 -- name: pending_buckets
 SELECT DISTINCT bucket FROM aggjobs.pending_groups
-WHERE rollup = %(rollup)s AND grain = %(grain)s AND bucket < %(watermark)s
+WHERE rollup = %(rollup)s AND grain = %(grain)s
+  AND bucket >= %(supported_from)s AND bucket < %(watermark)s
 ORDER BY bucket LIMIT %(limit)s
 
 -- name: quarantine_counts
@@ -102,13 +116,28 @@ SELECT rollup, grain, count(*) FILTER (WHERE quarantined_at IS NOT NULL) AS quar
        count(*) FILTER (WHERE quarantined_at IS NULL) AS failing
 FROM aggjobs.quarantine GROUP BY rollup, grain
 
+-- name: quarantine_among
+-- Which of the listed buckets are in quarantine (failing or quarantined).
+SELECT bucket FROM aggjobs.quarantine
+WHERE rollup = %(rollup)s AND grain = %(grain)s AND bucket = ANY(%(bk)s::timestamptz[])
+
+-- name: quarantined_buckets
+SELECT bucket, last_error FROM aggjobs.quarantine
+WHERE rollup = %(rollup)s AND grain = %(grain)s AND bucket >= %(lo)s AND bucket < %(hi)s
+  AND quarantined_at IS NOT NULL
+ORDER BY bucket
+
 -- name: drop_pending_range
 DELETE FROM aggjobs.pending_groups
 WHERE rollup = %(rollup)s AND grain = %(grain)s AND bucket >= %(lo)s AND bucket < %(hi)s
 
 -- name: pending_counts
+-- Within the supported times only: a bucket outside them (state left by an older version,
+-- dropped by the next refresh) is not a timestamp Python can hold.
 SELECT rollup, grain, count(*) AS groups, min(bucket) AS oldest_bucket, min(since) AS oldest_since
-FROM aggjobs.pending_groups GROUP BY rollup, grain
+FROM aggjobs.pending_groups
+WHERE bucket >= %(supported_from)s AND bucket < %(supported_until)s
+GROUP BY rollup, grain
 
 -- name: unlogged_changes
 SELECT source, count(*) AS changes, min(logged_at) AS oldest FROM aggjobs.invalidation_log
@@ -217,3 +246,12 @@ SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'aggjobs_nativ
 
 -- name: work_mem_bytes
 SELECT pg_catalog.pg_size_bytes(pg_catalog.current_setting('work_mem'))
+
+-- name: tracking_thresholds
+-- Per source its tracking threshold, or in `broken` (as text) one outside the bounds of
+-- aggjobs.tracking_threshold_allowed (written by hand: `aggjobs migrate` repairs it).
+SELECT source,
+       CASE WHEN aggjobs.tracking_threshold_allowed(threshold) THEN threshold END AS threshold,
+       CASE WHEN NOT aggjobs.tracking_threshold_allowed(threshold) THEN threshold::text END
+           AS broken
+FROM aggjobs.sources

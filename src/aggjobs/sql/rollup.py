@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import pairwise
 
 from psycopg import sql
 
-from ..catalog.grains import Grain
+from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, Grain
 from ..catalog.model import (
     Avg,
     Count,
@@ -29,6 +30,7 @@ from ..catalog.model import (
     Measure,
     Quantile,
     Rollup,
+    Source,
     Sum,
 )
 
@@ -291,7 +293,7 @@ def add_measure(parts: Parts, m: Measure, ctx: Context, *, with_state: bool) -> 
             parts.aggs.append((m.name, zero_if(agg, m.zero_if_empty)))
             parts.finals[m.name] = g(m.name)
         case Avg():
-            add_avg(parts, m, raw=raw, with_state=with_state)
+            add_avg(parts, m, ctx, with_state=with_state)
         case Quantile():
             add_quantile(parts, m, ctx, with_state=with_state)
         case DistinctCount():
@@ -302,27 +304,65 @@ def add_measure(parts: Parts, m: Measure, ctx: Context, *, with_state: bool) -> 
             )
 
 
-def add_avg(parts: Parts, m: Avg, *, raw: bool, with_state: bool) -> None:
+def add_avg(parts: Parts, m: Avg, ctx: Context, *, with_state: bool) -> None:
     s, n = m.name + STATE_SUM, m.name + STATE_N
-    if raw and not with_state:  # the reference: the plain aggregate
-        parts.aggs.append((m.name, S("avg({})").format(rcol(m.column))))
-        parts.finals[m.name] = I("g", m.name)
+    raw = ctx.inp.is_raw
+    if raw and not with_state:  # the reference: from the raw rows, with the same definition
+        add_reference_avg(parts, m, ctx)
         return
     if raw:
         # avg(x) is sum(x) / count(x), summed in the same order (float8_accum's Sx): the
         # state columns give it without a third aggregate over every row.
-        parts.aggs += [
-            (s, S("sum({})").format(rcol(m.column))),
-            (n, S("count({})").format(rcol(m.column))),
-        ]
+        parts.aggs += [(s, float_sum(rcol(m.column))), (n, S("count({})").format(rcol(m.column)))]
     else:
         parts.aggs += [
-            (s, S("sum({})").format(rcol(s))),
+            (s, float_sum(rcol(s))),
             (n, S("sum({})::bigint").format(rcol(n))),
         ]
     parts.finals[m.name] = S("{} / nullif({}, 0)::float8").format(I("g", s), I("g", n))
     if with_state:
         parts.finals[s], parts.finals[n] = I("g", s), I("g", n)
+
+
+def add_reference_avg(parts: Parts, m: Avg, ctx: Context) -> None:
+    """The avg from the raw rows as the engine defines it: the float sum of each hour, then
+    of each finer bucket's sums (a sum past the float range stays +-Infinity above it),
+    over the count. Not avg(): float8_accum also sums squares, which overflow from values
+    near 1e154."""
+    x = rcol(m.column)
+    if ctx.rollup.finer(ctx.grain) is None:  # the hour: one level, in the main GROUP BY
+        parts.aggs.append((m.name, S("{} / nullif(count({}), 0)::float8").format(
+            float_sum(x), x)))
+        parts.finals[m.name] = I("g", m.name)
+        return
+    dims = [I(d) for d in ctx.rollup.dimensions]
+    positions = S(", ").join(L(i + 1) for i in range(len(dims) + 1))
+    level = S("SELECT {}, {} AS b, {} AS s, count({}) AS n FROM {} GROUP BY {}").format(
+        S(", ").join(rcol(d) for d in ctx.rollup.dimensions),
+        bucket_expr(rcol(ctx.inp.time_column), is_date=False, grain=Grain.HOUR),
+        float_sum(x), x, ctx.rel, positions)
+    chain = ctx.rollup.grains[: ctx.rollup.grains.index(ctx.grain) + 1]
+    for finer, grain in pairwise(chain):
+        level = S("SELECT {}, {} AS b, {} AS s, sum(n)::bigint AS n FROM ({}) AS l"
+                  " GROUP BY {}").format(
+            S(", ").join(dims), bucket_expr(I("b"), is_date=finer is not Grain.HOUR, grain=grain),
+            float_sum(I("s")), level, positions)
+    alias = f"a_{m.name}"
+    parts.auxes.append((alias, S("SELECT {}, b AS {}, s, n FROM ({}) AS l").format(
+        S(", ").join(dims), I(ctx.grain.column), level)))
+    parts.finals[m.name] = S("{} / nullif({}, 0)::float8").format(I(alias, "s"), I(alias, "n"))
+
+
+BIG = "'9.7453140114e+288'::float8"  # 2^960: fewer than 2^64 values below it cannot overflow
+SCALE = "'5.421010862427522e-20'::float8"  # 2^-64: scaling by it is exact
+
+
+def float_sum(x: Composable) -> Composable:
+    """sum(x) of float8, defined where PostgreSQL's raises "value out of range: overflow":
+    +-Infinity past the float range, as IEEE arithmetic gives (aggjobs.float_sum, migration
+    0012; docs/rollups.md). For ordinary data it is sum(x) bit for bit, in the same order."""
+    return S("aggjobs.float_sum(sum({0}) FILTER (WHERE abs({0}) < {1}),"
+             " sum({0} * {2}) FILTER (WHERE NOT abs({0}) < {1}))").format(x, S(BIG), S(SCALE))
 
 
 def aux_query(ctx: Context, inner_select: Composable, inner_from: Composable,
@@ -347,10 +387,13 @@ def add_quantile(parts: Parts, m: Quantile, ctx: Context, *, with_state: bool) -
     keys, counts = m.name + STATE_KEYS, m.name + STATE_COUNTS
     alias = f"q_{m.name}"
     if ctx.inp.is_raw and not with_state:
-        # The reference: the seed's own aggregate.
+        # The reference: the seed's own aggregate; for merged grains over the values as the
+        # sketch holds them.
+        value = rcol(m.column)
+        if ctx.rollup.finer(ctx.grain) is not None:
+            value = sketch_domain(value)
         parts.aggs.append(
-            (m.name, S("percentile_cont({}) WITHIN GROUP (ORDER BY {})").format(
-                L(m.q), rcol(m.column)))
+            (m.name, S("percentile_cont({}) WITHIN GROUP (ORDER BY {})").format(L(m.q), value))
         )
         parts.finals[m.name] = I("g", m.name)
         return
@@ -370,6 +413,18 @@ def add_quantile(parts: Parts, m: Quantile, ctx: Context, *, with_state: bool) -
         parts.auxes.append((alias, aux_query(ctx, inner, frm, S("true"), outer)))
     if with_state:
         parts.finals[keys], parts.finals[counts] = I(alias, "keys"), I(alias, "counts")
+
+
+def sketch_domain(x: Composable) -> Composable:
+    """`x` as the sketch (aggjobs.sketch_key) holds it: values up to 1e-9 (and negative
+    ones) as 0, +Infinity and NaN as +Infinity, finite values past its top bucket
+    (1.015^32766, about 1e211) as that bound; the merged p95 is within 1% of the exact
+    p95 of these (docs/rollups.md, "Overflow, Infinity and NaN")."""
+    return S(
+        "CASE WHEN {0} <= 1e-9 THEN 0::float8"
+        " WHEN {0} = 'Infinity'::float8 OR {0} = 'NaN'::float8 THEN 'Infinity'::float8"
+        " WHEN {0} > power(1.015::float8, 32766) THEN power(1.015::float8, 32766)"
+        " ELSE {0} END").format(x)
 
 
 def add_raw_quantile(parts: Parts, m: Quantile, alias: str) -> None:
@@ -591,12 +646,31 @@ def stored(rollup: Rollup, grain: Grain) -> Composable:
 
 
 def min_input_time(rollup: Rollup, grain: Grain) -> Composable:
-    """The earliest input bucket start (timestamptz), to start a first refresh from."""
+    """The earliest input bucket start (timestamptz), to start a first refresh from: raw
+    rows outside the supported times are in no bucket, so they start nothing."""
     inp = input_of(rollup, grain)
-    return S("SELECT {} FROM {}").format(
+    where = supported_times(I(inp.time_column)) if inp.is_raw else S("true")
+    return S("SELECT {} FROM {} WHERE {}").format(
         as_utc_timestamptz(S("min({})").format(I(inp.time_column)), is_date=inp.is_date),
-        inp.table,
+        inp.table, where,
     )
+
+
+def supported_times(col: Composable) -> Composable:
+    """`col` within the supported times (docs/rollups.md): a range of the time index."""
+    return S("{0} >= {1} AND {0} < {2}").format(col, L(SUPPORTED_FROM), L(SUPPORTED_UNTIL))
+
+
+def unsupported_rows(source: Source) -> Composable:
+    """The source's rows outside the supported times: two range scans of the time index
+    (the time column is NOT NULL by contract)."""
+    t = I(source.time_column)
+    return S("SELECT * FROM {} WHERE {} < {} OR {} >= {}").format(
+        I(source.schema, source.table), t, L(SUPPORTED_FROM), t, L(SUPPORTED_UNTIL))
+
+
+def count_unsupported_rows(source: Source) -> Composable:
+    return S("SELECT count(*) FROM ({}) AS u").format(unsupported_rows(source))
 
 
 def input_rows_estimate(rollup: Rollup, grain: Grain) -> Composable:
