@@ -343,14 +343,24 @@ BEGIN
 END
 $$;
 
+-- The transactions deleting for retention, while delete_raw_before runs (the row is removed
+-- before it returns, or rolled back with it): the tracking triggers' function skips a
+-- DELETE of a transaction listed here. Only the owner writes it; everyone may read it, since
+-- the trigger function runs as whoever deletes (a txid tells nothing).
+CREATE TABLE aggjobs.retention_transactions (
+    txid xid8 PRIMARY KEY
+);
+REVOKE ALL ON aggjobs.retention_transactions FROM PUBLIC;
+GRANT SELECT ON aggjobs.retention_transactions TO PUBLIC;
+
 -- Retention's only way to delete raw rows: at most `batch` rows of a known source whose time
--- is before `before`. aggjobs.retention is on only while it runs, so the tracking triggers do
--- not log these deletes. A partitioned source is deleted from leaf by leaf (0008).
--- (Replaced by the 0011 block at the end.)
+-- is before `before`, in a transaction marked in aggjobs.retention_transactions for the
+-- duration of the call only, so the tracking triggers do not log these deletes. A
+-- partitioned source is deleted from leaf by leaf (0008).
 CREATE FUNCTION aggjobs.delete_raw_before(source text, before timestamptz, batch integer)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp SET aggjobs.retention = 'on' AS $$
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     target record;
     leaf regclass;
@@ -362,6 +372,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT * INTO target FROM aggjobs.source_relation(source);
+    INSERT INTO aggjobs.retention_transactions (txid) VALUES (pg_catalog.pg_current_xact_id())
+        ON CONFLICT DO NOTHING;
     IF (SELECT c.relkind FROM pg_catalog.pg_class AS c
             WHERE c.oid = target.relation::regclass) <> 'p' THEN
         EXECUTE pg_catalog.format(
@@ -369,31 +381,43 @@ BEGIN
             target.relation, target.relation, target.time_column)
             USING before, batch;
         GET DIAGNOSTICS deleted = ROW_COUNT;
-        RETURN deleted;
+    ELSE
+        FOR leaf IN
+            SELECT t.relid FROM pg_catalog.pg_partition_tree(target.relation::regclass) AS t
+                JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
+                WHERE t.isleaf AND c.relkind = 'r'
+                ORDER BY t.level, c.relname
+        LOOP
+            EXECUTE pg_catalog.format(
+                'DELETE FROM %s WHERE ctid = ANY(ARRAY(SELECT ctid FROM %s WHERE %I < $1 LIMIT $2))',
+                leaf, leaf, target.time_column)
+                USING before, batch - deleted;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            deleted := deleted + n;
+            EXIT WHEN deleted >= batch;
+        END LOOP;
     END IF;
-    FOR leaf IN
-        SELECT t.relid FROM pg_catalog.pg_partition_tree(target.relation::regclass) AS t
-            JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
-            WHERE t.isleaf AND c.relkind = 'r'
-            ORDER BY t.level, c.relname
-    LOOP
-        EXECUTE pg_catalog.format(
-            'DELETE FROM %s WHERE ctid = ANY(ARRAY(SELECT ctid FROM %s WHERE %I < $1 LIMIT $2))',
-            leaf, leaf, target.time_column)
-            USING before, batch - deleted;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        deleted := deleted + n;
-        EXIT WHEN deleted >= batch;
-    END LOOP;
+    DELETE FROM aggjobs.retention_transactions AS r
+        WHERE r.txid = pg_catalog.pg_current_xact_id();
     RETURN deleted;
 END
 $$;
 
+-- The bounds of a tracking threshold: a real time (1970 on, like the supported times of
+-- docs/rollups.md), and not ahead of now by more than hosts' clocks may disagree. A later
+-- threshold would make the trigger log the platform's ordinary, current writes.
+CREATE FUNCTION aggjobs.tracking_threshold_allowed(threshold timestamptz) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT threshold >= '1970-01-01 00:00:00+00'::timestamptz
+       AND threshold <= pg_catalog.now() + interval '10 minutes'
+$$;
+
 -- The refresh's way to move a source's tracking threshold (CREATE OR REPLACE TRIGGER needs
 -- the table's owner): the same row triggers as aggjobs.sql.tracking.create_triggers, with the
--- new threshold as their constant. The threshold only grows; returns the one in force.
+-- new threshold as their constant. The threshold only grows, within
+-- aggjobs.tracking_threshold_allowed; returns the one in force. A threshold in force beyond
+-- the bounds (written by hand) is refused too: `aggjobs migrate` repairs it.
 -- `lock_timeout_ms` bounds the wait for the platform's writers (lock_not_available).
--- (Replaced by the 0011 block at the end.)
 CREATE FUNCTION aggjobs.move_tracking_threshold(
     source text, threshold timestamptz, lock_timeout_ms integer DEFAULT NULL)
 RETURNS timestamptz
@@ -404,15 +428,19 @@ DECLARE
     fn text;
     th text;
 BEGIN
-    IF threshold IS NULL THEN
-        RAISE EXCEPTION 'move_tracking_threshold needs a threshold'
-            USING ERRCODE = 'invalid_parameter_value';
+    IF threshold IS NULL OR NOT aggjobs.tracking_threshold_allowed(threshold) THEN
+        RAISE EXCEPTION 'tracking threshold % refused: it must be within [1970-01-01, now + 10 minutes]',
+            threshold USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT * INTO target FROM aggjobs.source_relation(source);
     -- The row lock orders concurrent movers.
     SELECT s.threshold INTO in_force FROM aggjobs.sources AS s
         WHERE s.source = move_tracking_threshold.source FOR UPDATE;
     IF in_force IS NOT NULL AND in_force >= threshold THEN
+        IF NOT aggjobs.tracking_threshold_allowed(in_force) THEN
+            RAISE EXCEPTION 'the tracking threshold of % is %, beyond its bounds: run `aggjobs migrate` to repair it',
+                move_tracking_threshold.source, in_force USING ERRCODE = 'invalid_parameter_value';
+        END IF;
         RETURN in_force;
     END IF;
     IF lock_timeout_ms IS NOT NULL THEN
@@ -603,8 +631,9 @@ CREATE TABLE analytics.workspace_window_stats (
 );
 
 -- ==== 0011: least privilege in fact (issue 21) ================================== begin ====
--- It replaces move_tracking_threshold and delete_raw_before above (bounded thresholds; the
--- retention marker instead of the aggjobs.retention setting).
+-- Migration 0011 also replaces move_tracking_threshold and delete_raw_before (bounded
+-- thresholds; the retention marker instead of the aggjobs.retention setting): their final
+-- definitions are above, with the 0005 functions.
 -- - Tracking thresholds are bounded: move_tracking_threshold accepts only [1970-01-01,
 --   now() + 10 minutes]; `aggjobs migrate` repairs one outside (aggjobs.db.migrate).
 -- - The tracking triggers skip a DELETE only inside aggjobs.delete_raw_before: it writes its
@@ -613,129 +642,6 @@ CREATE TABLE analytics.workspace_window_stats (
 -- - api_tokens is read-only for the worker: tokens change only through the audited
 --   SECURITY DEFINER functions create_token, revoke_token and token_used (the grants are
 --   sync_grants').
-
--- The bounds of a tracking threshold: a real time (1970 on, like the supported times of
--- docs/rollups.md), and not ahead of now by more than hosts' clocks may disagree. A later
--- threshold would make the trigger log the platform's ordinary, current writes.
-CREATE FUNCTION aggjobs.tracking_threshold_allowed(threshold timestamptz) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT threshold >= '1970-01-01 00:00:00+00'::timestamptz
-       AND threshold <= pg_catalog.now() + interval '10 minutes'
-$$;
-
--- The refresh's way to move a source's tracking threshold (CREATE OR REPLACE TRIGGER needs
--- the table's owner): the same row triggers as aggjobs.sql.tracking.create_triggers, with the
--- new threshold as their constant. The threshold only grows, within
--- aggjobs.tracking_threshold_allowed; returns the one in force. A threshold in force beyond
--- the bounds (written by hand) is refused too: `aggjobs migrate` repairs it.
--- `lock_timeout_ms` bounds the wait for the platform's writers (lock_not_available).
-CREATE OR REPLACE FUNCTION aggjobs.move_tracking_threshold(
-    source text, threshold timestamptz, lock_timeout_ms integer DEFAULT NULL)
-RETURNS timestamptz
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    target record;
-    in_force timestamptz;
-    fn text;
-    th text;
-BEGIN
-    IF threshold IS NULL OR NOT aggjobs.tracking_threshold_allowed(threshold) THEN
-        RAISE EXCEPTION 'tracking threshold % refused: it must be within [1970-01-01, now + 10 minutes]',
-            threshold USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT * INTO target FROM aggjobs.source_relation(source);
-    -- The row lock orders concurrent movers.
-    SELECT s.threshold INTO in_force FROM aggjobs.sources AS s
-        WHERE s.source = move_tracking_threshold.source FOR UPDATE;
-    IF in_force IS NOT NULL AND in_force >= threshold THEN
-        IF NOT aggjobs.tracking_threshold_allowed(in_force) THEN
-            RAISE EXCEPTION 'the tracking threshold of % is %, beyond its bounds: run `aggjobs migrate` to repair it',
-                move_tracking_threshold.source, in_force USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        RETURN in_force;
-    END IF;
-    IF lock_timeout_ms IS NOT NULL THEN
-        PERFORM pg_catalog.set_config('lock_timeout', lock_timeout_ms || 'ms', true);
-    END IF;
-    fn := pg_catalog.format('%I.%I', 'aggjobs', 'track_' || move_tracking_threshold.source);
-    th := pg_catalog.format('%L::timestamptz', threshold);
-    EXECUTE pg_catalog.format(
-        'CREATE OR REPLACE TRIGGER aggjobs_track_insert AFTER INSERT ON %s FOR EACH ROW'
-        ' WHEN (NEW.%I < %s) EXECUTE FUNCTION %s()', target.relation, target.time_column, th, fn);
-    EXECUTE pg_catalog.format(
-        'CREATE OR REPLACE TRIGGER aggjobs_track_update AFTER UPDATE ON %s FOR EACH ROW'
-        ' WHEN ((OLD.%I < %s OR NEW.%I < %s) AND OLD IS DISTINCT FROM NEW)'
-        ' EXECUTE FUNCTION %s()',
-        target.relation, target.time_column, th, target.time_column, th, fn);
-    EXECUTE pg_catalog.format(
-        'CREATE OR REPLACE TRIGGER aggjobs_track_delete AFTER DELETE ON %s FOR EACH ROW'
-        ' WHEN (OLD.%I < %s) EXECUTE FUNCTION %s()', target.relation, target.time_column, th, fn);
-    UPDATE aggjobs.sources AS s SET threshold = move_tracking_threshold.threshold,
-        updated_at = pg_catalog.now()
-        WHERE s.source = move_tracking_threshold.source;
-    RETURN threshold;
-END
-$$;
-
--- The transactions deleting for retention, while delete_raw_before runs (the row is removed
--- before it returns, or rolled back with it): the tracking triggers' function skips a
--- DELETE of a transaction listed here. Only the owner writes it; everyone may read it, since
--- the trigger function runs as whoever deletes (a txid tells nothing).
-CREATE TABLE aggjobs.retention_transactions (
-    txid xid8 PRIMARY KEY
-);
-REVOKE ALL ON aggjobs.retention_transactions FROM PUBLIC;
-GRANT SELECT ON aggjobs.retention_transactions TO PUBLIC;
-
--- Retention's only way to delete raw rows: at most `batch` rows of a known source whose time
--- is before `before`, in a transaction marked in aggjobs.retention_transactions for the
--- duration of the call only, so the tracking triggers do not log these deletes. A
--- partitioned source is deleted from leaf by leaf (0008).
-CREATE OR REPLACE FUNCTION aggjobs.delete_raw_before(source text, before timestamptz, batch integer)
-RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    target record;
-    leaf regclass;
-    deleted bigint := 0;
-    n bigint;
-BEGIN
-    IF before IS NULL OR batch IS NULL OR batch < 1 THEN
-        RAISE EXCEPTION 'delete_raw_before needs a time and a positive batch size'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT * INTO target FROM aggjobs.source_relation(source);
-    INSERT INTO aggjobs.retention_transactions (txid) VALUES (pg_catalog.pg_current_xact_id())
-        ON CONFLICT DO NOTHING;
-    IF (SELECT c.relkind FROM pg_catalog.pg_class AS c
-            WHERE c.oid = target.relation::regclass) <> 'p' THEN
-        EXECUTE pg_catalog.format(
-            'DELETE FROM %s WHERE ctid = ANY(ARRAY(SELECT ctid FROM %s WHERE %I < $1 LIMIT $2))',
-            target.relation, target.relation, target.time_column)
-            USING before, batch;
-        GET DIAGNOSTICS deleted = ROW_COUNT;
-    ELSE
-        FOR leaf IN
-            SELECT t.relid FROM pg_catalog.pg_partition_tree(target.relation::regclass) AS t
-                JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
-                WHERE t.isleaf AND c.relkind = 'r'
-                ORDER BY t.level, c.relname
-        LOOP
-            EXECUTE pg_catalog.format(
-                'DELETE FROM %s WHERE ctid = ANY(ARRAY(SELECT ctid FROM %s WHERE %I < $1 LIMIT $2))',
-                leaf, leaf, target.time_column)
-                USING before, batch - deleted;
-            GET DIAGNOSTICS n = ROW_COUNT;
-            deleted := deleted + n;
-            EXIT WHEN deleted >= batch;
-        END LOOP;
-    END IF;
-    DELETE FROM aggjobs.retention_transactions AS r
-        WHERE r.txid = pg_catalog.pg_current_xact_id();
-    RETURN deleted;
-END
-$$;
 
 -- API tokens change only here, each change (and each refusal) audited in the same
 -- transaction. `expires_days` NULL: never; else within (0, 36500]. Returns the outcome, as
