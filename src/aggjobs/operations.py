@@ -26,9 +26,8 @@ from psycopg.types.json import Jsonb
 from . import audit
 from .catalog import Rollup
 from .db.connect import connect, first_line
-from .engine.backfill import BackfillBusy, BackfillReport, Progress
+from .engine.backfill import BackfillBusy, BackfillReport, Progress, sweep_abandoned
 from .engine.backfill import backfill as run_backfill
-from .engine.backfill import sweep_abandoned
 from .errors import AggjobsError, SpanTooLong
 from .safety import check_backfill_span, span_days
 from .settings import Settings

@@ -21,6 +21,7 @@ from psycopg.rows import class_row
 
 from ..sql import query
 
+
 @dataclass(frozen=True)
 class Holder:
     kind: str

@@ -10,8 +10,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ..catalog.grains import as_utc
-from ..engine.status import rollup_status
 from ..catalog.jobs import JOB_SPECS as JOBS
+from ..engine.status import rollup_status
 from ..settings import Settings
 from ..sql import query
 from . import locks

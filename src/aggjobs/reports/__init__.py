@@ -27,10 +27,21 @@ from .build import (
 )
 from .render import FORMATS, render
 
-__all__ = ["FORMATS", "SCHEMA_VERSION", "NoReportData", "ReportError", "UnknownWorkspace",
-           "DayReports", "build", "lagging_rollups", "load_stored", "render", "store",
-           "store_last_day",
-           "workspace_known"]
+__all__ = [
+    "FORMATS",
+    "SCHEMA_VERSION",
+    "DayReports",
+    "NoReportData",
+    "ReportError",
+    "UnknownWorkspace",
+    "build",
+    "lagging_rollups",
+    "load_stored",
+    "render",
+    "store",
+    "store_last_day",
+    "workspace_known",
+]
 
 
 @dataclass(frozen=True)
