@@ -1,12 +1,13 @@
 # The two set-up commands: `make run` (`aggjobs up`: demo data on the embedded PostgreSQL,
-# rolled up, then the worker and scheduler) and `make test` (the whole suite). Each creates the
+# rolled up, then the worker and scheduler) and `make test` (the whole suite); `make lint` is
+# CI's gate on the layers. Each creates the
 # virtual environment it needs. `make demo` is the one-shot check: load, refresh, verify, status.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DAYS ?= 7
 
-.PHONY: run demo test bench native clean
+.PHONY: run demo test lint bench native clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,11 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/pytest
+
+# The gates CI runs before the suite: the layers of docs/architecture.md (import-linter's
+# contracts in pyproject.toml: no import upwards, no cycle between packages).
+lint: $(BIN)/.installed
+	$(BIN)/lint-imports
 
 # A quick run of the benchmark suite (minutes); the full one is in docs/benchmarks.md.
 bench: $(BIN)/.installed

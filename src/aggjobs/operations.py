@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from . import audit
 from .catalog import Rollup
 from .db.connect import connect, first_line
-from .engine.backfill import BackfillBusy, BackfillReport, Progress
+from .engine.backfill import BackfillBusy, BackfillReport, Progress, sweep_abandoned
 from .engine.backfill import backfill as run_backfill
 from .errors import AggjobsError, SpanTooLong
 from .safety import check_backfill_span, span_days
@@ -133,16 +133,3 @@ def finish(conn: psycopg.Connection, settings: Settings, entry: Audited, outcome
         with contextlib.suppress(psycopg.Error, AggjobsError), \
                 connect("backfill", settings=settings) as fresh:
             fresh.execute(query("audit_backfill_outcome"), entry.row(outcome))
-
-
-def sweep_abandoned(conn: psycopg.Connection, *, noticed_by: str) -> list[int]:
-    """Mark the backfills whose session is gone and that recorded no end: their rows of
-    aggjobs.backfills failed, their audit starts given an `abandoned` outcome. Returns the
-    ids of those starts. Run at each audited backfill and at each job run."""
-    for job_id, rollup in conn.execute(query("mark_abandoned_backfills")).fetchall():
-        log.warning("backfill %s of %s was abandoned: its session ended", job_id, rollup)
-    starts = [row[0] for row in conn.execute(query("audit_abandoned_backfills"),
-                                             {"noticed_by": noticed_by}).fetchall()]
-    for started_id in starts:
-        log.warning("audited backfill started as audit row %s was abandoned", started_id)
-    return starts

@@ -13,6 +13,7 @@ import pytest
 
 from aggjobs import reports
 from aggjobs.jobs.model import Step, StepContext
+from aggjobs.jobs.steps import reports_step
 from aggjobs.reports.build import METRICS
 from aggjobs.settings import Settings
 from tests import platform as p
@@ -405,7 +406,7 @@ def test_store_is_one_transaction(loaded: Settings, conn: psycopg.Connection,
 
 def test_step_stores_the_last_complete_day_or_skips(loaded: Settings,
                                                     conn: psycopg.Connection) -> None:
-    step = reports.step()
+    step = reports_step()
     assert isinstance(step, Step) and step.name == "daily_reports"
     as_of = datetime.combine(DAY + timedelta(days=1), datetime.min.time(), tzinfo=UTC) \
         + timedelta(hours=1)
@@ -421,6 +422,6 @@ def test_step_stores_the_last_complete_day_or_skips(loaded: Settings,
 
 def test_step_skips_before_any_rollup(settings: Settings, conn: psycopg.Connection) -> None:
     p.run(conn, ws=1, at=T0)
-    out = reports.step().run(StepContext(conn, T0 + timedelta(days=2), settings))
+    out = reports_step().run(StepContext(conn, T0 + timedelta(days=2), settings))
     assert out["status"] == "skipped" and "none" in out["reason"]
     assert conn.execute("SELECT count(*) FROM analytics.daily_reports").fetchone()[0] == 0

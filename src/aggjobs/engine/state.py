@@ -14,6 +14,7 @@ from psycopg import sql
 
 from ..catalog import Grain, Rollup, Source, rollups_on
 from ..catalog.grains import SUPPORTED_PARAMS, as_utc
+from ..db import locks
 from ..errors import LockBusy
 from ..sql import query
 from ..sql import rollup as rollup_sql
@@ -28,8 +29,6 @@ def rollup_lock(conn: psycopg.Connection, rollup: Rollup, *, wait_s: float) -> I
     deadline = time.monotonic() + wait_s
     while not conn.execute(query("try_rollup_lock"), {"rollup": rollup.name}).fetchone()[0]:
         if time.monotonic() >= deadline:
-            from ..monitor import locks  # the monitor imports the engine: imported late
-
             held = locks.held_by(conn, "rollup", rollup.name)  # issue 21: name a foreign one
             raise LockBusy(
                 f"rollup {rollup.name} is being written by another process "

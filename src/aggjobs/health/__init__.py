@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from importlib.resources import files
 
@@ -12,7 +13,6 @@ from psycopg.types.json import Jsonb
 from ..catalog import Grain, get_rollup
 from ..engine import state
 from ..engine.recompute import native_installed
-from ..jobs.model import Step, StepContext
 from ..sql import named, with_merges
 from .formula import BURST_MIN_RUNS, Health, Inputs, score
 
@@ -54,15 +54,25 @@ def last_complete_day(conn: psycopg.Connection, as_of_day: date) -> tuple[date, 
     return day, None
 
 
-def step() -> Step:
-    def run(ctx: StepContext) -> dict:
-        day, waiting = last_complete_day(ctx.conn, ctx.as_of.date())
-        if waiting:
-            return {"status": "skipped", "day": day.isoformat(), "reason": waiting}
-        healths = compute(ctx.conn, day)
-        by_status: dict[str, int] = {}
-        for h in healths:
-            by_status[h.status] = by_status.get(h.status, 0) + 1
-        return {"rows": store(ctx.conn, day, healths), "day": day.isoformat(), **by_status}
+@dataclass(frozen=True)
+class DayScores:
+    """What scoring the last complete day did: the day, and either why it had to wait or how
+    many scores were stored, by status."""
 
-    return Step("health_scores", run)
+    day: date
+    waiting: str | None = None
+    rows: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+def score_last_day(conn: psycopg.Connection, as_of_day: date) -> DayScores:
+    """Score the last complete day before `as_of_day` and store the scores, once the day's
+    execution_metrics are materialized (else nothing done, and why)."""
+    day, waiting = last_complete_day(conn, as_of_day)
+    if waiting:
+        return DayScores(day, waiting=waiting)
+    healths = compute(conn, day)
+    by_status: dict[str, int] = {}
+    for h in healths:
+        by_status[h.status] = by_status.get(h.status, 0) + 1
+    return DayScores(day, rows=store(conn, day, healths), by_status=by_status)

@@ -1,1 +1,2 @@
-"""Scheduled jobs: what each does (registry), how a run behaves (runner), Celery (app)."""
+"""Scheduled jobs: their steps (registry, steps, cleanup), how a run behaves (run, runner),
+Celery (app, schedule). Their metadata is aggjobs.catalog.jobs."""

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import psycopg
 
+from ..catalog.jobs import JobSpec
 from ..settings import Settings
 
 
@@ -49,17 +50,15 @@ def batches(steps: list[Step]) -> list[list[Step]]:
 
 
 @dataclass(frozen=True)
-class Job:
-    name: str
-    cron: str  # default schedule, UTC: minute hour day-of-month month day-of-week
-    heavy: bool  # counts against AGGJOBS_HEAVY_JOBS_CONCURRENCY
-    time_limit_s: int  # Celery hard limit by default; the soft one is 90% of it
-    describe: str
+class Job(JobSpec):
+    """A job's metadata (aggjobs.catalog.jobs) and how to build its steps."""
+
     build: Callable[[Settings], list[Step]]
 
-    def time_limit(self, settings: Settings) -> int:
-        """The hard time limit in force: AGGJOBS_JOB_TIME_LIMIT_S, else the default."""
-        return settings.job_time_limit_s.get(self.name, self.time_limit_s)
+    @classmethod
+    def of(cls, spec: JobSpec, build: Callable[[Settings], list[Step]]) -> Job:
+        return cls(name=spec.name, cron=spec.cron, heavy=spec.heavy,
+                   time_limit_s=spec.time_limit_s, describe=spec.describe, build=build)
 
     def steps(self, settings: Settings) -> list[Step]:
         return self.build(settings)

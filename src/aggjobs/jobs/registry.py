@@ -1,9 +1,10 @@
-"""The five jobs of PRODUCT.md section 4: names, default schedules (UTC), steps."""
+"""The five jobs of PRODUCT.md section 4: their metadata (aggjobs.catalog.jobs) wired to
+their steps."""
 
 from __future__ import annotations
 
-from .. import health, reports
 from ..catalog import ROLLUPS, SOURCES, Grain
+from ..catalog.jobs import JOB_SPECS
 from ..errors import UnknownJob
 from ..settings import Settings
 from . import cleanup, steps
@@ -18,8 +19,8 @@ def daily_steps(settings: Settings) -> list[Step]:
     # Hours first, so that no day is built from incomplete hours; a day still waiting for
     # its hours is deferred and the reason kept in the step's detail.
     return [steps.rollup_step(r, [Grain.HOUR, Grain.DAY]) for r in ROLLUPS] + [
-        health.step(),
-        reports.step(),
+        steps.health_step(),
+        steps.reports_step(),
     ]
 
 
@@ -40,24 +41,15 @@ def view_steps(settings: Settings) -> list[Step]:
     return steps.view_steps()
 
 
-JOBS: dict[str, Job] = {
-    job.name: job
-    for job in (
-        Job("hourly_rollup", "5 * * * *", False, 30 * 60,
-            "complete hours not yet materialized (catching up) and invalidated groups, "
-            "for every hourly rollup; then the views", hourly_steps),
-        Job("daily_rollup", "0 1 * * *", True, 2 * 3600,
-            "hours caught up, then the daily grains; health scores and reports",
-            daily_steps),
-        Job("weekly_rollup", "0 2 * * 1", True, 2 * 3600,
-            "hours and days caught up, then the weekly grains", weekly_steps),
-        Job("cleanup_old_data", "0 3 * * *", True, 2 * 3600,
-            "retention: raw rows, rollups and job history past their age, in batches",
-            cleanup_steps),
-        Job("refresh_materialized_views", "*/15 * * * *", False, 15 * 60,
-            "both materialized views, concurrently", view_steps),
-    )
+BUILDS = {
+    "hourly_rollup": hourly_steps,
+    "daily_rollup": daily_steps,
+    "weekly_rollup": weekly_steps,
+    "cleanup_old_data": cleanup_steps,
+    "refresh_materialized_views": view_steps,
 }
+
+JOBS: dict[str, Job] = {name: Job.of(spec, BUILDS[name]) for name, spec in JOB_SPECS.items()}
 
 
 def get_job(name: str) -> Job:

@@ -1,10 +1,14 @@
-"""Steps of the rollup jobs: the engine's incremental refresh, and the materialized views."""
+"""The steps of the jobs: the engine's incremental refresh, the materialized views, and the
+daily job's health scores and reports (plain functions of aggjobs.health and aggjobs.reports,
+which know nothing of jobs, wrapped here into Steps)."""
 
 from __future__ import annotations
 
 from psycopg import sql
 
+from .. import health, reports
 from ..catalog import Grain, Rollup
+from ..catalog.grains import as_utc
 from ..db.view_caches import update_view_caches
 from ..engine.refresh import refresh
 from .model import Step, StepContext
@@ -60,3 +64,28 @@ def refresh_view(name: str):
         return {"rows": rows}
 
     return run
+
+
+def health_step() -> Step:
+    """Health scores of the last complete day (aggjobs.health), skipped while it waits."""
+
+    def run(ctx: StepContext) -> dict:
+        done = health.score_last_day(ctx.conn, ctx.as_of.date())
+        if done.waiting:
+            return {"status": "skipped", "day": done.day.isoformat(), "reason": done.waiting}
+        return {"rows": done.rows, "day": done.day.isoformat(), **done.by_status}
+
+    return Step("health_scores", run)
+
+
+def reports_step() -> Step:
+    """The daily reports of the last complete UTC day before `as_of`, once its day grains
+    are materialized (else skipped, saying which lag): aggjobs.reports."""
+
+    def run(ctx: StepContext) -> dict:
+        done = reports.store_last_day(ctx.conn, as_utc(ctx.as_of))
+        if done.waiting:
+            return {"status": "skipped", "day": done.day.isoformat(), "reason": done.waiting}
+        return {"rows": done.rows, "day": done.day.isoformat()}
+
+    return Step("daily_reports", run)

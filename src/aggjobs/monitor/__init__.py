@@ -10,16 +10,15 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, as_utc
+from ..catalog.jobs import JOB_SPECS as JOBS
 from ..engine.status import rollup_status, unsupported_rows
-from ..jobs.registry import JOBS
-from ..jobs.schedule import next_run as next_firing
 from ..settings import Settings
 from ..sql import query
 from . import locks
 
 
 def next_run(job: str, settings: Settings, now: datetime) -> datetime | None:
-    return next_firing(JOBS[job], settings, now)
+    return JOBS[job].next_run(settings, now)
 
 
 def job_states(conn: psycopg.Connection, settings: Settings, now: datetime) -> list[dict]:
@@ -30,8 +29,8 @@ def job_states(conn: psycopg.Connection, settings: Settings, now: datetime) -> l
         started, finished = row["last_started"], row["last_finished"]
         states.append({
             **row,
-            "schedule": settings.schedule.get(row["job"], JOBS[row["job"]].cron),
-            "next_run": next_firing(JOBS[row["job"]], settings, now),
+            "schedule": JOBS[row["job"]].schedule(settings),
+            "next_run": JOBS[row["job"]].next_run(settings, now),
             "last_seconds": (finished - started).total_seconds() if started and finished
             else (now - started).total_seconds() if started else None,
         })

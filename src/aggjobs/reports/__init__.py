@@ -1,16 +1,19 @@
 """Daily reports: one platform-wide and one per active workspace, built from the rollups.
 
 `build(conn, day)` makes them, `store(conn, day)` replaces the day's rows of
-analytics.daily_reports, `step()` is the daily job's step, `render(report, fmt)` gives
+analytics.daily_reports, `store_last_day(conn, as_of)` is what the daily job does (its step is
+wired in aggjobs.jobs.steps), `render(report, fmt)` gives
 json, md, csv or a self-contained html. See docs/reports.md.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+import psycopg
 
 from ..catalog.grains import as_utc
-from ..jobs.model import Step, StepContext
 from .build import (
     SCHEMA_VERSION,
     NoReportData,
@@ -24,24 +27,41 @@ from .build import (
 )
 from .render import FORMATS, render
 
-__all__ = ["FORMATS", "SCHEMA_VERSION", "NoReportData", "ReportError", "UnknownWorkspace",
-           "build", "lagging_rollups", "load_stored", "render", "step", "store",
-           "workspace_known"]
+__all__ = [
+    "FORMATS",
+    "SCHEMA_VERSION",
+    "DayReports",
+    "NoReportData",
+    "ReportError",
+    "UnknownWorkspace",
+    "build",
+    "lagging_rollups",
+    "load_stored",
+    "render",
+    "store",
+    "store_last_day",
+    "workspace_known",
+]
 
 
-def step() -> Step:
-    """The daily job's step: build and store the reports of the last complete UTC day before
-    `as_of`, once its day grains are materialized (else skipped, saying which lag)."""
+@dataclass(frozen=True)
+class DayReports:
+    """What storing the last complete day's reports did: the day, and either why it had to
+    wait or how many reports were stored."""
 
-    def run(ctx: StepContext) -> dict:
-        day = as_utc(ctx.as_of).date() - timedelta(days=1)
-        behind = lagging_rollups(ctx.conn, day)
-        if behind:
-            marks = ", ".join(f"{name} at {wm.isoformat() if wm else 'none'}"
-                              for name, wm in behind.items())
-            return {"status": "skipped", "day": day.isoformat(),
-                    "reason": f"{day} is not complete in the daily rollups yet "
-                              f"(day watermarks: {marks})"}
-        return {"rows": store(ctx.conn, day), "day": day.isoformat()}
+    day: date
+    waiting: str | None = None
+    rows: int = 0
 
-    return Step("daily_reports", run)
+
+def store_last_day(conn: psycopg.Connection, as_of: datetime) -> DayReports:
+    """Build and store the reports of the last complete UTC day before `as_of`, once its day
+    grains are materialized (else nothing done, saying which lag)."""
+    day = as_utc(as_of).date() - timedelta(days=1)
+    behind = lagging_rollups(conn, day)
+    if behind:
+        marks = ", ".join(f"{name} at {wm.isoformat() if wm else 'none'}"
+                          for name, wm in behind.items())
+        return DayReports(day, waiting=f"{day} is not complete in the daily rollups yet "
+                                       f"(day watermarks: {marks})")
+    return DayReports(day, rows=store(conn, day))
