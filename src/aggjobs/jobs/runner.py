@@ -34,9 +34,9 @@ from psycopg.types.json import Jsonb
 from ..audit import local_source
 from ..catalog.grains import as_utc
 from ..db.connect import SessionLimits, connect, first_line
+from ..engine.abandoned import sweep_abandoned
 from ..errors import AggjobsError, LockBusy
 from ..monitor import alerts, locks
-from ..operations import sweep_abandoned
 from ..settings import Settings
 from ..sql import query
 from .model import Job, Step, StepContext, batches
@@ -460,5 +460,5 @@ def describe(exc: BaseException) -> str:
 
 def sweep_abandoned_backfills(conn: psycopg.Connection, source: str) -> None:
     """Backfills whose process died are marked abandoned at each job run too, so that a
-    killed one is noticed within the hour even if no backfill follows (operations.py)."""
+    killed one is noticed within the hour even if no backfill follows (engine/abandoned.py)."""
     sweep_abandoned(conn, noticed_by=source)

@@ -1,5 +1,4 @@
-"""What more than one front end starts, written once: the audited backfill, run by
-`aggjobs backfill` and by `POST /api/backfills`.
+"""The audited backfill, run by `aggjobs backfill` and by `POST /api/backfills`.
 
 A backfill's audit rows (docs/security.md, "Backfill audit rows"): a refused one (over the
 span cap) writes one row, `refused: ...`. One that starts writes a row `started` at once,
@@ -15,7 +14,6 @@ first; a unique index keeps it to one outcome per start.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,17 +21,16 @@ from datetime import datetime
 import psycopg
 from psycopg.types.json import Jsonb
 
-from . import audit
-from .catalog import Rollup
-from .db.connect import connect, first_line
-from .engine.backfill import BackfillBusy, BackfillReport, Progress
-from .engine.backfill import backfill as run_backfill
-from .errors import AggjobsError, SpanTooLong
-from .safety import check_backfill_span, span_days
-from .settings import Settings
-from .sql import query
-
-log = logging.getLogger(__name__)
+from .. import audit
+from ..catalog import Rollup
+from ..db.connect import connect, first_line
+from ..engine.abandoned import sweep_abandoned
+from ..engine.backfill import BackfillBusy, BackfillReport, Progress
+from ..engine.backfill import backfill as run_backfill
+from ..errors import AggjobsError, SpanTooLong
+from ..safety import check_backfill_span, span_days
+from ..settings import Settings
+from ..sql import query
 
 
 @dataclass(frozen=True)
@@ -133,16 +130,3 @@ def finish(conn: psycopg.Connection, settings: Settings, entry: Audited, outcome
         with contextlib.suppress(psycopg.Error, AggjobsError), \
                 connect("backfill", settings=settings) as fresh:
             fresh.execute(query("audit_backfill_outcome"), entry.row(outcome))
-
-
-def sweep_abandoned(conn: psycopg.Connection, *, noticed_by: str) -> list[int]:
-    """Mark the backfills whose session is gone and that recorded no end: their rows of
-    aggjobs.backfills failed, their audit starts given an `abandoned` outcome. Returns the
-    ids of those starts. Run at each audited backfill and at each job run."""
-    for job_id, rollup in conn.execute(query("mark_abandoned_backfills")).fetchall():
-        log.warning("backfill %s of %s was abandoned: its session ended", job_id, rollup)
-    starts = [row[0] for row in conn.execute(query("audit_abandoned_backfills"),
-                                             {"noticed_by": noticed_by}).fetchall()]
-    for started_id in starts:
-        log.warning("audited backfill started as audit row %s was abandoned", started_id)
-    return starts
