@@ -33,7 +33,7 @@ from ..errors import (
     SpanTooLong,
     UnknownJob,
 )
-from . import tokens
+from ..operations import tokens
 from .redact import redact
 
 log = logging.getLogger(__name__)
