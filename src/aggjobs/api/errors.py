@@ -33,7 +33,7 @@ from ..errors import (
     SpanTooLong,
     UnknownJob,
 )
-from . import tokens
+from ..operations import tokens
 from .redact import redact
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,10 @@ def echo(value: Any, depth: int = 0) -> Any:
             shown["..."] = f"{len(items) - MAX_ERRORS} more keys"
         return shown
     if isinstance(value, list | tuple) and depth < MAX_NESTING:
-        shown = [echo(v, depth + 1) for v in value[:MAX_ERRORS]]
+        listed = [echo(v, depth + 1) for v in value[:MAX_ERRORS]]
         if len(value) > MAX_ERRORS:
-            shown.append(f"... {len(value) - MAX_ERRORS} more items")
-        return shown
+            listed.append(f"... {len(value) - MAX_ERRORS} more items")
+        return listed
     return cut(repr(value))
 
 
@@ -136,6 +136,8 @@ def invalid_request(request: Request, exc: RequestValidationError) -> JSONRespon
 
 
 def install(api: FastAPI) -> None:
-    api.add_exception_handler(AggjobsError, aggjobs_error)
-    api.add_exception_handler(psycopg.OperationalError, lost_session)
-    api.add_exception_handler(RequestValidationError, invalid_request)
+    # Starlette types a handler as taking any Exception; each of these takes its own class.
+    api.add_exception_handler(AggjobsError, aggjobs_error)  # type: ignore[arg-type]
+    api.add_exception_handler(psycopg.OperationalError, lost_session)  # type: ignore[arg-type]
+    api.add_exception_handler(RequestValidationError,
+                              invalid_request)  # type: ignore[arg-type]

@@ -73,66 +73,80 @@ class DatabaseCollector(Collector):
         up = GaugeMetricFamily("aggjobs_up", "1 when the database answered this scrape.")
         up.add_metric([], 1)
         yield up
+        yield run_counts(conn)
+        yield durations(conn)
+        yield from job_health(job_states(conn, self.settings, now))
+        yield rows_written(conn)
+        yield from rollup_state(conn, now)
 
-        counts = {(j, s): n for j, s, n in conn.execute(RUN_COUNTS)}
-        runs = GaugeMetricFamily(
-            "aggjobs_job_runs_total", "Runs in the retained job history, by job and status.",
-            labels=["job", "status"])
-        for job in sorted(set(JOBS) | {j for j, _ in counts}):
-            for status in STATUSES:
-                runs.add_metric([job, status], counts.get((job, status), 0))
-        yield runs
 
-        hist = HistogramMetricFamily(
-            "aggjobs_job_run_duration_seconds",
-            "Duration of finished runs in the retained history, by job and status.",
-            labels=["job", "status"])
-        rows = conn.execute(DURATIONS, {"buckets": list(BUCKETS)}).fetchall()
-        for job, status, total, total_s, cumulative in sorted(rows):
-            buckets = [(_le(b), n) for b, n in zip(BUCKETS, cumulative, strict=True)]
-            buckets.append(("+Inf", total))
-            hist.add_metric([job, status], buckets, total_s)
-        yield hist
+def run_counts(conn: psycopg.Connection) -> Metric:
+    counts = {(j, s): n for j, s, n in conn.execute(RUN_COUNTS)}
+    runs = GaugeMetricFamily(
+        "aggjobs_job_runs_total", "Runs in the retained job history, by job and status.",
+        labels=["job", "status"])
+    for job in sorted(set(JOBS) | {j for j, _ in counts}):
+        for status in STATUSES:
+            runs.add_metric([job, status], counts.get((job, status), 0))
+    return runs
 
-        states = job_states(conn, self.settings, now)
-        last_ok = GaugeMetricFamily(
-            "aggjobs_job_last_success_timestamp_seconds",
-            "Unix time the job's latest successful run finished (absent: never).",
-            labels=["job"])
-        failures = GaugeMetricFamily(
-            "aggjobs_job_consecutive_failures",
-            "Runs of the job failed or abandoned in a row since its latest success.",
-            labels=["job"])
-        for state in states:
-            if state["last_success"] is not None:
-                last_ok.add_metric([state["job"]], state["last_success"].timestamp())
-            failures.add_metric([state["job"]], state["consecutive_failures"])
-        yield last_ok
-        yield failures
 
-        written = dict(conn.execute(ROWS_WRITTEN).fetchall())
-        rows_fam = GaugeMetricFamily(
-            "aggjobs_job_rows_written_total",
-            "Rows reported by the steps of the job's runs in the retained history.",
-            labels=["job"])
-        for job in sorted(set(JOBS) | set(written)):
-            rows_fam.add_metric([job], written.get(job, 0))
-        yield rows_fam
+def durations(conn: psycopg.Connection) -> Metric:
+    hist = HistogramMetricFamily(
+        "aggjobs_job_run_duration_seconds",
+        "Duration of finished runs in the retained history, by job and status.",
+        labels=["job", "status"])
+    rows = conn.execute(DURATIONS, {"buckets": list(BUCKETS)}).fetchall()
+    for job, status, total, total_s, cumulative in sorted(rows):
+        buckets = [(_le(b), n) for b, n in zip(BUCKETS, cumulative, strict=True)]
+        buckets.append(("+Inf", total))
+        hist.add_metric([job, status], buckets, total_s)
+    return hist
 
-        lag = GaugeMetricFamily(
-            "aggjobs_rollup_lag_seconds",
-            "How far the rollup's watermark is behind the last complete bucket (absent: "
-            "nothing materialized yet).", labels=["rollup", "grain"])
-        pending = GaugeMetricFamily(
-            "aggjobs_rollup_pending_groups",
-            "Groups invalidated by late, updated or deleted rows, awaiting recompute.",
-            labels=["rollup", "grain"])
-        for row in rollup_status(conn, now=now):
-            if row["lag_seconds"] is not None:
-                lag.add_metric([row["rollup"], row["grain"]], row["lag_seconds"])
-            pending.add_metric([row["rollup"], row["grain"]], row["pending_groups"])
-        yield lag
-        yield pending
+
+def job_health(states: list[dict]) -> Iterator[Metric]:
+    last_ok = GaugeMetricFamily(
+        "aggjobs_job_last_success_timestamp_seconds",
+        "Unix time the job's latest successful run finished (absent: never).",
+        labels=["job"])
+    failures = GaugeMetricFamily(
+        "aggjobs_job_consecutive_failures",
+        "Runs of the job failed or abandoned in a row since its latest success.",
+        labels=["job"])
+    for state in states:
+        if state["last_success"] is not None:
+            last_ok.add_metric([state["job"]], state["last_success"].timestamp())
+        failures.add_metric([state["job"]], state["consecutive_failures"])
+    yield last_ok
+    yield failures
+
+
+def rows_written(conn: psycopg.Connection) -> Metric:
+    written: dict[str, int] = dict(conn.execute(ROWS_WRITTEN).fetchall())
+    rows_fam = GaugeMetricFamily(
+        "aggjobs_job_rows_written_total",
+        "Rows reported by the steps of the job's runs in the retained history.",
+        labels=["job"])
+    for job in sorted(set(JOBS) | set(written)):
+        rows_fam.add_metric([job], written.get(job, 0))
+    return rows_fam
+
+
+def rollup_state(conn: psycopg.Connection, now: datetime) -> Iterator[Metric]:
+    lag = GaugeMetricFamily(
+        "aggjobs_rollup_lag_seconds",
+        "How far the rollup's watermark is behind the last complete bucket (absent: "
+        "nothing materialized yet).", labels=["rollup", "grain"])
+    pending = GaugeMetricFamily(
+        "aggjobs_rollup_pending_groups",
+        "Groups invalidated by late, updated or deleted rows, awaiting recompute.",
+        labels=["rollup", "grain"])
+    for row in rollup_status(conn, now=now):
+        if row["lag_seconds"] is not None:
+            lag.add_metric([row["rollup"], row["grain"]], row["lag_seconds"])
+        pending.add_metric([row["rollup"], row["grain"]], row["pending_groups"])
+    yield lag
+    yield pending
 
 
 def _le(bound: float) -> str:

@@ -1,39 +1,33 @@
-"""API tokens: a secret shown once, stored only as its SHA-256, with a role.
+"""The API's check of a presented token: who it speaks for, or why it is refused.
 
-Roles are ordered viewer < operator < admin: a route needing `operator` accepts operator and
-admin tokens. A token is valid while it is neither revoked nor past its expiry. Every
-creation and revocation, and every refused one, is written to aggjobs.audit_log by the
-SECURITY DEFINER functions that alone change api_tokens (migration 0011, docs/security.md);
-secrets never are (nor logged).
+Creating, listing and revoking tokens are operations the CLI shares
+(aggjobs/operations/tokens.py); their names are re-exported here for existing importers.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass
 
 import psycopg
-from psycopg.rows import dict_row
 
-from .. import audit as audit_log
-from ..errors import AggjobsError
+from ..operations.tokens import (
+    PREFIX,
+    ROLES,
+    TokenError,
+    TokenExists,
+    UnknownToken,
+    create,
+    hash_secret,
+    list_tokens,
+    new_secret,
+    revoke,
+    role_allows,
+)
 
-ROLES = ("viewer", "operator", "admin")
-PREFIX = "agj_"
-
-
-class TokenError(AggjobsError):
-    """The token request is invalid."""
-
-
-class TokenExists(TokenError):
-    """A token of that name exists already."""
-
-
-class UnknownToken(TokenError):
-    """No active token has that name."""
+__all__ = ["PREFIX", "ROLES", "Principal", "TokenError", "TokenExists", "UnknownToken",
+           "Verdict", "check", "create", "hash_secret", "list_tokens", "new_secret", "revoke",
+           "role_allows", "verify"]
 
 
 @dataclass(frozen=True)
@@ -54,96 +48,6 @@ class Verdict:
     principal: Principal | None
     reason: str | None = None
     name: str | None = None  # the token's name when the secret matched a revoked/expired one
-
-
-def role_allows(have: str, needed: str) -> bool:
-    return ROLES.index(have) >= ROLES.index(needed)
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def new_secret() -> str:
-    return PREFIX + secrets.token_urlsafe(32)
-
-
-def audit(conn: psycopg.Connection, *, actor: str, action: str, target: str | None,
-          params: dict, outcome: str, source: str | None = None) -> None:
-    """An audit row; `source` defaults to this process (`local:<user>@<host>`)."""
-    audit_log.write(conn, actor=actor, action=action, target=target, params=params,
-                    outcome=outcome, source=source or audit_log.local_source("local"))
-
-
-REFUSALS = {  # create_token's refusals (migration 0011), as the caller is told them
-    "refused: invalid name": ("invalid token name {name!r:.120}: 1-100 letters, digits or "
-                              "_ . @ : -, starting with a letter or digit"),
-    "refused: invalid role": "invalid role {role!r:.60}; roles are: " + ", ".join(ROLES),
-    "refused: invalid expiry": "--expires-days must be positive and at most 36500 (100 years)",
-    "refused: name exists": ("a token named {name!r:.120} exists already: revoke it or pick "
-                             "another name"),
-}
-
-
-def create(conn: psycopg.Connection, name: str, role: str, *, actor: str,
-           expires_days: float | None = None, source: str | None = None) -> tuple[str, dict]:
-    """A new token; returns its secret (the only time it exists outside the client) and its
-    row. `source`: where the request came from, for the audit row. The database function
-    aggjobs.create_token checks the request and writes the token and the audit row, a
-    refusal's too, in one transaction: the worker cannot write api_tokens itself."""
-    secret = new_secret()
-    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        outcome = cur.execute(
-            "SELECT aggjobs.create_token(%s, %s, %s, %s, %s, %s) AS outcome",
-            (printable(name), printable(role), hash_secret(secret), actor,
-             days(expires_days), source or audit_log.local_source("local")),
-        ).fetchone()["outcome"]
-        row = cur.execute(
-            "SELECT id, name, role, created_at, created_by, expires_at FROM aggjobs.api_tokens"
-            " WHERE name = %s", (name,)).fetchone() if outcome == "created" else None
-    if row is None:
-        message = REFUSALS.get(outcome, str(outcome)).format(name=name, role=role)
-        raise (TokenExists if outcome == "refused: name exists" else TokenError)(message)
-    return secret, row
-
-
-def printable(text: str | None) -> str | None:
-    """`text` as PostgreSQL can store it (no NUL): the function refuses it, audited, rather
-    than psycopg failing before the call."""
-    return text.replace("\x00", "\\x00") if isinstance(text, str) else text
-
-
-def days(value: float | None) -> float | None:
-    """A float for the database, whatever was given (an int too large for a float is
-    infinite: refused there, audited)."""
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except OverflowError:
-        return float("inf")
-
-
-def list_tokens(conn: psycopg.Connection) -> list[dict]:
-    """Every token, newest first; never the secret nor its hash."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            "SELECT name, role, created_at, created_by, expires_at, revoked_at, last_used_at,"
-            " revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) AS active"
-            " FROM aggjobs.api_tokens ORDER BY created_at DESC, id DESC"
-        ).fetchall()
-
-
-def revoke(conn: psycopg.Connection, name: str, *, actor: str, source: str | None = None
-           ) -> None:
-    """Revoke the active token `name` through aggjobs.revoke_token, which audits it."""
-    with conn.transaction():
-        done = conn.execute(
-            "SELECT aggjobs.revoke_token(%s, %s, %s)",
-            (printable(name), actor, source or audit_log.local_source("local")),
-        ).fetchone()[0]
-    if not done:
-        raise UnknownToken(f"no active token named {name!r} (see `aggjobs token list`)")
 
 
 def check(conn: psycopg.Connection, secret: str | None) -> Verdict:

@@ -288,13 +288,15 @@ def verify(
 
 def verify_rollup(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime, *,
                   repair: bool, limit: int, v) -> bool:
+    from ..operations import Requester
+    from ..operations.repair import audited_repair
+
     failed = False
     for grain in rollup.grains:
         report = v.verify_grain(conn, rollup, grain, lo, hi)
         if report.mismatches and repair:
-            v.repair(conn, rollup, grain, report.mismatches, audit=lambda params: audit_log.write(
-                conn, actor=cli_actor(), action="repair", target=rollup.name, params=params,
-                outcome="succeeded", source=audit_log.local_source("cli")))
+            audited_repair(conn, rollup, grain, report.mismatches,
+                           who=Requester(cli_actor(), audit_log.local_source("cli")))
             again = v.verify_grain(conn, rollup, grain, lo, hi)
             console.print(render.repaired_line(report, again))
             report = again
@@ -370,15 +372,15 @@ def run(
     Exit 0 when it succeeded, 1 when a step failed, 3 when it was skipped because another
     run of the job holds it."""
     from ..jobs.registry import get_job
-    from ..jobs.runner import RunRequest, run_job
+    from ..operations.runs import manual_run
 
     get_job(job)  # an unknown job is a usage error before anything connects
     ref = past(as_of, "--as-of")
     with session(job):
         pass  # the schema must be current; the runner opens its own session
     with translate_errors():
-        result = run_job(RunRequest(job=job, as_of=ref, trigger="manual",
-                                    source=audit_log.local_source("cli")), get_settings())
+        result = manual_run(job, get_settings(), as_of=ref, actor=None,
+                            source=audit_log.local_source("cli"))
     if as_json:
         print(render.to_json(render.run_json(result)))
     else:
@@ -462,9 +464,9 @@ def up(
     import time
     import urllib.request
 
-    from ..api import tokens
     from ..demo import DemoSpec, load_demo
-    from ..jobs.runner import RunRequest, run_job
+    from ..operations import tokens
+    from ..operations.runs import manual_run
 
     settings = get_settings()
     with session("up", require_schema=False) as conn:
@@ -479,8 +481,8 @@ def up(
                                       source=audit_log.local_source("cli"))
     for job in ("hourly_rollup", "daily_rollup", "weekly_rollup"):
         with translate_errors():
-            result = run_job(RunRequest(job=job, trigger="manual", who="aggjobs up",
-                                        source=audit_log.local_source("cli")), settings)
+            result = manual_run(job, settings, actor="aggjobs up",
+                                source=audit_log.local_source("cli"))
         console.print(render.run_table(result))
 
     env = dict(os.environ)
@@ -673,7 +675,7 @@ def token_create(
         help="Expire after this many days (default: never).")] = None,
 ) -> None:
     """Create a token and print its secret, once: only its SHA-256 is stored."""
-    from ..api import tokens
+    from ..operations import tokens
 
     with session("token") as conn:
         secret, row = tokens.create(conn, name, role.value, actor=cli_actor(),
@@ -692,7 +694,7 @@ def token_list(as_json: JsonFlag = False) -> None:
     """Every token: name, role, created, expires, revoked, last used (never the secret)."""
     from rich.table import Table
 
-    from ..api import tokens
+    from ..operations import tokens
 
     with session("token") as conn:
         rows = tokens.list_tokens(conn)
@@ -716,7 +718,7 @@ def token_revoke(
     name: Annotated[str, typer.Argument(help="The token's name.", show_default=False)],
 ) -> None:
     """Revoke a token: requests bearing it are refused from now on."""
-    from ..api import tokens
+    from ..operations import tokens
 
     with session("token") as conn:
         tokens.revoke(conn, name, actor=cli_actor(), source=audit_log.local_source("cli"))

@@ -16,7 +16,6 @@ killed mid-wave redoes the wave.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -34,8 +33,6 @@ from ..sql import query
 from . import state
 from .recompute import Written, mark_coarser_range, recompute_range
 from .refresh import CHUNK_BUCKETS
-
-log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
@@ -207,15 +204,3 @@ def finish(conn: psycopg.Connection, job_id: int, status: str, error: str | None
     with conn.transaction():
         conn.execute(query("backfill_finish"), {"id": job_id, "status": status, "error": error})
 
-
-def sweep_abandoned(conn: psycopg.Connection, *, noticed_by: str) -> list[int]:
-    """Mark the backfills whose session is gone and that recorded no end: their rows of
-    aggjobs.backfills failed, their audit starts given an `abandoned` outcome. Returns the
-    ids of those starts. Run at each audited backfill (aggjobs.operations) and at each job run."""
-    for job_id, rollup in conn.execute(query("mark_abandoned_backfills")).fetchall():
-        log.warning("backfill %s of %s was abandoned: its session ended", job_id, rollup)
-    starts = [row[0] for row in conn.execute(query("audit_abandoned_backfills"),
-                                             {"noticed_by": noticed_by}).fetchall()]
-    for started_id in starts:
-        log.warning("audited backfill started as audit row %s was abandoned", started_id)
-    return starts

@@ -37,7 +37,7 @@ from ..audit import local_source
 from ..catalog.grains import as_utc
 from ..db import locks
 from ..db.connect import SessionLimits, connect, first_line
-from ..engine.backfill import sweep_abandoned
+from ..engine.abandoned import sweep_abandoned
 from ..errors import AggjobsError, LockBusy
 from ..settings import Settings
 from ..sql import query

@@ -1,5 +1,4 @@
-"""What more than one front end starts, written once: the audited backfill, run by
-`aggjobs backfill` and by `POST /api/backfills`.
+"""The audited backfill, run by `aggjobs backfill` and by `POST /api/backfills`.
 
 A backfill's audit rows (docs/security.md, "Backfill audit rows"): a refused one (over the
 span cap) writes one row, `refused: ...`. One that starts writes a row `started` at once,
@@ -15,7 +14,6 @@ first; a unique index keeps it to one outcome per start.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,17 +21,16 @@ from datetime import datetime
 import psycopg
 from psycopg.types.json import Jsonb
 
-from . import audit
-from .catalog import Rollup
-from .db.connect import connect, first_line
-from .engine.backfill import BackfillBusy, BackfillReport, Progress, sweep_abandoned
-from .engine.backfill import backfill as run_backfill
-from .errors import AggjobsError, SpanTooLong
-from .safety import check_backfill_span, span_days
-from .settings import Settings
-from .sql import query
-
-log = logging.getLogger(__name__)
+from .. import audit
+from ..catalog import Rollup
+from ..db.connect import connect, first_line
+from ..engine.abandoned import sweep_abandoned
+from ..engine.backfill import BackfillBusy, BackfillReport, Progress
+from ..engine.backfill import backfill as run_backfill
+from ..errors import AggjobsError, SpanTooLong
+from ..safety import check_backfill_span, span_days
+from ..settings import Settings
+from ..sql import query
 
 
 @dataclass(frozen=True)

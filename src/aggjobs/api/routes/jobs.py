@@ -1,0 +1,61 @@
+"""`/api/jobs`: jobs, their run history, a run now."""
+
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from ...catalog.grains import parse_timestamp
+from ...jobs.registry import get_job
+from ...monitor import overview, run_history
+from ...operations.runs import manual_run
+from ...settings import Settings
+from ..auth import AppSettings, Conn, Operator, ReadConn, Viewer, client_address, deny
+from ..schemas import JobName, RunBody, past
+from ..tokens import Principal
+
+router = APIRouter(tags=["jobs"])
+
+CLEANUP_JOB = "cleanup_old_data"  # retention: admin only, whichever route starts it
+
+
+@router.get("/api/jobs")
+def jobs(_: Viewer, conn: ReadConn, settings: AppSettings) -> dict:
+    """Per job its latest run, next scheduled time and failures in a row; whether the
+    installation is healthy and, if not, what to do."""
+    state = overview(conn, settings)
+    return {k: state[k] for k in ("healthy", "checked_at", "problems", "jobs")}
+
+
+@router.get("/api/jobs/{job}/runs")
+def runs(_: Viewer, conn: ReadConn, job: JobName,
+         since: Annotated[str | None, Query(max_length=64)] = None,
+         limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
+    """The job's run history, newest first, with each step's outcome and error."""
+    get_job(job)
+    start = parse_timestamp(since) if since else None
+    return run_history(conn, job=job, since=start, limit=limit)
+
+
+@router.post("/api/jobs/{job}/run")
+def run(request: Request, conn: Conn, who: Operator, settings: AppSettings,
+        job: JobName, body: RunBody | None = None) -> dict:
+    """Run the job now and wait for its end (operator; `cleanup_old_data` needs admin).
+    Same guarantees as scheduled runs: no overlap (a busy job answers `skipped`),
+    history, retries; audited."""
+    get_job(job)
+    if job == CLEANUP_JOB and not who.allows("admin"):
+        deny(conn, request, who.name, "admin", f"role {who.role}", 403)
+        raise HTTPException(403, f"{CLEANUP_JOB} deletes data: it needs a token with role "
+                            f"admin; {who.name!r} is {who.role}")
+    return run_now(request, who, job, body, settings)
+
+
+def run_now(request: Request, who: Principal, job: str, body: RunBody | None,
+            settings: Settings) -> dict:
+    """Run `job` for the token `who` (shared with `POST /api/cleanup`), as the API answers."""
+    ref = past(body.as_of, "as_of") if body and body.as_of else None
+    result = manual_run(job, settings, as_of=ref, actor=f"api:{who.name}",
+                        source=client_address(request))
+    return {"id": result.id, "job": result.job, "status": result.status,
+            "error": result.error, "steps": [asdict(s) for s in result.steps]}
