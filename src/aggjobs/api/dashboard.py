@@ -18,7 +18,7 @@ from string import Template
 import psycopg
 from psycopg.rows import dict_row
 
-from ..jobs.registry import JOBS
+from ..catalog.jobs import JOB_SPECS as JOBS
 from ..monitor import overview, run_history
 from ..settings import Settings
 

@@ -20,8 +20,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ..catalog.jobs import JOB_SPECS as JOBS
 from ..engine.status import rollup_status
-from ..jobs.registry import JOBS
 from ..monitor import job_states
 from ..settings import Settings
 

@@ -339,7 +339,7 @@ def runs(
     as_json: JsonFlag = False,
 ) -> None:
     """The run history, newest first, with each step's outcome and error."""
-    from ..jobs.registry import get_job
+    from ..catalog.jobs import get_job_spec as get_job
     from ..monitor import run_history
 
     if job:
@@ -371,7 +371,7 @@ def run(
 
     Exit 0 when it succeeded, 1 when a step failed, 3 when it was skipped because another
     run of the job holds it."""
-    from ..jobs.registry import get_job
+    from ..catalog.jobs import get_job_spec as get_job
     from ..operations.runs import manual_run
 
     get_job(job)  # an unknown job is a usage error before anything connects

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from ...catalog.grains import parse_timestamp
-from ...jobs.registry import get_job
+from ...catalog.jobs import get_job_spec as get_job
 from ...monitor import overview, run_history
 from ...operations.runs import manual_run
 from ...settings import Settings
