@@ -28,9 +28,10 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/pytest
 
-# The gates CI runs before the suite: the layers of docs/architecture.md (import-linter's
-# contracts in pyproject.toml: no import upwards, no cycle between packages).
+# The gates CI runs before the suite: ruff's rules and the layers of docs/architecture.md
+# (import-linter's contracts), both written in pyproject.toml.
 lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests bench
 	$(BIN)/lint-imports
 
 # A quick run of the benchmark suite (minutes); the full one is in docs/benchmarks.md.

@@ -559,7 +559,8 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                 ("hourly step: ours", ms(h["ours"]["median_ms"]),
                  f"{h['ours']['ratio']:.2f} x seed", TARGETS["hourly_step.ours"][0])]
     if "catch_up" in r:
-        out.append((f"catch-up, {len(ROLLUPS)} rollups, hour grain", f"{r['catch_up']['runs_per_s']:,.0f} runs/s",
+        out.append((f"catch-up, {len(ROLLUPS)} rollups, hour grain",
+                    f"{r['catch_up']['runs_per_s']:,.0f} runs/s",
                     f"{r['catch_up']['seconds']:.0f} s", ""))
     if "hourly_job" in r:
         out.append(("hourly_rollup job, one new hour", ms(r["hourly_job"]["median_ms"]), "",
@@ -574,8 +575,8 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                 ("refresh after 1,000 late updates", ms(late["updates_1000"]["median_ms"]),
                  f"{late['updates_1000']['ratio']:.2f} x hour", TARGETS["late.updates_1000"][0])]
         if "agents_updates_1000" in late:
-            out.append(("  the same, agent_executions", ms(late["agents_updates_1000"]["median_ms"]),
-                        "", ""))
+            out.append(("  the same, agent_executions",
+                        ms(late["agents_updates_1000"]["median_ms"]), "", ""))
     if "daily" in r:
         d = r["daily"]
         out += [("daily step from hours", ms(d["step"]["median_ms"]),
@@ -600,7 +601,8 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                             ("complete_current_hour", "running -> completed, current hour"),
                             ("complete_old_hour", "running -> completed, old hour (tracked)")):
             target = TARGETS.get(f"ingest.{name}", ("",))[0]
-            out.append((f"ingest: {label}", f"{i[name]['on_ms']:,.0f} vs {i[name]['off_ms']:,.0f} ms",
+            out.append((f"ingest: {label}",
+                        f"{i[name]['on_ms']:,.0f} vs {i[name]['off_ms']:,.0f} ms",
                         f"{i[name]['ratio']:.3f} x off", target))
         c = i["writers_8"]
         out.append(("ingest: 8 writers, rows/s on vs off",
@@ -617,7 +619,8 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                  TARGETS["backfill.peak_rss_mb"][0])]
     if "history" in r:
         hs = r["history"]
-        out.append((f"hourly step with {hs['times']}x history", ms(hs["after"]["ours"]["median_ms"]),
+        out.append((f"hourly step with {hs['times']}x history",
+                    ms(hs["after"]["ours"]["median_ms"]),
                     f"{hs['ratio']:.2f} x 1x (seed {hs['seed_ratio']:.2f})"
                     + (", plan flipped" if hs["plan_flipped"] else ", same plan"),
                     TARGETS["history"][0]))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from datetime import timedelta
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest

@@ -449,7 +449,8 @@ def beat(loglevel: Annotated[str, typer.Option(help="Celery's log level.")] = "I
 @app.command()
 def up(
     demo_days: Annotated[int, typer.Option(
-        min=0, max=400, help="Days of demo data to load when the sources are empty (0: none).")] = 7,
+        min=0, max=400,
+        help="Days of demo data to load when the sources are empty (0: none).")] = 7,
     concurrency: Annotated[int, typer.Option(min=1, max=MAX_CONCURRENCY,
                                              help="Jobs run at once.")] = 2,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the API and "

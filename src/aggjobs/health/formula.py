@@ -7,10 +7,11 @@
     credit burn        10   day credits / trailing daily average: 1.5x or less full, 3x zero
 
 The success rate weighs enough that a day where every run failed is critical whatever the
-other parts say (at most 60 points remain). A part without a baseline (the first day of a workspace, no credits before, no hour with
-enough runs) is left out and the parts that remain are scaled up to 100, so that `components`
-always adds up to `score`. Fewer than MIN_FINISHED finished runs on the day: no score, status
-'insufficient_data'. docs/health.md has the reasoning and worked examples.
+other parts say (at most 60 points remain). A part without a baseline (the first day of a
+workspace, no credits before, no hour with enough runs) is left out and the parts that
+remain are scaled up to 100, so that `components` always adds up to `score`. Fewer than
+MIN_FINISHED finished runs on the day: no score, status 'insufficient_data'. docs/health.md
+has the reasoning and worked examples.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ I = sql.Identifier
 L = sql.Literal
 S = sql.SQL
 
-STATE_KEYS, STATE_COUNTS, STATE_SUM, STATE_N, STATE_SET = "__keys", "__counts", "__sum", "__n", "__set"
+STATE_KEYS, STATE_COUNTS, STATE_SUM, STATE_N, STATE_SET = (
+    "__keys", "__counts", "__sum", "__n", "__set")
 
 
 class Scope(Enum):
@@ -284,7 +285,8 @@ def add_measure(parts: Parts, m: Measure, ctx: Context, *, with_state: bool) -> 
     g = lambda alias: I("g", alias)  # noqa: E731
     match m:
         case Count():
-            agg = filtered(S("count(*)"), m.where) if raw else S("sum({})::bigint").format(rcol(m.name))
+            agg = (filtered(S("count(*)"), m.where) if raw
+                   else S("sum({})::bigint").format(rcol(m.name)))
             parts.aggs.append((m.name, agg))
             parts.finals[m.name] = g(m.name)
         case Sum():
