@@ -1,14 +1,13 @@
 """What the API's routes take: request bodies and path parameters (their `Field`
 descriptions and examples are the OpenAPI schema's), and the parsing of their times."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..catalog.grains import parse_timestamp
-from ..errors import InvalidRange
+from ..catalog.grains import past_range
 
 
 class RunBody(BaseModel):
@@ -46,16 +45,6 @@ JobName = Annotated[str, Path(max_length=64, examples=["hourly_rollup",
 TokenName = Annotated[str, Path(max_length=100)]
 
 
-def past(text: str, what: str) -> datetime:
-    ts = parse_timestamp(text)
-    if ts > datetime.now(UTC):
-        raise InvalidRange(f"{what} {ts.isoformat()} is in the future")
-    return ts
-
-
 def time_range(lo_text: str, hi_text: str) -> tuple[datetime, datetime]:
     """[from, to) of a request: both past, from before to."""
-    lo, hi = past(lo_text, "from"), past(hi_text, "to")
-    if lo >= hi:
-        raise InvalidRange(f"from {lo.isoformat()} must be before to {hi.isoformat()}")
-    return lo, hi
+    return past_range(lo_text, hi_text, "from", "to")

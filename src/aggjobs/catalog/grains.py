@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, date, datetime, timedelta
 
-from ..errors import InvalidTimestamp
+from ..errors import InvalidRange, InvalidTimestamp
 
 
 class Grain(enum.Enum):
@@ -109,6 +109,24 @@ def parse_timestamp(text: str) -> datetime:
             f"[{SUPPORTED_FROM:%Y-%m-%d}, {SUPPORTED_UNTIL:%Y-%m-%d}) UTC"
         )
     return parsed
+
+
+def past(text: str, what: str) -> datetime:
+    """parse_timestamp of an input named `what` that may not be in the future."""
+    ts = parse_timestamp(text)
+    if ts > datetime.now(UTC):
+        raise InvalidRange(f"{what} {ts.isoformat()} is in the future")
+    return ts
+
+
+def past_range(lo_text: str, hi_text: str, lo_name: str, hi_name: str
+               ) -> tuple[datetime, datetime]:
+    """[lo, hi) of two inputs so named: both past, lo before hi."""
+    lo, hi = past(lo_text, lo_name), past(hi_text, hi_name)
+    if lo >= hi:
+        raise InvalidRange(f"{lo_name} {lo.isoformat()} must be before {hi_name} "
+                           f"{hi.isoformat()}")
+    return lo, hi
 
 
 def chunks(start: datetime, end: datetime, step: timedelta) -> list[tuple[datetime, datetime]]:

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import audit as audit_log
 from .. import logs
 from ..catalog import Grain, Rollup, select_rollups
-from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, parse_timestamp
+from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, past, past_range
 from ..db.connect import connect, translate_errors
 from ..db.migrate import current_version, migrations
 from ..db.migrate import migrate as run_migrations
@@ -117,18 +117,8 @@ def session(purpose: str, *, require_schema: bool = True) -> Iterator[psycopg.Co
         yield conn
 
 
-def past(text: str, what: str) -> datetime:
-    ts = parse_timestamp(text)
-    if ts > datetime.now(UTC):
-        raise InvalidRange(f"{what} {ts.isoformat()} is in the future")
-    return ts
-
-
 def time_range(lo_text: str, hi_text: str) -> tuple[datetime, datetime]:
-    lo, hi = past(lo_text, "--from"), past(hi_text, "--to")
-    if lo >= hi:
-        raise InvalidRange(f"--from {lo.isoformat()} must be before --to {hi.isoformat()}")
-    return lo, hi
+    return past_range(lo_text, hi_text, "--from", "--to")
 
 
 @contextlib.contextmanager

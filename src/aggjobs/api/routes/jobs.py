@@ -5,13 +5,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from ...catalog.grains import parse_timestamp
+from ...catalog.grains import parse_timestamp, past
 from ...catalog.jobs import get_job_spec as get_job
 from ...monitor import overview, run_history
 from ...operations.runs import manual_run
 from ...settings import Settings
 from ..auth import AppSettings, Conn, Operator, ReadConn, Viewer, client_address, deny
-from ..schemas import JobName, RunBody, past
+from ..schemas import JobName, RunBody
 from ..tokens import Principal
 
 router = APIRouter(tags=["jobs"])
