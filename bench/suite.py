@@ -61,7 +61,7 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).parent))
 from workload import Workload, create_partitioned, load  # noqa: E402
 
-from aggjobs.catalog import ROLLUPS, Grain, Rollup, get_rollup  # noqa: E402
+from aggjobs.catalog import BUILTIN_ROLLUPS, Grain, Rollup, get_rollup  # noqa: E402
 from aggjobs.db.migrate import migrate  # noqa: E402
 from aggjobs.engine.recompute import native_installed, recompute_range  # noqa: E402
 from aggjobs.engine.refresh import refresh  # noqa: E402
@@ -208,10 +208,10 @@ class Bench:
         reset first, as after a TRUNCATE of its source: also with --reuse)."""
         as_of = self.w.end - self.repeat * HOUR
         self.conn.execute("UPDATE aggjobs.watermarks SET reset_requested = true")
-        for rollup in ROLLUPS:  # emptied before the clock starts
+        for rollup in BUILTIN_ROLLUPS:  # emptied before the clock starts
             reset_if_requested(self.conn, rollup)
         started = time.perf_counter()
-        for rollup in ROLLUPS:
+        for rollup in BUILTIN_ROLLUPS:
             refresh(self.conn, rollup, as_of=as_of, settings=self.settings, grains=[Grain.HOUR])
         seconds = time.perf_counter() - started
         runs = self.conn.execute("SELECT count(*) FROM public.agent_runs WHERE started_at < %s",
@@ -285,7 +285,7 @@ class Bench:
     def daily(self) -> dict:
         lo, hi = self.day, self.day + DAY
         as_of = self.w.end
-        for rollup in ROLLUPS:  # hours first: the daily step merges them
+        for rollup in BUILTIN_ROLLUPS:  # hours first: the daily step merges them
             refresh(self.conn, rollup, as_of=as_of, settings=self.settings, grains=[Grain.HOUR])
         step = timed(self.rolled_back(
             lambda: recompute_range(self.conn, EM, Grain.DAY, lo, hi)), self.repeat)
@@ -402,7 +402,7 @@ def copy_back_in_time(conn: psycopg.Connection, day: datetime) -> int:
     shifts = {Grain.DAY: ("{b} - g", 89, day.date(), day.date() + DAY),
               Grain.HOUR: ("{b} - make_interval(days => g)", 6, day, day + DAY)}
     copied = 0
-    viewed = [r for r in ROLLUPS if r.name != "agent_executions"]  # the views read these
+    viewed = [r for r in BUILTIN_ROLLUPS if r.name != "agent_executions"]  # the views read these
     with conn.transaction():
         for rollup in viewed:
             for grain, (shifted, times, lo, hi) in shifts.items():
@@ -559,7 +559,7 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                 ("hourly step: ours", ms(h["ours"]["median_ms"]),
                  f"{h['ours']['ratio']:.2f} x seed", TARGETS["hourly_step.ours"][0])]
     if "catch_up" in r:
-        out.append((f"catch-up, {len(ROLLUPS)} rollups, hour grain",
+        out.append((f"catch-up, {len(BUILTIN_ROLLUPS)} rollups, hour grain",
                     f"{r['catch_up']['runs_per_s']:,.0f} runs/s",
                     f"{r['catch_up']['seconds']:.0f} s", ""))
     if "hourly_job" in r:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from aggjobs.catalog import ROLLUPS
+from aggjobs.catalog import BUILTIN_ROLLUPS
 from aggjobs.engine.refresh import refresh
 from aggjobs.settings import Settings
 
@@ -48,7 +48,7 @@ def credit(conn: psycopg.Connection, *, ws: int, kind: str, amount: str, at: dat
 
 
 def refresh_all(conn: psycopg.Connection, settings: Settings, as_of: datetime, **kw) -> dict:
-    return {r.name: refresh(conn, r, as_of=as_of, settings=settings, **kw) for r in ROLLUPS}
+    return {r.name: refresh(conn, r, as_of=as_of, settings=settings, **kw) for r in BUILTIN_ROLLUPS}
 
 
 def watermarks(conn: psycopg.Connection) -> dict:

@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import psycopg
 
-from aggjobs.catalog import ROLLUPS, Grain, Rollup
+from aggjobs.catalog import BUILTIN_ROLLUPS, Grain, Rollup
 
 BUCKET = {
     Grain.HOUR: "date_trunc('hour', {t} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
@@ -123,7 +123,7 @@ def float_sum(values: list[float]) -> float:
 
 
 def stored(conn: psycopg.Connection, rollup: str, grain: Grain, below) -> dict:
-    r = next(x for x in ROLLUPS if x.name == rollup)
+    r = next(x for x in BUILTIN_ROLLUPS if x.name == rollup)
     cols = ", ".join(["workspace_id", grain.column, *FURTHER.get(rollup, []), *COLUMNS[rollup]])
     rows = conn.execute(f"SELECT {cols} FROM analytics.{r.table(grain)}").fetchall()
     return keyed(rollup, rows, below)
@@ -177,6 +177,6 @@ def assert_all_match(conn: psycopg.Connection, *only: Rollup) -> None:
     since its rows changed) equals the raw rows below each grain's watermark."""
     marks = dict(((r, g), wm) for r, g, wm in conn.execute(
         "SELECT rollup, grain, watermark FROM aggjobs.watermarks"))
-    for rollup in only or ROLLUPS:
+    for rollup in only or BUILTIN_ROLLUPS:
         for grain in rollup.grains:
             assert_matches(conn, rollup.name, grain, marks[(rollup.name, grain.value)])

@@ -44,3 +44,11 @@ class MigrationRequired(AggjobsError):
 
 class UnknownJob(AggjobsError):
     """No job has that name."""
+
+
+class DeclarationError(AggjobsError):
+    """A rollup declaration is invalid."""
+
+
+class DefinitionsChanged(AggjobsError):
+    """The declared rollups differ from those the tables were built with: run `aggjobs migrate`."""

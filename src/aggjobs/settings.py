@@ -37,6 +37,28 @@ class Settings(BaseSettings):
         default=Path(".aggjobs"),
         description="Where the embedded PostgreSQL keeps its data.",
     )
+    rollups: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+        description="An importable module whose ROLLUPS declares the platform's own rollups, "
+        "added to the built-in ones (docs/rollups.md, \"Changing a rollup\").",
+    )
+    rebuild_seconds_per_run: float = Field(
+        default=1.0, ge=0,
+        description="How long the hourly job may spend advancing the rebuild of a changed "
+        "rollup, per rollup and run (whole transactions of AGGJOBS_HOURS_PER_TRANSACTION "
+        "hours; the daily and weekly jobs and `aggjobs refresh` advance it without bound).",
+    )
+    rebuild_check: str = Field(
+        default="sample", pattern=r"^(sample|full)$",
+        description="What a rebuilt version must pass before it is swapped in: `sample` "
+        "verifies its latest and a few random buckets of each grain against the raw rows, "
+        "`full` every bucket.",
+    )
+    retired_grace_days: float = Field(
+        default=7, ge=0,
+        description="Days a replaced version's tables are kept (schema aggjobs_retired) "
+        "before the cleanup job drops them; `aggjobs migrate --prune` drops them at once.",
+    )
     statement_timeout_ms: int = Field(default=300_000, ge=0)
     lock_timeout_ms: int = Field(default=5_000, ge=0)
     work_mem: str = Field(default="64MB", pattern=r"^\d+(kB|MB|GB)$")

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from aggjobs.catalog import ROLLUPS, Grain
+from aggjobs.catalog import BUILTIN_ROLLUPS, Grain
 from aggjobs.settings import Settings
 from tests import platform as p
 from tests.conftest import create_database, drop_database
@@ -108,7 +108,7 @@ def test_help_of_every_subcommand_exits_0() -> None:
                 assert sub in out
 
 
-GRAINS = sum(len(r.grains) for r in ROLLUPS)  # one verify line, status row, problem each
+GRAINS = sum(len(r.grains) for r in BUILTIN_ROLLUPS)  # one verify line, status row, problem each
 
 BAD_INPUT = {
     "unknown rollup": (["refresh", "nope"], "unknown rollup 'nope'"),
@@ -216,7 +216,7 @@ def test_migrate_twice_is_idempotent(empty_db_url: str) -> None:
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         schema_before = schema_objects(conn)
         data_before = checksum(conn)
-    assert {f"analytics.{r.table(g)}" for r in ROLLUPS for g in r.grains} <= set(data_before)
+    assert {f"analytics.{r.table(g)}" for r in BUILTIN_ROLLUPS for g in r.grains} <= set(data_before)
 
     second = cli("migrate", url=empty_db_url)
     assert second.returncode == 0, second.stderr
@@ -252,7 +252,7 @@ def test_refresh_verify_repair_and_status(conn, db_url) -> None:
     result = cli("refresh", "--as-of", end.isoformat(), "--json", url=db_url)
     assert result.returncode == 0, result.stderr
     reports = json.loads(result.stdout)
-    assert [r["rollup"] for r in reports] == [r.name for r in ROLLUPS]
+    assert [r["rollup"] for r in reports] == [r.name for r in BUILTIN_ROLLUPS]
     for report in reports:
         hour = report["grains"][0]
         assert (hour["grain"], hour["new_buckets"], hour["rows_written"]) == (
@@ -295,13 +295,13 @@ def test_refresh_verify_repair_and_status(conn, db_url) -> None:
     assert len(audited) == 2, audited
     for actor, target, grain, groups, outcome, source in audited:
         assert actor.startswith("cli") and source.startswith("cli:")
-        assert target in {r.name for r in ROLLUPS} and grain and groups == "1"
+        assert target in {r.name for r in BUILTIN_ROLLUPS} and grain and groups == "1"
         assert outcome == "succeeded"
 
     again = cli("verify", *window, url=db_url)
     assert again.returncode == 0 and again.stdout.count(": ok") == GRAINS, again.stdout
     marks = p.watermarks(conn)
-    for rollup in ROLLUPS:
+    for rollup in BUILTIN_ROLLUPS:
         for grain in rollup.grains:
             assert_matches(conn, rollup.name, grain, marks[(rollup.name, grain.value)])
 
@@ -314,9 +314,9 @@ def test_refresh_verify_repair_and_status(conn, db_url) -> None:
     rows = state["rollups"]
     assert len(rows) == GRAINS
     assert {(r["rollup"], r["grain"]) for r in rows} == {
-        (r.name, g.value) for r in ROLLUPS for g in r.grains}
+        (r.name, g.value) for r in BUILTIN_ROLLUPS for g in r.grains}
     by_key = {(r["rollup"], r["grain"]): r for r in rows}
-    for rollup in ROLLUPS:
+    for rollup in BUILTIN_ROLLUPS:
         row = by_key[(rollup.name, "hour")]
         assert row["table"] == f"analytics.{rollup.table(Grain.HOUR)}"
         assert datetime.fromisoformat(row["watermark"]) == end

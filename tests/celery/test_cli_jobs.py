@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aggjobs.catalog import ROLLUPS, Grain
+from aggjobs.catalog import BUILTIN_ROLLUPS, Grain
 from aggjobs.jobs.registry import JOBS
 from tests import platform as p
 from tests.reference import assert_matches
@@ -44,7 +44,7 @@ def test_run_hourly_rollup(db_url, conn) -> None:
     as_of = T0 + timedelta(hours=24, minutes=5)
     result = cli("run", "hourly_rollup", "--as-of", as_of.isoformat(), url=db_url)
     assert result.returncode == 0, result.stdout + result.stderr
-    for rollup in ROLLUPS:
+    for rollup in BUILTIN_ROLLUPS:
         assert f"{rollup.name}.hour" in result.stdout, result.stdout
         assert_matches(conn, rollup.name, Grain.HOUR, T0 + timedelta(hours=24))
     assert "view.workspace_overview" in result.stdout

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from aggjobs.catalog import ROLLUPS, Grain
+from aggjobs.catalog import BUILTIN_ROLLUPS, Grain
 from tests import platform as p
 from tests.celery.conftest import job_runs, poll
 from tests.reference import assert_matches
@@ -47,10 +47,10 @@ def test_a_task_sent_to_a_worker_runs_the_job(workers, celery_app, conn) -> None
     assert run["finished_at"] is not None and run["error"] is None
     assert run["who"] == f"{worker.name}@{run['host']}", run["who"]
     names = [s["name"] for s in run["steps"]]
-    assert names == [f"{r.name}.hour" for r in ROLLUPS] + [
+    assert names == [f"{r.name}.hour" for r in BUILTIN_ROLLUPS] + [
         "view.caches", "view.workspace_overview", "view.platform_daily_overview"]
     assert all(s["status"] == "succeeded" for s in run["steps"]), run["steps"]
-    for rollup in ROLLUPS:
+    for rollup in BUILTIN_ROLLUPS:
         assert assert_matches(conn, rollup.name, Grain.HOUR, BELOW) > 0
     assert p.watermarks(conn)[("execution_metrics", "hour")] == BELOW
 
@@ -120,6 +120,6 @@ def test_pool_child_killed_mid_job_loses_nothing(workers, celery_app, conn, db_u
         history, worker.text()[-3000:])
     killed = rows[0]
     assert killed["id"] == run["id"] and "died" in killed["error"]
-    for rollup in ROLLUPS:
+    for rollup in BUILTIN_ROLLUPS:
         assert assert_matches(conn, rollup.name, Grain.HOUR, BELOW) > 0
     assert worker.alive()

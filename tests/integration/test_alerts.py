@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from aggjobs.catalog import ROLLUPS, Grain
+from aggjobs.catalog import BUILTIN_ROLLUPS, Grain
 from aggjobs.monitor import alerts
 from tests.integration.test_monitor import NOW, fresh, hourly, poison  # noqa: F401 (fixture)
 
@@ -93,7 +93,7 @@ def test_a_stale_table_is_an_incident_until_caught_up(conn, fresh, receiver):  #
     five_hours_on = NOW + timedelta(hours=5)
     events = alerts.evaluate(conn, settings, now=five_hours_on)
     stale = sorted(e["incident"] for e in events if e["event"] == "fired")
-    assert stale == sorted(f"stale:analytics.{r.table(Grain.HOUR)}" for r in ROLLUPS)
+    assert stale == sorted(f"stale:analytics.{r.table(Grain.HOUR)}" for r in BUILTIN_ROLLUPS)
     assert alerts.evaluate(conn, settings, now=five_hours_on) == []  # once per incident
     events = alerts.evaluate(conn, settings)  # back to the present: fresh again
     assert sorted(e["incident"] for e in events if e["event"] == "resolved") == stale

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, note
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from aggjobs.catalog import ROLLUPS
+from aggjobs.catalog import BUILTIN_ROLLUPS
 from aggjobs.engine.verify import verify_grain
 from aggjobs.monitor import overview
 from aggjobs.settings import Settings
@@ -87,7 +87,7 @@ def check(conn, settings: Settings, clock: datetime) -> dict:
     status answers. Returns status's overview."""
     reports = p.refresh_all(conn, settings, clock)
     assert not [g.quarantined for r in reports.values() for g in r.grains if g.quarantined]
-    for rollup in ROLLUPS:
+    for rollup in BUILTIN_ROLLUPS:
         for grain in rollup.grains:
             found = verify_grain(conn, rollup, grain, T0 - timedelta(days=7), clock)
             assert found.mismatches == [] and found.quarantined == [], found

@@ -16,9 +16,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from aggjobs.catalog import ROLLUPS, Grain, Rollup, get_rollup
+from aggjobs.catalog import BUILTIN_ROLLUPS, Grain, Rollup, get_rollup
 from aggjobs.catalog.families import AGENT_RUNS
 from aggjobs.catalog.model import Sum
+from aggjobs.db import definitions
 from aggjobs.engine.refresh import refresh
 from aggjobs.engine.verify import verify_grain
 from aggjobs.jobs.runner import RunRequest, run_job
@@ -61,7 +62,7 @@ def load(conn: psycopg.Connection) -> None:
             p.credit(conn, ws=ws, kind="usage", amount="1.5", at=at)
 
 
-def verify_all(conn: psycopg.Connection, rollups=ROLLUPS) -> list:
+def verify_all(conn: psycopg.Connection, rollups=BUILTIN_ROLLUPS) -> list:
     found = []
     for rollup in rollups:
         for grain in rollup.grains:
@@ -262,6 +263,7 @@ def test_a_rollup_whose_own_sum_overflows_is_quarantined_at_once_and_verify_goes
     conn.execute(rollup_sql.create_table(totals, Grain.HOUR))
     conn.execute("INSERT INTO aggjobs.watermarks (rollup, grain) VALUES (%s, 'hour')",
                  (totals.name,))
+    definitions.record(conn, totals, 1)  # as `aggjobs migrate` would, had it been declared
     for i in range(2):
         p.run(conn, ws=1, at=bad + timedelta(minutes=i), runtime=1e308)
     report = refresh(conn, totals, as_of=AS_OF, settings=settings)

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from aggjobs.catalog import ROLLUPS, Grain, get_rollup
+from aggjobs.catalog import BUILTIN_ROLLUPS, Grain, get_rollup
 from aggjobs.engine.verify import verify_grain
 from aggjobs.errors import UnknownJob
 from aggjobs.jobs.runner import RunRequest, RunResult, run_job
@@ -72,7 +72,7 @@ def load(conn: psycopg.Connection, start: datetime, hours: int, per_hour: int = 
 
 
 def assert_hours_match(conn: psycopg.Connection, below: datetime) -> None:
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         assert_matches(conn, r.name, Grain.HOUR, below)
 
 
@@ -108,7 +108,7 @@ def table_rows(conn: psycopg.Connection, table: str) -> list[tuple]:
 def rollup_contents(conn: psycopg.Connection) -> dict[str, list[tuple]]:
     """Every rollup table's named columns (not updated_at)."""
     out = {}
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         for g in r.grains:
             cols = ", ".join(["workspace_id", g.column, *FURTHER.get(r.name, []),
                               *COLUMNS[r.name]])
@@ -361,7 +361,7 @@ def test_one_run_catches_up_every_missed_hour(conn, fast):
     result = job(fast, "hourly_rollup", T0 + 7 * H + timedelta(minutes=5))
 
     assert result.status == "succeeded"
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         assert p.watermarks(conn)[(r.name, "hour")] == T0 + 7 * H
         detail = steps_of(result)[f"{r.name}.hour"]["detail"]["hour"]
         assert detail["new_buckets"] == 5 and detail["held_back"] is None
@@ -381,12 +381,12 @@ def test_daily_rollup_never_builds_a_day_from_incomplete_hours(conn, fast):
     assert first.status == "succeeded", first
     marks = p.watermarks(conn)
     assert marks[("execution_metrics", "hour")] == T0 + 8 * H  # 10 hours from T0 - 2h
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         detail = steps_of(first)[f"{r.name}.day"]["detail"]
         assert "waiting for hours" in detail["day"]["held_back"], detail
     # The day before T0 has all its hours materialized (its data: 22:00 and 23:00), so it is
     # built; T0's hours are materialized only up to 08:00, so T0 must not be.
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         days = [d for (d,) in conn.execute(
             f"SELECT DISTINCT day FROM analytics.{r.table(Grain.DAY)}").fetchall()]
         assert days == [(T0 - D).date()], (r.name, days)
@@ -396,7 +396,7 @@ def test_daily_rollup_never_builds_a_day_from_incomplete_hours(conn, fast):
         result = job(capped, "daily_rollup", as_of)
         assert result.status == "succeeded"
         marks = p.watermarks(conn)
-        for r in ROLLUPS:
+        for r in BUILTIN_ROLLUPS:
             hour_wm, day_wm = marks[(r.name, "hour")], marks[(r.name, "day")]
             assert day_wm <= Grain.DAY.floor(hour_wm)
             latest = conn.execute(f"SELECT max(day) FROM analytics.{r.table(Grain.DAY)}"
@@ -404,7 +404,7 @@ def test_daily_rollup_never_builds_a_day_from_incomplete_hours(conn, fast):
             assert latest is None or datetime(latest.year, latest.month, latest.day,
                                               tzinfo=UTC) + D <= hour_wm
     assert p.watermarks(conn)[("execution_metrics", "hour")] == T0 + D + 6 * H
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         assert p.watermarks(conn)[(r.name, "day")] == T0 + D
         assert_matches(conn, r.name, Grain.DAY, T0 + D)
         assert_matches(conn, r.name, Grain.HOUR, T0 + D + 6 * H)
@@ -466,7 +466,7 @@ def test_cleanup_never_deletes_raw_rows_not_rolled_up(conn, fast):
     # The rest is rolled up later as usual: the hours from the horizon on match the raw rows.
     assert job(fast, "hourly_rollup", T0 + 72 * H).status == "succeeded"
     after_rollups = rollup_contents(conn)
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         assert_hours_match_from(conn, r.name, held, T0 + 72 * H)
         table = r.table(Grain.HOUR)
         assert [k for k in after_rollups[table] if k[1] < held] == \
@@ -605,7 +605,7 @@ def test_the_rollups_of_a_run_go_side_by_side_on_sessions_of_their_own(conn, fas
     first = background(job, fast, "hourly_rollup", T0 + 3 * H)
     # The other rollups finish while execution_metrics waits on the lock (the last of them
     # in the session the first to finish hands on: AGGJOBS_STEP_CONCURRENCY is 3).
-    others = {r.name for r in ROLLUPS} - {"execution_metrics"}
+    others = {r.name for r in BUILTIN_ROLLUPS} - {"execution_metrics"}
     wait_for(lambda: {r for (r, g), wm in p.watermarks(conn).items()
                       if g == "hour" and wm is not None} == others,
              "the other rollups to be materialized while execution_metrics waits")

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from aggjobs.catalog import ROLLUPS
+from aggjobs.catalog import BUILTIN_ROLLUPS
 from aggjobs.jobs.runner import RunRequest, run_job
 from aggjobs.monitor import next_run, overview, run_history
 from aggjobs.settings import Settings
@@ -118,7 +118,7 @@ def test_stale_tables_are_reported_with_what_to_do(conn, fresh):
     assert hourly(fresh) == "succeeded"
     later = overview(conn, fresh, now=NOW + 5 * H)
     stale = [x for x in later["problems"] if "_hourly" in x]
-    assert len(stale) == len(ROLLUPS) and all("h behind (target 2 h)" in x for x in stale)
+    assert len(stale) == len(BUILTIN_ROLLUPS) and all("h behind (target 2 h)" in x for x in stale)
     assert "aggjobs run hourly_rollup" in stale[0]
 
 

@@ -19,7 +19,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from aggjobs import health
-from aggjobs.catalog import ROLLUPS, Grain
+from aggjobs.catalog import BUILTIN_ROLLUPS, Grain
 from aggjobs.db.migrate import migrate
 from aggjobs.engine.recompute import native_installed, recompute_range
 from aggjobs.reports.build import fetch as report_query
@@ -162,7 +162,7 @@ SPAN = (T0, T0 + timedelta(days=14))
 
 def snapshot(conn: psycopg.Connection) -> dict:
     tables = {}
-    for rollup in ROLLUPS:
+    for rollup in BUILTIN_ROLLUPS:
         for grain in rollup.grains:
             rows = conn.execute(
                 psycopg.sql.SQL("SELECT {}, {}, {} FROM {} ORDER BY 1, 2").format(
@@ -177,7 +177,7 @@ def snapshot(conn: psycopg.Connection) -> dict:
 
 def recompute_everything(conn: psycopg.Connection) -> dict:
     with conn.transaction():
-        for rollup in ROLLUPS:
+        for rollup in BUILTIN_ROLLUPS:
             for grain in (Grain.HOUR, Grain.DAY, Grain.WEEK):
                 if grain in rollup.grains:
                     recompute_range(conn, rollup, grain, *SPAN)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from aggjobs.catalog import ROLLUPS, SOURCES
+from aggjobs.catalog import BUILTIN_ROLLUPS, BUILTIN_SOURCES
 from aggjobs.engine.backfill import backfill
 from aggjobs.engine.verify import verify_grain
 from aggjobs.settings import Settings
@@ -37,7 +37,7 @@ from tests.reference import assert_matches
 T0 = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday; partitions run from 2026-02-28 for 20 days
 H, D = timedelta(hours=1), timedelta(days=1)
 BEFORE_PARTITIONS = PARTITIONS_FROM - D + 20 * H  # rows here land in the default partition
-TIME_COLUMN = {s.table: s.time_column for s in SOURCES}
+TIME_COLUMN = {s.table: s.time_column for s in BUILTIN_SOURCES}
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def day_partition(table: str, day: datetime) -> str:
 
 def assert_all_match(conn: psycopg.Connection, below: datetime) -> int:
     groups = 0
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         for g in r.grains:
             groups += assert_matches(conn, r.name, g, below)
     return groups
@@ -88,7 +88,7 @@ def assert_all_match(conn: psycopg.Connection, below: datetime) -> int:
 
 # -- migrate ----------------------------------------------------------------------------------
 def test_migrate_keeps_partitioned_sources_and_reaches_every_partition(conn):
-    for source in SOURCES:
+    for source in BUILTIN_SOURCES:
         table, t = source.table, source.time_column
         strategy = conn.execute(
             "SELECT pt.partstrat, a.attname FROM pg_partitioned_table AS pt"
@@ -100,10 +100,10 @@ def test_migrate_keeps_partitioned_sources_and_reaches_every_partition(conn):
     late_day = PARTITIONS_FROM + PARTITION_DAYS * D
     p.add_daily_partitions(conn, late_day, 1)
     threshold = T0 + 5 * H
-    for source in SOURCES:
+    for source in BUILTIN_SOURCES:
         conn.execute("SELECT aggjobs.move_tracking_threshold(%s, %s)", (source.name, threshold))
     p.add_daily_partitions(conn, late_day + D, 1)  # made after the threshold moved
-    for source in SOURCES:
+    for source in BUILTIN_SOURCES:
         table, t = source.table, source.time_column
         all_leaves = leaves(conn, f"public.{table}")
         assert len(all_leaves) == PARTITION_DAYS + 3
@@ -192,13 +192,13 @@ def test_rollups_on_partitioned_sources_match_the_raw_rows_after_moves_and_delet
 
     assert assert_all_match(conn, T0 + 7 * D) > 0
     assert change_log(conn) == ([], [])
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         for g in r.grains:
             report = verify_grain(conn, r, g, BEFORE_PARTITIONS, T0 + 7 * D)
             assert report.groups > 0 and report.mismatches == [], (r.name, g)
     # A backfill over partitioned sources gives the same rows.
     before = rollup_contents(conn)
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         backfill(conn, r, BEFORE_PARTITIONS, T0 + 7 * D, settings=fast)
     assert rollup_contents(conn) == before
 
@@ -269,7 +269,7 @@ def test_cleanup_drops_whole_old_partitions_and_deletes_the_straddling_rows(conn
     assert change_log(conn) == ([], [])
     assert rollup_contents(conn) == before_rollups
     assert job(fast, "hourly_rollup", T0 + 4 * D + 5 * H).status == "succeeded"
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         assert_hours_match_from(conn, r.name, cutoff, T0 + 4 * D + 5 * H)
 
 

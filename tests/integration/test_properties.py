@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, note
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from aggjobs.catalog import ROLLUPS, Grain, get_rollup
+from aggjobs.catalog import BUILTIN_ROLLUPS, Grain, get_rollup
 from aggjobs.settings import Settings
 from tests import platform as p
 from tests.conftest import create_database, drop_database
@@ -125,7 +125,7 @@ def assert_stale_only_where_pending(conn: psycopg.Connection, grains: list[Grain
     it, or a finer group in it, waits in pending_groups (the contract: equal once the pending
     groups are recomputed)."""
     marks = p.watermarks(conn)
-    for rollup in ROLLUPS:
+    for rollup in BUILTIN_ROLLUPS:
         for grain in (g for g in grains if g in rollup.grains):
             below = marks[(rollup.name, grain.value)]
             want, have = (f(conn, rollup.name, grain, below) for f in (expected, stored))
@@ -265,7 +265,7 @@ class World:
             assert pending_behind_watermarks(self.conn) == 0
         else:
             marks = p.watermarks(self.conn)
-            for rollup in ROLLUPS:
+            for rollup in BUILTIN_ROLLUPS:
                 for grain in (g for g in grains if g in rollup.grains):
                     assert_matches(self.conn, rollup.name, grain,
                                    marks[(rollup.name, grain.value)])
@@ -284,7 +284,7 @@ class World:
         self.clock = max(self.clock, Grain.WEEK.floor(latest) + timedelta(weeks=1))
         self.refresh()
         marks = p.watermarks(self.conn)
-        for rollup in ROLLUPS:
+        for rollup in BUILTIN_ROLLUPS:
             for grain in rollup.grains:
                 mark = marks[(rollup.name, grain.value)]
                 assert mark == grain.floor(self.clock), (rollup.name, grain, mark)
@@ -366,7 +366,7 @@ def test_null_runtime_hour_and_emptied_workspace_hour(server_url: str, template_
             world.apply(op)
         assert conn.execute("SELECT count(*) FROM agent_runs WHERE workspace_id = 2"
                             ).fetchone()[0] == 0
-        for rollup in ROLLUPS:
+        for rollup in BUILTIN_ROLLUPS:
             hourly = conn.execute(
                 f"SELECT count(*) FROM analytics.{rollup.table(Grain.HOUR)}"
                 " WHERE workspace_id = 2").fetchone()[0]

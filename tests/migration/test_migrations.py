@@ -68,8 +68,10 @@ def test_migrate_is_idempotent_and_recorded(two_databases) -> None:
         before = snapshot(url)
         second = migrate(conn)
         versions = conn.execute("SELECT version FROM aggjobs.schema_migrations").fetchall()
-    assert [m.version for m in first] == [m.version for m in migrations()]
-    assert second == []
+    assert [m.version for m in first.applied] == [m.version for m in migrations()]
+    assert second.applied == []
+    assert {p.action for p in first.plan.rollups} == {"new"}
+    assert {p.action for p in second.plan.rollups} == {"unchanged"}
     assert snapshot(url) == before
     assert [v for (v,) in versions] == [m.version for m in migrations()]
 
@@ -122,9 +124,9 @@ def test_views_are_recreated_only_when_views_sql_changed(two_databases) -> None:
 
 def test_the_sources_have_the_indexes_the_engine_reads_them_by(conn: psycopg.Connection) -> None:
     """docs/rollups.md: a time index for range scopes, (workspace_id, time) for key scopes."""
-    from aggjobs.catalog import SOURCES
+    from aggjobs.catalog import BUILTIN_SOURCES
 
-    for source in SOURCES:
+    for source in BUILTIN_SOURCES:
         keys = {row[0] for row in conn.execute(
             "SELECT array_to_string(array_agg(a.attname ORDER BY k.n), ',')"
             " FROM pg_index AS i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)"

@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from aggjobs.api import tokens
-from aggjobs.catalog import SOURCES, Grain, get_rollup
+from aggjobs.catalog import BUILTIN_SOURCES, Grain, get_rollup
 from aggjobs.db.migrate import migrate
 from aggjobs.engine.refresh import refresh
 from aggjobs.errors import LockBusy
@@ -84,7 +84,7 @@ def test_a_threshold_within_the_clock_margin_is_accepted(conn):
 def break_threshold(conn: psycopg.Connection, source_name: str, value: str) -> None:
     """What the old move_tracking_threshold let the worker do: the source's triggers and its
     sources row at `value` (done here by the owner)."""
-    source = next(s for s in SOURCES if s.name == source_name)
+    source = next(s for s in BUILTIN_SOURCES if s.name == source_name)
     for stmt in tracking.create_triggers(source, datetime(2001, 2, 3, tzinfo=UTC)):
         text = re.sub(r"'[^']*'::timestamptz", f"'{value}'::timestamptz", stmt.as_string(conn))
         conn.execute(text)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from aggjobs.catalog import ROLLUPS, SOURCES, Grain
+from aggjobs.catalog import BUILTIN_ROLLUPS, BUILTIN_SOURCES, Grain
 from aggjobs.jobs.runner import RunRequest, RunResult, run_job
 from aggjobs.settings import Settings
 from aggjobs.sql import tracking
@@ -88,13 +88,13 @@ def test_worker_runs_every_job_end_to_end(conn, as_worker):
     assert count(conn, "aggjobs.invalidation_log") == 1
     result = job(as_worker, "hourly_rollup", T0 + 50 * H)
     assert result.status == "succeeded", result
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         assert_matches(conn, r.name, Grain.HOUR, T0 + 50 * H)
 
     for name in ("daily_rollup", "refresh_materialized_views"):
         result = job(as_worker, name, T0 + 50 * H)
         assert result.status == "succeeded", (name, result)
-    for r in ROLLUPS:
+    for r in BUILTIN_ROLLUPS:
         assert_matches(conn, r.name, Grain.DAY, T0 + 2 * D)
     assert count(conn, "analytics.workspace_overview") > 0
 
@@ -182,7 +182,7 @@ def test_delete_raw_before_deletes_a_bounded_batch_untracked(conn, worker):
 def test_moved_triggers_are_the_ones_the_catalog_declares(conn):
     """move_tracking_threshold re-creates exactly what tracking.create_triggers makes."""
     until = T0 + 7 * H
-    for source in SOURCES:
+    for source in BUILTIN_SOURCES:
         conn.execute("SELECT aggjobs.move_tracking_threshold(%s, %s)", (source.name, until))
         defs = "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = %s::regclass"
         rel = f"{source.schema}.{source.table}"

@@ -66,7 +66,8 @@ AGENT_EXECUTIONS = Rollup(
     ),
 )
 
-ROLLUPS: tuple[Rollup, ...] = (
+# Always in force; AGGJOBS_ROLLUPS adds the platform's own after them (catalog.declared).
+BUILTIN_ROLLUPS: tuple[Rollup, ...] = (
     EXECUTION_METRICS, USER_ACTIVITY, CREDIT_CONSUMPTION, AGENT_EXECUTIONS,
 )
-SOURCES: tuple[Source, ...] = (AGENT_RUNS, USER_EVENTS, CREDIT_TRANSACTIONS)
+BUILTIN_SOURCES: tuple[Source, ...] = (AGENT_RUNS, USER_EVENTS, CREDIT_TRANSACTIONS)

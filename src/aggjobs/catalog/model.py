@@ -95,6 +95,7 @@ class Rollup:
     """A family of tables `analytics.<name>_<hourly|daily|weekly>`.
 
     The first grain reads the source's raw rows; each further grain merges the one before.
+    What makes one valid is in `catalog.rules`, checked when the rollups in force are loaded.
     """
 
     name: str
@@ -104,17 +105,9 @@ class Rollup:
     grains: tuple[Grain, ...] = (Grain.HOUR, Grain.DAY, Grain.WEEK)
     schema: str = "analytics"
     description: str = field(default="", compare=False)
-
-    def __post_init__(self) -> None:
-        if self.dimensions[:1] != (self.source.key_column,):
-            # first: the key column leads every key and every group (verify reads it there)
-            raise ValueError(f"{self.name}: dimensions must include {self.source.key_column},"
-                             " first")
-        if self.grains[0] is not Grain.HOUR:
-            raise ValueError(f"{self.name}: the first grain must be the hour")
-        names = [m.name for m in self.measures]
-        if len(set(names)) != len(names):
-            raise ValueError(f"{self.name}: measure names repeat")
+    # The tables' name before _<grain>, when not the rollup's name: a version being rebuilt
+    # has its own name (its engine state's key) and the live version's table names.
+    table_prefix: str | None = None
 
     @property
     def further_dimensions(self) -> tuple[str, ...]:
@@ -122,7 +115,7 @@ class Rollup:
         return self.dimensions[1:]
 
     def table(self, grain: Grain) -> str:
-        return f"{self.name}_{grain.table_suffix}"
+        return f"{self.table_prefix or self.name}_{grain.table_suffix}"
 
     def finer(self, grain: Grain) -> Grain | None:
         i = self.grains.index(grain)

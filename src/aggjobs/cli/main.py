@@ -27,8 +27,9 @@ from .. import audit as audit_log
 from .. import logs
 from ..catalog import Grain, Rollup, select_rollups
 from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, past, past_range
+from ..db import definitions
 from ..db.connect import connect, translate_errors
-from ..db.migrate import current_version, migrations
+from ..db.migrate import current_version, migrations, plan_only
 from ..db.migrate import migrate as run_migrations
 from ..engine.recompute import native_installed
 from ..errors import (
@@ -110,10 +111,15 @@ def usage_line(exc: typer.TyperException) -> str:
 
 
 @contextlib.contextmanager
-def session(purpose: str, *, require_schema: bool = True) -> Iterator[psycopg.Connection]:
+def session(purpose: str, *, require_schema: bool = True,
+            current: list[Rollup] | None = None) -> Iterator[psycopg.Connection]:
+    """A session on the database; `current`: rollups whose tables must have been built with
+    their declared definitions (else exit 2 before any work: run `aggjobs migrate`)."""
     with translate_errors(), connect(purpose) as conn:
         if require_schema and current_version(conn) != migrations()[-1].version:
             raise MigrationRequired()
+        if current:
+            definitions.ensure_current(conn, current)
         yield conn
 
 
@@ -131,16 +137,38 @@ def progress_bar() -> Iterator[Progress]:
 
 
 @app.command()
-def migrate() -> None:
-    """Create or upgrade the schema: source tables if missing, `analytics`, `aggjobs`."""
+def migrate(
+    plan: Annotated[bool, typer.Option(
+        "--plan", help="Print what a migrate would do, per rollup, and change nothing.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Apply a plan that loses history: a rebuild whose groups change "
+        "(dimensions, source) cannot keep the buckets retention took the raw rows of.")] = False,
+    prune: Annotated[bool, typer.Option(
+        "--prune", help="Also drop every retired table now (schema aggjobs_retired), not only "
+        "those retired longer than AGGJOBS_RETIRED_GRACE_DAYS.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create or upgrade the schema (source tables if missing, `analytics`, `aggjobs`), then
+    bring the rollups' tables to their declared definitions: each rollup is unchanged, new,
+    recorded, changed (saying what differs) or removed (docs/rollups.md, "Changing a
+    rollup")."""
+    settings = get_settings()
     with session("migrate", require_schema=False) as conn:
-        applied = run_migrations(conn, native=get_settings().native)
-        native = native_installed(conn)
-    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (up to date)"
-    console.print(f"migrations applied: {names}")
-    console.print("p95 and sketches: " + (
-        "C functions of extension aggjobs_native" if native
-        else "portable SQL (extension aggjobs_native not installed; docs/native.md)"))
+        if plan:
+            done = plan_only(conn)
+        else:
+            done = run_migrations(conn, native=settings.native, prune=prune, force=force,
+                                  retired_grace_s=settings.retired_grace_days * 86400)
+            native = native_installed(conn)
+    if as_json:
+        console.print_json(data=render.migrate_json(done, planned=plan))
+        return
+    for line in render.migrate_lines(done, planned=plan):
+        console.print(line, highlight=False, soft_wrap=True)
+    if not plan:
+        console.print("p95 and sketches: " + (
+            "C functions of extension aggjobs_native" if native
+            else "portable SQL (extension aggjobs_native not installed; docs/native.md)"))
 
 
 @app.command()
@@ -184,7 +212,7 @@ def refresh(
     ref = past(as_of, "--as-of")
     settings = get_settings()
     reports = []
-    with session("refresh") as conn, progress_bar() as bar:
+    with session("refresh", current=chosen) as conn, progress_bar() as bar:
         tasks: dict[str, int] = {}
 
         def show(label: str, done: int, total: int) -> None:
@@ -236,7 +264,7 @@ def backfill(
     if sessions is not None:
         settings = settings.model_copy(update={"backfill_sessions": sessions})
     who = Requester(cli_actor(), audit_log.local_source("cli"))
-    with session("backfill") as conn, progress_bar() as bar:
+    with session("backfill", current=chosen) as conn, progress_bar() as bar:
 
         def progress(rollup: Rollup) -> Callable[[int, int], None]:
             task = bar.add_task(f"backfill {rollup.name}", total=None)
@@ -269,9 +297,10 @@ def verify(
     if not force:
         check_backfill_span(lo, hi, get_settings(), override="--force")
     failed = False
-    with session("verify") as conn:
-        for rollup in chosen:
-            failed |= verify_rollup(conn, rollup, lo, hi, repair=repair, limit=limit, v=v)
+    with session("verify", current=chosen) as conn:
+        for rollup in chosen:  # the live tables, under the definition they were built with
+            live = definitions.versions(conn, rollup).live
+            failed |= verify_rollup(conn, live, lo, hi, repair=repair, limit=limit, v=v)
     if failed:
         raise typer.Exit(1)
 

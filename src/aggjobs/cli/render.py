@@ -10,7 +10,9 @@ from decimal import Decimal
 from rich import box
 from rich.table import Table
 
+from ..db.migrate import Migrated
 from ..engine.backfill import BackfillReport
+from ..engine.rebuild import RebuildReport
 from ..engine.refresh import GrainReport, RefreshReport
 from ..engine.verify import Mismatch, VerifyReport, describe
 from ..jobs.runner import RunResult
@@ -37,7 +39,17 @@ def refresh_table(reports: list[RefreshReport]) -> Table:
                           + (f" ({g.scanned_buckets} buckets by one scan)"
                              if g.scanned_buckets else ""),
                           f"{g.rows.written:,}", f"{g.seconds:.2f}", grain_note(g))
+        if report.rebuild is not None:
+            r = report.rebuild
+            table.add_row(f"{report.rollup} v{r.version}", "rebuild", "", str(r.new_hours), "",
+                          f"{r.rows:,}", "", rebuild_note(r))
     return table
+
+
+def rebuild_note(r: RebuildReport) -> str:
+    if r.swapped:
+        return f"[green]checked ({r.checked}) and swapped in: v{r.version} is live[/green]"
+    return f"{r.progress:.0%} rebuilt" + (f"; {r.note}" if r.note else "")
 
 
 def grain_note(g: GrainReport) -> str:
@@ -71,6 +83,13 @@ def refresh_json(report: RefreshReport) -> dict:
             }
             for g in report.grains
         ],
+        "rebuild": None if report.rebuild is None else {
+            "version": report.rebuild.version, "new_hours": report.rebuild.new_hours,
+            "rows": report.rebuild.rows, "progress": round(report.rebuild.progress, 4),
+            "caught_up": report.rebuild.caught_up, "checked": report.rebuild.checked,
+            "mismatches": len(report.rebuild.mismatches), "swapped": report.rebuild.swapped,
+            "note": report.rebuild.note,
+        },
     }
 
 
@@ -250,3 +269,25 @@ def to_json(value: object) -> str:
         return str(obj)
 
     return json.dumps(value, indent=2, default=default)
+
+
+def migrate_lines(done: Migrated, *, planned: bool) -> list[str]:
+    """The migrations and, per rollup, what changed (or, planned, what would)."""
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in done.applied) or "none (up to date)"
+    lines = [("migrations to apply: " if planned else "migrations applied: ") + names]
+    lines += [p.line() for p in done.plan.rollups]
+    if done.dropped:
+        lines.append("retired tables dropped: " + ", ".join(done.dropped))
+    if planned:
+        lines.append("nothing changed (--plan)" if done.plan.changes_anything or done.applied
+                     else "nothing to change")
+    return lines
+
+
+def migrate_json(done: Migrated, *, planned: bool) -> dict:
+    return {
+        "planned": planned,
+        "migrations": [f"{m.version:04d}_{m.name}" for m in done.applied],
+        "rollups": [p.as_json() for p in done.plan.rollups],
+        "retired_tables_dropped": done.dropped,
+    }

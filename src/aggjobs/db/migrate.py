@@ -13,15 +13,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 
 import psycopg
 from psycopg import sql
 
-from ..catalog import ROLLUPS, SOURCES, Source, rollups_on
+from ..catalog import BUILTIN_SOURCES, Source, rollups, rollups_on, sources
 from ..sql import query, tracking
 from ..sql import rollup as rollup_sql
+from . import definitions
 from .check import check_sources
 from .view_caches import update_view_caches
 
@@ -56,14 +57,25 @@ def canonical_schema() -> str:
     return files(__package__).joinpath("schema.sql").read_text()
 
 
-def migrate(conn: psycopg.Connection, *, native: bool = True) -> list[Migration]:
-    """Apply pending migrations and sync the catalog; returns the migrations applied.
-    `native`: install extension aggjobs_native where the server has it (else drop it)."""
+@dataclass(frozen=True)
+class Migrated:
+    """What a migrate did (or, planned only, would do)."""
+
+    applied: list[Migration]
+    plan: definitions.Plan
+    dropped: list[str] = field(default_factory=list)  # retired tables dropped
+
+
+def migrate(conn: psycopg.Connection, *, native: bool = True, prune: bool = False,
+            force: bool = False, retired_grace_s: float | None = None) -> Migrated:
+    """Apply pending migrations, then the rollup definitions' plan (db/definitions.py), then
+    sync the catalog. `native`: install extension aggjobs_native where the server has it
+    (else drop it); `prune`: drop every retired table now, else those retired longer than
+    `retired_grace_s` seconds (None: none); `force`: apply a plan that loses history."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('aggjobs.migrate'))")
         conn.execute(BOOTSTRAP)
-        done = {row[0] for row in conn.execute("SELECT version FROM aggjobs.schema_migrations")}
-        applied = [m for m in migrations() if m.version not in done]
+        applied = pending(conn)
         for m in applied:
             conn.execute(m.sql)  # type: ignore[arg-type]
             conn.execute(
@@ -71,10 +83,29 @@ def migrate(conn: psycopg.Connection, *, native: bool = True) -> list[Migration]
                 (m.version, m.name),
             )
         # before anything is made for the sources: a mismatch rolls all of it back
-        check_sources(conn, ROLLUPS)
+        check_sources(conn, rollups())
+        the_plan = definitions.plan(conn, rollups())
+        definitions.apply(conn, the_plan, force=force)
         sync_native(conn, wanted=native)
         sync_catalog(conn)
-    return applied
+        grace = 0.0 if prune else retired_grace_s
+        dropped = [] if grace is None else definitions.drop_retired_tables(conn, grace_s=grace)
+    return Migrated(applied, the_plan, dropped)
+
+
+def pending(conn: psycopg.Connection) -> list[Migration]:
+    done = {row[0] for row in conn.execute("SELECT version FROM aggjobs.schema_migrations")}
+    return [m for m in migrations() if m.version not in done]
+
+
+def plan_only(conn: psycopg.Connection) -> Migrated:
+    """What `migrate` would do, read without changing anything (nor taking a lock that
+    would make the platform's writers wait): the pending migrations and the plan."""
+    exists = conn.execute("SELECT to_regclass('aggjobs.schema_migrations')").fetchone()[0]
+    applied = pending(conn) if exists else migrations()
+    fresh = any(m.version == 1 for m in applied)  # 0001 creates the built-in sources if missing
+    check_sources(conn, [r for r in rollups() if not (fresh and r.source in BUILTIN_SOURCES)])
+    return Migrated(applied, definitions.plan(conn, rollups()))
 
 
 log = logging.getLogger(__name__)
@@ -109,14 +140,18 @@ def apply_canonical_schema(conn: psycopg.Connection) -> None:
                 "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (%s, %s)",
                 (m.version, m.name),
             )
+        definitions.apply(conn, definitions.plan(conn, rollups()))
         sync_native(conn, wanted=True)
         sync_catalog(conn)
 
 
 def sync_catalog(conn: psycopg.Connection) -> None:
-    """Create the declared rollup tables, watermarks, source triggers and the materialized
-    views over the rollup tables, if missing."""
-    for source in SOURCES:
+    """Create the live rollup tables, watermarks, source triggers and the materialized views
+    over the rollup tables, if missing. Live: while a changed rollup is rebuilt, its tables
+    in analytics are those of the version before (db/definitions.py)."""
+    live = [v.live for v in definitions.ensure_current(conn, rollups()).values()]
+    tracked = list(dict.fromkeys([*sources(), *(r.source for r in live)]))
+    for source in tracked:
         conn.execute(
             "INSERT INTO aggjobs.sources AS s (source, relation_schema, relation_name, time_column)"
             " VALUES (%s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET"
@@ -134,7 +169,7 @@ def sync_catalog(conn: psycopg.Connection) -> None:
         conn.execute(tracking.create_function(source))
         for stmt in tracking.create_triggers(source, threshold):
             conn.execute(stmt)
-    for rollup in ROLLUPS:
+    for rollup in live:
         for grain in rollup.grains:
             conn.execute(rollup_sql.create_table(rollup, grain))
             conn.execute(rollup_sql.create_bucket_index(rollup, grain))
@@ -144,7 +179,7 @@ def sync_catalog(conn: psycopg.Connection) -> None:
                 (rollup.name, grain.value),
             )
     sync_views(conn)
-    sync_grants(conn)
+    sync_grants(conn, tracked)
 
 
 def repair_threshold(conn: psycopg.Connection, source: Source) -> None:
@@ -161,15 +196,17 @@ def repair_threshold(conn: psycopg.Connection, source: Source) -> None:
 WORKER, READER = "aggjobs_worker", "aggjobs_reader"
 # The engine's state: the worker reads and writes it. Not aggjobs.sources (it names the
 # tables the SECURITY DEFINER functions act on: read-only for the worker), not audit_log
-# (append-only: INSERT and SELECT), not schema_migrations (read-only), not api_tokens
-# (read-only: changed through the audited functions of 0011) and not
-# retention_transactions (the owner's: delete_raw_before writes it).
+# (append-only: INSERT and SELECT), not schema_migrations, rollup_definitions and
+# retired_tables (read-only: migrate writes them), not api_tokens (read-only: changed
+# through the audited functions of 0011) and not retention_transactions (the owner's:
+# delete_raw_before writes it).
 WORKER_STATE_TABLES = ("watermarks", "pending_groups", "invalidation_log", "job_runs",
                        "backfills", "quarantine", "alerts")
-WORKER_READ_ONLY_TABLES = ("sources", "schema_migrations", "api_tokens")
+WORKER_READ_ONLY_TABLES = ("sources", "schema_migrations", "api_tokens", "rollup_definitions",
+                           "retired_tables")
 
 
-def sync_grants(conn: psycopg.Connection) -> None:
+def sync_grants(conn: psycopg.Connection, tracked: list[Source]) -> None:
     """The privileges of the group roles created by migration 0005 (docs/security.md), on
     every object that exists now, rollup tables and materialized views included; idempotent.
 
@@ -177,12 +214,12 @@ def sync_grants(conn: psycopg.Connection) -> None:
     exists only from PostgreSQL 17), and they hold nothing the worker cannot already write."""
     I = sql.Identifier
     worker, reader = I(WORKER), I(READER)
-    sources = sql.SQL(", ").join(I(s.schema, s.table) for s in SOURCES)
+    tables = sql.SQL(", ").join(I(s.schema, s.table) for s in tracked)
     state_tables = sql.SQL(", ").join(I("aggjobs", t) for t in WORKER_STATE_TABLES)
     read_only = sql.SQL(", ").join(I("aggjobs", t) for t in WORKER_READ_ONLY_TABLES)
     for stmt in (
         sql.SQL("GRANT USAGE ON SCHEMA public, analytics, aggjobs TO {}").format(worker),
-        sql.SQL("GRANT SELECT ON {} TO {}").format(sources, worker),
+        sql.SQL("GRANT SELECT ON {} TO {}").format(tables, worker),
         sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA analytics"
                 " TO {}").format(worker),
         sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA analytics TO {}"
@@ -197,6 +234,14 @@ def sync_grants(conn: psycopg.Connection) -> None:
         # source_relation is an internal helper of the SECURITY DEFINER functions.
         sql.SQL("REVOKE EXECUTE ON FUNCTION aggjobs.source_relation(text) FROM {}"
                 ).format(worker),
+        # ... and so is retire_table, of swap_rollup_version's (0014)
+        sql.SQL("REVOKE EXECUTE ON FUNCTION aggjobs.retire_table(regclass, text, text, integer,"
+                " text) FROM {}").format(worker),
+        # A rebuild writes its tables in aggjobs_build; it records why its check failed.
+        sql.SQL("GRANT USAGE ON SCHEMA aggjobs_build TO {}").format(worker),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA"
+                " aggjobs_build TO {}").format(worker),
+        sql.SQL("GRANT UPDATE (check_error) ON aggjobs.rollup_definitions TO {}").format(worker),
         sql.SQL("GRANT USAGE ON SCHEMA analytics, aggjobs TO {}").format(reader),
         # The C functions, when installed (EXECUTE is PUBLIC's by default).
         sql.SQL("DO $$ BEGIN IF to_regnamespace('aggjobs_native') IS NOT NULL THEN"

@@ -27,6 +27,7 @@ from psycopg import errors as pg_errors
 
 from ..catalog import Grain, Rollup
 from ..catalog.grains import as_utc, chunks
+from ..db import definitions
 from ..errors import AggjobsError, InvalidRange
 from ..settings import Settings
 from ..sql import query
@@ -81,6 +82,7 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
              lock_wait_s: float = 600.0) -> BackfillReport:
     if lo >= hi:
         raise InvalidRange(f"--from {lo.isoformat()} must be before --to {hi.isoformat()}")
+    rollup = definitions.versions(conn, rollup).live  # the tables' definition (db/definitions)
     job_id, grain, done_until, resumed = open_backfill(conn, rollup, lo, hi)
     report = BackfillReport(rollup.name, job_id, resumed)
     marks = state.watermarks(conn, rollup)

@@ -21,11 +21,14 @@ import psycopg
 
 from ..catalog import Grain, Rollup
 from ..catalog.grains import SUPPORTED_PARAMS, as_utc, chunks
+from ..db import definitions
 from ..db.connect import first_line
+from ..errors import LockBusy
 from ..settings import Settings
 from ..sql import query
 from ..sql import rollup as rollup_sql
-from . import state
+from . import rebuild, state
+from .rebuild import RebuildReport
 from .recompute import Written, recompute_range, take_and_recompute
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ class RefreshReport:
     as_of: datetime
     grains: list[GrainReport] = field(default_factory=list)
     reset: bool = False
+    rebuild: RebuildReport | None = None  # the changed version being rebuilt, if any
 
     @property
     def rows_written(self) -> int:
@@ -72,21 +76,74 @@ def refresh(
     max_buckets: int | None = None,
     lock_wait_s: float = 30.0,
     progress: Progress | None = None,
+    rebuild_budget_s: float | None = None,
 ) -> RefreshReport:
-    """Bring the rollup up to date as of `as_of`; `max_buckets` bounds new hourly buckets."""
+    """Bring the rollup up to date as of `as_of`; `max_buckets` bounds new hourly buckets.
+
+    The live tables are refreshed under the definition they were built with; a changed
+    definition being rebuilt is then advanced for `rebuild_budget_s` seconds at most (None:
+    until it has caught up), and swapped in once it has (db/definitions.py). A declaration
+    `aggjobs migrate` has not seen raises DefinitionsChanged before any work."""
     as_of = as_utc(as_of)
+    v = definitions.versions(conn, rollup)
+    live = v.live
     report = RefreshReport(rollup.name, as_of)
-    with state.rollup_lock(conn, rollup, wait_s=lock_wait_s):
-        state.fan_out(conn, rollup.source)
-        report.reset = state.reset_if_requested(conn, rollup)
-        for grain in rollup.grains:
+    with state.rollup_lock(conn, live, wait_s=lock_wait_s):
+        state.fan_out(conn, live.source)
+        report.reset = state.reset_if_requested(conn, live)
+        for grain in live.grains:
             if grains and grain not in grains:
                 continue
             started = time.perf_counter()
-            grain_report = refresh_grain(conn, rollup, grain, as_of=as_of, settings=settings,
+            grain_report = refresh_grain(conn, live, grain, as_of=as_of, settings=settings,
                                          max_buckets=max_buckets, progress=progress)
             grain_report.seconds = time.perf_counter() - started
             report.grains.append(grain_report)
+        if v.building is not None:
+            report.rebuild = advance_rebuild(conn, v, as_of=as_of, settings=settings,
+                                             budget_s=rebuild_budget_s, progress=progress)
+    return report
+
+
+def advance_rebuild(conn: psycopg.Connection, v: definitions.Versions, *, as_of: datetime,
+                    settings: Settings, budget_s: float | None,
+                    progress: Progress | None) -> RebuildReport:
+    """The version being rebuilt, brought forward under its own lock: its hours a
+    transaction's worth at a time until it has caught up or `budget_s` is spent, then its
+    coarser grains (merged from those hours); once caught up, checked and swapped in."""
+    shadow = v.building
+    assert shadow is not None and v.version is not None
+    report = RebuildReport(v.live.name, v.version)
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    built = definitions.building_definitions(conn).get(v.live.name)
+    try:
+        with state.rollup_lock(conn, shadow, wait_s=0):
+            if shadow.source != v.live.source:
+                state.fan_out(conn, shadow.source)
+            state.reset_if_requested(conn, shadow)
+            held = []
+            for grain in shadow.grains:
+                while True:
+                    g = refresh_grain(conn, shadow, grain, as_of=as_of, settings=settings,
+                                      max_buckets=settings.hours_per_transaction,
+                                      progress=None)
+                    report.rows += g.rows.written
+                    report.new_hours += g.new_buckets if grain is Grain.HOUR else 0
+                    if progress and grain is Grain.HOUR:
+                        progress(f"{shadow.name} rebuild", report.new_hours,
+                                 report.new_hours + 1 if g.held_back else report.new_hours)
+                    out_of_time = deadline is not None and time.monotonic() >= deadline
+                    if grain is not Grain.HOUR or not g.held_back or out_of_time \
+                            or not g.new_buckets:
+                        break
+                held.append(g.held_back)
+                if grain is Grain.HOUR and g.held_back:
+                    break  # the coarser grains wait for the hours
+            report.caught_up = not any(held) and len(held) == len(shadow.grains)
+            rebuild.conclude(conn, v, report, settings=settings,
+                             rebuild_from=built.rebuild_from if built else None)
+    except LockBusy:
+        report.note = "advanced by another session right now"
     return report
 
 

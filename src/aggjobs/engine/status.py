@@ -6,7 +6,7 @@ from datetime import datetime
 
 import psycopg
 
-from ..catalog import ROLLUPS, SOURCES
+from ..catalog import rollups, sources
 from ..catalog.grains import SUPPORTED_PARAMS
 from ..sql import query
 from ..sql import rollup as rollup_sql
@@ -22,7 +22,7 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
     quarantine = {(r, g): (q, f) for r, g, q, f in conn.execute(query("quarantine_counts"))}
     thresholds = {s: (t, broken) for s, t, broken in conn.execute(query("tracking_thresholds"))}
     rows = []
-    for rollup in ROLLUPS:
+    for rollup in rollups():
         marks = state.watermarks(conn, rollup)
         for grain in rollup.grains:
             wm = marks.get(grain)
@@ -54,7 +54,7 @@ def unsupported_rows(conn: psycopg.Connection) -> list[dict]:
     they are in no bucket of any rollup, so someone must fix or delete them. Counted by
     two range scans of the time index; `query` finds them."""
     found = []
-    for source in SOURCES:
+    for source in sources():
         n = conn.execute(rollup_sql.count_unsupported_rows(source)).fetchone()[0]
         if n:
             found.append({

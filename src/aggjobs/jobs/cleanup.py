@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from ..audit import local_source
 from ..catalog import Grain, Rollup, Source, rollups_on
 from ..catalog.grains import SUPPORTED_PARAMS
+from ..db import definitions
 from ..engine import state
 from ..sql import query
 from ..sql.rollup import table_ident
@@ -39,7 +40,8 @@ def raw_step(source: Source) -> Step:
             return {"status": "skipped", "reason": "raw rows are kept forever"}
         cutoff = Grain.HOUR.floor(ctx.as_of - timedelta(days=days))
         state.fan_out(ctx.conn, source)  # logged changes count as pending below
-        readers = [(r, Grain.HOUR) for r in rollups_on(source)]
+        readers = [(r, Grain.HOUR) for r in (*rollups_on(source),
+                                             *definitions.building_on(ctx.conn, source.name))]
         limit, reason = protect(ctx, readers, cutoff)
         table = sql.Identifier(source.schema, source.table)
         dropped, limit, reason = drop_partitions(ctx, source, limit, cutoff, reason)
@@ -60,19 +62,35 @@ def rollup_step(rollup: Rollup, grain: Grain) -> Step:
         days = ctx.settings.retention(kind)
         if not days:
             return {"status": "skipped", "reason": f"{kind} rollups are kept forever"}
-        coarser = rollup.coarser(grain)
+        live = definitions.versions(ctx.conn, rollup).live  # a rebuild's tables wait
+        if grain not in live.grains:
+            return {"status": "skipped", "reason": f"no live {kind} table until the rebuild "
+                    "of a changed definition is swapped in"}
+        coarser = live.coarser(grain)
         # Whole buckets of the grain built from this one, so none is left half-deleted.
         cutoff = (coarser or grain).floor(ctx.as_of - timedelta(days=days))
-        readers = [(rollup, grain)] + ([(rollup, coarser)] if coarser else [])
+        readers = [(live, grain)] + ([(live, coarser)] if coarser else [])
         limit, reason = protect(ctx, readers, cutoff,
-                                horizon_for=[(rollup, coarser)] if coarser else None)
+                                horizon_for=[(live, coarser)] if coarser else None)
         column = sql.Identifier(grain.column)
         bound = (sql.SQL("%(limit)s") if grain is Grain.HOUR
                  else sql.SQL("(%(limit)s::timestamptz AT TIME ZONE 'UTC')::date"))
         where = sql.SQL("{} < {}").format(column, bound)
-        return delete_before(ctx, table_ident(rollup, grain), where, limit, cutoff, reason)
+        return delete_before(ctx, table_ident(live, grain), where, limit, cutoff, reason)
 
     return Step(f"cleanup.{rollup.name}.{grain.value}", run)
+
+
+def retired_step() -> Step:
+    """The tables of replaced or removed versions, dropped once AGGJOBS_RETIRED_GRACE_DAYS
+    have passed (aggjobs.drop_retired_tables: the worker owns none of them)."""
+    def run(ctx: StepContext) -> dict:
+        grace_s = ctx.settings.retired_grace_days * 86400
+        with ctx.conn.transaction():
+            dropped = definitions.drop_retired_tables(ctx.conn, grace_s=grace_s)
+        return {"rows": len(dropped), "dropped": dropped}
+
+    return Step("cleanup.retired_tables", run)
 
 
 def job_history_step() -> Step:

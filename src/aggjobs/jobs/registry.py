@@ -3,7 +3,7 @@ their steps."""
 
 from __future__ import annotations
 
-from ..catalog import ROLLUPS, SOURCES, Grain
+from ..catalog import Grain, rollups, sources
 from ..catalog.jobs import JOB_SPECS
 from ..errors import UnknownJob
 from ..settings import Settings
@@ -12,13 +12,14 @@ from .model import Job, Step
 
 
 def hourly_steps(settings: Settings) -> list[Step]:
-    return [steps.rollup_step(r, [Grain.HOUR]) for r in ROLLUPS] + steps.view_steps()
+    return ([steps.rollup_step(r, [Grain.HOUR], light=True) for r in rollups()]
+            + steps.view_steps())
 
 
 def daily_steps(settings: Settings) -> list[Step]:
     # Hours first, so that no day is built from incomplete hours; a day still waiting for
     # its hours is deferred and the reason kept in the step's detail.
-    return [steps.rollup_step(r, [Grain.HOUR, Grain.DAY]) for r in ROLLUPS] + [
+    return [steps.rollup_step(r, [Grain.HOUR, Grain.DAY]) for r in rollups()] + [
         steps.health_step(),
         steps.reports_step(),
     ]
@@ -26,14 +27,14 @@ def daily_steps(settings: Settings) -> list[Step]:
 
 def weekly_steps(settings: Settings) -> list[Step]:
     # A rollup without weeks (agent_executions) is brought up to its days.
-    return [steps.rollup_step(r, list(r.grains)) for r in ROLLUPS]
+    return [steps.rollup_step(r, list(r.grains)) for r in rollups()]
 
 
 def cleanup_steps(settings: Settings) -> list[Step]:
     return (
-        [cleanup.raw_step(source) for source in SOURCES]
-        + [cleanup.rollup_step(r, g) for r in ROLLUPS for g in r.grains]
-        + [cleanup.job_history_step()]
+        [cleanup.raw_step(source) for source in sources()]
+        + [cleanup.rollup_step(r, g) for r in rollups() for g in r.grains]
+        + [cleanup.job_history_step(), cleanup.retired_step()]
     )
 
 

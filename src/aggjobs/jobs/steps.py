@@ -16,16 +16,25 @@ from .model import Step, StepContext
 VIEWS = ("analytics.workspace_overview", "analytics.platform_daily_overview")
 
 
-def rollup_step(rollup: Rollup, grains: list[Grain]) -> Step:
+def rollup_step(rollup: Rollup, grains: list[Grain], *, light: bool = False) -> Step:
     """Refresh `grains` of the rollup (finest first): new complete buckets, then dirty
-    groups; a coarser grain never goes past what its finer grain has materialized."""
+    groups; a coarser grain never goes past what its finer grain has materialized. A changed
+    definition being rebuilt is advanced too: for AGGJOBS_REBUILD_SECONDS_PER_RUN in a
+    `light` (hourly) job, until it has caught up in the others."""
     name = f"{rollup.name}.{grains[-1].value}"
 
     def run(ctx: StepContext) -> dict:
         report = refresh(ctx.conn, rollup, as_of=ctx.as_of, settings=ctx.settings,
                          grains=grains, max_buckets=ctx.settings.max_buckets_per_refresh,
-                         lock_wait_s=ctx.settings.lock_wait_s)
+                         lock_wait_s=ctx.settings.lock_wait_s,
+                         rebuild_budget_s=ctx.settings.rebuild_seconds_per_run if light
+                         else None)
         detail: dict = {"rows": report.rows_written, "reset": report.reset}
+        if report.rebuild is not None:
+            r = report.rebuild
+            detail["rebuild"] = {"version": r.version, "new_hours": r.new_hours,
+                                 "progress": round(r.progress, 4), "swapped": r.swapped,
+                                 "note": r.note}
         for g in report.grains:
             detail[g.grain.value] = {
                 "watermark": g.watermark_after.isoformat() if g.watermark_after else None,

@@ -9,8 +9,10 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg.rows import dict_row
 
+from ..catalog import rollups as declared_rollups
 from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, as_utc
 from ..catalog.jobs import JOB_SPECS as JOBS
+from ..db import definitions
 from ..engine.status import rollup_status, unsupported_rows
 from ..settings import Settings
 from ..sql import query
@@ -97,6 +99,22 @@ def lock_problems(conn: psycopg.Connection) -> list[Problem]:
             for h in locks.foreign_holders(conn)]
 
 
+def definition_problems(conn: psycopg.Connection) -> list[Problem]:
+    """Declarations that differ from what the tables were built with: the jobs refuse to
+    work on those rollups until `aggjobs migrate` has run (docs/rollups.md)."""
+    declared = declared_rollups()
+    found = [Problem(f"definition:{name}", f"rollup {name}",
+                     f"its declaration differs from what its tables were built with: {what}",
+                     "run `aggjobs migrate` (`aggjobs migrate --plan` shows what it will do "
+                     "first); until then its jobs' steps fail")
+             for name, what in definitions.drift(conn, declared)]
+    return found + [Problem(f"undeclared:{name}", f"rollup {name}",
+                            "its tables are live but it is no longer declared (is "
+                            "AGGJOBS_ROLLUPS set as the worker's?), so nothing refreshes them",
+                            "declare it again, or run `aggjobs migrate` to retire its tables")
+                    for name in definitions.undeclared(conn, declared)]
+
+
 def unsupported_problem(row: dict) -> Problem:
     """Raw rows outside the supported times: in no bucket, so the rollups silently lack
     them; data the operator must look at."""
@@ -114,7 +132,8 @@ def overview(conn: psycopg.Connection, settings: Settings, now: datetime | None 
     jobs = job_states(conn, settings, now)
     rollups = rollup_status(conn, now=now)
     unsupported = unsupported_rows(conn)
-    found = problems(jobs, rollups, settings, now, unsupported) + lock_problems(conn)
+    found = (definition_problems(conn) + problems(jobs, rollups, settings, now, unsupported)
+             + lock_problems(conn))
     return {"healthy": not found, "checked_at": now, "problems": [str(p) for p in found],
             "incidents": [p.key for p in found], "jobs": jobs, "rollups": rollups,
             "unsupported_rows": unsupported}
@@ -123,8 +142,9 @@ def overview(conn: psycopg.Connection, settings: Settings, now: datetime | None 
 def current_problems(conn: psycopg.Connection, settings: Settings,
                      now: datetime | None = None) -> list[Problem]:
     now = as_utc(now or datetime.now(UTC))
-    return problems(job_states(conn, settings, now), rollup_status(conn, now=now),
-                    settings, now, unsupported_rows(conn)) + lock_problems(conn)
+    return definition_problems(conn) + problems(
+        job_states(conn, settings, now), rollup_status(conn, now=now), settings, now,
+        unsupported_rows(conn)) + lock_problems(conn)
 
 
 def run_history(conn: psycopg.Connection, *, job: str | None = None,

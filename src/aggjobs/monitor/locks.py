@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import psycopg
 
-from ..catalog import ROLLUPS
+from ..catalog import rollups
 from ..catalog.jobs import JOB_SPECS
 from ..db import locks
 from ..db.locks import Holder, held_by
@@ -28,7 +28,7 @@ EFFECTS = {
 def foreign_holders(conn: psycopg.Connection, kind: str | None = None,
                     name: str | None = None) -> list[Holder]:
     """Foreign sessions holding aggjobs' advisory locks (of `kind` and `name` if given)."""
-    names = [*JOB_SPECS, *(r.name for r in ROLLUPS)]
+    names = [*JOB_SPECS, *(r.name for r in rollups())]
     return locks.foreign_holders(conn, names, kind, name)
 
 

@@ -18,7 +18,7 @@ def queries() -> dict[str, str]:
     roles.sql under a `-- name: x` header."""
     return named("\n".join(
         files(__package__).joinpath(name).read_text()
-        for name in ("queries.sql", "jobs.sql", "view_caches.sql", "roles.sql")
+        for name in ("queries.sql", "jobs.sql", "view_caches.sql", "roles.sql", "definitions.sql")
     ))
 
 

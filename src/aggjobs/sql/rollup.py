@@ -92,6 +92,11 @@ def state_columns(measure: Measure) -> list[Column]:
     return []
 
 
+def measure_columns(measure: Measure) -> list[Column]:
+    """Every column a measure has in a table: its outputs, then its state."""
+    return output_columns(measure) + state_columns(measure)
+
+
 def target_columns(rollup: Rollup, grain: Grain) -> list[Column]:
     # The key column is never NULL in the source; a further dimension may be (a run without
     # an agent), and its NULLs form one group like GROUP BY's.
@@ -107,9 +112,13 @@ def table_ident(rollup: Rollup, grain: Grain) -> sql.Identifier:
     return I(rollup.schema, rollup.table(grain))
 
 
-def create_table(rollup: Rollup, grain: Grain) -> Composable:
+def create_table(rollup: Rollup, grain: Grain, *, nullable: frozenset[str] = frozenset()
+                 ) -> Composable:
+    """`nullable`: columns made without NOT NULL (a rebuilt version's new measures, NULL in
+    the buckets it keeps from the version before: docs/rollups.md)."""
     cols = [
-        S("{} {}{}").format(I(c.name), S(c.type), S(" NOT NULL" if c.not_null else ""))
+        S("{} {}{}").format(I(c.name), S(c.type),
+                            S(" NOT NULL" if c.not_null and c.name not in nullable else ""))
         for c in target_columns(rollup, grain)
     ]
     # (workspace, bucket) lead: the engine finds and replaces a workspace's bucket as a whole.

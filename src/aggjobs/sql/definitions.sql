@@ -1,0 +1,83 @@
+-- Rollup definitions and retired tables (migration 0014; db/definitions.py).
+
+-- name: stored_definitions
+-- Per rollup, its live definition and the last version number it has had.
+SELECT d.rollup, d.version, d.fingerprint, d.definition,
+       (SELECT max(a.version) FROM aggjobs.rollup_definitions AS a WHERE a.rollup = d.rollup)
+FROM aggjobs.rollup_definitions AS d
+WHERE d.state = 'live'
+
+-- name: building_definitions
+-- Per rollup, the version being rebuilt beside the live one, if any.
+SELECT rollup, version, fingerprint, definition, rebuild_from, check_error
+FROM aggjobs.rollup_definitions
+WHERE state = 'building'
+
+-- name: start_building
+INSERT INTO aggjobs.rollup_definitions
+    (rollup, version, state, fingerprint, definition, rebuild_from)
+VALUES (%(rollup)s, %(version)s, 'building', %(fingerprint)s, %(definition)s, %(rebuild_from)s)
+
+-- name: cancel_building
+UPDATE aggjobs.rollup_definitions SET state = 'cancelled', retired_at = now()
+WHERE rollup = %(rollup)s AND state = 'building'
+
+-- name: record_check_error
+UPDATE aggjobs.rollup_definitions SET check_error = %(error)s
+WHERE rollup = %(rollup)s AND version = %(version)s AND state = 'building'
+
+-- name: forget_state
+-- Everything the engine keeps under one state key (a cancelled rebuild's).
+WITH w AS (DELETE FROM aggjobs.watermarks WHERE rollup = %(key)s),
+     p AS (DELETE FROM aggjobs.pending_groups WHERE rollup = %(key)s)
+DELETE FROM aggjobs.quarantine WHERE rollup = %(key)s
+
+-- name: init_watermark
+INSERT INTO aggjobs.watermarks (rollup, grain, watermark, horizon)
+VALUES (%(rollup)s, %(grain)s, %(watermark)s, %(horizon)s)
+ON CONFLICT (rollup, grain) DO NOTHING
+
+-- name: raw_horizon
+-- Where retention has cut a rollup's raw rows (NULL: it never has).
+SELECT horizon FROM aggjobs.watermarks WHERE rollup = %(rollup)s AND grain = 'hour'
+
+-- name: swap_version
+SELECT aggjobs.swap_rollup_version(%(rollup)s, %(version)s)
+
+-- name: last_versions
+SELECT rollup, max(version) FROM aggjobs.rollup_definitions GROUP BY rollup
+
+-- name: record_definition
+INSERT INTO aggjobs.rollup_definitions (rollup, version, state, fingerprint, definition)
+VALUES (%(rollup)s, %(version)s, 'live', %(fingerprint)s, %(definition)s)
+
+-- name: end_definition
+-- The live version of a rollup ends: 'retired' (a later one replaces it) or 'removed'.
+UPDATE aggjobs.rollup_definitions SET state = %(state)s, retired_at = now()
+WHERE rollup = %(rollup)s AND state = 'live'
+
+-- name: table_columns
+-- A rollup table's columns as written (name, type, NOT NULL); none if it does not exist.
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
+FROM pg_attribute AS a
+WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+
+-- name: forget_grains
+-- The engine's state of grains whose tables are retired.
+WITH w AS (
+    DELETE FROM aggjobs.watermarks WHERE rollup = %(rollup)s AND grain = ANY(%(grains)s::text[])
+), p AS (
+    DELETE FROM aggjobs.pending_groups
+    WHERE rollup = %(rollup)s AND grain = ANY(%(grains)s::text[])
+)
+DELETE FROM aggjobs.quarantine WHERE rollup = %(rollup)s AND grain = ANY(%(grains)s::text[])
+
+-- name: retire_table
+SELECT aggjobs.retire_table(to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)),
+                            %(retired)s, %(rollup)s, %(version)s, %(grain)s)
+WHERE to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) IS NOT NULL
+
+-- name: drop_retired_tables
+SELECT aggjobs.drop_retired_tables(%(grace_s)s)
