@@ -240,6 +240,18 @@ def backfill_rows(state: dict, now: datetime) -> str:
             f'<th>started</th></tr>{rows}</table>')
 
 
+def rebuild_rows(state: dict) -> str:
+    """The changed rollups being rebuilt beside their live version (docs/rollups.md)."""
+    if not state["rebuilds"]:
+        return '<p class="none">None: every rollup is live under its declared definition.</p>'
+    rows = "".join(
+        f'<tr><td>{esc(r["rollup"])}</td><td>v{esc(r["version"])} (v{esc(r["live_version"])}'
+        f' live until the swap)</td><td><span class="pct">{r["progress"] * 100:.0f}%</span>'
+        f'</td><td>{esc(r["check_error"] or "")}</td></tr>' for r in state["rebuilds"])
+    return ('<table id="rebuilds"><tr><th>rollup</th><th>version</th><th>rebuilt</th>'
+            f'<th>check</th></tr>{rows}</table>')
+
+
 def problem_items(state: dict) -> str:
     if not state["problems"]:
         return '<p class="none">None: every job and rollup is within its limits.</p>'
@@ -272,5 +284,6 @@ def render(state: dict) -> str:
         freshness=freshness_rows(state, now),
         failures=failure_items(state, now),
         backfills=backfill_rows(state, now),
+        rebuilds=rebuild_rows(state),
         report=report_link(state),
     )

@@ -28,6 +28,8 @@ from ..engine.backfill import BackfillBusy
 from ..errors import (
     AggjobsError,
     DatabaseUnavailable,
+    DeclarationError,
+    DefinitionsChanged,
     InvalidTimestamp,
     MigrationRequired,
     SpanTooLong,
@@ -46,11 +48,12 @@ MAX_NESTING = 3  # levels of a refused list or object echoed; deeper ones as the
 
 
 def aggjobs_status(exc: AggjobsError) -> int:
-    if isinstance(exc, DatabaseUnavailable | MigrationRequired):
+    # the server's own configuration (AGGJOBS_ROLLUPS) is at fault, not the request
+    if isinstance(exc, DatabaseUnavailable | MigrationRequired | DeclarationError):
         return 503
     if isinstance(exc, UnknownJob | tokens.UnknownToken):
         return 404
-    if isinstance(exc, tokens.TokenExists | BackfillBusy):
+    if isinstance(exc, tokens.TokenExists | BackfillBusy | DefinitionsChanged):
         return 409
     if isinstance(exc, SpanTooLong | InvalidTimestamp):
         return 422

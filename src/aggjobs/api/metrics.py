@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..catalog.jobs import JOB_SPECS as JOBS
-from ..engine.status import rollup_status
+from ..engine.status import rebuilds, rollup_status
 from ..monitor import job_states
 from ..settings import Settings
 
@@ -78,6 +78,17 @@ class DatabaseCollector(Collector):
         yield from job_health(job_states(conn, self.settings, now))
         yield rows_written(conn)
         yield from rollup_state(conn, now)
+        yield rebuild_progress(conn)
+
+
+def rebuild_progress(conn: psycopg.Connection) -> Metric:
+    progress = GaugeMetricFamily(
+        "aggjobs_rebuild_progress",
+        "Share (0 to 1) of a changed rollup's hours its new version has rebuilt, until the "
+        "swap (docs/rollups.md, \"Changing a rollup\").", labels=["rollup", "version"])
+    for row in rebuilds(conn):
+        progress.add_metric([row["rollup"], str(row["version"])], row["progress"])
+    return progress
 
 
 def run_counts(conn: psycopg.Connection) -> Metric:

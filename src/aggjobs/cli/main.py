@@ -340,7 +340,8 @@ def status(as_json: JsonFlag = False) -> None:
     else:
         console.print(render.jobs_table(state["jobs"]))
         console.print(render.status_table(state["rollups"]))
-        for line in render.quarantine_lines(state["rollups"]):
+        for line in render.quarantine_lines(state["rollups"]) + render.rebuild_lines(
+                state["rebuilds"]):
             console.print(line)
         for problem in state["problems"]:
             console.print(f"[red]unhealthy:[/red] {problem}", highlight=False)

@@ -174,6 +174,13 @@ STATUS_COLOUR = {"succeeded": "green", "skipped": "yellow", "failed": "red",
                  "running": "cyan", "abandoned": "red"}
 
 
+def rebuild_lines(rows: list[dict]) -> list[str]:
+    """`execution_metrics v2: 63% rebuilt (v1 live until the swap)`."""
+    return [f"rebuilding: {r['rollup']} v{r['version']}: {r['progress']:.0%} rebuilt (v"
+            f"{r['live_version']} live until the swap; hours up to {ts(r['hour_watermark'])})"
+            for r in rows]
+
+
 def run_table(result: RunResult) -> Table:
     colour = STATUS_COLOUR.get(result.status, "white")
     title = f"{result.job}: run {result.id} [{colour}]{result.status}[/{colour}]"

@@ -101,16 +101,18 @@ def refresh(
             report.grains.append(grain_report)
         if v.building is not None:
             report.rebuild = advance_rebuild(conn, v, as_of=as_of, settings=settings,
-                                             budget_s=rebuild_budget_s, progress=progress)
+                                             budget_s=rebuild_budget_s, max_hours=max_buckets,
+                                             progress=progress)
     return report
 
 
 def advance_rebuild(conn: psycopg.Connection, v: definitions.Versions, *, as_of: datetime,
-                    settings: Settings, budget_s: float | None,
+                    settings: Settings, budget_s: float | None, max_hours: int | None,
                     progress: Progress | None) -> RebuildReport:
     """The version being rebuilt, brought forward under its own lock: its hours a
-    transaction's worth at a time until it has caught up or `budget_s` is spent, then its
-    coarser grains (merged from those hours); once caught up, checked and swapped in."""
+    transaction's worth at a time until it has caught up, `budget_s` is spent or `max_hours`
+    are done, then its coarser grains (merged from those hours); once caught up, checked
+    and swapped in."""
     shadow = v.building
     assert shadow is not None and v.version is not None
     report = RebuildReport(v.live.name, v.version)
@@ -124,15 +126,18 @@ def advance_rebuild(conn: psycopg.Connection, v: definitions.Versions, *, as_of:
             held = []
             for grain in shadow.grains:
                 while True:
+                    per_tx = settings.hours_per_transaction
+                    left = per_tx if max_hours is None else min(per_tx, max_hours
+                                                                 - report.new_hours)
                     g = refresh_grain(conn, shadow, grain, as_of=as_of, settings=settings,
-                                      max_buckets=settings.hours_per_transaction,
-                                      progress=None)
+                                      max_buckets=max(1, left), progress=None)
                     report.rows += g.rows.written
                     report.new_hours += g.new_buckets if grain is Grain.HOUR else 0
                     if progress and grain is Grain.HOUR:
                         progress(f"{shadow.name} rebuild", report.new_hours,
                                  report.new_hours + 1 if g.held_back else report.new_hours)
-                    out_of_time = deadline is not None and time.monotonic() >= deadline
+                    out_of_time = (deadline is not None and time.monotonic() >= deadline) or (
+                        max_hours is not None and report.new_hours >= max_hours)
                     if grain is not Grain.HOUR or not g.held_back or out_of_time \
                             or not g.new_buckets:
                         break

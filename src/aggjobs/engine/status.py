@@ -6,11 +6,13 @@ from datetime import datetime
 
 import psycopg
 
-from ..catalog import rollups, sources
+from ..catalog import Grain, rollups, sources
+from ..catalog.definition import rollup_from
 from ..catalog.grains import SUPPORTED_PARAMS
+from ..db import definitions
 from ..sql import query
 from ..sql import rollup as rollup_sql
-from . import state
+from . import rebuild, state
 
 
 def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
@@ -47,6 +49,23 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
                 if grain is rollup.grains[0] else None,
             })
     return rows
+
+
+def rebuilds(conn: psycopg.Connection) -> list[dict]:
+    """Per rollup whose changed definition is being rebuilt: the version, how far it is, and
+    why its check before the swap failed, if it did (docs/rollups.md)."""
+    stored = definitions.stored_definitions(conn)
+    out = []
+    for b in definitions.building_definitions(conn).values():
+        live = definitions.live_rollup(stored[b.rollup], None)
+        shadow = definitions.shadow_of(rollup_from(b.definition), b.version)
+        out.append({
+            "rollup": b.rollup, "version": b.version, "live_version": stored[b.rollup].version,
+            "progress": rebuild.progress(conn, live, shadow, b.rebuild_from),
+            "hour_watermark": state.watermarks(conn, shadow).get(Grain.HOUR),
+            "rebuild_from": b.rebuild_from, "check_error": b.check_error,
+        })
+    return out
 
 
 def unsupported_rows(conn: psycopg.Connection) -> list[dict]:

@@ -13,7 +13,7 @@ from ..catalog import rollups as declared_rollups
 from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, as_utc
 from ..catalog.jobs import JOB_SPECS as JOBS
 from ..db import definitions
-from ..engine.status import rollup_status, unsupported_rows
+from ..engine.status import rebuilds, rollup_status, unsupported_rows
 from ..settings import Settings
 from ..sql import query
 from . import locks
@@ -115,6 +115,17 @@ def definition_problems(conn: psycopg.Connection) -> list[Problem]:
                     for name in definitions.undeclared(conn, declared)]
 
 
+def rebuild_problems(rows: list[dict]) -> list[Problem]:
+    """A rebuilt version that failed its check against the raw rows is not swapped in."""
+    return [Problem(f"rebuild_check:{r['rollup']}:v{r['version']}",
+                    f"rollup {r['rollup']} v{r['version']}",
+                    f"its rebuild failed the check before the swap ({r['check_error']}); "
+                    f"v{r['live_version']} stays live and correct",
+                    "this is a bug of aggjobs: report it with `aggjobs migrate --plan`; "
+                    "declaring the live definition again cancels the rebuild")
+            for r in rows if r["check_error"]]
+
+
 def unsupported_problem(row: dict) -> Problem:
     """Raw rows outside the supported times: in no bucket, so the rollups silently lack
     them; data the operator must look at."""
@@ -132,17 +143,18 @@ def overview(conn: psycopg.Connection, settings: Settings, now: datetime | None 
     jobs = job_states(conn, settings, now)
     rollups = rollup_status(conn, now=now)
     unsupported = unsupported_rows(conn)
-    found = (definition_problems(conn) + problems(jobs, rollups, settings, now, unsupported)
-             + lock_problems(conn))
+    rebuilding = rebuilds(conn)
+    found = (definition_problems(conn) + rebuild_problems(rebuilding)
+             + problems(jobs, rollups, settings, now, unsupported) + lock_problems(conn))
     return {"healthy": not found, "checked_at": now, "problems": [str(p) for p in found],
             "incidents": [p.key for p in found], "jobs": jobs, "rollups": rollups,
-            "unsupported_rows": unsupported}
+            "unsupported_rows": unsupported, "rebuilds": rebuilding}
 
 
 def current_problems(conn: psycopg.Connection, settings: Settings,
                      now: datetime | None = None) -> list[Problem]:
     now = as_utc(now or datetime.now(UTC))
-    return definition_problems(conn) + problems(
+    return definition_problems(conn) + rebuild_problems(rebuilds(conn)) + problems(
         job_states(conn, settings, now), rollup_status(conn, now=now), settings, now,
         unsupported_rows(conn)) + lock_problems(conn)
 
