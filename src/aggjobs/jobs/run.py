@@ -361,8 +361,7 @@ class Run:
             raise LostJobLock(f"lost the {self.job.name} lock with the connection, and another "
                               "run took it; this run stops")
         if self.heavy_slot is not None:
-            self.conn.execute("SELECT pg_advisory_lock(hashtext('aggjobs.heavy'), %s)",
-                              (self.heavy_slot,))
+            self.conn.execute(query("take_heavy_slot"), {"slot": self.heavy_slot})
         if self.run_id is not None:  # the run lives on in this session: not abandoned
             self.conn.execute(query("adopt_run"), {"id": self.run_id})
 
