@@ -37,8 +37,9 @@ from ..audit import local_source
 from ..catalog.grains import as_utc
 from ..db import locks
 from ..db.connect import SessionLimits, connect, first_line
+from ..db.retry import TRANSIENT
 from ..engine.abandoned import sweep_abandoned
-from ..errors import AggjobsError, LockBusy
+from ..errors import AggjobsError
 from ..settings import Settings
 from ..sql import query
 from .model import Job, Step, StepContext, batches
@@ -48,17 +49,6 @@ log = logging.getLogger(__name__)
 
 CLIENT_CHECK_MS = 1000  # client_connection_check_interval of a job's session (PG 14+)
 REDELIVERY_WAIT_S = 30.0  # how long a redelivered task waits for a dead run's lock
-
-# Worth another try: the server was busy or went away, not the work being wrong.
-TRANSIENT = (
-    psycopg.OperationalError,  # connection lost, server shutting down, ...
-    pg_errors.SerializationFailure,
-    pg_errors.DeadlockDetected,
-    pg_errors.LockNotAvailable,  # lock_timeout
-    pg_errors.QueryCanceled,  # statement_timeout
-    LockBusy,  # a rollup written by a backfill elsewhere
-)
-
 
 @dataclass
 class StepOutcome:
