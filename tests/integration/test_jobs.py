@@ -29,6 +29,7 @@ from aggjobs.engine.verify import verify_grain
 from aggjobs.errors import UnknownJob
 from aggjobs.jobs.runner import RunRequest, RunResult, run_job
 from aggjobs.settings import Settings
+from aggjobs.sql import query
 from tests import platform as p
 from tests.reference import COLUMNS, FURTHER, assert_matches, close, expected, stored
 
@@ -585,7 +586,7 @@ def test_heavy_jobs_wait_for_a_slot_then_are_skipped_for_a_retry(conn, fast, db_
     waits lock_wait_s, then is skipped saying why and asking to be sent again."""
     load(conn, T0, 2)
     with psycopg.connect(db_url, autocommit=True) as other:
-        other.execute("SELECT pg_advisory_lock(hashtext('aggjobs.heavy'), 1)")
+        other.execute(query("take_heavy_slot"), {"slot": 1})  # another heavy job's
         waited = job(fast.model_copy(update={"lock_wait_s": 0.5}), "daily_rollup", T0 + D)
         light = job(fast, "hourly_rollup", T0 + 2 * H)  # light jobs do not need a slot
     assert waited.status == "skipped" and waited.retry_later

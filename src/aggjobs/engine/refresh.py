@@ -23,6 +23,7 @@ from ..catalog import Grain, Rollup
 from ..catalog.grains import SUPPORTED_PARAMS, as_utc, chunks
 from ..db import definitions
 from ..db.connect import first_line
+from ..db.retry import PERMANENT, is_data_exception
 from ..errors import LockBusy
 from ..settings import Settings
 from ..sql import query
@@ -264,12 +265,7 @@ def materialize(conn: psycopg.Connection, rollup: Rollup, grain: Grain, start: d
 # of range, an invalid input) fails the same way on every run: it is quarantined at once.
 # Any later change in a quarantined bucket recomputes it whole; a success (that, or a
 # backfill of it) clears the quarantine.
-PERMANENT = (psycopg.DataError, psycopg.IntegrityError)
-
-
-def is_data_exception(exc: Exception) -> bool:
-    """SQLSTATE class 22: the rows themselves cannot be computed; retrying cannot help."""
-    return (getattr(exc, "sqlstate", None) or "").startswith("22")
+# Such failures, and data exceptions: aggjobs.db.retry (PERMANENT, is_data_exception).
 
 
 def materialize_by_bucket(conn: psycopg.Connection, rollup: Rollup, grain: Grain,

@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL
 from .. import logs
 from ..catalog.grains import parse_timestamp
 from ..db.connect import database_url
+from ..db.retry import RetryPolicy
 from ..settings import Settings, get_settings
 from .registry import JOBS, Job
 from .runner import RunRequest, run_job
@@ -36,7 +37,8 @@ __all__ = ["app", "beat_schedule", "create_app", "slot_of"]
 
 log = logging.getLogger(__name__)
 
-HEAVY_RETRY_S, HEAVY_RETRIES = 300, 24  # a heavy job waits up to two hours for a slot
+# A heavy job skipped for want of a slot is sent again every 5 minutes, for up to two hours.
+HEAVY_SLOT_RETRY = RetryPolicy(attempts=25, base_s=300, factor=1)
 
 
 def broker_url(settings: Settings) -> str:
@@ -158,7 +160,9 @@ def register(app: Celery, job: Job, settings: Settings) -> None:
         result = run_job(request, settings,
                          should_stop=lambda exc: isinstance(exc, SoftTimeLimitExceeded))
         if result.retry_later:  # the heavy-job cap was full: try again in a while
-            raise self.retry(countdown=HEAVY_RETRY_S, max_retries=HEAVY_RETRIES)
+            # Past the policy's last try Celery raises MaxRetriesExceededError (no countdown).
+            raise self.retry(countdown=HEAVY_SLOT_RETRY.delay(self.request.retries + 1),
+                             max_retries=HEAVY_SLOT_RETRY.retries)
         return {"run": result.id, "status": result.status, "error": result.error}
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -37,8 +36,9 @@ from ..audit import local_source
 from ..catalog.grains import as_utc
 from ..db import locks
 from ..db.connect import SessionLimits, connect, first_line
+from ..db.retry import TRANSIENT, RetryPolicy, retrying
 from ..engine.abandoned import sweep_abandoned
-from ..errors import AggjobsError, LockBusy
+from ..errors import AggjobsError
 from ..settings import Settings
 from ..sql import query
 from .model import Job, Step, StepContext, batches
@@ -48,17 +48,6 @@ log = logging.getLogger(__name__)
 
 CLIENT_CHECK_MS = 1000  # client_connection_check_interval of a job's session (PG 14+)
 REDELIVERY_WAIT_S = 30.0  # how long a redelivered task waits for a dead run's lock
-
-# Worth another try: the server was busy or went away, not the work being wrong.
-TRANSIENT = (
-    psycopg.OperationalError,  # connection lost, server shutting down, ...
-    pg_errors.SerializationFailure,
-    pg_errors.DeadlockDetected,
-    pg_errors.LockNotAvailable,  # lock_timeout
-    pg_errors.QueryCanceled,  # statement_timeout
-    LockBusy,  # a rollup written by a backfill elsewhere
-)
-
 
 @dataclass
 class StepOutcome:
@@ -133,6 +122,7 @@ class Run:
     def __init__(self, job: Job, request: RunRequest, as_of: datetime, settings: Settings):
         self.job, self.request, self.as_of, self.settings = job, request, as_of, settings
         self.limits = SessionLimits.from_settings(settings, job.name)
+        self.retry_policy = RetryPolicy.from_settings(settings)
         self.source = request.source or local_source("worker")
         self.conn = self.connect()
         self.stopping = threading.Event()  # set when an interruption ends the run
@@ -241,44 +231,56 @@ class Run:
         session = session or MainSession(self)
         outcome = StepOutcome(name, started_at=datetime.now(UTC))
         started = time.perf_counter()
-        while True:
-            outcome.attempts += 1
-            if self.stopping.is_set():
-                outcome.status, outcome.error = "failed", "stopped: the run was interrupted"
-                break
-            try:
-                detail = fn(StepContext(session.conn, self.as_of, self.settings, self.source))
-            except TRANSIENT as exc:
-                if should_stop(exc):
-                    raise
-                if outcome.attempts >= self.settings.retry_attempts:
-                    outcome.status = "failed"
-                    outcome.error = (f"{describe(exc)} (transient; gave up after "
-                                     f"{outcome.attempts} attempts)")
-                    break
-                log.warning("%s/%s attempt %d: %s; retrying", self.job.name, name,
-                            outcome.attempts, describe(exc),
-                            extra=self.context(step=name, attempt=outcome.attempts,
-                                               error=describe(exc)))
-                self.backoff(outcome.attempts)
-                session.recover()
-                continue
-            except Exception as exc:
-                if should_stop(exc):
-                    raise
-                log.exception("%s/%s failed", self.job.name, name,
-                              extra=self.context(step=name, error=describe(exc)))
-                outcome.status, outcome.error = "failed", describe(exc)
-                break
-            outcome.status = detail.pop("status", "succeeded")
-            outcome.rows = int(detail.pop("rows", 0))
-            outcome.detail = detail
-            break
+
+        def attempt(n: int) -> None:
+            outcome.attempts = n
+            if n > 1:
+                session.recover()  # a new connection if the old one broke
+            self.try_step(outcome, fn, should_stop, session)
+
+        def on_retry(n: int, exc: Exception) -> None:
+            if should_stop(exc):
+                raise exc
+            log.warning("%s/%s attempt %d: %s; retrying", self.job.name, name, n,
+                        describe(exc), extra=self.context(step=name, attempt=n,
+                                                          error=describe(exc)))
+
+        try:
+            retrying(self.retry_policy, attempt, on_retry)
+        except TRANSIENT as exc:
+            if should_stop(exc):
+                raise
+            outcome.status = "failed"
+            outcome.error = (f"{describe(exc)} (transient; gave up after "
+                             f"{outcome.attempts} attempts)")
         outcome.seconds = round(time.perf_counter() - started, 3)
         log.info("%s/%s %s", self.job.name, name, outcome.status, extra=self.context(
             step=name, status=outcome.status, rows=outcome.rows, seconds=outcome.seconds,
             attempt=outcome.attempts, error=outcome.error))
         return outcome
+
+    def try_step(self, outcome: StepOutcome, fn: Callable[[StepContext], dict],
+                 should_stop: Callable[[BaseException], bool],
+                 session: MainSession | StepSession) -> None:
+        """One try of a step, its result in `outcome`; a transient error is raised (retried
+        by run_step), another one fails the step."""
+        if self.stopping.is_set():
+            outcome.status, outcome.error = "failed", "stopped: the run was interrupted"
+            return
+        try:
+            detail = fn(StepContext(session.conn, self.as_of, self.settings, self.source))
+        except TRANSIENT:
+            raise  # for run_step's retries
+        except Exception as exc:
+            if should_stop(exc):
+                raise
+            log.exception("%s/%s failed", self.job.name, outcome.name,
+                          extra=self.context(step=outcome.name, error=describe(exc)))
+            outcome.status, outcome.error = "failed", describe(exc)
+            return
+        outcome.status = detail.pop("status", "succeeded")
+        outcome.rows = int(detail.pop("rows", 0))
+        outcome.detail = detail
 
     def after(self, hook: AfterRun, result: RunResult) -> None:
         """The caller's after-run hook (the alerts); never fails the run."""
@@ -361,14 +363,9 @@ class Run:
             raise LostJobLock(f"lost the {self.job.name} lock with the connection, and another "
                               "run took it; this run stops")
         if self.heavy_slot is not None:
-            self.conn.execute("SELECT pg_advisory_lock(hashtext('aggjobs.heavy'), %s)",
-                              (self.heavy_slot,))
+            self.conn.execute(query("take_heavy_slot"), {"slot": self.heavy_slot})
         if self.run_id is not None:  # the run lives on in this session: not abandoned
             self.conn.execute(query("adopt_run"), {"id": self.run_id})
-
-    def backoff(self, attempt: int) -> None:
-        base = self.settings.retry_base_s * 2 ** (attempt - 1)
-        time.sleep(base * random.uniform(0.5, 1.5))
 
     # -- history ---------------------------------------------------------------------------
     def skip(self, reason: str) -> RunResult:
@@ -396,16 +393,15 @@ class Run:
 
     def with_retries(self, statement, params: dict, *, relock: bool = True) -> None:
         """History must land even when the connection just broke."""
-        for attempt in range(1, self.settings.retry_attempts + 1):
-            try:
-                self.ensure_connection(relock=relock)
-                self.conn.execute(statement, params)
-                return
-            except TRANSIENT as exc:
-                if attempt == self.settings.retry_attempts:
-                    log.error("could not record run history: %s", describe(exc))
-                    raise
-                self.backoff(attempt)
+        def attempt(n: int) -> None:
+            self.ensure_connection(relock=relock)
+            self.conn.execute(statement, params)
+
+        try:
+            retrying(self.retry_policy, attempt)
+        except TRANSIENT as exc:
+            log.error("could not record run history: %s", describe(exc))
+            raise
 
 
 class MainSession:

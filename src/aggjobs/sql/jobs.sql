@@ -5,9 +5,6 @@
 -- PostgreSQL when the session ends, so a dead process never keeps it.
 SELECT pg_try_advisory_lock(hashtext('aggjobs.job'), hashtext(%(job)s))
 
--- name: job_unlock
-SELECT pg_advisory_unlock(hashtext('aggjobs.job'), hashtext(%(job)s))
-
 -- name: hold_job_steps
 -- Each session of a run's side-by-side steps holds this shared lock: if the run's process
 -- dies, its own session (and the job lock) ends at once, but a step's session may work on
@@ -26,8 +23,9 @@ SELECT s FROM generate_series(1, %(slots)s) AS s
 WHERE pg_try_advisory_lock(hashtext('aggjobs.heavy'), s)
 LIMIT 1
 
--- name: heavy_unlock
-SELECT pg_advisory_unlock(hashtext('aggjobs.heavy'), %(slot)s)
+-- name: take_heavy_slot
+-- Slot `slot`, waiting for it: a run takes back the slot it held when its connection broke.
+SELECT pg_advisory_lock(hashtext('aggjobs.heavy'), %(slot)s)
 
 -- name: mark_abandoned
 -- Runs still 'running' whose PostgreSQL session is gone: their process died.
