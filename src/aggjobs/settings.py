@@ -45,8 +45,8 @@ class Settings(BaseSettings):
     rebuild_seconds_per_run: float = Field(
         default=1.0, ge=0,
         description="How long the hourly job may spend advancing the rebuild of a changed "
-        "rollup, per rollup and run (whole transactions of AGGJOBS_HOURS_PER_TRANSACTION "
-        "hours; the daily and weekly jobs and `aggjobs refresh` advance it without bound).",
+        "rollup, per rollup and run (an hour a transaction); the daily and weekly jobs and "
+        "`aggjobs refresh` advance it until it has caught up, then check and swap it in.",
     )
     rebuild_check: str = Field(
         default="sample", pattern=r"^(sample|full)$",

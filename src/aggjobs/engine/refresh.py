@@ -110,47 +110,58 @@ def refresh(
 def advance_rebuild(conn: psycopg.Connection, v: definitions.Versions, *, as_of: datetime,
                     settings: Settings, budget_s: float | None, max_hours: int | None,
                     progress: Progress | None) -> RebuildReport:
-    """The version being rebuilt, brought forward under its own lock: its hours a
-    transaction's worth at a time until it has caught up, `budget_s` is spent or `max_hours`
-    are done, then its coarser grains (merged from those hours); once caught up, checked
-    and swapped in."""
+    """The version being rebuilt, brought forward under its own lock: its hours until it has
+    caught up, `budget_s` is spent or `max_hours` are done, then its coarser grains (merged
+    from those hours). Once caught up it is checked and swapped in, except under a time
+    budget (the hourly job): the check reads raw rows of whole days and weeks, so the next
+    daily or weekly job, or `aggjobs refresh`, does it."""
     shadow = v.building
     assert shadow is not None and v.version is not None
     report = RebuildReport(v.live.name, v.version)
-    deadline = None if budget_s is None else time.monotonic() + budget_s
     built = definitions.building_definitions(conn).get(v.live.name)
     try:
         with state.rollup_lock(conn, shadow, wait_s=0):
             if shadow.source != v.live.source:
                 state.fan_out(conn, shadow.source)
             state.reset_if_requested(conn, shadow)
-            held = []
-            for grain in shadow.grains:
-                while True:
-                    per_tx = settings.hours_per_transaction
-                    left = per_tx if max_hours is None else min(per_tx, max_hours
-                                                                 - report.new_hours)
-                    g = refresh_grain(conn, shadow, grain, as_of=as_of, settings=settings,
-                                      max_buckets=max(1, left), progress=None)
-                    report.rows += g.rows.written
-                    report.new_hours += g.new_buckets if grain is Grain.HOUR else 0
-                    if progress and grain is Grain.HOUR:
-                        progress(f"{shadow.name} rebuild", report.new_hours,
-                                 report.new_hours + 1 if g.held_back else report.new_hours)
-                    out_of_time = (deadline is not None and time.monotonic() >= deadline) or (
-                        max_hours is not None and report.new_hours >= max_hours)
-                    if grain is not Grain.HOUR or not g.held_back or out_of_time \
-                            or not g.new_buckets:
-                        break
-                held.append(g.held_back)
-                if grain is Grain.HOUR and g.held_back:
-                    break  # the coarser grains wait for the hours
-            report.caught_up = not any(held) and len(held) == len(shadow.grains)
-            rebuild.conclude(conn, v, report, settings=settings,
-                             rebuild_from=built.rebuild_from if built else None)
+            hours = rebuild_hours(conn, shadow, report, as_of=as_of, settings=settings,
+                                  budget_s=budget_s, max_hours=max_hours, progress=progress)
+            coarser = [] if hours.held_back else [
+                refresh_grain(conn, shadow, g, as_of=as_of, settings=settings,
+                              max_buckets=None, progress=None) for g in shadow.grains[1:]]
+            report.rows += sum(g.rows.written for g in coarser)
+            report.caught_up = not hours.held_back and not any(g.held_back for g in coarser)
+            if budget_s is None:
+                rebuild.conclude(conn, v, report, settings=settings,
+                                 rebuild_from=built.rebuild_from if built else None)
+            else:
+                report.progress = rebuild.progress(conn, v.live, shadow,
+                                                   built.rebuild_from if built else None)
     except LockBusy:
         report.note = "advanced by another session right now"
     return report
+
+
+def rebuild_hours(conn: psycopg.Connection, shadow: Rollup, report: RebuildReport, *,
+                  as_of: datetime, settings: Settings, budget_s: float | None,
+                  max_hours: int | None, progress: Progress | None) -> GrainReport:
+    """New hours of the version being rebuilt, a transaction at a time; the last report."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    # Under a time budget, an hour a transaction: the budget is checked between them.
+    per_tx = settings.hours_per_transaction if deadline is None else 1
+    while True:
+        left = per_tx if max_hours is None else min(per_tx, max_hours - report.new_hours)
+        g = refresh_grain(conn, shadow, Grain.HOUR, as_of=as_of, settings=settings,
+                          max_buckets=max(1, left), progress=None)
+        report.rows += g.rows.written
+        report.new_hours += g.new_buckets
+        if progress:
+            progress(f"{shadow.name} rebuild", report.new_hours,
+                     report.new_hours + (1 if g.held_back else 0))
+        spent = (deadline is not None and time.monotonic() >= deadline) or (
+            max_hours is not None and report.new_hours >= max_hours)
+        if not g.held_back or not g.new_buckets or spent:
+            return g
 
 
 def complete_limit(rollup: Rollup, grain: Grain, as_of: datetime,
