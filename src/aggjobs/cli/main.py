@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import audit as audit_log
 from .. import logs
-from ..catalog import Grain, Rollup, select_rollups
+from ..catalog import BUILTIN_ROLLUPS, Grain, Rollup, select_rollups
 from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, past, past_range
 from ..db import definitions
 from ..db.connect import connect, translate_errors
@@ -54,8 +54,9 @@ err_console = Console(stderr=True)
 
 RollupNames = Annotated[
     list[str] | None,
-    typer.Argument(help="Rollups to act on (default: all): execution_metrics, user_activity, "
-                   "credit_consumption.", show_default=False),
+    typer.Argument(help="Rollups to act on (default: all): "
+                   + ", ".join(r.name for r in BUILTIN_ROLLUPS)
+                   + ", and those of the module AGGJOBS_ROLLUPS names.", show_default=False),
 ]
 FromTs = Annotated[str, typer.Option("--from", help="Range start, ISO 8601 (UTC if no offset).")]
 ToTs = Annotated[str, typer.Option("--to", help="Range end (exclusive), ISO 8601.")]

@@ -246,6 +246,9 @@ class RollupPlan:
             case "cancelled":
                 b = self.building.version if self.building else None
                 return f"changed back to v{v}: the rebuild of v{b} is cancelled"
+        if self.stored is None:  # tables made before 0014
+            return (f"changed: {changes}; with --force they retire and v{n} is built anew "
+                    "from the raw rows")
         if self.rebuilds:
             return (f"changed (v{v} -> v{n}): {changes}: v{n} is rebuilt from the raw rows "
                     f"beside v{v}, which stays live until v{n} is swapped in")

@@ -280,7 +280,9 @@ def sync_views(conn: psycopg.Connection) -> None:
             (list(VIEWS),),
         )
     }
-    if all(current.get(name) == stamp for name in VIEWS):
+    if all(current.get(name) == stamp for name in VIEWS) and not conn.execute(
+            query("views_on_retired"), {"views": [f"analytics.{v}" for v in VIEWS]}
+    ).fetchone()[0]:
         return
     for name in VIEWS:
         conn.execute(sql.SQL("DROP MATERIALIZED VIEW IF EXISTS {}").format(

@@ -81,3 +81,14 @@ WHERE to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) IS NOT N
 
 -- name: drop_retired_tables
 SELECT aggjobs.drop_retired_tables(%(grace_s)s)
+
+-- name: views_on_retired
+-- Whether a materialized view of views.sql reads a retired table: views follow a table's
+-- identity, so one retired in place (a removed grain, --force) leaves them reading it.
+SELECT EXISTS (
+    SELECT FROM pg_depend AS d
+    JOIN pg_rewrite AS r ON r.oid = d.objid
+    JOIN pg_class AS t ON t.oid = d.refobjid
+    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND r.ev_class = ANY(%(views)s::regclass[])
+      AND t.relnamespace = 'aggjobs_retired'::regnamespace)
