@@ -112,6 +112,13 @@ BEGIN
     FROM deps JOIN pg_class AS c ON c.oid = deps.oid
     JOIN pg_namespace AS n ON n.oid = c.relnamespace
     GROUP BY c.oid, c.relkind, n.nspname, c.relname, c.relowner;
+    -- The live tables' other indexes (those views.sql makes for the views' reads), made
+    -- again on the new tables below; the key and bucket indexes they have already.
+    CREATE TEMP TABLE swap_indexes ON COMMIT DROP AS
+    SELECT i.relname AS name, pg_get_indexdef(x.indexrelid) AS def
+    FROM pg_index AS x JOIN pg_class AS i ON i.oid = x.indexrelid
+    WHERE x.indrelid = ANY(tables)
+      AND NOT EXISTS (SELECT FROM pg_constraint AS c WHERE c.conindid = x.indexrelid);
     FOR v IN SELECT * FROM swap_views ORDER BY depth DESC LOOP
         EXECUTE format('DROP %s IF EXISTS %I.%I',
                        CASE v.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END,
@@ -131,6 +138,15 @@ BEGIN
         EXECUTE format('GRANT SELECT ON analytics.%I TO aggjobs_reader', t);
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON analytics.%I'
                        ' TO aggjobs_worker', t);
+    END LOOP;
+    FOR v IN SELECT * FROM swap_indexes LOOP
+        IF to_regclass(format('analytics.%I', v.name)) IS NULL THEN
+            BEGIN
+                EXECUTE v.def;
+            EXCEPTION WHEN undefined_column THEN
+                NULL;  -- over a column the new version no longer has
+            END;
+        END IF;
     END LOOP;
     -- The engine's state follows: the new version's becomes the rollup's.
     DELETE FROM aggjobs.watermarks AS w WHERE w.rollup = p_rollup;
