@@ -209,20 +209,26 @@ def test_p99_added_to_execution_metrics_is_refused_then_rebuilt_and_swapped(
         "execution_metrics_daily", "execution_metrics_hourly", "execution_metrics_weekly"]
     assert overview(conn, settings, now=AS_OF)["healthy"]
 
-    # Refreshes with a small budget converge; the live table is v1's until the swap.
+    # Refreshes under a time budget (the hourly job's) advance it an hour a transaction and
+    # never swap; the live table is v1's until the swap. A refresh without a budget (the
+    # daily job's, `aggjobs refresh`) finishes it, checks it and swaps it in.
     progress = []
-    for _ in range(20):
+    for _ in range(4):
         report = refresh(conn, EM_P99, as_of=AS_OF, settings=settings, rebuild_budget_s=0)
         assert report.rebuild is not None and report.rebuild.version == 2
+        assert report.rebuild.new_hours == 1 and not report.rebuild.swapped
         progress.append(report.rebuild.progress)
-        if report.rebuild.swapped:
-            break
         assert "p99_runtime" not in column_names(conn, "analytics", "execution_metrics_hourly")
         assert conn.execute(f"SELECT {EM_COLUMNS} FROM {HOURLY} ORDER BY 1, 2"
                             ).fetchall() == before
-    assert report.rebuild.swapped, progress
-    assert len(progress) > 2 and progress == sorted(set(progress)), progress
-    assert progress[-1] == 1.0
+    report = refresh(conn, EM_P99, as_of=AS_OF, settings=settings, max_buckets=50)
+    assert report.rebuild is not None and not report.rebuild.swapped
+    assert report.rebuild.new_hours == 50
+    progress.append(report.rebuild.progress)
+    report = refresh(conn, EM_P99, as_of=AS_OF, settings=settings)
+    assert report.rebuild is not None and report.rebuild.swapped, report.rebuild
+    progress.append(report.rebuild.progress)
+    assert progress == sorted(set(progress)) and progress[-1] == 1.0, progress
 
     # After the swap: v2 live, exact against the raw rows, v1 retired.
     assert definition_rows(conn, "execution_metrics") == [(1, "retired"), (2, "live")]
