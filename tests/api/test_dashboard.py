@@ -70,7 +70,9 @@ def test_dashboard_shows_jobs_charts_freshness_failures_backfills_problems(clien
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing from elsewhere
     assert '<span id="verdict">unhealthy</span>' in page
     part = sections(page)
-    assert set(part) == {"problems", "jobs", "charts", "freshness", "failures", "backfills"}
+    assert set(part) == {"problems", "jobs", "charts", "freshness", "failures", "backfills",
+                         "rebuilds"}
+    assert "None: every rollup is live under its declared definition" in part["rebuilds"]
 
     jobs = dict(re.findall(r'<tr class="job [\w]+" data-job="(\w+)">(.*?)</tr>', part["jobs"]))
     assert list(jobs) == list(JOBS)
@@ -260,3 +262,18 @@ def test_up_prints_a_working_dashboard_address(db_url, conn, tmp_path):
         up.stdout.close()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_a_rebuild_in_progress_shows_its_version_progress_and_failed_check() -> None:
+    from aggjobs.api.dashboard import rebuild_rows
+
+    html = rebuild_rows({"rebuilds": [
+        {"rollup": "execution_metrics", "version": 2, "live_version": 1, "progress": 0.634,
+         "check_error": None},
+        {"rollup": "agent_costs", "version": 5, "live_version": 4, "progress": 1.0,
+         "check_error": "1 mismatch(es) <first>"}]})
+    rows = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>", html)
+    assert rows == [
+        ("execution_metrics", "v2 (v1 live until the swap)", '<span class="pct">63%</span>', ""),
+        ("agent_costs", "v5 (v4 live until the swap)", '<span class="pct">100%</span>',
+         "1 mismatch(es) &lt;first&gt;")]
