@@ -30,6 +30,11 @@ are relative to now), then measures, each --repeat times (median, min, max):
                  copied back in time: shape-true, not data-true)
   history        the hourly step again after --history x as much older data is loaded (the
                  cost must not grow; the plan must not flip)
+  rebuild        a measure added to execution_metrics (p99 of the runtime; the declaration
+                 changed in-process, then `migrate`): the rebuild's hours per second in
+                 `refresh`, beside an in-process backfill of the same hours, interleaved;
+                 then the `hourly_rollup` job for a new hour while such a rebuild is far
+                 from caught up. Last: it appends --repeat new hours after the workload's end.
 
 --layout partitioned loads the same data into sources partitioned by UTC day (docs/rollups.md,
 "Partitioned sources"), a partition per day.
@@ -41,6 +46,7 @@ if matplotlib is installed (`pip install -e '.[bench]'`), bench/results/suite.pn
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -61,8 +67,11 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).parent))
 from workload import Workload, create_partitioned, load  # noqa: E402
 
-from aggjobs.catalog import BUILTIN_ROLLUPS, Grain, Rollup, get_rollup  # noqa: E402
+import aggjobs.catalog.declared as declared  # noqa: E402
+from aggjobs.catalog import BUILTIN_ROLLUPS, Grain, Quantile, Rollup, get_rollup  # noqa: E402
+from aggjobs.catalog.grains import chunks  # noqa: E402
 from aggjobs.db.migrate import migrate  # noqa: E402
+from aggjobs.engine.backfill import backfill  # noqa: E402
 from aggjobs.engine.recompute import native_installed, recompute_range  # noqa: E402
 from aggjobs.engine.refresh import refresh  # noqa: E402
 from aggjobs.engine.state import reset_if_requested  # noqa: E402
@@ -75,6 +84,7 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 EM = get_rollup("execution_metrics")
 AE = get_rollup("agent_executions")
+P99 = Quantile(name="p99_runtime", column="runtime_seconds", q=0.99)  # the rebuild's change
 
 SEED_TABLE = """
 CREATE TABLE IF NOT EXISTS public.bench_seed (workspace_id bigint, hour timestamptz,
@@ -138,6 +148,9 @@ TARGETS = {
                             lambda r: r["ingest"]["insert_batch"]["ratio"] <= 1.05),
     "backfill": (">= 0.5 x floor rate", lambda r: r["backfill"]["best"]["ratio"] >= 0.5),
     "backfill.peak_rss_mb": ("< 250 MB", lambda r: r["backfill"]["peak_rss_mb"] < 250),
+    "rebuild.rate": (">= 0.8 x backfill rate",
+                     lambda r: r["rebuild"]["rate"]["ratio"] >= 0.8),
+    "rebuild.hourly_job": ("< 3 s", lambda r: r["rebuild"]["hourly_job"]["median_ms"] < 3000),
 }
 
 
@@ -233,7 +246,9 @@ class Bench:
         ms = (time.perf_counter() - started) * 1000
         if result.status != "succeeded":
             raise SystemExit(f"{name} {result.status}: {result.error} {result.steps}")
-        return {"ms": ms, "steps_ms": {s.name: s.seconds * 1000 for s in result.steps}}
+        return {"ms": ms, "steps_ms": {s.name: s.seconds * 1000 for s in result.steps},
+                "rebuilds": {s.name: s.detail["rebuild"] for s in result.steps
+                             if "rebuild" in s.detail}}
 
     def late(self) -> dict:
         old = self.w.start + (self.w.hours // 3) * HOUR  # materialized, well behind
@@ -360,6 +375,128 @@ class Bench:
                 "plan_before": plan_before, "plan_after": plan_after,
                 "plan_flipped": plan_before != plan_after}
 
+
+    # -------------------------------------------------------------- rebuild (issue 15)
+
+    def declare(self, rollup: Rollup) -> dict:
+        """execution_metrics declared as `rollup` (the code change, in-process), then
+        `migrate`: its plan line for execution_metrics."""
+        declared.BUILTIN_ROLLUPS = tuple(rollup if r.name == EM.name else r
+                                         for r in BUILTIN_ROLLUPS)
+        declared.load.cache_clear()
+        migrated = migrate(self.conn, native=bool(self.results.get("native")), prune=True)
+        return {"plan": next(p.line() for p in migrated.plan.rollups if p.rollup == EM.name),
+                "dropped": len(migrated.dropped)}
+
+    def undeclare(self) -> dict:
+        """The built-in declaration back, migrated: a measure removed (in place) after a
+        swap, the rebuild cancelled before one; the retired tables dropped."""
+        declared.BUILTIN_ROLLUPS = BUILTIN_ROLLUPS
+        declared.load.cache_clear()
+        migrated = migrate(self.conn, native=bool(self.results.get("native")), prune=True)
+        return {"plan": next(p.line() for p in migrated.plan.rollups if p.rollup == EM.name),
+                "dropped": len(migrated.dropped)}
+
+    def rebuild(self) -> dict:
+        """A measure added to execution_metrics: (1) the rebuild's rate of hours, in the
+        `refresh` that rebuilds it unbounded, beside a one-session backfill of the same
+        hours of the same rollup, interleaved repeat by repeat; (2) the hourly job, a new
+        hour per run, while such a rebuild is far from caught up."""
+        with_p99 = dataclasses.replace(EM, measures=(*EM.measures, P99))
+        settings = self.settings.model_copy(update={"backfill_sessions": 1})
+        as_of = self.data_end()
+        for rollup in BUILTIN_ROLLUPS:  # every grain up to date: the rebuild catches up to it
+            refresh(self.conn, rollup, as_of=as_of, settings=settings)
+        first = self.conn.execute("SELECT min(started_at) FROM public.agent_runs").fetchone()[0]
+        lo, hi = Grain.HOUR.floor(first), as_of
+        runs = self.runs_in(lo, hi)
+        hour_pieces = len(chunks(lo, hi, settings.hours_per_transaction * HOUR))
+        samples: dict[str, list] = {"backfill": [], "rebuild": [], "backfill_p99": []}
+        try:
+            for _ in range(self.repeat):
+                samples["backfill"].append(self.timed_backfill(lo, hi, hour_pieces, settings))
+                samples["rebuild"].append(self.timed_rebuild(with_p99, as_of, settings))
+                # the same backfill of the new definition, live now: the measure's own cost
+                samples["backfill_p99"].append(
+                    self.timed_backfill(lo, hi, hour_pieces, settings, with_p99))
+                samples["rebuild"][-1]["back"] = self.undeclare()
+        finally:
+            self.undeclare()
+        hours = (hi - lo) // HOUR
+        b_rate = statistics.median(hours / s["hours_s"] for s in samples["backfill"])
+        r_rate = statistics.median(s["new_hours"] / s["hours_s"] for s in samples["rebuild"])
+        p_rate = statistics.median(hours / s["hours_s"] for s in samples["backfill_p99"])
+        rate = {"backfill_hours_per_s": b_rate, "rebuild_hours_per_s": r_rate,
+                "ratio": r_rate / b_rate, "hours": hours, "runs": runs,
+                "backfill_p99_hours_per_s": p_rate, "ratio_p99": r_rate / p_rate,
+                "backfill_runs_per_s": b_rate * runs / hours,
+                "rebuild_runs_per_s": r_rate * runs / hours}
+        return {"rate": rate, "samples": samples, "hourly_job": self.job_while_rebuilding(
+            with_p99, settings)}
+
+    def data_end(self) -> datetime:
+        """The workload's end, or past the hours an earlier run appended (--reuse)."""
+        last = self.conn.execute("SELECT max(started_at) FROM public.agent_runs"
+                                 " WHERE id < 2 * 10 ^ 13").fetchone()[0]
+        return max(self.w.end, Grain.HOUR.floor(last) + HOUR)
+
+    def timed_backfill(self, lo: datetime, hi: datetime, hour_pieces: int,
+                       settings: Settings, rollup: Rollup = EM) -> dict:
+        """An in-process backfill of [lo, hi), one session: the hours (its first
+        `hour_pieces` chunks) and the whole (days and weeks after them)."""
+        marks: list[float] = []
+        started = time.perf_counter()
+        backfill(self.conn, rollup, lo, hi, settings=settings,
+                 progress=lambda done, total: marks.append(time.perf_counter()))
+        whole = time.perf_counter() - started
+        return {"hours_s": marks[hour_pieces - 1] - started, "whole_s": whole,
+                "chunks": len(marks)}
+
+    def timed_rebuild(self, with_p99: Rollup, as_of: datetime, settings: Settings) -> dict:
+        """execution_metrics changed and migrated, then `refresh` unbounded: the live
+        version's part (nothing new), the rebuild's hours (up to its last progress call),
+        and the whole (with the coarser grains merged, the check and the swap)."""
+        declared_as = self.declare(with_p99)
+        marks: list[float] = []
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what.endswith(" rebuild"):
+                marks.append(time.perf_counter())
+
+        started = time.perf_counter()
+        report = refresh(self.conn, with_p99, as_of=as_of, settings=settings,
+                         rebuild_budget_s=None, progress=progress)
+        whole = time.perf_counter() - started
+        r = report.rebuild
+        if r is None or not r.swapped:
+            raise SystemExit(f"the rebuild did not swap: {declared_as} {r}")
+        live_s = sum(g.seconds for g in report.grains)
+        return {"new_hours": r.new_hours, "hours_s": marks[-1] - started - live_s,
+                "live_s": live_s, "whole_s": whole, "rows": r.rows, "checked": r.checked,
+                "mismatches": len(r.mismatches), "migrate": declared_as}
+
+    def job_while_rebuilding(self, with_p99: Rollup, settings: Settings) -> dict:
+        """--repeat new hours appended after the workload's end; the rebuild started (the
+        change migrated); then the hourly job, one new hour per run, as scheduled, with
+        AGGJOBS_REBUILD_SECONDS_PER_RUN for the rebuild; the rebuild cancelled after."""
+        new = Workload(self.data_end(), self.repeat, self.w.runs_per_hour, self.w.workspaces)
+        load(self.conn, new, progress=False)
+        runs = []
+        try:
+            declared_as = self.declare(with_p99)
+            for i in range(self.repeat):
+                runs.append(self.job("hourly_rollup", new.start + (i + 1) * HOUR))
+        finally:
+            back = self.undeclare()
+        rebuilds = [r["rebuilds"].get(f"{EM.name}.hour", {}) for r in runs]
+        return {**summary([r["ms"] for r in runs]),
+                "steps_ms": {name: statistics.median(r["steps_ms"][name] for r in runs)
+                             for name in runs[0]["steps_ms"]},
+                "rebuild_progress": [r.get("progress") for r in rebuilds],
+                "rebuild_new_hours": [r.get("new_hours") for r in rebuilds],
+                "swapped": any(r.get("swapped") for r in rebuilds),
+                "seconds_per_run": settings.rebuild_seconds_per_run,
+                "migrate": declared_as, "back": back}
 
 class Rollback(Exception):
     pass
@@ -624,6 +761,23 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                     f"{hs['ratio']:.2f} x 1x (seed {hs['seed_ratio']:.2f})"
                     + (", plan flipped" if hs["plan_flipped"] else ", same plan"),
                     TARGETS["history"][0]))
+    if "rebuild" in r:
+        rb = r["rebuild"]
+        rate = rb["rate"]
+        out += [("backfill of the same hours, in-process",
+                 f"{rate['backfill_hours_per_s']:.2f} hours/s",
+                 f"{rate['backfill_runs_per_s']:,.0f} runs/s", ""),
+                ("rebuild, a measure added (p99)", f"{rate['rebuild_hours_per_s']:.2f} hours/s",
+                 f"{rate['ratio']:.2f} x backfill", TARGETS["rebuild.rate"][0])]
+        if "backfill_p99_hours_per_s" in rate:
+            out.append(("  backfill of the new definition (with p99)",
+                        f"{rate['backfill_p99_hours_per_s']:.2f} hours/s",
+                        f"rebuild {rate['ratio_p99']:.2f} x it", ""))
+        j = rb["hourly_job"]
+        out.append(("hourly_rollup job during a rebuild", ms(j["median_ms"]),
+                    f"rebuild at {j['rebuild_progress'][-1] or 0:.0%} after"
+                    f" {len(j['rebuild_progress'])} runs", TARGETS["rebuild.hourly_job"][0]))
+        out += [(f"  step {name}", ms(v), "", "") for name, v in j["steps_ms"].items()]
     return out
 
 
@@ -664,6 +818,11 @@ def plot(results: dict, path: Path) -> bool:
         bars.append(("floor rate / backfill rate", 1 / results["backfill"]["best"]["ratio"], 2.0))
     if "history" in results:
         bars.append(("3x history / 1x", results["history"]["ratio"], 1.05))
+    if "rebuild" in results:
+        bars.append(("backfill rate / rebuild rate", 1 / results["rebuild"]["rate"]["ratio"],
+                     1.25))
+        bars.append(("hourly job in a rebuild / 3 s",
+                     results["rebuild"]["hourly_job"]["median_ms"] / 3000, 1.0))
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(bars) + 1.5))
     names = [b[0] for b in bars]
     ax.barh(names, [b[1] for b in bars],
@@ -681,7 +840,7 @@ def plot(results: dict, path: Path) -> bool:
 # ------------------------------------------------------------------------------ main
 
 SECTIONS = ("hourly_step", "catch_up", "hourly_job", "late", "daily", "weekly", "ingest",
-            "backfill", "views", "history")
+            "backfill", "views", "history", "rebuild")  # rebuild last: it appends new hours
 
 
 def database(admin_url: str, name: str, *, fresh: bool) -> str:
