@@ -103,13 +103,20 @@ def refresh(
         if v.building is not None:
             report.rebuild = advance_rebuild(conn, v, as_of=as_of, settings=settings,
                                              budget_s=rebuild_budget_s, max_hours=max_buckets,
-                                             progress=progress)
+                                             progress=progress, hour_cost=hour_cost(report))
     return report
+
+
+def hour_cost(report: RefreshReport) -> float | None:
+    """Seconds the live version took per new hour in this refresh (None: it made none)."""
+    hours = [g for g in report.grains if g.grain is Grain.HOUR and g.new_buckets]
+    return hours[0].seconds / hours[0].new_buckets if hours else None
 
 
 def advance_rebuild(conn: psycopg.Connection, v: definitions.Versions, *, as_of: datetime,
                     settings: Settings, budget_s: float | None, max_hours: int | None,
-                    progress: Progress | None) -> RebuildReport:
+                    progress: Progress | None, hour_cost: float | None = None
+                    ) -> RebuildReport:
     """The version being rebuilt, brought forward under its own lock: its hours until it has
     caught up, `budget_s` is spent or `max_hours` are done, then its coarser grains (merged
     from those hours). Once caught up it is checked and swapped in, except under a time
@@ -125,12 +132,14 @@ def advance_rebuild(conn: psycopg.Connection, v: definitions.Versions, *, as_of:
                 state.fan_out(conn, shadow.source)
             state.reset_if_requested(conn, shadow)
             hours = rebuild_hours(conn, shadow, report, as_of=as_of, settings=settings,
-                                  budget_s=budget_s, max_hours=max_hours, progress=progress)
-            coarser = [] if hours.held_back else [
+                                  budget_s=budget_s, max_hours=max_hours, progress=progress,
+                                  estimate=hour_cost)
+            behind = hours is None or hours.held_back
+            coarser = [] if behind else [
                 refresh_grain(conn, shadow, g, as_of=as_of, settings=settings,
                               max_buckets=None, progress=None) for g in shadow.grains[1:]]
             report.rows += sum(g.rows.written for g in coarser)
-            report.caught_up = not hours.held_back and not any(g.held_back for g in coarser)
+            report.caught_up = not behind and not any(g.held_back for g in coarser)
             if budget_s is None:
                 rebuild.conclude(conn, v, report, settings=settings,
                                  rebuild_from=built.rebuild_from if built else None)
@@ -144,15 +153,26 @@ def advance_rebuild(conn: psycopg.Connection, v: definitions.Versions, *, as_of:
 
 def rebuild_hours(conn: psycopg.Connection, shadow: Rollup, report: RebuildReport, *,
                   as_of: datetime, settings: Settings, budget_s: float | None,
-                  max_hours: int | None, progress: Progress | None) -> GrainReport:
-    """New hours of the version being rebuilt, a transaction at a time; the last report."""
+                  max_hours: int | None, progress: Progress | None,
+                  estimate: float | None) -> GrainReport | None:
+    """New hours of the version being rebuilt, a transaction at a time; the last report
+    (None: none was started). Under a time budget, an hour a transaction, and one is only
+    started if it should end within the budget: `estimate` (what the live version's hour
+    took), then what the last one took, says how long it will take."""
     deadline = None if budget_s is None else time.monotonic() + budget_s
-    # Under a time budget, an hour a transaction: the budget is checked between them.
     per_tx = settings.hours_per_transaction if deadline is None else 1
+    g = None
     while True:
+        if deadline is not None and estimate is not None \
+                and time.monotonic() + estimate > deadline:
+            report.note = (f"an hour takes about {estimate:.1f} s, more than is left of "
+                           f"AGGJOBS_REBUILD_SECONDS_PER_RUN: left to the next runs")
+            return g
         left = per_tx if max_hours is None else min(per_tx, max_hours - report.new_hours)
+        started = time.monotonic()
         g = refresh_grain(conn, shadow, Grain.HOUR, as_of=as_of, settings=settings,
                           max_buckets=max(1, left), progress=None)
+        estimate = (time.monotonic() - started) / max(1, g.new_buckets)
         report.rows += g.rows.written
         report.new_hours += g.new_buckets
         if progress:
