@@ -261,9 +261,20 @@ def test_user_rollup_planned_created_refreshed_verified_backfilled_and_served(
 
 
 # -- 1b. the database roles --------------------------------------------------------------------
+# A further dimension that may be NULL, with the measures merged through auxiliary joins at
+# the day grain (the sets of DistinctCount, Avg's reference, the portable Quantile's sketch).
+AGENT_USERS = """
+AGENT_USERS = Rollup(
+    name="agent_users", source=AGENT_RUNS, dimensions=("workspace_id", "agent_id"),
+    grains=(Grain.HOUR, Grain.DAY),
+    measures=(DistinctCount(name="users", column="user_id"),
+              Avg(name="avg_runtime", column="runtime_seconds")))
+"""
+
+
 def test_worker_refreshes_a_user_rollup_and_the_reader_reads_it(
         conn, db_url, tmp_path, login_role: Callable[[str], str]) -> None:
-    env = declare(tmp_path, GOOD)
+    env = declare(tmp_path, AGENT_COSTS + AGENT_USERS + "ROLLUPS = [AGENT_COSTS, AGENT_USERS]\n")
     conn.execute(
         "INSERT INTO agent_runs (id, workspace_id, user_id, agent_id, status, started_at,"
         " runtime_seconds, credits_consumed) SELECT g, 1 + g %% 3, 1,"
@@ -281,6 +292,20 @@ def test_worker_refreshes_a_user_rollup_and_the_reader_reads_it(
     raw = raw_hourly(conn, end)
     assert len(raw) > 100 and stored_hourly(conn, end) == raw
     assert assert_daily_close(conn, watermarks(conn, "agent_costs")["day"]) > 5
+    ok(cli("refresh", "agent_users", "--as-of", as_of, url=worker, extra_env=env))
+    users = conn.execute(
+        "SELECT workspace_id, agent_id, (started_at AT TIME ZONE 'UTC')::date,"
+        " count(DISTINCT user_id), avg(runtime_seconds) FROM agent_runs GROUP BY 1, 2, 3"
+        " ORDER BY 1, 2, 3").fetchall()
+    assert any(r[1] is None for r in users)
+    stored = conn.execute("SELECT workspace_id, agent_id, day, users, avg_runtime FROM"
+                          " analytics.agent_users_daily ORDER BY 1, 2, 3").fetchall()
+    assert [r[:4] for r in stored] == [r[:4] for r in users]
+    assert all(math.isclose(a[4], b[4], rel_tol=1e-12) for a, b in zip(stored, users,
+                                                                        strict=True))
+    window = ("--from", T0.isoformat(), "--to", as_of)
+    checked = ok(cli("verify", "agent_users", *window, url=db_url, extra_env=env))
+    assert checked.stdout.count(": ok") == 2, checked.stdout
 
     with psycopg.connect(reader, autocommit=True) as r:
         assert stored_hourly(r, end) == raw
@@ -292,11 +317,11 @@ def test_worker_refreshes_a_user_rollup_and_the_reader_reads_it(
             r.execute("SELECT count(*) FROM public.agent_runs")
     # the reader cannot migrate either: it exits 2 and the definitions stay as they were
     before = definitions(conn)
-    refused = cli("migrate", url=reader, extra_env=declare(tmp_path, AGENT_COSTS + textwrap.dedent(
-        """
+    more = AGENT_COSTS + textwrap.dedent("""
         ROLLUPS = [AGENT_COSTS, Rollup(name="agent_new", source=AGENT_RUNS,
                                        measures=(Count(name="runs"),))]
-        """), name="platform_rollups_2"))
+        """)
+    refused = cli("migrate", url=reader, extra_env=declare(tmp_path, more, "platform_rollups_2"))
     assert refused.returncode == 2, refused.stderr
     assert one_line_error(refused).startswith(
         "error: the database role lacks a privilege: permission denied for "), refused.stderr
