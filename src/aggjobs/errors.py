@@ -38,6 +38,11 @@ class LockBusy(AggjobsError):
     """Another process holds the lock this work needs."""
 
 
+class PrivilegeMissing(AggjobsError):
+    """The database role lacks a privilege the command needs (e.g. a reader's URL given to
+    `aggjobs migrate`)."""
+
+
 class MigrationRequired(AggjobsError):
     """The database schema is missing or out of date: run `aggjobs migrate`."""
 

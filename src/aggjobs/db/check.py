@@ -69,7 +69,9 @@ def source_problems(conn: psycopg.Connection, source: Source,
                         {"schema": source.schema, "table": source.table}).fetchall()
     name = f"{source.schema}.{source.table}"
     if not rows or not rows[0][0]:
-        return [f"{name} does not exist"]
+        readers = ", ".join(sorted(set().union(*(r for kinds in needs.values()
+                                                  for r in kinds.values()))))
+        return [f"{name} does not exist (source {source.name!r} of {readers})"]
     found = {col: (typname, category, typtype, shown) for _, col, typname, category, typtype,
              shown in rows if col is not None}
     problems = []
@@ -79,10 +81,11 @@ def source_problems(conn: psycopg.Connection, source: Source,
             problems.append(f"{name}.{column} is missing (read by {users})")
             continue
         typname, category, typtype, shown = found[column]
-        for kind in kinds:
+        for kind, readers in kinds.items():
             if not accepts(kind, typname, category, typtype):
+                # the rollups that need it of this kind, not every one reading it
                 problems.append(f"{name}.{column} is {shown}, must be {KINDS[kind][1]} "
-                                f"(read by {users})")
+                                f"(read by {', '.join(sorted(readers))})")
                 break
     return problems
 

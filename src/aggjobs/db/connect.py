@@ -10,7 +10,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
-from ..errors import DatabaseUnavailable, LockBusy
+from ..errors import DatabaseUnavailable, LockBusy, PrivilegeMissing
 from ..settings import Settings, get_settings
 from .embedded import embedded_url
 
@@ -114,5 +114,8 @@ def translate_errors() -> Iterator[None]:
         yield
     except pg_errors.LockNotAvailable as exc:
         raise LockBusy(f"a lock was busy: {first_line(exc)}") from exc
+    except pg_errors.InsufficientPrivilege as exc:
+        raise PrivilegeMissing(f"the database role lacks a privilege: {first_line(exc)}"
+                               ) from exc
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"database error: {first_line(exc)}") from exc

@@ -521,7 +521,7 @@ def select_groups(ctx: Context, parts: Parts, columns: list[str]) -> Composable:
         ctx.group_by(),
     )
     joins = [
-        S("LEFT JOIN ({}) AS {} USING ({})").format(q, I(alias), S(", ").join(map(I, names)))
+        S("LEFT JOIN ({}) AS {} {}").format(q, I(alias), join_on(ctx, alias))
         for alias, q in parts.auxes
     ] + [S("CROSS JOIN LATERAL ({}) AS {}").format(q, I(alias)) for alias, q in parts.laterals]
     return S("SELECT {}, {} FROM ({}) AS g {}").format(
@@ -530,6 +530,20 @@ def select_groups(ctx: Context, parts: Parts, columns: list[str]) -> Composable:
         g,
         S(" ").join(joins),
     )
+
+
+def join_on(ctx: Context, alias: str) -> Composable:
+    """How an auxiliary subquery joins its group. A further dimension may be NULL, and USING
+    (=) would drop such a group's values: it matches NULL to NULL, on a coalesce for a hash
+    join (dimensions are integers) and IS NOT DISTINCT FROM for exactness."""
+    names = [a for a, _ in ctx.groups]
+    nullable = set(ctx.rollup.further_dimensions)
+    if not nullable:
+        return S("USING ({})").format(S(", ").join(map(I, names)))
+    return S("ON ") + S(" AND ").join(
+        S("coalesce({0}, 0) = coalesce({1}, 0) AND {0} IS NOT DISTINCT FROM {1}").format(
+            I("g", n), I(alias, n)) if n in nullable
+        else S("{} = {}").format(I("g", n), I(alias, n)) for n in names)
 
 
 def context(rollup: Rollup, grain: Grain, scope: Scope, *, raw: bool = False,
