@@ -438,10 +438,11 @@ MIGRATE_LOCK = "hashtext('aggjobs.migrate')"
 
 
 def waiting_migrates(conn: psycopg.Connection) -> int:
+    """Migrates polling for the migrate lock (their last statement tried to take it)."""
     return conn.execute(
-        "SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a USING (pid)"
-        " WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name ="
-        " 'aggjobs:migrate' AND a.datname = current_database()").fetchone()[0]
+        "SELECT count(*) FROM pg_stat_activity AS a WHERE a.application_name ="
+        " 'aggjobs:migrate' AND a.datname = current_database()"
+        " AND a.query LIKE '%pg_try_advisory_xact_lock%'").fetchone()[0]
 
 
 def start_migrate(url: str, env: dict[str, str]) -> subprocess.Popen:
@@ -462,7 +463,7 @@ def test_two_migrates_at_once_on_a_fresh_database_serialize(empty_db_url, tmp_pa
     """Both wait on the migrate lock (held here until both are queued), then one creates
     everything and the other finds it done: both exit 0, each migration and each rollup's
     version once."""
-    env = {**declare(tmp_path, GOOD), "AGGJOBS_LOCK_TIMEOUT_MS": "60000"}
+    env = declare(tmp_path, GOOD)
     with psycopg.connect(empty_db_url, autocommit=True) as holder:
         holder.execute(f"SELECT pg_advisory_lock({MIGRATE_LOCK})")
         first = start_migrate(empty_db_url, env)
@@ -497,17 +498,18 @@ def test_two_migrates_at_once_on_a_fresh_database_serialize(empty_db_url, tmp_pa
     ok(cli("refresh", "--as-of", "2026-03-02", url=empty_db_url, extra_env=env))
 
 
-def test_a_migrate_waiting_past_the_lock_timeout_exits_2_and_changes_nothing(
+def test_a_migrate_waiting_past_lock_wait_s_exits_2_and_changes_nothing(
         empty_db_url, tmp_path) -> None:
-    """The migrate lock obeys AGGJOBS_LOCK_TIMEOUT_MS (default 5 s): a migrate queued behind
-    a longer one gives up in one line, having done nothing."""
-    env = {**declare(tmp_path, GOOD), "AGGJOBS_LOCK_TIMEOUT_MS": "500"}
+    """A migrate waits AGGJOBS_LOCK_WAIT_S (default 300 s) for one in progress, then gives
+    up in one line naming the lock's holder, having done nothing."""
+    env = {**declare(tmp_path, GOOD), "AGGJOBS_LOCK_WAIT_S": "1"}
     with psycopg.connect(empty_db_url, autocommit=True) as holder:
         holder.execute(f"SELECT pg_advisory_lock({MIGRATE_LOCK})")
         result = cli("migrate", url=empty_db_url, extra_env=env)
         assert result.returncode == 2, result.stdout + result.stderr
-        assert one_line_error(result) == ("error: a lock was busy: canceling statement due to"
-                                          " lock timeout")
+        assert one_line_error(result) == (
+            "error: another `aggjobs migrate` is running (waited 1 s, AGGJOBS_LOCK_WAIT_S); "
+            "try again when it has finished")
         assert result.stdout == ""
         assert holder.execute("SELECT to_regnamespace('aggjobs'), to_regnamespace('analytics')"
                               ).fetchone() == (None, None)

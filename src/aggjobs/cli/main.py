@@ -159,7 +159,8 @@ def migrate(
             done = plan_only(conn)
         else:
             done = run_migrations(conn, native=settings.native, prune=prune, force=force,
-                                  retired_grace_s=settings.retired_grace_days * 86400)
+                                  retired_grace_s=settings.retired_grace_days * 86400,
+                                  lock_wait_s=settings.lock_wait_s)
             native = native_installed(conn)
     if as_json:
         console.print_json(data=render.migrate_json(done, planned=plan))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from importlib.resources import files
 
@@ -22,7 +23,8 @@ from psycopg import sql
 from ..catalog import BUILTIN_SOURCES, Source, rollups, rollups_on, sources
 from ..sql import query, tracking
 from ..sql import rollup as rollup_sql
-from . import definitions
+from ..errors import LockBusy
+from . import definitions, locks
 from .check import check_sources
 from .view_caches import update_view_caches
 
@@ -67,13 +69,15 @@ class Migrated:
 
 
 def migrate(conn: psycopg.Connection, *, native: bool = True, prune: bool = False,
-            force: bool = False, retired_grace_s: float | None = None) -> Migrated:
+            force: bool = False, retired_grace_s: float | None = None,
+            lock_wait_s: float = 300.0) -> Migrated:
     """Apply pending migrations, then the rollup definitions' plan (db/definitions.py), then
     sync the catalog. `native`: install extension aggjobs_native where the server has it
     (else drop it); `prune`: drop every retired table now, else those retired longer than
-    `retired_grace_s` seconds (None: none); `force`: apply a plan that loses history."""
+    `retired_grace_s` seconds (None: none); `force`: apply a plan that loses history. Another
+    migrate in progress is waited for `lock_wait_s` seconds at most (LockBusy)."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('aggjobs.migrate'))")
+        take_migrate_lock(conn, lock_wait_s)
         conn.execute(BOOTSTRAP)
         applied = pending(conn)
         for m in applied:
@@ -91,6 +95,18 @@ def migrate(conn: psycopg.Connection, *, native: bool = True, prune: bool = Fals
         grace = 0.0 if prune else retired_grace_s
         dropped = [] if grace is None else definitions.drop_retired_tables(conn, grace_s=grace)
     return Migrated(applied, the_plan, dropped)
+
+
+def take_migrate_lock(conn: psycopg.Connection, wait_s: float) -> None:
+    """The transaction's migrate lock: concurrent migrates run one after the other."""
+    deadline = time.monotonic() + wait_s
+    while not conn.execute(query("try_migrate_lock")).fetchone()[0]:
+        if time.monotonic() >= deadline:
+            held = locks.held_by(conn, "migrate")
+            raise LockBusy(f"another `aggjobs migrate` is running (waited {wait_s:g} s, "
+                           "AGGJOBS_LOCK_WAIT_S); try again when it has finished"
+                           + (f"; its lock is {held}" if held else ""))
+        time.sleep(0.2)
 
 
 def pending(conn: psycopg.Connection) -> list[Migration]:

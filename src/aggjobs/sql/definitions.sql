@@ -1,5 +1,9 @@
 -- Rollup definitions and retired tables (migration 0014; db/definitions.py).
 
+-- name: try_migrate_lock
+-- One migrate at a time (transaction-level: it ends with the migrate's transaction).
+SELECT pg_try_advisory_xact_lock(hashtext('aggjobs.migrate'))
+
 -- name: stored_definitions
 -- Per rollup, its live definition and the last version number it has had.
 SELECT d.rollup, d.version, d.fingerprint, d.definition,
