@@ -21,9 +21,9 @@ import psycopg
 from psycopg import sql
 
 from ..catalog import BUILTIN_SOURCES, Source, rollups, rollups_on, sources
+from ..errors import LockBusy
 from ..sql import query, tracking
 from ..sql import rollup as rollup_sql
-from ..errors import LockBusy
 from . import definitions, locks
 from .check import check_sources
 from .view_caches import update_view_caches
