@@ -90,16 +90,18 @@ def check(conn: psycopg.Connection, shadow: Rollup, how: str) -> list[Mismatch]:
 
 
 def conclude(conn: psycopg.Connection, v: definitions.Versions, report: RebuildReport, *,
-             settings: Settings, rebuild_from: datetime | None) -> None:
-    """If the new version has caught up: check it, then swap it in."""
+             settings: Settings, built: definitions.Building | None) -> None:
+    """If the new version has caught up: check it, then swap it in. After a failed check
+    only a full one can let it in: another random sample could miss what the first found."""
+    rebuild_from = built.rebuild_from if built else None
     assert v.building is not None and v.version is not None
     report.progress = progress(conn, v.live, v.building, rebuild_from)
     if not report.caught_up or not is_caught_up(conn, v.live, v.building):
         report.caught_up = False
         return
     report.progress = 1.0
-    report.checked = settings.rebuild_check
-    report.mismatches = check(conn, v.building, settings.rebuild_check)
+    report.checked = "full" if built and built.check_error else settings.rebuild_check
+    report.mismatches = check(conn, v.building, report.checked)
     if report.mismatches:
         first = report.mismatches[0]
         error = (f"{len(report.mismatches)} mismatch(es) against the raw rows, first "
@@ -107,7 +109,7 @@ def conclude(conn: psycopg.Connection, v: definitions.Versions, report: RebuildR
         with conn.transaction():
             conn.execute(query("record_check_error"), {
                 "rollup": v.live.name, "version": v.version, "error": error})
-        report.note = f"not swapped: its {settings.rebuild_check} check found {error}"
+        report.note = f"not swapped: its {report.checked} check found {error}"
         log.error("%s v%d %s", v.live.name, v.version, report.note)
         return
     swap(conn, v, report, settings=settings)

@@ -141,8 +141,7 @@ def advance_rebuild(conn: psycopg.Connection, v: definitions.Versions, *, as_of:
             report.rows += sum(g.rows.written for g in coarser)
             report.caught_up = not behind and not any(g.held_back for g in coarser)
             if budget_s is None:
-                rebuild.conclude(conn, v, report, settings=settings,
-                                 rebuild_from=built.rebuild_from if built else None)
+                rebuild.conclude(conn, v, report, settings=settings, built=built)
             else:
                 report.progress = rebuild.progress(conn, v.live, shadow,
                                                    built.rebuild_from if built else None)

@@ -143,8 +143,8 @@ BEGIN
         IF to_regclass(format('analytics.%I', v.name)) IS NULL THEN
             BEGIN
                 EXECUTE v.def;
-            EXCEPTION WHEN undefined_column THEN
-                NULL;  -- over a column the new version no longer has
+            EXCEPTION WHEN undefined_column OR undefined_table THEN
+                NULL;  -- over a column, or a grain's table, the new version no longer has
             END;
         END IF;
     END LOOP;
