@@ -56,11 +56,10 @@ def watermarks(conn: psycopg.Connection) -> dict:
     return {(r, g): wm for r, g, wm in rows}
 
 
-def seed_sources(conn: psycopg.Connection, start: datetime, *, rows: int, every: timedelta,
-                 event_offset: timedelta = timedelta()) -> None:
-    """`rows` rows in each source, one per `every` from `start`, over workspaces 1-3, with
-    every status and ledger kind, set-based."""
-    params = {"t0": start, "n": rows, "every": every, "offset": event_offset}
+def seed_runs(conn: psycopg.Connection, start: datetime, *, rows: int, every: timedelta
+              ) -> None:
+    """`rows` agent_runs, one per `every` from `start`, over workspaces 1-3, with every
+    status, set-based (seed_sources's runs)."""
     conn.execute(
         """
         INSERT INTO agent_runs (id, workspace_id, user_id, agent_id, status, started_at,
@@ -71,7 +70,15 @@ def seed_sources(conn: psycopg.Connection, start: datetime, *, rows: int, every:
                CASE WHEN (g / 3) %% 4 = 2 THEN NULL ELSE 1 + (g * 37 %% 101) * 0.25 END,
                CASE WHEN (g / 3) %% 4 = 2 THEN NULL ELSE (g %% 13) * 0.5 END
         FROM generate_series(0, %(n)s - 1) AS g
-        """, params)
+        """, {"t0": start, "n": rows, "every": every})
+
+
+def seed_sources(conn: psycopg.Connection, start: datetime, *, rows: int, every: timedelta,
+                 event_offset: timedelta = timedelta()) -> None:
+    """`rows` rows in each source, one per `every` from `start`, over workspaces 1-3, with
+    every status and ledger kind, set-based."""
+    params = {"t0": start, "n": rows, "every": every, "offset": event_offset}
+    seed_runs(conn, start, rows=rows, every=every)
     conn.execute(
         """
         INSERT INTO user_events (id, workspace_id, user_id, event_type, occurred_at)

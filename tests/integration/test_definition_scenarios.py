@@ -68,25 +68,9 @@ def week(conn: psycopg.Connection, settings: Settings) -> Settings:
     """A week of runs (30 an hour over three workspaces, every status, NULL runtimes among
     them), refreshed under the released declarations. The other sources stay empty: the
     rollups here are those over agent_runs."""
-    seed_runs(conn, T0, rows=7 * 24 * 30, every=timedelta(minutes=2))
+    p.seed_runs(conn, T0, rows=7 * 24 * 30, every=timedelta(minutes=2))
     p.refresh_all(conn, settings, AS_OF)
     return settings.model_copy(update={"hours_per_transaction": 24})
-
-
-def seed_runs(conn: psycopg.Connection, start: datetime, *, rows: int, every: timedelta
-              ) -> None:
-    """tests.platform.seed_sources's agent_runs alone, set-based."""
-    conn.execute(
-        """
-        INSERT INTO agent_runs (id, workspace_id, user_id, agent_id, status, started_at,
-                                runtime_seconds, credits_consumed)
-        SELECT 1000000 + g, 1 + g %% 3, 1 + g %% 7, 1,
-               (ARRAY['completed', 'failed', 'running', 'cancelled'])[1 + (g / 3) %% 4],
-               %(t0)s::timestamptz + g * %(every)s::interval,
-               CASE WHEN (g / 3) %% 4 = 2 THEN NULL ELSE 1 + (g * 37 %% 101) * 0.25 END,
-               CASE WHEN (g / 3) %% 4 = 2 THEN NULL ELSE (g %% 13) * 0.5 END
-        FROM generate_series(0, %(n)s - 1) AS g
-        """, {"t0": start, "n": rows, "every": every})
 
 
 def column_names(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
