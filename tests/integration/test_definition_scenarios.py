@@ -22,6 +22,7 @@ from aggjobs.catalog import Grain, Quantile, Rollup, declared
 from aggjobs.catalog import families as f
 from aggjobs.db import definitions
 from aggjobs.db.migrate import migrate
+from aggjobs.db.view_caches import update_view_caches
 from aggjobs.engine.refresh import refresh
 from aggjobs.engine.verify import verify_grain
 from aggjobs.errors import DefinitionsChanged
@@ -472,6 +473,34 @@ def test_a_measure_added_after_retention_keeps_the_history_with_it_null(conn, cu
     # the one week began before the horizon: kept as v1 had it
     assert set(stored_p99(conn, Grain.WEEK).values()) == {None}
     assert_verifies(conn, EM_P99, HORIZON)
+
+
+def cached_p95(conn: psycopg.Connection) -> dict:
+    return dict(conn.execute("SELECT day, p95_runtime FROM analytics.platform_daily_stats"))
+
+
+def test_the_view_caches_follow_a_swap_even_where_history_was_kept(conn, cut, declare):
+    """The caches behind the materialized views recompute a value when its input rows'
+    stamp changes; the buckets kept from v1 before retention's cut keep theirs, so the swap
+    must make them recompute: afterwards the caches equal a recomputation from nothing."""
+    today = AS_OF.date()
+    update_view_caches(conn, today)
+    before = cached_p95(conn)
+    assert before[T0.date()] is not None
+    p95 = next(m for m in EM.measures if m.name == "p95_runtime")
+    changed = dataclasses.replace(EM, measures=tuple(
+        dataclasses.replace(m, q=0.9) if m is p95 else m for m in EM.measures))
+    declare(changed)
+    migrate(conn)
+    refresh_until_swapped(conn, changed, cut)
+
+    update_view_caches(conn, today)
+    after = cached_p95(conn)
+    conn.execute("TRUNCATE analytics.platform_daily_stats, analytics.workspace_window_stats")
+    update_view_caches(conn, today)
+    assert after == cached_p95(conn)
+    # before the cut, v2 keeps no sketch of the changed measure: nothing to merge
+    assert {v for d, v in after.items() if T0.date() <= d < HORIZON.date()} == {None}
 
 
 def test_a_dimension_added_after_retention_needs_force_and_starts_at_the_horizon(

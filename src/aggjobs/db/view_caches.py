@@ -20,6 +20,8 @@ import psycopg
 
 from ..sql import query
 
+# The rollups whose daily rows the caches merge.
+READS = frozenset({"execution_metrics", "user_activity"})
 STATEMENTS = ("platform_day_p95", "platform_day_users", "platform_days_outside",
               "window_p95", "window_users", "window_empty")
 
@@ -43,3 +45,10 @@ def update_view_caches(conn: psycopg.Connection, today: date | None = None) -> d
             detail[name] = {"rows": n, "ms": round((time.perf_counter() - started) * 1000, 1)}
     detail["rows"] = sum(v["rows"] for v in detail.values() if isinstance(v, dict))
     return detail
+
+
+def forget_stamps(conn: psycopg.Connection) -> None:
+    """Make the next update recompute every cached value (a rollup they read was swapped for
+    a new version); in the caller's transaction, under the caches' lock."""
+    conn.execute(query("view_caches_lock"))
+    conn.execute(query("forget_view_cache_stamps"))

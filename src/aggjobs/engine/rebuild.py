@@ -18,7 +18,7 @@ import psycopg
 
 from ..catalog import Grain, Rollup
 from ..catalog.grains import as_utc
-from ..db import definitions
+from ..db import definitions, view_caches
 from ..db.connect import first_line
 from ..settings import Settings
 from ..sql import query
@@ -122,6 +122,8 @@ def swap(conn: psycopg.Connection, v: definitions.Versions, report: RebuildRepor
         with conn.transaction():
             conn.execute("SELECT set_config('lock_timeout', %s, true)",
                          (f"{settings.lock_timeout_ms}ms",))
+            if v.live.name in view_caches.READS:
+                view_caches.forget_stamps(conn)
             conn.execute(query("swap_version"), {"rollup": v.live.name, "version": v.version})
     except psycopg.errors.LockNotAvailable as exc:
         report.note = f"swap postponed: readers held the tables ({first_line(exc)})"

@@ -16,6 +16,20 @@
 -- their job locks differ): the second waits for the first, then finds little left to do.
 SELECT pg_advisory_xact_lock(hashtext('aggjobs.view_caches'))
 
+-- name: forget_view_cache_stamps
+-- After a new version of execution_metrics or user_activity is swapped in (engine/rebuild.py):
+-- every cached value was computed from the old version's rows, and the buckets the new
+-- version kept from it (before retention's cut) keep their stamps, so a changed measure
+-- would go unseen there. Forgetting the stamps makes the next update recompute them all.
+-- Run under view_caches_lock, so that it never waits on an update holding the rows.
+WITH platform AS (
+    UPDATE analytics.platform_daily_stats
+    SET runs_updated_at = NULL, runs_rows = NULL, users_updated_at = NULL, users_rows = NULL
+    RETURNING 1
+)
+UPDATE analytics.workspace_window_stats
+SET runs_updated_at = NULL, runs_rows = NULL, users_updated_at = NULL, users_rows = NULL
+
 -- name: platform_day_p95
 -- The days of the last 90 (today included) whose execution_metrics_daily rows changed: the
 -- day's sketches merged (counts summed per key) and p95 read off the merge.
