@@ -355,25 +355,25 @@ BAD = {
     "unknown column": (
         bad('Rollup(name="bad_col", source=AGENT_RUNS,'
             ' measures=(Sum(name="tokens", column="tokens_used"),))'),
-        "public.agent_runs.tokens_used is missing (read by bad_col)"),
+        "public.agent_runs.tokens_used is missing (read by bad_col (measures.tokens.column))"),
     "unknown dimension": (
         bad('Rollup(name="bad_dim", source=AGENT_RUNS, dimensions=("workspace_id", "model"),'
             ' measures=(Count(name="n"),))'),
-        "public.agent_runs.model is missing (read by bad_dim)"),
+        "public.agent_runs.model is missing (read by bad_dim (dimensions))"),
     "sum over text": (
         bad('Rollup(name="bad_sum", source=AGENT_RUNS,'
             ' measures=(Sum(name="s", column="status"),))'),
-        "public.agent_runs.status is text, must be a number type (read by bad_sum)"),
+        "public.agent_runs.status is text, must be a number type (read by bad_sum (measures.s.column))"),
     "distinct over text": (
         bad('Rollup(name="bad_distinct", source=AGENT_RUNS,'
             ' measures=(DistinctCount(name="d", column="status"),))'),
         "public.agent_runs.status is text, must be smallint, integer or bigint"
-        " (read by bad_distinct)"),
+        " (read by bad_distinct (measures.d.column))"),
     "quantile over a timestamp": (
         bad('Rollup(name="bad_q", source=AGENT_RUNS,'
             ' measures=(Quantile(name="q", column="completed_at", q=0.5),))'),
         "public.agent_runs.completed_at is timestamp with time zone, must be a number type"
-        " (read by bad_q)"),
+        " (read by bad_q (measures.q.column))"),
     "hour then week": (
         bad('Rollup(name="bad_g", source=AGENT_RUNS, grains=(Grain.HOUR, Grain.WEEK),'
             ' measures=(Count(name="n"),))'),

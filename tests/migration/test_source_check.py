@@ -65,12 +65,14 @@ def test_migrate_lists_missing_and_mistyped_source_columns_and_changes_nothing(
         line = one_line_error(result)
         for problem in (
             ("public.agent_runs.started_at is text, must be timestamp with time zone (read by "
-             "agent_executions, execution_metrics)"),
-            "public.agent_runs.runtime_seconds is missing (read by execution_metrics)",
+             "agent_executions (source.time_column), execution_metrics (source.time_column))"),
+            ("public.agent_runs.runtime_seconds is missing (read by execution_metrics "
+             "(measures.avg_runtime.column, measures.p95_runtime.column))"),
             ("public.user_events.user_id is text, must be smallint, integer or bigint (read by "
-             "user_activity)"),
+             "user_activity (measures.active_users.column))"),
             ("public.credit_transactions.kind is integer, must be a text type (read by "
-             "credit_consumption)"),
+             "credit_consumption (measures.credits_used.where.column, "
+             "measures.credits_refunded.where.column, measures.credits_granted.where.column))"),
         ):
             assert problem in line, line
         assert line.count(" is missing") + line.count(", must be ") == 4, line

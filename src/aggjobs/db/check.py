@@ -10,7 +10,7 @@ said healthy (issue 21).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import psycopg
 
@@ -36,24 +36,40 @@ class SourceMismatch(AggjobsError):
     """A source table lacks a column the rollups read, or has it with another type."""
 
 
-def requirements(rollups: Iterable[Rollup]) -> dict[Source, dict[str, dict[str, set[str]]]]:
-    """Per source, per column, per kind: the rollups that need the column to be of it."""
-    needs: dict[Source, dict[str, dict[str, set[str]]]] = defaultdict(
-        lambda: defaultdict(lambda: defaultdict(set)))
+# Per column, per kind, per rollup: the declaration's fields that read it.
+Needs = dict[str, dict[str, dict[str, list[str]]]]
+
+
+def reads(rollup: Rollup) -> Iterator[tuple[str, str, str]]:
+    """(column, kind it must be, the declaration's field that reads it) for one rollup."""
+    yield rollup.source.time_column, "time", "source.time_column"
+    for dim in rollup.dimensions:
+        yield dim, "integer", "dimensions"
+    for m in rollup.measures:
+        if isinstance(m, DistinctCount):
+            yield m.column, "integer", f"measures.{m.name}.column"
+        elif isinstance(m, Sum | Avg | Quantile):
+            yield m.column, "number", f"measures.{m.name}.column"
+        where = getattr(m, "where", None)
+        if where is not None:
+            yield where.column, "text", f"measures.{m.name}.where.column"
+
+
+def requirements(rollups: Iterable[Rollup]) -> dict[Source, Needs]:
+    """Per source, per column, per kind: the rollups that need the column to be of it, and
+    by which of their fields (what a message names, so that the user knows what to fix)."""
+    needs: dict[Source, Needs] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     for rollup in rollups:
-        cols = needs[rollup.source]
-        cols[rollup.source.time_column]["time"].add(rollup.name)
-        for dim in rollup.dimensions:
-            cols[dim]["integer"].add(rollup.name)
-        for m in rollup.measures:
-            if isinstance(m, DistinctCount):
-                cols[m.column]["integer"].add(rollup.name)
-            elif isinstance(m, Sum | Avg | Quantile):
-                cols[m.column]["number"].add(rollup.name)
-            where = getattr(m, "where", None)
-            if where is not None:
-                cols[where.column]["text"].add(rollup.name)
+        for column, kind, field in reads(rollup):
+            needs[rollup.source][column][kind][rollup.name].append(field)
     return needs
+
+
+def readers(by_rollup: dict[str, list[str]]) -> str:
+    """"execution_metrics (measures.avg_runtime.column, ...), ...": who reads, and where."""
+    return ", ".join(f"{name} ({', '.join(dict.fromkeys(fields))})"
+                     for name, fields in sorted(by_rollup.items()))
 
 
 def accepts(kind: str, typname: str, category: str, typtype: str) -> bool:
@@ -62,30 +78,32 @@ def accepts(kind: str, typname: str, category: str, typtype: str) -> bool:
     return typname in KINDS[kind][0]
 
 
-def source_problems(conn: psycopg.Connection, source: Source,
-                    needs: dict[str, dict[str, set[str]]]) -> list[str]:
+def source_problems(conn: psycopg.Connection, source: Source, needs: Needs) -> list[str]:
     """What is missing or mistyped in one source table, one phrase each."""
     rows = conn.execute(query("source_columns"),
                         {"schema": source.schema, "table": source.table}).fetchall()
     name = f"{source.schema}.{source.table}"
     if not rows or not rows[0][0]:
-        readers = ", ".join(sorted(set().union(*(r for kinds in needs.values()
-                                                  for r in kinds.values()))))
-        return [f"{name} does not exist (source {source.name!r} of {readers})"]
+        users = ", ".join(sorted({r for kinds in needs.values() for by in kinds.values()
+                                  for r in by}))
+        return [f"{name} does not exist (source {source.name!r} of {users})"]
     found = {col: (typname, category, typtype, shown) for _, col, typname, category, typtype,
              shown in rows if col is not None}
     problems = []
     for column, kinds in needs.items():
-        users = ", ".join(sorted(set().union(*kinds.values())))
         if column not in found:
-            problems.append(f"{name}.{column} is missing (read by {users})")
+            every: dict[str, list[str]] = defaultdict(list)
+            for by in kinds.values():
+                for rollup, fields in by.items():
+                    every[rollup] += fields
+            problems.append(f"{name}.{column} is missing (read by {readers(every)})")
             continue
         typname, category, typtype, shown = found[column]
-        for kind, readers in kinds.items():
+        for kind, by in kinds.items():
             if not accepts(kind, typname, category, typtype):
-                # the rollups that need it of this kind, not every one reading it
+                # the fields that need it of this kind, not every one reading it
                 problems.append(f"{name}.{column} is {shown}, must be {KINDS[kind][1]} "
-                                f"(read by {', '.join(sorted(readers))})")
+                                f"(read by {readers(by)})")
                 break
     return problems
 
