@@ -66,6 +66,17 @@ class Building:
 
 
 @dataclass(frozen=True)
+class Recorded:
+    """What aggjobs.rollup_definitions holds, read at once: per rollup, its live definition,
+    the version being rebuilt, if any, and the last version number it has had."""
+
+    stored: dict[str, Stored] = field(default_factory=dict)
+    building: dict[str, Building] = field(default_factory=dict)
+    last: dict[str, int] = field(default_factory=dict)
+    exists: bool = True  # False: the database predates migration 0014
+
+
+@dataclass(frozen=True)
 class Versions:
     """What the engine works on for one declared rollup: the live version, under the
     definition its tables were built with, and the version being rebuilt, if any."""
@@ -73,6 +84,7 @@ class Versions:
     live: Rollup
     building: Rollup | None = None
     version: int | None = None  # the building version's number
+    built: Building | None = None  # its stored row
 
 
 def shadow_of(declared: Rollup, version: int) -> Rollup:
@@ -85,28 +97,24 @@ def shadow_of(declared: Rollup, version: int) -> Rollup:
 # ---------------------------------------------------------------------------- reading
 
 
-def has_definitions(conn: psycopg.Connection) -> bool:
-    return conn.execute("SELECT to_regclass('aggjobs.rollup_definitions')").fetchone()[0] \
-        is not None
+def recorded(conn: psycopg.Connection) -> Recorded:
+    """The stored definitions, in one read."""
+    if conn.execute("SELECT to_regclass('aggjobs.rollup_definitions')").fetchone()[0] is None:
+        return Recorded(exists=False)
+    stored, building, last = {}, {}, {}
+    for (rollup, version, state, fp, definition, rebuild_from, check_error,
+         last_version) in conn.execute(query("recorded_definitions")):
+        last[rollup] = last_version
+        if state == "live":
+            stored[rollup] = Stored(rollup, version, fp, definition, last_version)
+        else:
+            building[rollup] = Building(rollup, version, fp, definition,
+                                        rebuild_from and as_utc(rebuild_from), check_error)
+    return Recorded(stored, building, last)
 
 
 def stored_definitions(conn: psycopg.Connection) -> dict[str, Stored]:
-    if not has_definitions(conn):
-        return {}
-    return {row[0]: Stored(*row) for row in conn.execute(query("stored_definitions"))}
-
-
-def building_definitions(conn: psycopg.Connection) -> dict[str, Building]:
-    if not has_definitions(conn):
-        return {}
-    return {row[0]: Building(*row[:4], row[4] and as_utc(row[4]), row[5])
-            for row in conn.execute(query("building_definitions"))}
-
-
-def last_versions(conn: psycopg.Connection) -> dict[str, int]:
-    if not has_definitions(conn):
-        return {}
-    return dict(conn.execute(query("last_versions")).fetchall())
+    return recorded(conn).stored
 
 
 def live_rollup(s: Stored, declared: Rollup | None) -> Rollup:
@@ -122,19 +130,19 @@ def resolve(conn: psycopg.Connection, rollups: list[Rollup] | tuple[Rollup, ...]
     """Per declared rollup, the versions the engine works on; and (rollup, what differs)
     for each whose declaration is neither its live nor its building definition:
     `aggjobs migrate` has not run since it changed."""
-    if not has_definitions(conn):
-        return {}, [(r.name, "the database predates stored definitions") for r in rollups]
-    stored, building = stored_definitions(conn), building_definitions(conn)
+    r = recorded(conn)
+    if not r.exists:
+        return {}, [(x.name, "the database predates stored definitions") for x in rollups]
     found: dict[str, Versions] = {}
     drifted = []
     for rollup in rollups:
-        s, b = stored.get(rollup.name), building.get(rollup.name)
+        s, b = r.stored.get(rollup.name), r.building.get(rollup.name)
         d = describe(rollup)
         if s is None:
             drifted.append((rollup.name, "declared, but not created yet"))
         elif b is not None and b.fingerprint == fingerprint(d):
             found[rollup.name] = Versions(live_rollup(s, rollup), shadow_of(rollup, b.version),
-                                          b.version)
+                                          b.version, b)
         elif b is None and (s.fingerprint == fingerprint(d)
                             or not differences(s.definition, d)):
             found[rollup.name] = Versions(rollup)
@@ -181,19 +189,10 @@ def undeclared(conn: psycopg.Connection, rollups: list[Rollup] | tuple[Rollup, .
     return [name for name in stored_definitions(conn) if name not in names]
 
 
-def keys_on(conn: psycopg.Connection, source: str) -> list[str]:
-    """The state keys of every version over `source`, live and being rebuilt: each gets the
-    source's changes."""
-    live = [s.rollup for s in stored_definitions(conn).values()
-            if s.definition["source"]["name"] == source]
-    return live + [f"{b.rollup}@v{b.version}" for b in building_definitions(conn).values()
-                   if b.definition["source"]["name"] == source]
-
-
 def building_on(conn: psycopg.Connection, source: str) -> list[Rollup]:
     """The versions being rebuilt over `source` (cleanup keeps the raw rows they need)."""
     return [shadow_of(rollup_described(b.definition), b.version)
-            for b in building_definitions(conn).values()
+            for b in recorded(conn).building.values()
             if b.definition["source"]["name"] == source]
 
 
@@ -318,8 +317,8 @@ def table_differences(conn: psycopg.Connection, rollup: Rollup) -> list[Change] 
 
 def plan(conn: psycopg.Connection, declared: tuple[Rollup, ...] | list[Rollup]) -> Plan:
     """What a migrate would do to each rollup; reads only."""
-    stored, building, lasts = (stored_definitions(conn), building_definitions(conn),
-                               last_versions(conn))
+    r = recorded(conn)
+    stored, building, lasts = r.stored, r.building, r.last
     out = [plan_one(conn, rollup, stored.get(rollup.name), building.get(rollup.name),
                     lasts.get(rollup.name, 0) + 1) for rollup in declared]
     names = {r.name for r in declared}

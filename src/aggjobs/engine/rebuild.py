@@ -90,9 +90,10 @@ def check(conn: psycopg.Connection, shadow: Rollup, how: str) -> list[Mismatch]:
 
 
 def conclude(conn: psycopg.Connection, v: definitions.Versions, report: RebuildReport, *,
-             settings: Settings, built: definitions.Building | None) -> None:
+             settings: Settings) -> None:
     """If the new version has caught up: check it, then swap it in. After a failed check
     only a full one can let it in: another random sample could miss what the first found."""
+    built = v.built
     rebuild_from = built.rebuild_from if built else None
     assert v.building is not None and v.version is not None
     report.progress = progress(conn, v.live, v.building, rebuild_from)

@@ -125,7 +125,6 @@ def advance_rebuild(conn: psycopg.Connection, v: definitions.Versions, *, as_of:
     shadow = v.building
     assert shadow is not None and v.version is not None
     report = RebuildReport(v.live.name, v.version)
-    built = definitions.building_definitions(conn).get(v.live.name)
     try:
         with state.rollup_lock(conn, shadow, wait_s=0):
             if shadow.source != v.live.source:
@@ -141,10 +140,10 @@ def advance_rebuild(conn: psycopg.Connection, v: definitions.Versions, *, as_of:
             report.rows += sum(g.rows.written for g in coarser)
             report.caught_up = not behind and not any(g.held_back for g in coarser)
             if budget_s is None:
-                rebuild.conclude(conn, v, report, settings=settings, built=built)
+                rebuild.conclude(conn, v, report, settings=settings)
             else:
                 report.progress = rebuild.progress(conn, v.live, shadow,
-                                                   built.rebuild_from if built else None)
+                                                   v.built.rebuild_from if v.built else None)
     except LockBusy:
         report.note = "advanced by another session right now"
     return report

@@ -14,7 +14,7 @@ from psycopg import sql
 
 from ..catalog import Grain, Rollup, Source, rollups_on
 from ..catalog.grains import SUPPORTED_PARAMS, as_utc
-from ..db import definitions, locks
+from ..db import locks
 from ..errors import LockBusy
 from ..sql import query
 from ..sql import rollup as rollup_sql
@@ -82,14 +82,15 @@ def fan_out(conn: psycopg.Connection, source: Source) -> int:
     """Move logged changes of `source` to pending groups of every rollup on it. Changes
     outside the supported times, and pending groups an older version queued there, are
     dropped and reported: those rows are in no bucket (docs/rollups.md)."""
-    # the declared rollups, and every version the database holds (one being rebuilt too)
-    names = list(dict.fromkeys([*(r.name for r in rollups_on(source)),
-                                *definitions.keys_on(conn, source.name)]))
-    params = {"source": source.name, "rollups": names, **SUPPORTED_PARAMS}
+    # the declared rollups; the statement adds every version the database holds over it
+    params = {"source": source.name, "rollups": [r.name for r in rollups_on(source)],
+              **SUPPORTED_PARAMS}
     with conn.transaction():
-        moved, truncations, _, unsupported = conn.execute(query("fan_out"), params).fetchone()
+        moved, truncations, _, unsupported, keys = conn.execute(
+            query("fan_out"), params).fetchone()
+        params["rollups"] = keys
         if truncations:
-            conn.execute(query("request_reset"), {"rollups": names})
+            conn.execute(query("request_reset"), params)
         stale = conn.execute(query("drop_unsupported_pending"), params).rowcount
     if unsupported or stale:
         log.warning(

@@ -54,9 +54,10 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
 def rebuilds(conn: psycopg.Connection) -> list[dict]:
     """Per rollup whose changed definition is being rebuilt: the version, how far it is, and
     why its check before the swap failed, if it did (docs/rollups.md)."""
-    stored = definitions.stored_definitions(conn)
+    r = definitions.recorded(conn)
+    stored = r.stored
     out = []
-    for b in definitions.building_definitions(conn).values():
+    for b in r.building.values():
         live = definitions.live_rollup(stored[b.rollup], None)
         shadow = definitions.shadow_of(rollup_from(b.definition), b.version)
         out.append({

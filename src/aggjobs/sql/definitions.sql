@@ -4,18 +4,13 @@
 -- One migrate at a time (transaction-level: it ends with the migrate's transaction).
 SELECT pg_try_advisory_xact_lock(hashtext('aggjobs.migrate'))
 
--- name: stored_definitions
--- Per rollup, its live definition and the last version number it has had.
-SELECT d.rollup, d.version, d.fingerprint, d.definition,
-       (SELECT max(a.version) FROM aggjobs.rollup_definitions AS a WHERE a.rollup = d.rollup)
-FROM aggjobs.rollup_definitions AS d
-WHERE d.state = 'live'
-
--- name: building_definitions
--- Per rollup, the version being rebuilt beside the live one, if any.
-SELECT rollup, version, fingerprint, definition, rebuild_from, check_error
-FROM aggjobs.rollup_definitions
-WHERE state = 'building'
+-- name: recorded_definitions
+-- Per rollup, its live definition and the version being rebuilt, if any, each with the last
+-- version number the rollup has had (db/definitions.py, `recorded`).
+SELECT rollup, version, state, fingerprint, definition, rebuild_from, check_error, last_version
+FROM (SELECT *, max(version) OVER (PARTITION BY rollup) AS last_version
+      FROM aggjobs.rollup_definitions) AS d
+WHERE state IN ('live', 'building')
 
 -- name: start_building
 INSERT INTO aggjobs.rollup_definitions
@@ -47,9 +42,6 @@ SELECT horizon FROM aggjobs.watermarks WHERE rollup = %(rollup)s AND grain = 'ho
 
 -- name: swap_version
 SELECT aggjobs.swap_rollup_version(%(rollup)s, %(version)s)
-
--- name: last_versions
-SELECT rollup, max(version) FROM aggjobs.rollup_definitions GROUP BY rollup
 
 -- name: record_definition
 INSERT INTO aggjobs.rollup_definitions (rollup, version, state, fingerprint, definition)

@@ -30,13 +30,23 @@ DELETE FROM aggjobs.pending_groups WHERE rollup = %(rollup)s
 -- this one deleted, so each logged change lands once. A change whose hour is outside the
 -- supported times (a row at -infinity, BC, year 10000: docs/rollups.md) is in no bucket:
 -- it is dropped here, counted, and never reaches the engine.
-WITH moved AS (
+-- The rollups are the declared ones on the source and every version the database holds
+-- over it (live, and being rebuilt, under its state key <rollup>@v<N>), read by this same
+-- statement: a version a migrate creates later reads its buckets' raw rows after that, so
+-- no change is lost to it. Returned as `keys`, for the statements that follow.
+WITH keys AS (
+    SELECT unnest(%(rollups)s::text[]) AS rollup
+    UNION
+    SELECT CASE state WHEN 'live' THEN rollup ELSE rollup || '@v' || version END
+    FROM aggjobs.rollup_definitions
+    WHERE state IN ('live', 'building') AND definition #>> '{source,name}' = %(source)s
+), moved AS (
     DELETE FROM aggjobs.invalidation_log WHERE source = %(source)s
     RETURNING workspace_id, bucket
 ), queued AS (
     INSERT INTO aggjobs.pending_groups (rollup, grain, bucket, workspace_id)
-    SELECT DISTINCT r.rollup, 'hour', m.bucket, m.workspace_id
-    FROM moved AS m CROSS JOIN unnest(%(rollups)s::text[]) AS r(rollup)
+    SELECT DISTINCT k.rollup, 'hour', m.bucket, m.workspace_id
+    FROM moved AS m CROSS JOIN keys AS k
     WHERE m.workspace_id IS NOT NULL
       AND m.bucket >= %(supported_from)s AND m.bucket < %(supported_until)s
     ON CONFLICT DO NOTHING
@@ -46,7 +56,8 @@ SELECT count(*) AS moved,
        count(*) FILTER (WHERE workspace_id IS NULL) AS truncations,
        (SELECT count(*) FROM queued) AS queued,
        count(*) FILTER (WHERE workspace_id IS NOT NULL AND (bucket IS NULL
-           OR bucket < %(supported_from)s OR bucket >= %(supported_until)s)) AS unsupported
+           OR bucket < %(supported_from)s OR bucket >= %(supported_until)s)) AS unsupported,
+       (SELECT array_agg(rollup) FROM keys) AS keys
 FROM moved
 
 -- name: drop_unsupported_pending
