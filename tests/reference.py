@@ -1,6 +1,6 @@
 """Hand-written recomputations from the raw rows, independent of the SQL generator.
 
-Execution metrics use the seed's SQL; buckets are spelled out per grain in UTC. The
+Execution metrics use the seed's SQL (docs/contract.md#the-seed); buckets are spelled out per grain in UTC. The
 documented rules for hostile rows (docs/rollups.md) are spelled out here too: rows outside
 the supported times are in no bucket; avg is the float sum over the count, +-Infinity when
 the sum is past the float range (computed here from the exact numeric sum); merged grains'
@@ -166,7 +166,7 @@ def assert_matches(conn: psycopg.Connection, rollup: str, grain: Grain, below) -
     names = COLUMNS[rollup]
     for key, exp in want.items():
         for name, a, b in zip(names, have[key], exp, strict=True):
-            # p95 of merged grains comes from the sketch: the contract allows 1%.
+            # p95 of merged grains comes from the sketch: the contract allows 1% (docs/contract.md#exactness).
             rel = 0.01 if name == "p95_runtime" and grain is not Grain.HOUR else 1e-9
             assert close(a, b, rel), f"{rollup} {grain.value} {key} {name}: {a} != {b}"
     return len(want)

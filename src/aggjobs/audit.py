@@ -1,5 +1,5 @@
 """aggjobs.audit_log: who did what, when, with which parameters, how it ended, and from where
-(PRODUCT.md section 6; docs/security.md).
+(docs/contract.md#audit-log; docs/security.md).
 
 `source` is the client address for what came over HTTP (aggjobs.api), and
 `<kind>:<user>@<host>` for what a local process did: `cli:` the `aggjobs` command, `worker:`

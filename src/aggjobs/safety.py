@@ -1,4 +1,4 @@
-"""Bounds on what one request may start (PRODUCT.md section 6; docs/security.md)."""
+"""Bounds on what one request may start (docs/contract.md#limits; docs/security.md)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .errors import ConfigError
 
 # Days kept per class of table (0: forever): raw source rows, hourly, daily and weekly
-# rollups, job history (PRODUCT.md section 6).
+# rollups, job history (docs/contract.md#retention).
 RETENTION_DAYS = {"raw": 90, "hourly": 90, "daily": 730, "weekly": 0, "job_runs": 90}
 # Lag (seconds) behind the last complete bucket beyond which a grain's tables are stale: the
 # hourly job runs at :05, the daily at 01:00, the weekly on Mondays at 02:00.

@@ -1,4 +1,4 @@
-"""`aggjobs run` and the Celery commands, as a user runs them (PRODUCT.md section 5)."""
+"""`aggjobs run` and the Celery commands, as a user runs them (docs/contract.md#commands)."""
 
 from __future__ import annotations
 

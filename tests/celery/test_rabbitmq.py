@@ -1,4 +1,4 @@
-"""The same jobs through RabbitMQ: the other production broker of the contract."""
+"""The same jobs through RabbitMQ: the other production broker of the contract (docs/contract.md#settings)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The job runner against a real PostgreSQL (PRODUCT.md sections 4 and 6).
+"""The job runner against a real PostgreSQL (docs/contract.md#every-run, #limits, #retention).
 
 No overlap (a second run is `skipped`, naming the holder), one run per schedule slot, dead
 runs marked `abandoned`, isolated steps (one step breaching its statement_timeout fails alone),

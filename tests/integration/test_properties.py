@@ -122,8 +122,8 @@ def fresh_database(server_url: str, template_db: str, zone: str
 
 def assert_stale_only_where_pending(conn: psycopg.Connection, grains: list[Grain]) -> None:
     """For grains the last refresh skipped: a group may differ from the raw rows only while
-    it, or a finer group in it, waits in pending_groups (the contract: equal once the pending
-    groups are recomputed)."""
+    it, or a finer group in it, waits in pending_groups (docs/contract.md#exactness: equal
+    once the pending groups are recomputed)."""
     marks = p.watermarks(conn)
     for rollup in BUILTIN_ROLLUPS:
         for grain in (g for g in grains if g in rollup.grains):

@@ -15,7 +15,7 @@ from aggjobs.db.migrate import migrate
 from tests.acceptance.test_cli import cli, one_line_error
 from tests.conftest import create_database, drop_database
 
-# The contract's tables (PRODUCT.md section 2), with the changes a test makes to them.
+# The contract's tables (docs/contract.md#source-tables), with the changes a test makes to them.
 AGENT_RUNS = {"id": "bigint PRIMARY KEY", "workspace_id": "bigint NOT NULL",
               "user_id": "bigint", "agent_id": "bigint", "status": "text NOT NULL",
               "started_at": "timestamptz NOT NULL", "completed_at": "timestamptz",

@@ -93,7 +93,7 @@ def assert_totals(conn: psycopg.Connection, report: dict, ws: int | None) -> Non
         for key, _, _ in METRICS:
             got = report["totals"][key][field]
             exp = None if want is None else want[key]
-            # Merged p95 comes from the sketch: the contract allows 1% (exact per workspace
+            # Merged p95 comes from the sketch: the contract allows 1% (docs/contract.md#exactness; exact per workspace
             # for hourly; a workspace's daily p95 is its stored sketch value).
             rel = 0.01 if key == "p95_runtime" else 1e-9
             assert same(got, exp, rel), f"ws {ws} {key} {field}: {got} != {exp}"

@@ -1,4 +1,4 @@
-"""Least-privilege database roles (PRODUCT.md section 6, docs/security.md): connect as a
+"""Least-privilege database roles (docs/contract.md#roles, docs/security.md): connect as a
 login member of aggjobs_worker and of aggjobs_reader and prove what each can do and what is
 refused; the audit log is append-only for every role, the owner included."""
 

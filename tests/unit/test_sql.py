@@ -56,7 +56,7 @@ def test_hourly_p95_is_exact_and_merged_p95_reads_the_sketch() -> None:
     # The hour's p95 is read off its sorted values, which also feed the sketch: one scan.
     assert "aggjobs.sorted_quantile(" in hourly and "percentile_cont" not in hourly
     assert hourly.count('"public"."agent_runs"') == 1
-    assert "percentile_cont(0.95) WITHIN GROUP" in reference  # verify trusts the seed's SQL
+    assert "percentile_cont(0.95) WITHIN GROUP" in reference  # verify trusts the seed's SQL (docs/contract.md#the-seed)
     assert "percentile_cont" not in daily and "sketch_quantile" in daily
     assert '"public"."agent_runs"' not in daily  # merged grains never re-read raw rows
 

@@ -1,4 +1,4 @@
-"""The rollups of the product contract (PRODUCT.md section 3), declared."""
+"""The rollups of the product contract (docs/contract.md#rollup-tables), declared."""
 
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ CREDIT_CONSUMPTION = Rollup(
     ),
 )
 
-# Not in the contract: what the daily reports' failure hot spots need per agent, so that they
-# read a day's 35,000 agent rows instead of grouping its 24M runs. No weekly grain: nothing
-# reads one.
+# Not in the original contract (docs/contract.md#agent_executions): what the daily reports'
+# failure hot spots need per agent, so that they read a day's 35,000 agent rows instead of
+# grouping its 24M runs. No weekly grain: nothing reads one.
 AGENT_EXECUTIONS = Rollup(
     name="agent_executions",
     source=AGENT_RUNS,

@@ -1,4 +1,4 @@
-"""The five jobs of PRODUCT.md section 4, as data: name, default schedule (UTC), whether it is
+"""The five jobs (docs/contract.md#jobs) as data: name, default schedule (UTC), whether it is
 heavy, its time limit and what it does. What each job's steps are is wired in
 aggjobs.jobs.registry; this module imports nothing above the catalog, so that whatever only
 needs to know about the jobs (the monitor, the API's /api/jobs, the CLI's help) does not

@@ -1,6 +1,6 @@
 """The source tables against the catalog's declarations, checked by `aggjobs migrate`.
 
-The platform owns the sources (PRODUCT.md section 2): `migrate` creates them only if
+The platform owns the sources (docs/contract.md#source-tables): `migrate` creates them only if
 missing, so a table made by the platform may lack a column the rollups read, or have it
 with another type. Found at migrate time, that is one line listing each problem, and the
 migration changes nothing; found later, it was a traceback in every refresh while `status`

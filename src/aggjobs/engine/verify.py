@@ -2,10 +2,11 @@
 
 Both sides are read in one REPEATABLE READ snapshot, a chunk of buckets at a time, and
 compared measure by measure: counts and sums exactly, averages to 1e-9 relative, the p95
-of merged grains (read off the sketch) within the contract's 1%; NaN equals NaN and each
-infinity itself (docs/rollups.md). Quarantined buckets are skipped on purpose by refresh:
-they are listed, not compared. A bucket whose recomputation fails on its data (SQLSTATE
-class 22) is a mismatch "cannot be computed", with the reason, and does not stop the rest.
+of merged grains (read off the sketch) within the contract's 1% (docs/contract.md#exactness);
+NaN equals NaN and each infinity itself (docs/rollups.md). Quarantined buckets are skipped
+on purpose by refresh: they are listed, not compared. A bucket whose recomputation fails on
+its data (SQLSTATE class 22) is a mismatch "cannot be computed", with the reason, and does
+not stop the rest.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..sql import rollup as rollup_sql
 from . import state
 from .recompute import Written, recompute_keys
 
-SKETCH_TOLERANCE = 0.01  # the contract's bound; the sketch's own is 0.745%
+SKETCH_TOLERANCE = 0.01  # the contract's bound (docs/contract.md#exactness); the sketch's 0.745%
 FLOAT_TOLERANCE = 1e-9
 CHUNK = {Grain.HOUR: 24, Grain.DAY: 31, Grain.WEEK: 13}  # buckets compared per query
 

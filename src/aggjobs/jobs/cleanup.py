@@ -1,4 +1,4 @@
-"""Retention (PRODUCT.md section 6): raw rows, rollup rows and job history past their age.
+"""Retention (docs/contract.md#retention): raw rows, rollup rows and job history past their age.
 
 Never loses what is still needed: a raw row is deleted only once every rollup on its source
 has materialized its hour and no change there is pending; a rollup row only once the coarser

@@ -1,4 +1,4 @@
-"""The five jobs of PRODUCT.md section 4: their metadata (aggjobs.catalog.jobs) wired to
+"""The five jobs (docs/contract.md#jobs): their metadata (aggjobs.catalog.jobs) wired to
 their steps."""
 
 from __future__ import annotations

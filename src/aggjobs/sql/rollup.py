@@ -398,8 +398,8 @@ def add_quantile(parts: Parts, m: Quantile, ctx: Context, *, with_state: bool) -
     keys, counts = m.name + STATE_KEYS, m.name + STATE_COUNTS
     alias = f"q_{m.name}"
     if ctx.inp.is_raw and not with_state:
-        # The reference: the seed's own aggregate; for merged grains over the values as the
-        # sketch holds them.
+        # The reference: the seed's own aggregate (docs/contract.md#the-seed); for merged
+        # grains over the values as the sketch holds them.
         value = rcol(m.column)
         if ctx.rollup.finer(ctx.grain) is not None:
             value = sketch_domain(value)
@@ -688,7 +688,7 @@ def supported_times(col: Composable) -> Composable:
 
 def unsupported_rows(source: Source) -> Composable:
     """The source's rows outside the supported times: two range scans of the time index
-    (the time column is NOT NULL by contract)."""
+    (the time column is NOT NULL by contract: docs/contract.md#source-tables)."""
     t = I(source.time_column)
     return S("SELECT * FROM {} WHERE {} < {} OR {} >= {}").format(
         I(source.schema, source.table), t, L(SUPPORTED_FROM), t, L(SUPPORTED_UNTIL))
