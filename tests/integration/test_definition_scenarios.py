@@ -29,9 +29,12 @@ from aggjobs.errors import DefinitionsChanged
 from aggjobs.jobs.runner import RunRequest, run_job
 from aggjobs.monitor import current_problems, overview
 from aggjobs.settings import Settings
+from aggjobs.sql import live
+from aggjobs.sql.rollup import table_ident
 from tests import platform as p
 from tests.acceptance.test_cli import cli, one_line_error
 from tests.integration.test_alerts import Receiver, receiver  # noqa: F401 (fixture)
+from tests.integration.test_live_views import assert_same, rows_of
 from tests.integration.test_monitor import NOW, fresh  # noqa: F401 (fixture)
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday, in the past
@@ -139,6 +142,21 @@ def assert_verifies(conn: psycopg.Connection, rollup: Rollup, lo: datetime = T0,
         assert report.mismatches == [], (grain, report.mismatches[:3])
 
 
+def assert_live_views_match(conn: psycopg.Connection, rollup: Rollup) -> None:
+    """The rollup's live views: one per grain, with the table's columns, and (everything
+    refreshed, no row after the data's end) its rows."""
+    for grain in Grain:
+        name = live.view_name(rollup, grain)
+        if grain not in rollup.grains:
+            assert conn.execute("SELECT to_regclass(%s)", (f"analytics.{name}",)
+                                ).fetchone()[0] is None, name
+            continue
+        assert column_names(conn, "analytics", name) == column_names(
+            conn, "analytics", rollup.table(grain))
+        assert_same(rows_of(conn, rollup, grain, live.view_ident(rollup, grain)),
+                    rows_of(conn, rollup, grain, table_ident(rollup, grain)), name)
+
+
 def refresh_until_swapped(conn: psycopg.Connection, rollup: Rollup, settings: Settings,
                           as_of: datetime = AS_OF, budget_s: float | None = None) -> list:
     """Refreshes until the rebuild is swapped in; their rebuild reports."""
@@ -204,6 +222,7 @@ def test_p99_added_to_execution_metrics_is_refused_then_rebuilt_and_swapped(
         assert report.rebuild.new_hours == 1 and not report.rebuild.swapped
         progress.append(report.rebuild.progress)
         assert "p99_runtime" not in column_names(conn, "analytics", "execution_metrics_hourly")
+        assert_live_views_match(conn, EM)
         assert conn.execute(f"SELECT {EM_COLUMNS} FROM {HOURLY} ORDER BY 1, 2"
                             ).fetchall() == before
     report = refresh(conn, EM_P99, as_of=AS_OF, settings=settings, max_buckets=50)
@@ -218,6 +237,7 @@ def test_p99_added_to_execution_metrics_is_refused_then_rebuilt_and_swapped(
     # After the swap: v2 live, exact against the raw rows, v1 retired.
     assert definition_rows(conn, "execution_metrics") == [(1, "retired"), (2, "live")]
     assert "p99_runtime" in column_names(conn, "analytics", "execution_metrics_hourly")
+    assert_live_views_match(conn, EM_P99)  # made by the swap, from v2's definition
     assert_verifies(conn, EM_P99)
     assert_close(stored_p99(conn, Grain.HOUR), p99_exact(conn), 1e-9)
     assert_close(stored_p99(conn, Grain.DAY), p99_of_raw(conn, Grain.DAY), 0.01)
@@ -351,6 +371,7 @@ def test_a_removed_measure_is_dropped_in_place(conn, week, declare):
     report = refresh(conn, smaller, as_of=AS_OF, settings=week)
     assert report.rebuild is None and report.rows_written == 0
     assert_verifies(conn, smaller)
+    assert_live_views_match(conn, smaller)
 
 
 def test_an_added_grain_is_merged_by_the_next_refresh(conn, week, declare):
@@ -367,6 +388,7 @@ def test_an_added_grain_is_merged_by_the_next_refresh(conn, week, declare):
     assert by_grain[Grain.WEEK].new_buckets == 1
     assert conn.execute("SELECT count(*) FROM analytics.agent_executions_weekly").fetchone()[0] == 3
     assert_verifies(conn, weekly)
+    assert_live_views_match(conn, weekly)
 
 
 def test_a_removed_grain_retires_its_table_pruned_by_migrate(conn, week, declare):
@@ -382,6 +404,7 @@ def test_a_removed_grain_retires_its_table_pruned_by_migrate(conn, week, declare
                         ).fetchone()[0] == 3
     refresh(conn, no_week, as_of=AS_OF + D, settings=week)
     assert_verifies(conn, no_week)
+    assert_live_views_match(conn, no_week)
 
     assert migrate(conn).dropped == []  # within the grace period: kept
     assert tables_in(conn, "aggjobs_retired") == ["execution_metrics_weekly__v1"]

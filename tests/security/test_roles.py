@@ -217,6 +217,25 @@ def test_audit_log_is_append_only_for_the_worker_and_the_owner(conn, worker):
 
 
 # -- the reader -------------------------------------------------------------------------------
+def test_reader_reads_the_live_views_not_the_raw_rows_they_read(conn, reader, settings):
+    """The live views read the raw rows and the change log as their owner: a reader gets
+    the rollups' rows, from the table, from pending changes and for the open hour, and is
+    still refused the raw tables themselves (docs/security.md)."""
+    load(conn, T0, 30)
+    assert job(settings.model_copy(update={"retention_days": {}}), "hourly_rollup",
+               T0 + 30 * H).status == "succeeded"
+    conn.execute("UPDATE agent_runs SET runtime_seconds = 99 WHERE id % 2 = 0")  # pending
+    p.run(conn, ws=1, at=datetime.now(UTC), runtime=5.0)  # the open hour
+    for rollup in BUILTIN_ROLLUPS:
+        for grain in rollup.grains:
+            view = f"analytics.{rollup.table(grain)}_live"
+            assert count(reader, view) == count(conn, view) > 0, view
+    assert reader.execute("SELECT max(p95_runtime) FROM analytics.execution_metrics_hourly_live"
+                          ).fetchone()[0] == 99.0
+    for table in ("public.agent_runs", "aggjobs.invalidation_log", "aggjobs.pending_groups"):
+        refused(reader, f"SELECT count(*) FROM {table}")
+
+
 def test_reader_reads_analytics_and_history_only(conn, reader, reader_url, settings):
     load(conn, T0, 30)
     owner = settings.model_copy(update={"retention_days": {}})
@@ -261,7 +280,7 @@ def test_worker_privileges_cover_tables_created_after_the_migrations(conn, worke
     """sync_catalog grants on every migrate: a rollup table made later is writable too."""
     from aggjobs.db.migrate import migrate
 
-    conn.execute("DROP TABLE analytics.user_activity_weekly")
+    conn.execute("DROP TABLE analytics.user_activity_weekly CASCADE")  # and its live view
     refused(worker, "SELECT 1 FROM analytics.user_activity_weekly",
             error=pg_errors.UndefinedTable)
     with psycopg.connect(db_url, autocommit=True) as owner:

@@ -285,6 +285,13 @@ class Plan:
     def changes_anything(self) -> bool:
         return any(p.action not in ("unchanged", "rebuilding") for p in self.rollups)
 
+    def reshaped(self) -> list[str]:
+        """The rollups whose live tables the plan changes in place, retires or removes
+        (their live views, which read those tables' columns, are made again after)."""
+        return [p.rollup for p in self.rollups
+                if p.action == "removed" or (p.action == "changed" and not (
+                    p.rebuilds and p.stored is not None))]
+
 
 TYPE_NAMES = {"timestamptz": "timestamp with time zone"}  # format_type's spelling
 

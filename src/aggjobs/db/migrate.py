@@ -24,7 +24,7 @@ from ..catalog import BUILTIN_SOURCES, Source, rollups, rollups_on, sources
 from ..errors import LockBusy
 from ..sql import query, tracking
 from ..sql import rollup as rollup_sql
-from . import definitions, locks
+from . import definitions, live_views, locks
 from .check import check_sources
 from .view_caches import update_view_caches
 
@@ -89,6 +89,8 @@ def migrate(conn: psycopg.Connection, *, native: bool = True, prune: bool = Fals
         # before anything is made for the sources: a mismatch rolls all of it back
         check_sources(conn, rollups())
         the_plan = definitions.plan(conn, rollups())
+        for name in the_plan.reshaped():  # made again by sync_catalog, over the new columns
+            live_views.drop(conn, name)
         definitions.apply(conn, the_plan, force=force)
         sync_native(conn, wanted=native)
         sync_catalog(conn)
@@ -165,7 +167,8 @@ def sync_catalog(conn: psycopg.Connection) -> None:
     """Create the live rollup tables, watermarks, source triggers and the materialized views
     over the rollup tables, if missing. Live: while a changed rollup is rebuilt, its tables
     in analytics are those of the version before (db/definitions.py)."""
-    live = [v.live for v in definitions.ensure_current(conn, rollups()).values()]
+    versions = definitions.ensure_current(conn, rollups())
+    live = [v.live for v in versions.values()]
     tracked = list(dict.fromkeys([*sources(), *(r.source for r in live)]))
     for source in tracked:
         conn.execute(
@@ -194,6 +197,10 @@ def sync_catalog(conn: psycopg.Connection) -> None:
                 " ON CONFLICT DO NOTHING",
                 (rollup.name, grain.value),
             )
+    live_views.sync(conn, live)
+    for declared in rollups():  # a version being rebuilt: its live views, for the swap
+        if (version := versions[declared.name].version) is not None:
+            live_views.hand_over(conn, declared, version)
     sync_views(conn)
     sync_grants(conn, tracked)
 

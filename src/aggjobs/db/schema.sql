@@ -753,6 +753,7 @@ CREATE TABLE aggjobs.rollup_definitions (
     retired_at timestamptz,
     rebuild_from timestamptz,  -- building: the first hour rebuilt (raw rows before it are gone)
     check_error text,          -- building: why its check before the swap failed, if it did
+    live_views jsonb,          -- building: its live views' SQL, made by the swap (0015)
     PRIMARY KEY (rollup, version)
 );
 CREATE UNIQUE INDEX rollup_definitions_one_live ON aggjobs.rollup_definitions (rollup)
@@ -806,6 +807,8 @@ DECLARE
     v record;
     stmt text;
     kind text;
+    old_live text[] := '{}';
+    lv jsonb;
 BEGIN
     SELECT * INTO next FROM aggjobs.rollup_definitions AS d
     WHERE d.rollup = p_rollup AND d.version = p_version AND d.state = 'building' FOR UPDATE;
@@ -819,6 +822,7 @@ BEGIN
         IF to_regclass(t) IS NOT NULL THEN
             tables := tables || to_regclass(t)::oid;
         END IF;
+        old_live := old_live || (p_rollup || '_' || aggjobs.grain_suffix(g) || '_live');
     END LOOP;
     -- Views read tables by identity, not by name: every view over the live tables (and over
     -- those views) is saved, dropped, and made again over the new tables below, with its
@@ -896,8 +900,18 @@ BEGIN
     WHERE d.rollup = p_rollup AND d.state = 'live';
     UPDATE aggjobs.rollup_definitions AS d SET state = 'live', check_error = NULL
     WHERE d.rollup = p_rollup AND d.version = p_version;
+    -- The rollup's live views (0015, sql/live.py) are made from the new version's SQL, which
+    -- migrate wrote in its row (the worker cannot write it); one of a grain it no longer
+    -- has is not made again. Other views are made again as they were.
     FOR v IN SELECT * FROM swap_views ORDER BY depth LOOP
         kind := CASE v.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END;
+        IF v.nspname = 'analytics' AND v.relname = ANY(old_live) THEN
+            SELECT e INTO lv FROM jsonb_array_elements(next.live_views) AS e
+            WHERE e ->> 'name' = v.relname;
+            CONTINUE WHEN lv IS NULL;
+            v.def := lv ->> 'sql';
+            v.comment := lv ->> 'comment';
+        END IF;
         EXECUTE format('CREATE %s %I.%I AS %s', kind, v.nspname, v.relname,
                        rtrim(v.def, E'; \n'));
         FOREACH stmt IN ARRAY v.indexes LOOP
@@ -910,6 +924,15 @@ BEGIN
         FOREACH stmt IN ARRAY v.grants LOOP
             EXECUTE stmt;
         END LOOP;
+    END LOOP;
+    -- The live views of the new version's other grains (or all, if there were none).
+    FOR lv IN SELECT e FROM jsonb_array_elements(coalesce(next.live_views, '[]')) AS e LOOP
+        IF to_regclass(format('analytics.%I', lv ->> 'name')) IS NULL THEN
+            EXECUTE format('CREATE VIEW analytics.%I AS %s', lv ->> 'name', lv ->> 'sql');
+            EXECUTE format('COMMENT ON VIEW analytics.%I IS %L', lv ->> 'name',
+                           lv ->> 'comment');
+            EXECUTE format('GRANT SELECT ON analytics.%I TO aggjobs_reader', lv ->> 'name');
+        END IF;
     END LOOP;
 END
 $$;

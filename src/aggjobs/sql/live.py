@@ -1,0 +1,165 @@
+"""The live views (docs/rollups.md, "Live reads"): `analytics.<rollup>_<grain>_live`, with
+exactly the columns of `analytics.<rollup>_<grain>`, equal at the instant of the query to what
+a refresh at that instant would store, plus the open bucket computed from the rows so far.
+
+Each view is the union of two parts, both read in the statement's one snapshot (a writer's
+row and its change log entry commit together, a fan-out and a refresh each move their
+changes in one transaction, so the parts never disagree):
+
+- the materialized rows of the buckets before the grain's watermark whose group has no
+  change waiting (in `aggjobs.invalidation_log`, not fanned out yet, or in
+  `aggjobs.pending_groups`, at this grain or a finer one);
+- the other groups, computed at query time by the engine's own SQL (sql/rollup.py): the
+  hour from the raw rows, the day from the hourly live view, the week from the daily one.
+  That is the buckets from the watermark up to the open one, and the changed groups behind
+  it, each found through the (workspace, time) index: a changed group is joined
+  LATERAL so that a reader's `workspace_id = ...` reaches every part of the plan.
+
+A group behind retention's horizon keeps its row (the refresh would too: its raw rows are
+gone). A TRUNCATE of the source not yet seen by a refresh, or a reset it requested, makes
+every bucket computed. The views always use the portable SQL (no C function), so that
+dropping extension aggjobs_native never depends on them. They read as their owner (the role
+that ran `aggjobs migrate`): a reader needs only SELECT on them, not on the raw tables.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, Grain
+from ..catalog.model import Avg, DistinctCount, Quantile, Rollup, Sum
+from . import rollup as r
+
+I, L, S = sql.Identifier, sql.Literal, sql.SQL
+SUFFIX = "_live"
+
+
+def view_name(rollup: Rollup, grain: Grain) -> str:
+    return rollup.table(grain) + SUFFIX
+
+
+def view_name_of(rollup: str, grain: Grain) -> str:
+    """A live rollup's view, by the rollup's name (its tables are named after it)."""
+    return f"{rollup}_{grain.table_suffix}{SUFFIX}"
+
+
+def view_ident(rollup: Rollup, grain: Grain) -> sql.Identifier:
+    return I(rollup.schema, view_name(rollup, grain))
+
+
+def watermark_of(rollup: Rollup, column: str, grain: Grain) -> sql.Composable:
+    return S("(SELECT {} FROM aggjobs.watermarks WHERE rollup = {} AND grain = {})").format(
+        I(column), L(rollup.name), L(grain.value))
+
+
+def start(rollup: Rollup, grain: Grain) -> sql.Composable:
+    """Where the computed buckets start (timestamptz): the grain's watermark; the first
+    supported instant when none is materialized, or when the next refresh starts over."""
+    return S(
+        "(SELECT CASE WHEN EXISTS (SELECT FROM aggjobs.watermarks WHERE rollup = {r}"
+        " AND grain = 'hour' AND reset_requested) OR EXISTS (SELECT FROM"
+        " aggjobs.invalidation_log WHERE source = {s} AND workspace_id IS NULL)"
+        " THEN {lo} ELSE coalesce({wm}, {lo}) END)"
+    ).format(r=L(rollup.name), s=L(rollup.source.name), lo=L(SUPPORTED_FROM),
+             wm=watermark_of(rollup, "watermark", grain))
+
+
+def open_end() -> sql.Composable:
+    """The end of the open hour: later rows are in no bucket yet."""
+    return S("least(date_bin('1 hour', now(), '2000-01-01 00:00:00+00') + interval '1 hour',"
+             " {})").format(L(SUPPORTED_UNTIL))
+
+
+def changes(rollup: Rollup, grain: Grain) -> sql.Composable:
+    """(workspace_id, bucket) of every group of the grain with a change not yet refreshed:
+    waiting at this grain, or holding one waiting at a finer grain or in the change log."""
+    pending = S("SELECT workspace_id, bucket FROM aggjobs.pending_groups"
+                " WHERE rollup = {} AND grain = {}").format(L(rollup.name), L(grain.value))
+    finer = rollup.finer(grain)
+    if finer is None:
+        logged = S("SELECT workspace_id, bucket FROM aggjobs.invalidation_log WHERE source = {}"
+                   " AND workspace_id IS NOT NULL AND bucket >= {} AND bucket < {}").format(
+            L(rollup.source.name), L(SUPPORTED_FROM), L(SUPPORTED_UNTIL))
+        return S("{} UNION {}").format(pending, logged)
+    trunc = "day" if grain is Grain.DAY else "week"
+    return S("{} UNION SELECT workspace_id, date_trunc({}, bucket AT TIME ZONE 'UTC')"
+             " AT TIME ZONE 'UTC' FROM ({}) AS f").format(pending, L(trunc),
+                                                          changes(rollup, finer))
+
+
+def dirty(rollup: Rollup, grain: Grain) -> sql.Composable:
+    """The changed groups behind the watermark that a refresh would recompute (not those
+    behind retention's horizon, whose inputs are gone)."""
+    return S("SELECT workspace_id, bucket FROM ({}) AS c WHERE bucket < {}"
+             " AND bucket >= coalesce({}, '-infinity')").format(
+        changes(rollup, grain), start(rollup, grain),
+        watermark_of(rollup, "horizon", grain))
+
+
+def raw_columns(rollup: Rollup) -> list[str]:
+    """The source columns the hour's SQL reads (so that the platform may drop any other)."""
+    cols = [*rollup.dimensions, rollup.source.time_column]
+    for m in rollup.measures:
+        if isinstance(m, Sum | Avg | Quantile | DistinctCount):
+            cols.append(m.column)
+        where = getattr(m, "where", None)
+        if where is not None:
+            cols.append(where.column)
+    return list(dict.fromkeys(cols))
+
+
+def relation(rollup: Rollup, grain: Grain, inp: r.Input) -> sql.Composable:
+    """The input rows of the computed groups, aliased `r`: those of the buckets from the
+    watermark on, then those of each changed group behind it."""
+    key, t = rollup.source.key_column, I(inp.time_column)
+    cols = raw_columns(rollup) if inp.is_raw else [
+        c.name for c in r.target_columns(rollup, rollup.finer(grain) or grain)]
+    ahead = S("s.{} >= {}").format(t, r.bound(start(rollup, grain), is_date=inp.is_date))
+    if inp.is_raw:
+        ahead = S("{} AND s.{} < {}").format(ahead, t, open_end())
+    step = S("make_interval(hours => {})").format(L(r.STEP_HOURS[grain]))
+    return S(
+        "(SELECT {cols} FROM {input} AS s WHERE {ahead}"
+        " UNION ALL SELECT {keyed} FROM ({dirty}) AS d"
+        " CROSS JOIN LATERAL (SELECT {cols} FROM {input} AS s WHERE s.{key} = d.workspace_id"
+        " AND s.{t} >= {lo} AND s.{t} < {hi}) AS s) AS r"
+    ).format(
+        cols=S(", ").join(I("s", c) for c in cols), input=inp.table, ahead=ahead, key=I(key),
+        keyed=S(", ").join(S("d.workspace_id AS {}").format(I(c)) if c == key else I("s", c)
+                           for c in cols), dirty=dirty(rollup, grain),
+        t=t, lo=r.bound(S("d.bucket"), is_date=inp.is_date),
+        hi=r.bound(S("(d.bucket + {})").format(step), is_date=inp.is_date))
+
+
+def computed(rollup: Rollup, grain: Grain) -> sql.Composable:
+    """The computed groups, with the table's columns and types."""
+    finer = rollup.finer(grain)
+    if finer is None:
+        inp = r.input_of(rollup, grain)
+    else:
+        inp = r.Input(view_ident(rollup, finer), finer.column, finer is not Grain.HOUR, False)
+    ctx = r.Context(rollup, grain, inp, relation(rollup, grain, inp), native=False)
+    values = r.value_columns(rollup, grain)
+    select = r.select_groups(ctx, r.collect(ctx, with_state=True), values)
+    return S("SELECT {} FROM ({}) AS c").format(S(", ").join(
+        S("now() AS updated_at") if c.name == "updated_at"
+        else S("CAST({} AS {}) AS {}").format(I("c", c.name), S(c.type), I(c.name))
+        for c in r.target_columns(rollup, grain)), select)
+
+
+def materialized(rollup: Rollup, grain: Grain) -> sql.Composable:
+    """The table's rows of the buckets before the watermark with no change waiting."""
+    b, is_date = I("t", grain.column), grain is not Grain.HOUR
+    return S(
+        "SELECT {cols} FROM {table} AS t WHERE {b} < {wm} AND NOT EXISTS (SELECT FROM ({dirty})"
+        " AS d WHERE d.workspace_id = t.{key} AND d.bucket = {start})"
+    ).format(
+        cols=S(", ").join(I("t", c.name) for c in r.target_columns(rollup, grain)),
+        table=r.table_ident(rollup, grain), b=b,
+        wm=r.bound(start(rollup, grain), is_date=is_date), dirty=dirty(rollup, grain),
+        key=I(rollup.source.key_column), start=r.as_utc_timestamptz(b, is_date=is_date))
+
+
+def body(rollup: Rollup, grain: Grain) -> sql.Composable:
+    """The view's query: the materialized rows, then the computed ones."""
+    return S("{} UNION ALL {}").format(materialized(rollup, grain), computed(rollup, grain))
