@@ -167,6 +167,12 @@ class Settings(BaseSettings):
     cleanup_batch_rows: int = Field(default=10_000, ge=1)
 
     # HTTP API safety (docs/api.md, docs/security.md) ------------------------------------------
+    max_rows_days: float = Field(
+        default=31, ge=0,
+        description="Longest range of buckets one read of a rollup's rows may span, in days "
+        "(`aggjobs rows`, GET /api/rollups/{rollup}/{grain}/rows; 0: no cap): a live read "
+        "computes what is not materialized, so its cost grows with the range.",
+    )
     max_backfill_days: float = Field(
         default=31, ge=0,
         description="Longest range one backfill may span, in days (0: no cap). Over the API "

@@ -16,6 +16,7 @@ ROUTES = {  # (method, path): (tag, role needed; None: no token)
     ("GET", "/api/jobs/{job}/runs"): ("jobs", "viewer"),
     ("POST", "/api/jobs/{job}/run"): ("jobs", "operator"),
     ("GET", "/api/rollups"): ("rollups", "viewer"),
+    ("GET", "/api/rollups/{rollup}/{grain}/rows"): ("rollups", "viewer"),
     ("GET", "/api/backfills"): ("rollups", "viewer"),
     ("POST", "/api/backfills"): ("rollups", "operator"),
     ("GET", "/api/tokens"): ("admin", "admin"),
@@ -27,7 +28,8 @@ ROUTES = {  # (method, path): (tag, role needed; None: no token)
     ("GET", "/reports/{day}"): ("reports", "viewer"),
     ("GET", "/"): ("dashboard", "viewer"),
 }
-PARAMS = {"{job}": "hourly_rollup", "{name}": "t-viewer", "{day}": "2026-01-01"}
+PARAMS = {"{job}": "hourly_rollup", "{name}": "t-viewer", "{day}": "2026-01-01",
+          "{rollup}": "execution_metrics", "{grain}": "hour"}
 BODIES = {"/api/backfills": {"from": "2026-01-01", "to": "2026-01-02"},
           "/api/tokens": {"name": "routes-test", "role": "viewer"}}
 

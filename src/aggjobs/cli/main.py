@@ -354,6 +354,48 @@ def status(as_json: JsonFlag = False) -> None:
 
 
 @app.command()
+def rows(
+    rollup: Annotated[str, typer.Argument(
+        help="The rollup: " + ", ".join(r.name for r in BUILTIN_ROLLUPS)
+             + ", or one of the module AGGJOBS_ROLLUPS names.", show_default=False)],
+    grain: Annotated[Grain, typer.Option(help="The grain.")] = Grain.HOUR,
+    workspace: Annotated[int | None, typer.Option(
+        min=0, max=BIGINT_MAX, help="Only this workspace (default: all).")] = None,
+    from_: Annotated[str | None, typer.Option(
+        "--from", help="Buckets starting at or after, ISO 8601 (default: a day, a week or "
+        "four weeks before --to).", show_default=False)] = None,
+    to: Annotated[str | None, typer.Option(
+        help="Buckets starting before, ISO 8601 (default: now).", show_default=False)] = None,
+    live: Annotated[bool, typer.Option(
+        "--live", help="Read the live view: exact now, the open bucket and changes not yet "
+        "refreshed included (docs/rollups.md, \"Live reads\").")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """A rollup's rows at one grain, from its table or, with --live, its live view. A range
+    longer than AGGJOBS_MAX_ROWS_DAYS (default 31) exits 2."""
+    from ..catalog import get_rollup
+    from ..catalog.grains import parse_timestamp
+    from ..engine.rows import default_range, read_rows
+
+    chosen = get_rollup(rollup)
+    lo, hi = default_range(grain, from_ and parse_timestamp(from_), to and parse_timestamp(to),
+                           datetime.now(UTC))
+    found: list[dict] = []
+    with session("rows", current=[chosen]) as conn:
+        offset: int | None = 0
+        while offset is not None:
+            page = read_rows(conn, chosen, grain, lo=lo, hi=hi, workspace=workspace,
+                             live_view=live, offset=offset,
+                             max_days=get_settings().max_rows_days)
+            found += page.rows
+            offset = page.next_offset
+    if as_json:
+        print(render.to_json(found))
+    else:
+        console.print(render.rows_table(page.columns, found))
+
+
+@app.command()
 def runs(
     job: Annotated[str | None, typer.Option(help="Only this job.")] = None,
     since: Annotated[str | None, typer.Option(help="Runs started at or after, ISO 8601.")] = None,

@@ -265,6 +265,17 @@ def failed_run(row: dict) -> str:
     return "\n".join(lines)
 
 
+def rows_table(columns: list[str], rows: list[dict]) -> Table:
+    table = Table(box=box.SIMPLE)
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("hour", "day", "week") else "right")
+    for row in rows:
+        table.add_row(*("" if row[c] is None else ts(row[c]) if isinstance(row[c], datetime)
+                        else f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c])
+                        for c in columns))
+    return table
+
+
 def to_json(value: object) -> str:
     """JSON for scripts: times in ISO 8601, decimals as numbers."""
 

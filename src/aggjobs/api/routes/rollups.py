@@ -4,11 +4,14 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 
-from ...catalog import select_rollups
+from ...catalog import Grain, get_rollup, select_rollups
+from ...catalog.grains import parse_timestamp
 from ...db.connect import connect
+from ...engine.rows import default_range, read_rows
 from ...engine.status import rollup_status
+from ...errors import InvalidRange, InvalidTimestamp, UnknownRollup
 from ...operations import Requester, audited_backfill
 from .. import dashboard as dashboard_page
 from ..auth import AppSettings, Operator, ReadConn, Viewer, client_address
@@ -21,6 +24,36 @@ router = APIRouter(tags=["rollups"])
 def rollups(_: Viewer, conn: ReadConn) -> list[dict]:
     """Per rollup and grain: watermark, lag, pending dirty groups, quarantined buckets."""
     return rollup_status(conn, now=datetime.now(UTC))
+
+
+@router.get("/api/rollups/{rollup}/{grain}/rows")
+def rows(_: Viewer, conn: ReadConn, settings: AppSettings, rollup: str, grain: str,
+         workspace: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
+         from_: Annotated[str | None, Query(alias="from", max_length=64)] = None,
+         to: Annotated[str | None, Query(max_length=64)] = None,
+         live: bool = False,
+         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+         offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+    """A page of a rollup's rows at one grain (hour, day, week): buckets starting in
+    [from, to) (default: to now, from a day, a week or four weeks before it), one workspace
+    or all. `live=true` reads `analytics.<rollup>_<grain>_live`, exact at this instant
+    (the open bucket and changes not yet refreshed included); `live=false` reads the table.
+    The outputs only (no sketch nor set). `next_offset` is where the next page starts, or
+    null. A range longer than AGGJOBS_MAX_ROWS_DAYS (default 31) is 422 naming it; so is an
+    unknown rollup or grain, a bad workspace or time."""
+    if grain not in {g.value for g in Grain}:
+        raise HTTPException(422, f"unknown grain {grain[:20]!r}: hour, day or week")
+    try:
+        chosen, g = get_rollup(rollup), Grain(grain)
+        lo, hi = default_range(g, from_ and parse_timestamp(from_),
+                               to and parse_timestamp(to), datetime.now(UTC))
+        page = read_rows(conn, chosen, g, lo=lo, hi=hi, workspace=workspace, live_view=live,
+                         limit=limit, offset=offset, max_days=settings.max_rows_days)
+    except (UnknownRollup, InvalidRange, InvalidTimestamp) as exc:
+        raise HTTPException(422, str(exc)[:1000]) from None
+    return {"rollup": page.rollup, "grain": page.grain, "live": page.live,
+            "from": page.from_, "to": page.to, "workspace": page.workspace,
+            "columns": page.columns, "rows": page.rows, "next_offset": page.next_offset}
 
 
 @router.post("/api/backfills")
