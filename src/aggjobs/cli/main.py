@@ -482,78 +482,21 @@ def up(
     unset) migrated, demo data if it is empty, the rollups caught up, then the API with the
     dashboard (`aggjobs serve` on 127.0.0.1:PORT) and a worker with the scheduler. Prints
     the dashboard's address with a fresh admin token in it. Ctrl-C stops it all."""
-    import signal
-    import subprocess
-    import time
-    import urllib.request
-
-    from ..demo import DemoSpec, load_demo
-    from ..operations import tokens
-    from ..operations.runs import manual_run
+    from ..operations import up as stack
 
     settings = get_settings()
     with session("up", require_schema=False) as conn:
-        run_migrations(conn, native=settings.native)
-        empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM agent_runs)").fetchone()[0]
-        if empty and demo_days:
-            console.print(f"loading {demo_days} days of demo data ...")
-            load_demo(conn, DemoSpec(days=demo_days))
-        with translate_errors():
-            secret, _ = tokens.create(conn, f"up-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}",
-                                      "admin", actor="aggjobs up",
-                                      source=audit_log.local_source("cli"))
-    for job in ("hourly_rollup", "daily_rollup", "weekly_rollup"):
-        with translate_errors():
-            result = manual_run(job, settings, actor="aggjobs up",
-                                source=audit_log.local_source("cli"))
-        console.print(render.run_table(result))
+        secret = stack.prepare(
+            conn, settings, demo_days=demo_days,
+            loading=lambda days: console.print(f"loading {days} days of demo data ..."))
+    with translate_errors():
+        stack.catch_up(settings, done=lambda result: console.print(render.run_table(result)))
 
-    env = dict(os.environ)
-    if settings.database_url:  # the children use the very database this process chose
-        env["AGGJOBS_DATABASE_URL"] = settings.database_url
-    me = [sys.executable, "-m", "aggjobs"]
-    children: list[subprocess.Popen] = []
-
-    def stop(*_: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        deadline = time.monotonic() + 15
-        for child in children:
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-
-    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
-    try:
-        children.append(subprocess.Popen([*me, "serve", "--host", "127.0.0.1",
-                                          "--port", str(port)], env=env))
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            if children[0].poll() is not None:
-                raise AggjobsError(f"the API server exited (code {children[0].returncode}): "
-                                   f"is port {port} free? (--port)")
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AggjobsError("the API server did not answer within 30 s") from None
-                time.sleep(0.2)
+    def ready(base: str) -> None:
         print(f"dashboard: {base}/?token={secret}", flush=True)
         console.print("starting the worker with the scheduler (Ctrl-C stops it all)")
-        children.append(subprocess.Popen(
-            [*me, "worker", "--beat", "--concurrency", str(concurrency)], env=env))
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-        gone = next(child for child in children if child.poll() is not None)
-        code = gone.returncode
-    except KeyboardInterrupt:
-        code = 0
-    finally:
-        stop()
+
+    code = stack.supervise(settings, port=port, concurrency=concurrency, ready=ready)
     if code:
         raise typer.Exit(code)
 
