@@ -658,8 +658,6 @@ def token_create(
 @token_app.command("list")
 def token_list(as_json: JsonFlag = False) -> None:
     """Every token: name, role, created, expires, revoked, last used (never the secret)."""
-    from rich.table import Table
-
     from ..operations import tokens
 
     with session("token") as conn:
@@ -667,16 +665,7 @@ def token_list(as_json: JsonFlag = False) -> None:
     if as_json:
         print(render.to_json(rows))
         return
-    table = Table("name", "role", "created", "by", "expires", "revoked", "last used")
-
-    def when(value: datetime | None) -> str:
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if value else "-"
-
-    for row in rows:
-        table.add_row(row["name"], row["role"], when(row["created_at"]), row["created_by"],
-                      when(row["expires_at"]) if row["expires_at"] else "never",
-                      when(row["revoked_at"]), when(row["last_used_at"]))
-    console.print(table)
+    console.print(render.tokens_table(rows))
 
 
 @token_app.command("revoke")
@@ -699,24 +688,10 @@ def audit(
 ) -> None:
     """The audit log, newest first: who did what, when, with which parameters, and how it
     ended (manual runs, backfills, repairs, token changes, denied requests, cleanups)."""
-    from psycopg.rows import dict_row
-    from rich.table import Table
-
     start = past(since, "--since") if since else None
     with session("audit") as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        rows = cur.execute(
-            "SELECT id, at, actor, action, target, params, outcome, source"
-            " FROM aggjobs.audit_log WHERE %(since)s::timestamptz IS NULL OR at >= %(since)s"
-            " ORDER BY at DESC, id DESC LIMIT %(limit)s",
-            {"since": start, "limit": limit},
-        ).fetchall()
+        rows = audit_log.entries(conn, since=start, limit=limit)
     if as_json:
         print(render.to_json(rows))
         return
-    table = Table("at", "actor", "action", "target", "outcome", "source", "params")
-    for row in rows:
-        table.add_row(row["at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"), row["actor"],
-                      row["action"], row["target"] or "-", row["outcome"],
-                      row["source"] or "-", json.dumps(row["params"], default=str))
-    console.print(table)
+    console.print(render.audit_table(rows))
