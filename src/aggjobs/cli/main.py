@@ -291,7 +291,6 @@ def verify(
     """Recompute from the raw rows and compare; exit 1 listing each mismatched bucket.
     A range longer than AGGJOBS_MAX_BACKFILL_DAYS (default 31) exits 2 unless --force:
     verify reads every raw row of its range, as a backfill does."""
-    from ..engine import verify as v
     from ..safety import check_backfill_span
 
     chosen = select_rollups(rollups)
@@ -302,23 +301,21 @@ def verify(
     with session("verify", current=chosen) as conn:
         for rollup in chosen:  # the live tables, under the definition they were built with
             live = definitions.versions(conn, rollup).live
-            failed |= verify_rollup(conn, live, lo, hi, repair=repair, limit=limit, v=v)
+            failed |= verify_rollup(conn, live, lo, hi, repair=repair, limit=limit)
     if failed:
         raise typer.Exit(1)
 
 
 def verify_rollup(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime, *,
-                  repair: bool, limit: int, v) -> bool:
+                  repair: bool, limit: int) -> bool:
     from ..operations import Requester
-    from ..operations.repair import audited_repair
+    from ..operations.repair import verify_and_repair
 
+    who = Requester(cli_actor(), audit_log.local_source("cli")) if repair else None
     failed = False
     for grain in rollup.grains:
-        report = v.verify_grain(conn, rollup, grain, lo, hi)
-        if report.mismatches and repair:
-            audited_repair(conn, rollup, grain, report.mismatches,
-                           who=Requester(cli_actor(), audit_log.local_source("cli")))
-            again = v.verify_grain(conn, rollup, grain, lo, hi)
+        report, again = verify_and_repair(conn, rollup, grain, lo, hi, repair_as=who)
+        if again is not None:
             console.print(render.repaired_line(report, again))
             report = again
         console.print(render.verify_line(report))
@@ -541,20 +538,9 @@ def report(
 
     wanted = report_day(day)
     with session("report") as conn:
-        stored = reports.load_stored(conn, wanted, workspace)
-        if stored is not None and stored.get("schema_version") == reports.SCHEMA_VERSION:
-            chosen, origin = stored, (f"stored report from analytics.daily_reports (generated "
-                                      f"{stored['generated_at'][:19]} UTC)")
-        else:
-            chosen = on_the_fly_report(conn, wanted, workspace, reports)
-            origin = ("no stored report: built from the rollups now (not stored)"
-                      if stored is None else "stored report has an older schema: rebuilt now "
-                      "from the rollups (not stored)")
-    if not chosen["has_data"]:
-        raise reports.NoReportData(f"no data for {wanted}: no runs, user events or credit "
-                                   "transactions in the rollups that day")
-    text = reports.render(chosen, fmt.value)
-    err_console.print(f"report: {origin}", highlight=False, soft_wrap=True)
+        chosen = reports.day_report(conn, wanted, workspace)
+    text = reports.render(chosen.report, fmt.value)
+    err_console.print(f"report: {chosen.origin}", highlight=False, soft_wrap=True)
     if output is None:
         sys.stdout.write(text)
     else:
@@ -563,24 +549,6 @@ def report(
         except OSError as exc:
             raise reports.ReportError(f"cannot write {output}: {exc.strerror}") from None
         err_console.print(f"written to {output}", highlight=False, soft_wrap=True)
-
-
-def on_the_fly_report(conn: psycopg.Connection, day: date, workspace: int | None,
-                      reports) -> dict:
-    if workspace is not None and not reports.workspace_known(conn, workspace):
-        raise reports.UnknownWorkspace(f"unknown workspace {workspace}: it appears in no rollup")
-    behind = reports.lagging_rollups(conn, day)
-    if behind:
-        names = ", ".join(behind)
-        raise reports.NoReportData(f"{day} is not rolled up yet ({names} day grain): run "
-                                   "`aggjobs refresh` or wait for the daily job")
-    built = reports.build(conn, day)
-    if workspace is not None and workspace not in built:
-        if not built[None]["has_data"]:
-            raise reports.NoReportData(f"no data for {day}: no runs, user events or credit "
-                                       "transactions in the rollups that day")
-        raise reports.NoReportData(f"workspace {workspace} had no runs or user events on {day}")
-    return built[workspace]
 
 
 # -- HTTP API and its tokens (docs/api.md) ------------------------------------------------
