@@ -124,6 +124,13 @@ def session(purpose: str, *, require_schema: bool = True,
         yield conn
 
 
+def check_schema(purpose: str) -> None:
+    """Exit 2 before anything starts unless the database answers and its schema is current
+    (else: run `aggjobs migrate`), for the commands whose work opens its own sessions."""
+    with session(purpose):
+        pass
+
+
 def time_range(lo_text: str, hi_text: str) -> tuple[datetime, datetime]:
     return past_range(lo_text, hi_text, "--from", "--to")
 
@@ -395,8 +402,7 @@ def run(
 
     get_job(job)  # an unknown job is a usage error before anything connects
     ref = past(as_of, "--as-of")
-    with session(job):
-        pass  # the schema must be current; the runner opens its own session
+    check_schema(job)  # the runner opens its own session
     with translate_errors():
         result = manual_run(job, get_settings(), as_of=ref, actor=None,
                             source=audit_log.local_source("cli"))
@@ -450,8 +456,7 @@ def worker(
     `--queues light` and `--queues heavy` (e.g. on different hosts) so that a long daily or
     cleanup run never delays the hourly rollup."""
     chosen = worker_queues(queues)
-    with session("worker"):
-        pass
+    check_schema("worker")
     celery("worker", "-Q", ",".join(chosen), "--concurrency", str(concurrency),
            "--loglevel", loglevel, *(["-n", hostname] if hostname else []),
            *(["--beat"] if beat else []))
@@ -460,8 +465,7 @@ def worker(
 @app.command()
 def beat(loglevel: Annotated[str, typer.Option(help="Celery's log level.")] = "INFO") -> None:
     """Run the scheduler that sends the jobs at their times (Celery's `beat` command)."""
-    with session("beat"):
-        pass
+    check_schema("beat")
     celery("beat", "--loglevel", loglevel)
 
 
@@ -565,8 +569,7 @@ def serve(
 
     from ..api.app import create_api, redact_access_log
 
-    with session("serve"):
-        pass  # the schema must be current before anything listens
+    check_schema("serve")  # before anything listens
     console.print(f"aggjobs API on http://{host}:{port}/ (docs at /docs; Ctrl-C stops it)",
                   highlight=False)
     redact_access_log()  # `?token=` secrets stay out of the access log
