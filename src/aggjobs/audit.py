@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import getpass
 import socket
+from datetime import datetime
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from .sql import query
@@ -32,3 +34,10 @@ def write(conn: psycopg.Connection, *, actor: str, action: str, target: str | No
     conn.execute(query("audit"), {"actor": actor, "action": action, "target": target,
                                   "params": Jsonb(params), "outcome": outcome,
                                   "source": source})
+
+
+def entries(conn: psycopg.Connection, *, since: datetime | None, limit: int) -> list[dict]:
+    """The audit log, newest first: at most `limit` entries, those at or after `since` if
+    given."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query("audit_entries"), {"since": since, "limit": limit}).fetchall()

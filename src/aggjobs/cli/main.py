@@ -124,6 +124,13 @@ def session(purpose: str, *, require_schema: bool = True,
         yield conn
 
 
+def check_schema(purpose: str) -> None:
+    """Exit 2 before anything starts unless the database answers and its schema is current
+    (else: run `aggjobs migrate`), for the commands whose work opens its own sessions."""
+    with session(purpose):
+        pass
+
+
 def time_range(lo_text: str, hi_text: str) -> tuple[datetime, datetime]:
     return past_range(lo_text, hi_text, "--from", "--to")
 
@@ -291,7 +298,6 @@ def verify(
     """Recompute from the raw rows and compare; exit 1 listing each mismatched bucket.
     A range longer than AGGJOBS_MAX_BACKFILL_DAYS (default 31) exits 2 unless --force:
     verify reads every raw row of its range, as a backfill does."""
-    from ..engine import verify as v
     from ..safety import check_backfill_span
 
     chosen = select_rollups(rollups)
@@ -302,23 +308,21 @@ def verify(
     with session("verify", current=chosen) as conn:
         for rollup in chosen:  # the live tables, under the definition they were built with
             live = definitions.versions(conn, rollup).live
-            failed |= verify_rollup(conn, live, lo, hi, repair=repair, limit=limit, v=v)
+            failed |= verify_rollup(conn, live, lo, hi, repair=repair, limit=limit)
     if failed:
         raise typer.Exit(1)
 
 
 def verify_rollup(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime, *,
-                  repair: bool, limit: int, v) -> bool:
+                  repair: bool, limit: int) -> bool:
     from ..operations import Requester
-    from ..operations.repair import audited_repair
+    from ..operations.repair import verify_and_repair
 
+    who = Requester(cli_actor(), audit_log.local_source("cli")) if repair else None
     failed = False
     for grain in rollup.grains:
-        report = v.verify_grain(conn, rollup, grain, lo, hi)
-        if report.mismatches and repair:
-            audited_repair(conn, rollup, grain, report.mismatches,
-                           who=Requester(cli_actor(), audit_log.local_source("cli")))
-            again = v.verify_grain(conn, rollup, grain, lo, hi)
+        report, again = verify_and_repair(conn, rollup, grain, lo, hi, repair_as=who)
+        if again is not None:
             console.print(render.repaired_line(report, again))
             report = again
         console.print(render.verify_line(report))
@@ -440,8 +444,7 @@ def run(
 
     get_job(job)  # an unknown job is a usage error before anything connects
     ref = past(as_of, "--as-of")
-    with session(job):
-        pass  # the schema must be current; the runner opens its own session
+    check_schema(job)  # the runner opens its own session
     with translate_errors():
         result = manual_run(job, get_settings(), as_of=ref, actor=None,
                             source=audit_log.local_source("cli"))
@@ -495,8 +498,7 @@ def worker(
     `--queues light` and `--queues heavy` (e.g. on different hosts) so that a long daily or
     cleanup run never delays the hourly rollup."""
     chosen = worker_queues(queues)
-    with session("worker"):
-        pass
+    check_schema("worker")
     celery("worker", "-Q", ",".join(chosen), "--concurrency", str(concurrency),
            "--loglevel", loglevel, *(["-n", hostname] if hostname else []),
            *(["--beat"] if beat else []))
@@ -505,8 +507,7 @@ def worker(
 @app.command()
 def beat(loglevel: Annotated[str, typer.Option(help="Celery's log level.")] = "INFO") -> None:
     """Run the scheduler that sends the jobs at their times (Celery's `beat` command)."""
-    with session("beat"):
-        pass
+    check_schema("beat")
     celery("beat", "--loglevel", loglevel)
 
 
@@ -524,78 +525,21 @@ def up(
     unset) migrated, demo data if it is empty, the rollups caught up, then the API with the
     dashboard (`aggjobs serve` on 127.0.0.1:PORT) and a worker with the scheduler. Prints
     the dashboard's address with a fresh admin token in it. Ctrl-C stops it all."""
-    import signal
-    import subprocess
-    import time
-    import urllib.request
-
-    from ..demo import DemoSpec, load_demo
-    from ..operations import tokens
-    from ..operations.runs import manual_run
+    from ..operations import up as stack
 
     settings = get_settings()
     with session("up", require_schema=False) as conn:
-        run_migrations(conn, native=settings.native)
-        empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM agent_runs)").fetchone()[0]
-        if empty and demo_days:
-            console.print(f"loading {demo_days} days of demo data ...")
-            load_demo(conn, DemoSpec(days=demo_days))
-        with translate_errors():
-            secret, _ = tokens.create(conn, f"up-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}",
-                                      "admin", actor="aggjobs up",
-                                      source=audit_log.local_source("cli"))
-    for job in ("hourly_rollup", "daily_rollup", "weekly_rollup"):
-        with translate_errors():
-            result = manual_run(job, settings, actor="aggjobs up",
-                                source=audit_log.local_source("cli"))
-        console.print(render.run_table(result))
+        secret = stack.prepare(
+            conn, settings, demo_days=demo_days,
+            loading=lambda days: console.print(f"loading {days} days of demo data ..."))
+    with translate_errors():
+        stack.catch_up(settings, done=lambda result: console.print(render.run_table(result)))
 
-    env = dict(os.environ)
-    if settings.database_url:  # the children use the very database this process chose
-        env["AGGJOBS_DATABASE_URL"] = settings.database_url
-    me = [sys.executable, "-m", "aggjobs"]
-    children: list[subprocess.Popen] = []
-
-    def stop(*_: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        deadline = time.monotonic() + 15
-        for child in children:
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-
-    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
-    try:
-        children.append(subprocess.Popen([*me, "serve", "--host", "127.0.0.1",
-                                          "--port", str(port)], env=env))
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            if children[0].poll() is not None:
-                raise AggjobsError(f"the API server exited (code {children[0].returncode}): "
-                                   f"is port {port} free? (--port)")
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AggjobsError("the API server did not answer within 30 s") from None
-                time.sleep(0.2)
+    def ready(base: str) -> None:
         print(f"dashboard: {base}/?token={secret}", flush=True)
         console.print("starting the worker with the scheduler (Ctrl-C stops it all)")
-        children.append(subprocess.Popen(
-            [*me, "worker", "--beat", "--concurrency", str(concurrency)], env=env))
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-        gone = next(child for child in children if child.poll() is not None)
-        code = gone.returncode
-    except KeyboardInterrupt:
-        code = 0
-    finally:
-        stop()
+
+    code = stack.supervise(settings, port=port, concurrency=concurrency, ready=ready)
     if code:
         raise typer.Exit(code)
 
@@ -640,20 +584,9 @@ def report(
 
     wanted = report_day(day)
     with session("report") as conn:
-        stored = reports.load_stored(conn, wanted, workspace)
-        if stored is not None and stored.get("schema_version") == reports.SCHEMA_VERSION:
-            chosen, origin = stored, (f"stored report from analytics.daily_reports (generated "
-                                      f"{stored['generated_at'][:19]} UTC)")
-        else:
-            chosen = on_the_fly_report(conn, wanted, workspace, reports)
-            origin = ("no stored report: built from the rollups now (not stored)"
-                      if stored is None else "stored report has an older schema: rebuilt now "
-                      "from the rollups (not stored)")
-    if not chosen["has_data"]:
-        raise reports.NoReportData(f"no data for {wanted}: no runs, user events or credit "
-                                   "transactions in the rollups that day")
-    text = reports.render(chosen, fmt.value)
-    err_console.print(f"report: {origin}", highlight=False, soft_wrap=True)
+        chosen = reports.day_report(conn, wanted, workspace)
+    text = reports.render(chosen.report, fmt.value)
+    err_console.print(f"report: {chosen.origin}", highlight=False, soft_wrap=True)
     if output is None:
         sys.stdout.write(text)
     else:
@@ -662,24 +595,6 @@ def report(
         except OSError as exc:
             raise reports.ReportError(f"cannot write {output}: {exc.strerror}") from None
         err_console.print(f"written to {output}", highlight=False, soft_wrap=True)
-
-
-def on_the_fly_report(conn: psycopg.Connection, day: date, workspace: int | None,
-                      reports) -> dict:
-    if workspace is not None and not reports.workspace_known(conn, workspace):
-        raise reports.UnknownWorkspace(f"unknown workspace {workspace}: it appears in no rollup")
-    behind = reports.lagging_rollups(conn, day)
-    if behind:
-        names = ", ".join(behind)
-        raise reports.NoReportData(f"{day} is not rolled up yet ({names} day grain): run "
-                                   "`aggjobs refresh` or wait for the daily job")
-    built = reports.build(conn, day)
-    if workspace is not None and workspace not in built:
-        if not built[None]["has_data"]:
-            raise reports.NoReportData(f"no data for {day}: no runs, user events or credit "
-                                       "transactions in the rollups that day")
-        raise reports.NoReportData(f"workspace {workspace} had no runs or user events on {day}")
-    return built[workspace]
 
 
 # -- HTTP API and its tokens (docs/api.md) ------------------------------------------------
@@ -696,8 +611,7 @@ def serve(
 
     from ..api.app import create_api, redact_access_log
 
-    with session("serve"):
-        pass  # the schema must be current before anything listens
+    check_schema("serve")  # before anything listens
     console.print(f"aggjobs API on http://{host}:{port}/ (docs at /docs; Ctrl-C stops it)",
                   highlight=False)
     redact_access_log()  # `?token=` secrets stay out of the access log
@@ -757,8 +671,6 @@ def token_create(
 @token_app.command("list")
 def token_list(as_json: JsonFlag = False) -> None:
     """Every token: name, role, created, expires, revoked, last used (never the secret)."""
-    from rich.table import Table
-
     from ..operations import tokens
 
     with session("token") as conn:
@@ -766,16 +678,7 @@ def token_list(as_json: JsonFlag = False) -> None:
     if as_json:
         print(render.to_json(rows))
         return
-    table = Table("name", "role", "created", "by", "expires", "revoked", "last used")
-
-    def when(value: datetime | None) -> str:
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if value else "-"
-
-    for row in rows:
-        table.add_row(row["name"], row["role"], when(row["created_at"]), row["created_by"],
-                      when(row["expires_at"]) if row["expires_at"] else "never",
-                      when(row["revoked_at"]), when(row["last_used_at"]))
-    console.print(table)
+    console.print(render.tokens_table(rows))
 
 
 @token_app.command("revoke")
@@ -798,24 +701,10 @@ def audit(
 ) -> None:
     """The audit log, newest first: who did what, when, with which parameters, and how it
     ended (manual runs, backfills, repairs, token changes, denied requests, cleanups)."""
-    from psycopg.rows import dict_row
-    from rich.table import Table
-
     start = past(since, "--since") if since else None
     with session("audit") as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        rows = cur.execute(
-            "SELECT id, at, actor, action, target, params, outcome, source"
-            " FROM aggjobs.audit_log WHERE %(since)s::timestamptz IS NULL OR at >= %(since)s"
-            " ORDER BY at DESC, id DESC LIMIT %(limit)s",
-            {"since": start, "limit": limit},
-        ).fetchall()
+        rows = audit_log.entries(conn, since=start, limit=limit)
     if as_json:
         print(render.to_json(rows))
         return
-    table = Table("at", "actor", "action", "target", "outcome", "source", "params")
-    for row in rows:
-        table.add_row(row["at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"), row["actor"],
-                      row["action"], row["target"] or "-", row["outcome"],
-                      row["source"] or "-", json.dumps(row["params"], default=str))
-    console.print(table)
+    console.print(render.audit_table(rows))

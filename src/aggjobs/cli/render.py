@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from rich import box
@@ -273,6 +273,30 @@ def rows_table(columns: list[str], rows: list[dict]) -> Table:
         table.add_row(*("" if row[c] is None else ts(row[c]) if isinstance(row[c], datetime)
                         else f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c])
                         for c in columns))
+    return table
+
+
+def tokens_table(rows: list[dict]) -> Table:
+    """`aggjobs token list`: every token, never its secret."""
+    table = Table("name", "role", "created", "by", "expires", "revoked", "last used")
+
+    def when(value: datetime | None) -> str:
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if value else "-"
+
+    for row in rows:
+        table.add_row(row["name"], row["role"], when(row["created_at"]), row["created_by"],
+                      when(row["expires_at"]) if row["expires_at"] else "never",
+                      when(row["revoked_at"]), when(row["last_used_at"]))
+    return table
+
+
+def audit_table(rows: list[dict]) -> Table:
+    """`aggjobs audit`: the audit log's entries, times in UTC."""
+    table = Table("at", "actor", "action", "target", "outcome", "source", "params")
+    for row in rows:
+        table.add_row(row["at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"), row["actor"],
+                      row["action"], row["target"] or "-", row["outcome"],
+                      row["source"] or "-", json.dumps(row["params"], default=str))
     return table
 
 

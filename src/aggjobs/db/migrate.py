@@ -235,12 +235,21 @@ def sync_grants(conn: psycopg.Connection, tracked: list[Source]) -> None:
 
     The materialized views are owned by aggjobs_worker: REFRESH needs their owner (MAINTAIN
     exists only from PostgreSQL 17), and they hold nothing the worker cannot already write."""
+    for stmt in (*worker_grants(tracked), *reader_grants()):
+        conn.execute(stmt)
+    give_views_to_worker(conn)
+
+
+def worker_grants(tracked: list[Source]) -> list[sql.Composed]:
+    """What aggjobs_worker may do: read the sources, write the rollups and the engine's
+    state, call the functions (not the internal helpers), build in aggjobs_build, use the
+    C functions."""
     I = sql.Identifier
-    worker, reader = I(WORKER), I(READER)
+    worker = I(WORKER)
     tables = sql.SQL(", ").join(I(s.schema, s.table) for s in tracked)
     state_tables = sql.SQL(", ").join(I("aggjobs", t) for t in WORKER_STATE_TABLES)
     read_only = sql.SQL(", ").join(I("aggjobs", t) for t in WORKER_READ_ONLY_TABLES)
-    for stmt in (
+    return [
         sql.SQL("GRANT USAGE ON SCHEMA public, analytics, aggjobs TO {}").format(worker),
         sql.SQL("GRANT SELECT ON {} TO {}").format(tables, worker),
         sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA analytics"
@@ -265,14 +274,24 @@ def sync_grants(conn: psycopg.Connection, tracked: list[Source]) -> None:
         sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA"
                 " aggjobs_build TO {}").format(worker),
         sql.SQL("GRANT UPDATE (check_error) ON aggjobs.rollup_definitions TO {}").format(worker),
-        sql.SQL("GRANT USAGE ON SCHEMA analytics, aggjobs TO {}").format(reader),
         # The C functions, when installed (EXECUTE is PUBLIC's by default).
         sql.SQL("DO $$ BEGIN IF to_regnamespace('aggjobs_native') IS NOT NULL THEN"
                 " GRANT USAGE ON SCHEMA aggjobs_native TO {}; END IF; END $$").format(worker),
+    ]
+
+
+def reader_grants() -> list[sql.Composed]:
+    """What aggjobs_reader may do: read the rollups and the run history."""
+    reader = sql.Identifier(READER)
+    return [
+        sql.SQL("GRANT USAGE ON SCHEMA analytics, aggjobs TO {}").format(reader),
         sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA analytics TO {}").format(reader),
         sql.SQL("GRANT SELECT ON aggjobs.job_runs TO {}").format(reader),
-    ):
-        conn.execute(stmt)
+    ]
+
+
+def give_views_to_worker(conn: psycopg.Connection) -> None:
+    """Make aggjobs_worker the owner of each materialized view it does not own yet."""
     for name in VIEWS:
         owner = conn.execute(
             "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s::regclass",
@@ -280,7 +299,7 @@ def sync_grants(conn: psycopg.Connection, tracked: list[Source]) -> None:
         ).fetchone()[0]
         if owner != WORKER:
             conn.execute(sql.SQL("ALTER MATERIALIZED VIEW {} OWNER TO {}").format(
-                I("analytics", name), worker))
+                sql.Identifier("analytics", name), sql.Identifier(WORKER)))
 
 
 VIEWS = ("workspace_overview", "platform_daily_overview")

@@ -1,10 +1,11 @@
-"""What more than one front end does, written once and audited once: the CLI (cli/) and
-the API (api/) parse, call one of these and render.
+"""What the front ends do, written once and audited once: the CLI (cli/) and the API (api/)
+parse, call one of these and render.
 
 - backfill.py: the audited backfill (`aggjobs backfill`, `POST /api/backfills`);
 - runs.py: a job run at a person's request (`aggjobs run`, `POST /api/jobs/{job}/run`);
-- repair.py: the audited repair (`aggjobs verify --repair`);
-- tokens.py: API tokens (`aggjobs token`, `/api/tokens`).
+- repair.py: verification and the audited repair (`aggjobs verify [--repair]`);
+- tokens.py: API tokens (`aggjobs token`, `/api/tokens`);
+- up.py: `aggjobs up`'s start-up and the supervisor of its API server and worker.
 """
 
 from ..engine.abandoned import sweep_abandoned

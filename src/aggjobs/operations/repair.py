@@ -3,12 +3,14 @@ audited (`repair`) in the repair's own transaction."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import psycopg
 
 from .. import audit
 from ..catalog import Grain, Rollup
 from ..engine.recompute import Written
-from ..engine.verify import Mismatch, repair
+from ..engine.verify import Mismatch, VerifyReport, repair, verify_grain
 from .backfill import Requester
 
 
@@ -22,3 +24,16 @@ def audited_repair(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
                     outcome="succeeded", source=who.source)
 
     return repair(conn, rollup, grain, mismatches, audit=record)
+
+
+def verify_and_repair(conn: psycopg.Connection, rollup: Rollup, grain: Grain, lo: datetime,
+                      hi: datetime, *, repair_as: Requester | None
+                      ) -> tuple[VerifyReport, VerifyReport | None]:
+    """Verify `grain` of `rollup` over [lo, hi). With `repair_as`, repair the mismatches
+    found (audited as that requester) and verify again. Returns the first report and the one
+    after the repair (None when nothing was repaired)."""
+    report = verify_grain(conn, rollup, grain, lo, hi)
+    if not (report.mismatches and repair_as):
+        return report, None
+    audited_repair(conn, rollup, grain, report.mismatches, who=repair_as)
+    return report, verify_grain(conn, rollup, grain, lo, hi)

@@ -9,6 +9,7 @@ so that every renderer works on either. docs/reports.md describes each section.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import cache
@@ -185,89 +186,147 @@ def agents(rows: list[dict], limit: int, unavailable: str | None) -> dict:
 
 
 # -- build --------------------------------------------------------------------------------------
-def build(conn: psycopg.Connection, day: date) -> dict[int | None, dict]:
-    """The platform report (key None) and one per active workspace for the UTC `day`."""
-    prev_day, week_day = day - timedelta(days=1), day - timedelta(days=7)
-    days = [day, prev_day, week_day]
-    lo, hi = day_bounds(day)
-    generated_at = datetime.now(UTC).isoformat()
+@dataclass(frozen=True)
+class Days:
+    """The day of the reports, the two it is compared with, and when they were made."""
 
-    platform_rows = {r["day"]: r for r in fetch(conn, "daily_platform", days=days)}
-    ws_rows: dict[tuple[int, date], dict] = {
-        (r["workspace_id"], r["day"]): r for r in fetch(conn, "daily_by_workspace", days=days)}
-    hourly_platform = fetch(conn, "hourly_platform", lo=lo, hi=hi)
-    hourly_ws: dict[int, list[dict]] = {}
-    for r in fetch(conn, "hourly_by_workspace", lo=lo, hi=hi):
-        hourly_ws.setdefault(r["workspace_id"], []).append(r)
-    agents_missing = agents_unavailable(conn, day)
-    agent_rows = [] if agents_missing else fetch(conn, "worst_agents", day=day)
-    agents_of: dict[int, list[dict]] = {}  # per workspace, in the query's order
-    for r in agent_rows:
-        agents_of.setdefault(r["workspace_id"], []).append(r)
-    health_rows = {r["workspace_id"]: r for r in fetch(conn, "health", day=day)}
-    ledger_rows = fetch(conn, "ledger", day=day, tolerance=LEDGER_TOLERANCE)
-    ledger_of = {r["workspace_id"]: r for r in ledger_rows}
+    day: date
+    generated_at: str
 
-    def head(kind: str, ws: int | None, has_data: bool, prev_has: bool, week_has: bool) -> dict:
-        return {"schema_version": SCHEMA_VERSION, "kind": kind, "day": day.isoformat(),
-                "workspace_id": ws, "generated_at": generated_at, "has_data": has_data,
-                "compared_with": {"previous_day": prev_day.isoformat(),
+    @property
+    def previous(self) -> date:
+        return self.day - timedelta(days=1)
+
+    @property
+    def week_before(self) -> date:
+        return self.day - timedelta(days=7)
+
+    @property
+    def all(self) -> list[date]:
+        return [self.day, self.previous, self.week_before]
+
+    def head(self, kind: str, ws: int | None, has_data: bool, prev_has: bool,
+             week_has: bool) -> dict:
+        """The fields every report starts with."""
+        return {"schema_version": SCHEMA_VERSION, "kind": kind, "day": self.day.isoformat(),
+                "workspace_id": ws, "generated_at": self.generated_at, "has_data": has_data,
+                "compared_with": {"previous_day": self.previous.isoformat(),
                                   "previous_day_has_data": prev_has,
-                                  "same_day_last_week": week_day.isoformat(),
+                                  "same_day_last_week": self.week_before.isoformat(),
                                   "same_day_last_week_has_data": week_has}}
 
-    # Platform-wide.
-    p_today, p_prev, p_week = (platform_rows[d] for d in days)
+
+@dataclass(frozen=True)
+class Rows:
+    """What the reports of a day are built from: the rollups' rows, by scope."""
+
+    platform: dict[date, dict]  # the day and the two compared with
+    by_workspace: dict[tuple[int, date], dict]
+    hourly: list[dict]
+    hourly_of: dict[int, list[dict]]
+    agents_missing: str | None  # why there are no worst agents, if there are none
+    agents: list[dict]
+    agents_of: dict[int, list[dict]]  # per workspace, in the query's order
+    health_of: dict[int, dict]
+    ledger: list[dict]
+    ledger_of: dict[int, dict]
+
+
+def by_workspace(rows: list[dict]) -> dict[int, list[dict]]:
+    """`rows` grouped by their workspace_id, each group in the rows' order."""
+    out: dict[int, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["workspace_id"], []).append(r)
+    return out
+
+
+def read_rows(conn: psycopg.Connection, days: Days) -> Rows:
+    """The rows of every query the reports of `days.day` are built from."""
+    lo, hi = day_bounds(days.day)
+    platform = {r["day"]: r for r in fetch(conn, "daily_platform", days=days.all)}
+    ws_rows = {(r["workspace_id"], r["day"]): r
+               for r in fetch(conn, "daily_by_workspace", days=days.all)}
+    hourly = fetch(conn, "hourly_platform", lo=lo, hi=hi)
+    hourly_ws = fetch(conn, "hourly_by_workspace", lo=lo, hi=hi)
+    agents_missing = agents_unavailable(conn, days.day)
+    agent_rows = [] if agents_missing else fetch(conn, "worst_agents", day=days.day)
+    health = fetch(conn, "health", day=days.day)
+    ledger = fetch(conn, "ledger", day=days.day, tolerance=LEDGER_TOLERANCE)
+    return Rows(platform=platform, by_workspace=ws_rows, hourly=hourly,
+                hourly_of=by_workspace(hourly_ws), agents_missing=agents_missing,
+                agents=agent_rows, agents_of=by_workspace(agent_rows),
+                health_of={r["workspace_id"]: r for r in health}, ledger=ledger,
+                ledger_of={r["workspace_id"]: r for r in ledger})
+
+
+def build(conn: psycopg.Connection, day: date) -> dict[int | None, dict]:
+    """The platform report (key None) and one per active workspace for the UTC `day`."""
+    days = Days(day, datetime.now(UTC).isoformat())
+    rows = read_rows(conn, days)
+    active = sorted({ws for (ws, d), r in rows.by_workspace.items()
+                     if d == day and (r["has_runs"] or r["has_events"])})
+    today_ws = {ws: rows.by_workspace[(ws, day)] for ws in active}
+    reports: dict[int | None, dict] = {None: platform_report(days, rows, today_ws)}
+    for ws in active:
+        reports[ws] = workspace_report(days, rows, ws)
+    return reports
+
+
+def platform_report(days: Days, rows: Rows, today_ws: dict[int, dict]) -> dict:
+    """The platform-wide report; `today_ws`: the day's row of each active workspace."""
+    p_today, p_prev, p_week = (rows.platform[d] for d in days.all)
     today_fig = figures(p_today)
     prev_fig = figures(p_prev) if p_prev["has_data"] else None
     week_fig = figures(p_week) if p_week["has_data"] else None
-    active = sorted({ws for (ws, d), r in ws_rows.items()
-                     if d == day and (r["has_runs"] or r["has_events"])})
-    today_ws = {ws: ws_rows[(ws, day)] for ws in active}
-    hourly = hourly_series(day, hourly_platform)
-
-    platform = head("platform", None, p_today["has_data"], prev_fig is not None,
-                    week_fig is not None)
-    platform["active_workspaces"] = len(active)
+    hourly = hourly_series(days.day, rows.hourly)
+    platform = days.head("platform", None, p_today["has_data"], prev_fig is not None,
+                         week_fig is not None)
+    platform["active_workspaces"] = len(today_ws)
     platform["totals"] = totals(today_fig, prev_fig, week_fig)
     platform["top_workspaces"] = top_workspaces(today_ws, today_fig)
     platform["movers"] = {
-        "vs_previous_day": movers(ws_rows, day, prev_day) if prev_fig else None,
-        "vs_same_day_last_week": movers(ws_rows, day, week_day) if week_fig else None,
+        "vs_previous_day": movers(rows.by_workspace, days.day, days.previous)
+        if prev_fig else None,
+        "vs_same_day_last_week": movers(rows.by_workspace, days.day, days.week_before)
+        if week_fig else None,
     }
-    worst_ws = sorted((r for r in today_ws.values() if r["failed_runs"] > 0),
-                      key=lambda r: (-r["failed_runs"], -ratio(r["failed_runs"], r["runs"]),
-                                     r["workspace_id"]))
     platform["failure_hot_spots"] = {
         "worst_hours": worst_hours(hourly),
-        "worst_workspaces": [{"workspace_id": r["workspace_id"], "runs": r["runs"],
-                              "failed_runs": r["failed_runs"],
-                              "failure_rate": ratio(r["failed_runs"], r["runs"])}
-                             for r in worst_ws[:HOT_SPOTS_N]],
-        "worst_agents": agents(agent_rows, TOP_N, agents_missing),
+        "worst_workspaces": worst_workspaces(today_ws),
+        "worst_agents": agents(rows.agents, TOP_N, rows.agents_missing),
     }
-    platform["health"] = platform_health(health_rows)
-    platform["ledger"] = platform_ledger(ledger_rows)
+    platform["health"] = platform_health(rows.health_of)
+    platform["ledger"] = platform_ledger(rows.ledger)
     platform["hourly"] = hourly
-    reports: dict[int | None, dict] = {None: platform}
+    return platform
 
-    # One per active workspace.
-    for ws in active:
-        prev = ws_rows.get((ws, prev_day))
-        week = ws_rows.get((ws, week_day))
-        report = head("workspace", ws, True, prev is not None, week is not None)
-        report["totals"] = totals(figures(today_ws[ws]), figures(prev), figures(week))
-        ws_hourly = hourly_series(day, hourly_ws.get(ws, []))
-        report["failure_hot_spots"] = {
-            "worst_hours": worst_hours(ws_hourly),
-            "worst_agents": agents(agents_of.get(ws, []), HOT_SPOTS_N, agents_missing),
-        }
-        report["health"] = workspace_health(health_rows.get(ws))
-        report["ledger"] = (ledger_item(ledger_of.get(ws), ws)
-                            | {"tolerance": float(LEDGER_TOLERANCE)})
-        report["hourly"] = ws_hourly
-        reports[ws] = report
-    return reports
+
+def worst_workspaces(today_ws: dict[int, dict]) -> list[dict]:
+    worst = sorted((r for r in today_ws.values() if r["failed_runs"] > 0),
+                   key=lambda r: (-r["failed_runs"], -ratio(r["failed_runs"], r["runs"]),
+                                  r["workspace_id"]))
+    return [{"workspace_id": r["workspace_id"], "runs": r["runs"],
+             "failed_runs": r["failed_runs"], "failure_rate": ratio(r["failed_runs"], r["runs"])}
+            for r in worst[:HOT_SPOTS_N]]
+
+
+def workspace_report(days: Days, rows: Rows, ws: int) -> dict:
+    """The report of the active workspace `ws`."""
+    prev = rows.by_workspace.get((ws, days.previous))
+    week = rows.by_workspace.get((ws, days.week_before))
+    report = days.head("workspace", ws, True, prev is not None, week is not None)
+    report["totals"] = totals(figures(rows.by_workspace[(ws, days.day)]), figures(prev),
+                              figures(week))
+    ws_hourly = hourly_series(days.day, rows.hourly_of.get(ws, []))
+    report["failure_hot_spots"] = {
+        "worst_hours": worst_hours(ws_hourly),
+        "worst_agents": agents(rows.agents_of.get(ws, []), HOT_SPOTS_N, rows.agents_missing),
+    }
+    report["health"] = workspace_health(rows.health_of.get(ws))
+    report["ledger"] = (ledger_item(rows.ledger_of.get(ws), ws)
+                        | {"tolerance": float(LEDGER_TOLERANCE)})
+    report["hourly"] = ws_hourly
+    return report
 
 
 def top_workspaces(today_ws: dict[int, dict], total: dict) -> dict:

@@ -68,48 +68,75 @@ def subtitle(report: dict) -> str:
             f"{report['schema_version']}.")
 
 
-def sections(report: dict) -> Iterator[tuple[str, list[str], list[list[str]], str | None]]:
+Section = tuple[str, list[str], list[list[str]], str | None]  # heading, columns, rows, note
+
+
+def sections(report: dict) -> Iterator[Section]:
     """Every table of the report, in reading order: (heading, columns, rows, note). Markdown
     and HTML both render these, so that they never disagree."""
-    tot = report["totals"]
-    yield ("Totals", ["metric", "value", "previous day", "Δ day", "Δ day %",
-                      "same day last week", "Δ week", "Δ week %"],
-           [[label, fmt(t["value"], kind), fmt(t["previous_day"], kind),
-             change(t["day_over_day"], kind), fmt(t["day_over_day_pct"], "pct"),
-             fmt(t["same_day_last_week"], kind), change(t["week_over_week"], kind),
-             fmt(t["week_over_week_pct"], "pct")]
-            for key, label, kind in METRICS for t in [tot[key]]],
-           None if report["compared_with"]["previous_day_has_data"]
-           and report["compared_with"]["same_day_last_week_has_data"]
-           else "– : the comparison day has no data.")
+    yield totals_section(report)
     if "top_workspaces" in report:
-        top = report["top_workspaces"]
-        yield ("Top workspaces by runs", ["#", "workspace", "runs", "failed", "success rate",
-                                          "share"],
-               [[str(i), str(r["workspace_id"]), fmt(r["runs"]), fmt(r["failed_runs"]),
-                 fmt(r["success_rate"], "rate"), f"{r['share_pct']:.1f}%"]
-                for i, r in enumerate(top["by_runs"], 1)], None)
-        yield ("Top workspaces by credits used", ["#", "workspace", "credits used (ledger)",
-                                                  "credits consumed by runs", "share"],
-               [[str(i), str(r["workspace_id"]), fmt(r["credits_used"], "credits"),
-                 fmt(r["run_credits"], "credits"),
-                 NA if r["share_pct"] is None else f"{r['share_pct']:.1f}%"]
-                for i, r in enumerate(top["by_credits"], 1)], None)
+        yield from top_sections(report["top_workspaces"])
     if "movers" in report:
-        for key, what in (("vs_previous_day", "previous day"),
-                          ("vs_same_day_last_week", "same weekday last week")):
-            m = report["movers"][key]
-            if m is None:
-                yield (f"Biggest movers vs the {what}", [], [],
-                       "No comparison: the platform has no data that day.")
-                continue
-            rows = [[direction, str(r["workspace_id"]), fmt(r["compared_runs"]), fmt(r["runs"]),
-                     change(r["change"], "count"), fmt(r["change_pct"], "pct")]
-                    for direction in ("up", "down") for r in m[direction]]
-            yield (f"Biggest movers vs the {what} ({m['compared_day']})",
-                   ["direction", "workspace", "runs then", "runs", "change", "change %"],
-                   rows, None)
-    hot = report["failure_hot_spots"]
+        yield from movers_sections(report["movers"])
+    yield from hot_spot_sections(report["failure_hot_spots"])
+    yield health_section(report)
+    yield ledger_section(report)
+    yield ("Hourly", ["hour (UTC)", "runs", "failed", "p95 runtime (s)", "credits by runs",
+                      "credits used (ledger)"],
+           [[hour_label(h["hour"]), fmt(h["runs"]), fmt(h["failed_runs"]),
+             fmt(h["p95_runtime"], "seconds"), fmt(h["run_credits"], "credits"),
+             fmt(h["credits_used"], "credits")] for h in report["hourly"]], None)
+
+
+def totals_section(report: dict) -> Section:
+    tot = report["totals"]
+    return ("Totals", ["metric", "value", "previous day", "Δ day", "Δ day %",
+                       "same day last week", "Δ week", "Δ week %"],
+            [[label, fmt(t["value"], kind), fmt(t["previous_day"], kind),
+              change(t["day_over_day"], kind), fmt(t["day_over_day_pct"], "pct"),
+              fmt(t["same_day_last_week"], kind), change(t["week_over_week"], kind),
+              fmt(t["week_over_week_pct"], "pct")]
+             for key, label, kind in METRICS for t in [tot[key]]],
+            None if report["compared_with"]["previous_day_has_data"]
+            and report["compared_with"]["same_day_last_week_has_data"]
+            else "– : the comparison day has no data.")
+
+
+def top_sections(top: dict) -> Iterator[Section]:
+    """The platform's top workspaces, by runs and by credits used."""
+    yield ("Top workspaces by runs", ["#", "workspace", "runs", "failed", "success rate",
+                                      "share"],
+           [[str(i), str(r["workspace_id"]), fmt(r["runs"]), fmt(r["failed_runs"]),
+             fmt(r["success_rate"], "rate"), f"{r['share_pct']:.1f}%"]
+            for i, r in enumerate(top["by_runs"], 1)], None)
+    yield ("Top workspaces by credits used", ["#", "workspace", "credits used (ledger)",
+                                              "credits consumed by runs", "share"],
+           [[str(i), str(r["workspace_id"]), fmt(r["credits_used"], "credits"),
+             fmt(r["run_credits"], "credits"),
+             NA if r["share_pct"] is None else f"{r['share_pct']:.1f}%"]
+            for i, r in enumerate(top["by_credits"], 1)], None)
+
+
+def movers_sections(movers: dict) -> Iterator[Section]:
+    """The platform's biggest movers, against the previous day and the same day last week."""
+    for key, what in (("vs_previous_day", "previous day"),
+                      ("vs_same_day_last_week", "same weekday last week")):
+        m = movers[key]
+        if m is None:
+            yield (f"Biggest movers vs the {what}", [], [],
+                   "No comparison: the platform has no data that day.")
+            continue
+        rows = [[direction, str(r["workspace_id"]), fmt(r["compared_runs"]), fmt(r["runs"]),
+                 change(r["change"], "count"), fmt(r["change_pct"], "pct")]
+                for direction in ("up", "down") for r in m[direction]]
+        yield (f"Biggest movers vs the {what} ({m['compared_day']})",
+               ["direction", "workspace", "runs then", "runs", "change", "change %"],
+               rows, None)
+
+
+def hot_spot_sections(hot: dict) -> Iterator[Section]:
+    """Worst hours, workspaces (the platform's report) and agents."""
     yield ("Worst hours", ["hour (UTC)", "runs", "failed", "failure rate"],
            [[hour_label(h["hour"]), fmt(h["runs"]), fmt(h["failed_runs"]),
              fmt(h["failure_rate"], "rate")] for h in hot["worst_hours"]], None)
@@ -124,43 +151,44 @@ def sections(report: dict) -> Iterator[tuple[str, list[str], list[list[str]], st
              fmt(a["runs"]), fmt(a["failed_runs"]), fmt(a["failure_rate"], "rate")]
             for a in agents["items"] or []],
            agents["note"])
+
+
+def health_section(report: dict) -> Section:
+    """The platform's: the workspaces whose health fell; a workspace's: its health."""
     health = report["health"]
     if report["workspace_id"] is None:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(health["counts"].items()))
-        yield ("Health: fell to at risk or critical",
-               ["workspace", "status", "score", "previous status", "previous score"],
-               [[str(h["workspace_id"]), h["status"], fmt(h["score"]), h["previous_status"],
-                 fmt(h["previous_score"])] for h in health["fell"]],
-               f"Scores of the day: {counts}." if health["scored"]
-               else "No health scores for this day.")
-    else:
-        yield ("Health", ["status", "score", "previous status", "previous score", "fell"],
-               [[health["status"] or NA, fmt(health["score"]),
-                 health["previous_status"] or NA, fmt(health["previous_score"]),
-                 "yes" if health["fell"] else "no"]] if health["scored"] else [],
-               None if health["scored"] else "No health score for this day.")
+        return ("Health: fell to at risk or critical",
+                ["workspace", "status", "score", "previous status", "previous score"],
+                [[str(h["workspace_id"]), h["status"], fmt(h["score"]), h["previous_status"],
+                  fmt(h["previous_score"])] for h in health["fell"]],
+                f"Scores of the day: {counts}." if health["scored"]
+                else "No health scores for this day.")
+    return ("Health", ["status", "score", "previous status", "previous score", "fell"],
+            [[health["status"] or NA, fmt(health["score"]),
+              health["previous_status"] or NA, fmt(health["previous_score"]),
+              "yes" if health["fell"] else "no"]] if health["scored"] else [],
+            None if health["scored"] else "No health score for this day.")
+
+
+def ledger_section(report: dict) -> Section:
+    """The platform's: the mismatched workspaces and the sums; a workspace's: its line."""
     ledger = report["ledger"]
     cols = ["workspace", "usage (ledger)", "credits consumed by runs", "difference"]
     if report["workspace_id"] is None:
-        yield ("Credit ledger reconciliation (mismatches)", cols,
-               [[str(m["workspace_id"]), fmt(m["usage_credits"], "credits"),
-                 fmt(m["run_credits"], "credits"), change(m["difference"], "credits")]
-                for m in ledger["mismatches"]],
-               (f"{ledger['workspaces_checked']} workspaces checked, "
-                f"{ledger['mismatch_count']} beyond ±{ledger['tolerance']} credits; in total "
-                f"usage {fmt(ledger['usage_credits'], 'credits')} vs runs "
-                f"{fmt(ledger['run_credits'], 'credits')}."))
-    else:
-        yield ("Credit ledger reconciliation", [*cols, "mismatch"],
-               [[str(ledger["workspace_id"]), fmt(ledger["usage_credits"], "credits"),
-                 fmt(ledger["run_credits"], "credits"), change(ledger["difference"], "credits"),
-                 "YES" if ledger["mismatch"] else "no"]],
-               f"A mismatch is a difference beyond ±{ledger['tolerance']} credits.")
-    yield ("Hourly", ["hour (UTC)", "runs", "failed", "p95 runtime (s)", "credits by runs",
-                      "credits used (ledger)"],
-           [[hour_label(h["hour"]), fmt(h["runs"]), fmt(h["failed_runs"]),
-             fmt(h["p95_runtime"], "seconds"), fmt(h["run_credits"], "credits"),
-             fmt(h["credits_used"], "credits")] for h in report["hourly"]], None)
+        return ("Credit ledger reconciliation (mismatches)", cols,
+                [[str(m["workspace_id"]), fmt(m["usage_credits"], "credits"),
+                  fmt(m["run_credits"], "credits"), change(m["difference"], "credits")]
+                 for m in ledger["mismatches"]],
+                (f"{ledger['workspaces_checked']} workspaces checked, "
+                 f"{ledger['mismatch_count']} beyond ±{ledger['tolerance']} credits; in total "
+                 f"usage {fmt(ledger['usage_credits'], 'credits')} vs runs "
+                 f"{fmt(ledger['run_credits'], 'credits')}."))
+    return ("Credit ledger reconciliation", [*cols, "mismatch"],
+            [[str(ledger["workspace_id"]), fmt(ledger["usage_credits"], "credits"),
+              fmt(ledger["run_credits"], "credits"), change(ledger["difference"], "credits"),
+              "YES" if ledger["mismatch"] else "no"]],
+            f"A mismatch is a difference beyond ±{ledger['tolerance']} credits.")
 
 
 # -- json ---------------------------------------------------------------------------------------

@@ -80,6 +80,12 @@ WHERE id = %(id)s
 INSERT INTO aggjobs.audit_log (actor, action, target, params, outcome, source)
 VALUES (%(actor)s, %(action)s, %(target)s, %(params)s, %(outcome)s, %(source)s)
 
+-- name: audit_entries
+-- The audit log, newest first: every entry, or those at or after `since` (`aggjobs audit`).
+SELECT id, at, actor, action, target, params, outcome, source
+FROM aggjobs.audit_log WHERE %(since)s::timestamptz IS NULL OR at >= %(since)s
+ORDER BY at DESC, id DESC LIMIT %(limit)s
+
 -- name: oldest_pending
 -- Within the supported times: buckets outside them are dropped by the next refresh.
 SELECT min(bucket) FROM aggjobs.pending_groups WHERE rollup = %(rollup)s AND grain = %(grain)s

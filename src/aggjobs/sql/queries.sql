@@ -266,3 +266,7 @@ SELECT source,
        CASE WHEN NOT aggjobs.tracking_threshold_allowed(threshold) THEN threshold::text END
            AS broken
 FROM aggjobs.sources
+
+-- name: no_runs_yet
+-- Whether the platform's runs table is empty (`aggjobs up` then loads demo data).
+SELECT NOT EXISTS (SELECT 1 FROM agent_runs)

@@ -33,25 +33,9 @@ def hour_of(row: str, source: Source) -> sql.Composable:
 EQ, NE = S("OPERATOR(pg_catalog.=)"), S("OPERATOR(pg_catalog.<>)")
 
 
-def create_function(source: Source) -> sql.Composable:
-    """The trigger function: log (key, hour) of the old and the new row; retention's deletes
-    are not logged. They are those of a transaction aggjobs.delete_raw_before listed in
-    aggjobs.retention_transactions while it runs (owner-only: no other session can claim to
-    be retention, as the settable GUC aggjobs.retention let any). Looked up for a DELETE only
-    (one primary-key probe beside the log row it saves); inserts and updates cost what they
-    did, and writes ahead of the threshold run no function at all.
-
-    It runs as whoever writes, under their search_path: every function and operator is
-    schema-qualified, so that a writer cannot shadow `=` or date_trunc (in a schema of its
-    own put before pg_catalog) to log nothing or the wrong hour. Qualifying costs nothing;
-    a `SET search_path` clause would cost every late write a GUC save and restore. The key
-    is an integer (it goes to invalidation_log.workspace_id), whose `=` is pg_catalog's."""
-    key = I(source.key_column)
-    log = S(
-        "INSERT INTO aggjobs.invalidation_log (source, workspace_id, bucket) VALUES ({}, {}, {});"
-    )
-    return S(
-        """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $body$
+# The trigger function's body, a template of create_function's.
+FUNCTION = S(
+    """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
     IF TG_OP {eq} 'TRUNCATE' THEN
         INSERT INTO aggjobs.invalidation_log (source) VALUES ({src});
@@ -78,17 +62,40 @@ BEGIN
     RETURN NULL;
 END
 $body$"""
-    ).format(
+)
+LOG = S("INSERT INTO aggjobs.invalidation_log (source, workspace_id, bucket) VALUES ({}, {}, {});")
+
+
+def create_function(source: Source) -> sql.Composable:
+    """The trigger function: log (key, hour) of the old and the new row; retention's deletes
+    are not logged. They are those of a transaction aggjobs.delete_raw_before listed in
+    aggjobs.retention_transactions while it runs (owner-only: no other session can claim to
+    be retention, as the settable GUC aggjobs.retention let any). Looked up for a DELETE only
+    (one primary-key probe beside the log row it saves); inserts and updates cost what they
+    did, and writes ahead of the threshold run no function at all.
+
+    It runs as whoever writes, under their search_path: every function and operator is
+    schema-qualified, so that a writer cannot shadow `=` or date_trunc (in a schema of its
+    own put before pg_catalog) to log nothing or the wrong hour. Qualifying costs nothing;
+    a `SET search_path` clause would cost every late write a GUC save and restore. The key
+    is an integer (it goes to invalidation_log.workspace_id), whose `=` is pg_catalog's."""
+    return FUNCTION.format(
         fn=function_ident(source),
         src=L(source.name),
-        key=key,
+        key=I(source.key_column),
         eq=EQ,
         ne=NE,
         old_hour=hour_of("OLD", source),
         new_hour=hour_of("NEW", source),
-        log_old=log.format(L(source.name), S("OLD.{}").format(key), hour_of("OLD", source)),
-        log_new=log.format(L(source.name), S("NEW.{}").format(key), hour_of("NEW", source)),
+        log_old=log_row("OLD", source),
+        log_new=log_row("NEW", source),
     )
+
+
+def log_row(row: str, source: Source) -> sql.Composable:
+    """The INSERT logging the (key, hour) of `row` (OLD or NEW) into the invalidation log."""
+    return LOG.format(L(source.name), S("{}.{}").format(S(row), I(source.key_column)),
+                      hour_of(row, source))
 
 
 def create_triggers(source: Source, threshold: datetime | None) -> list[sql.Composable]:
