@@ -30,6 +30,11 @@ are relative to now), then measures, each --repeat times (median, min, max):
                  copied back in time: shape-true, not data-true)
   history        the hourly step again after --history x as much older data is loaded (the
                  cost must not grow; the plan must not flip)
+  live           reads of the live views (issue 16) beside the same read of the table: one
+                 workspace's last 24 hours with nothing pending, then with 1,000 late updates
+                 pending in its hours; every workspace's open hour (the last hour, its
+                 watermark moved back before it) beside the seed's hourly SQL; one
+                 workspace's last 30 days of `_daily_live`
   rebuild        a measure added to execution_metrics (p99 of the runtime; the declaration
                  changed in-process, then `migrate`): the rebuild's hours per second in
                  `refresh`, beside an in-process backfill of the same hours, interleaved;
@@ -148,6 +153,14 @@ TARGETS = {
                             lambda r: r["ingest"]["insert_batch"]["ratio"] <= 1.05),
     "backfill": (">= 0.5 x floor rate", lambda r: r["backfill"]["best"]["ratio"] >= 0.5),
     "backfill.peak_rss_mb": ("< 250 MB", lambda r: r["backfill"]["peak_rss_mb"] < 250),
+    "live.workspace_24h": ("<= 50 ms, <= 3 x table",
+                           lambda r: r["live"]["workspace_24h"]["median_ms"] <= 50
+                           and r["live"]["workspace_24h"]["ratio"] <= 3),
+    "live.workspace_24h_pending": ("<= 150 ms",
+                                   lambda r: r["live"]["workspace_24h_pending"]["median_ms"]
+                                   <= 150),
+    "live.open_hour": ("<= 0.6 x seed", lambda r: r["live"]["open_hour"]["ratio"] <= 0.6),
+    "live.daily_30d": ("<= 100 ms", lambda r: r["live"]["daily_30d"]["median_ms"] <= 100),
     "rebuild.rate": (">= 0.8 x backfill rate",
                      lambda r: r["rebuild"]["rate"]["ratio"] >= 0.8),
     "rebuild.hourly_job": ("< 3 s", lambda r: r["rebuild"]["hourly_job"]["median_ms"] < 3000),
@@ -375,6 +388,61 @@ class Bench:
                 "plan_before": plan_before, "plan_after": plan_after,
                 "plan_flipped": plan_before != plan_after}
 
+
+    # -------------------------------------------------------------- live (issue 16)
+    def live(self) -> dict:
+        """Reads of the live views beside the same read of the table (nothing pending: every
+        rollup is refreshed first), of the largest workspace (the costliest read)."""
+        for rollup in BUILTIN_ROLLUPS:
+            refresh(self.conn, rollup, as_of=self.data_end(), settings=self.settings)
+        ws = self.conn.execute("SELECT workspace_id FROM public.agent_runs WHERE started_at"
+                               " >= %s GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
+                               (self.w.end - HOUR,)).fetchone()[0]
+        since = self.data_end() - 24 * HOUR
+        read = lambda relation, column="hour", lo=since: lambda: self.conn.execute(  # noqa: E731
+            sql.SQL("SELECT * FROM {} WHERE workspace_id = %s AND {} >= %s").format(
+                sql.Identifier("analytics", relation), sql.Identifier(column)),
+            (ws, lo)).fetchall()
+        table = timed(read("execution_metrics_hourly"), self.repeat)
+        fresh = timed(read("execution_metrics_hourly_live"), self.repeat)
+        pending = timed(self.rolled_back(lambda: (self.late_updates_of(ws, since, 1000),
+                                                  read("execution_metrics_hourly_live")())),
+                        self.repeat)
+        update_only = timed(self.rolled_back(lambda: self.late_updates_of(ws, since, 1000)),
+                            self.repeat)
+        month = (self.data_end() - 30 * DAY).date()
+        daily = timed(read("execution_metrics_daily_live", "day", month), self.repeat)
+        daily_table = timed(read("execution_metrics_daily", "day", month), self.repeat)
+        return {"workspace": ws, "table_24h": table,
+                "workspace_24h": with_ratio(fresh, table),
+                "workspace_24h_pending": {**pending, "median_ms": max(
+                    0.0, pending["median_ms"] - update_only["median_ms"]),
+                    "updates_ms": update_only["median_ms"]},
+                "open_hour": self.open_hour(), "daily_30d": with_ratio(daily, daily_table)}
+
+    def late_updates_of(self, ws: int, since: datetime, n: int) -> None:
+        self.conn.execute(
+            "UPDATE public.agent_runs SET runtime_seconds = runtime_seconds + 1 WHERE id IN"
+            " (SELECT id FROM public.agent_runs WHERE workspace_id = %s AND started_at >= %s"
+            " AND started_at < %s ORDER BY id LIMIT %s)", (ws, since, self.data_end(), n))
+
+    def open_hour(self) -> dict:
+        """Every workspace's last hour from the live view with the hour's watermark moved back
+        before it (so computed from its raw rows, as the open hour is), beside the seed's
+        INSERT ... ON CONFLICT of the same hour; both in rolled-back transactions."""
+        lo, hi = self.data_end() - HOUR, self.data_end()
+        window = {"lo": lo, "hi": hi}
+
+        def live_hour() -> None:
+            self.conn.execute("UPDATE aggjobs.watermarks SET watermark = %s WHERE rollup ="
+                              " 'execution_metrics' AND grain = 'hour'", (lo,))
+            self.conn.execute("SELECT * FROM analytics.execution_metrics_hourly_live"
+                              " WHERE hour >= %s AND hour < %s", (lo, hi)).fetchall()
+
+        seed = timed(self.rolled_back(lambda: self.conn.execute(SEED_HOURLY, window)),
+                     self.repeat)
+        ours = timed(self.rolled_back(live_hour), self.repeat)
+        return {**with_ratio(ours, seed), "seed": seed, "runs": self.runs_in(lo, hi)}
 
     # -------------------------------------------------------------- rebuild (issue 15)
 
@@ -761,6 +829,22 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                     f"{hs['ratio']:.2f} x 1x (seed {hs['seed_ratio']:.2f})"
                     + (", plan flipped" if hs["plan_flipped"] else ", same plan"),
                     TARGETS["history"][0]))
+    if "live" in r:
+        lv = r["live"]
+        out += [("live: one workspace's 24 hours, nothing pending",
+                 ms(lv["workspace_24h"]["median_ms"]),
+                 f"{lv['workspace_24h']['ratio']:.2f} x table"
+                 f" ({ms(lv['table_24h']['median_ms'])})", TARGETS["live.workspace_24h"][0]),
+                ("live: the same, 1,000 late updates pending",
+                 ms(lv["workspace_24h_pending"]["median_ms"]),
+                 f"the updates {ms(lv['workspace_24h_pending']['updates_ms'])} apart",
+                 TARGETS["live.workspace_24h_pending"][0]),
+                ("live: every workspace's open hour", ms(lv["open_hour"]["median_ms"]),
+                 f"{lv['open_hour']['ratio']:.2f} x seed"
+                 f" ({ms(lv['open_hour']['seed']['median_ms'])})",
+                 TARGETS["live.open_hour"][0]),
+                ("live: one workspace's 30 days, _daily_live", ms(lv["daily_30d"]["median_ms"]),
+                 f"{lv['daily_30d']['ratio']:.2f} x table", TARGETS["live.daily_30d"][0])]
     if "rebuild" in r:
         rb = r["rebuild"]
         rate = rb["rate"]
@@ -840,7 +924,7 @@ def plot(results: dict, path: Path) -> bool:
 # ------------------------------------------------------------------------------ main
 
 SECTIONS = ("hourly_step", "catch_up", "hourly_job", "late", "daily", "weekly", "ingest",
-            "backfill", "views", "history", "rebuild")  # rebuild last: it appends new hours
+            "backfill", "views", "history", "live", "rebuild")  # rebuild last: it appends hours
 
 
 def database(admin_url: str, name: str, *, fresh: bool) -> str:

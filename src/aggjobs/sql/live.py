@@ -12,8 +12,10 @@ changes in one transaction, so the parts never disagree):
 - the other groups, computed at query time by the engine's own SQL (sql/rollup.py): the
   hour from the raw rows, the day from the hourly live view, the week from the daily one.
   That is the buckets from the watermark up to the open one, and the changed groups behind
-  it, each found through the (workspace, time) index: a changed group is joined
-  LATERAL so that a reader's `workspace_id = ...` reaches every part of the plan.
+  it, each read on its own through the (workspace, time) index: a changed group is joined
+  LATERAL, kept a subquery (OFFSET 0) so that the planner cannot turn it into a scan of a
+  whole workspace's rows joined to the changes, and with the changed group's workspace as
+  the output column, so that a reader's `workspace_id = ...` reaches the changes.
 
 A group behind retention's horizon keeps its row (the refresh would too: its raw rows are
 gone). A TRUNCATE of the source not yet seen by a refresh, or a reset it requested, makes
@@ -122,7 +124,7 @@ def relation(rollup: Rollup, grain: Grain, inp: r.Input) -> sql.Composable:
         "(SELECT {cols} FROM {input} AS s WHERE {ahead}"
         " UNION ALL SELECT {keyed} FROM ({dirty}) AS d"
         " CROSS JOIN LATERAL (SELECT {cols} FROM {input} AS s WHERE s.{key} = d.workspace_id"
-        " AND s.{t} >= {lo} AND s.{t} < {hi}) AS s) AS r"
+        " AND s.{t} >= {lo} AND s.{t} < {hi} OFFSET 0) AS s) AS r"
     ).format(
         cols=S(", ").join(I("s", c) for c in cols), input=inp.table, ahead=ahead, key=I(key),
         keyed=S(", ").join(S("d.workspace_id AS {}").format(I(c)) if c == key else I("s", c)
