@@ -116,21 +116,37 @@ def relation(rollup: Rollup, grain: Grain, inp: r.Input) -> sql.Composable:
     key, t = rollup.source.key_column, I(inp.time_column)
     cols = raw_columns(rollup) if inp.is_raw else [
         c.name for c in r.target_columns(rollup, rollup.finer(grain) or grain)]
-    ahead = S("s.{} >= {}").format(t, r.bound(start(rollup, grain), is_date=inp.is_date))
-    if inp.is_raw:
-        ahead = S("{} AND s.{} < {}").format(ahead, t, open_end())
+    selected = S(", ").join(I("s", c) for c in cols)
     step = S("make_interval(hours => {})").format(L(r.STEP_HOURS[grain]))
     return S(
-        "(SELECT {cols} FROM {input} AS s WHERE {ahead}"
-        " UNION ALL SELECT {keyed} FROM ({dirty}) AS d"
+        "({ahead} UNION ALL SELECT {keyed} FROM ({dirty}) AS d"
         " CROSS JOIN LATERAL (SELECT {cols} FROM {input} AS s WHERE s.{key} = d.workspace_id"
         " AND s.{t} >= {lo} AND s.{t} < {hi} OFFSET 0) AS s) AS r"
     ).format(
-        cols=S(", ").join(I("s", c) for c in cols), input=inp.table, ahead=ahead, key=I(key),
+        cols=selected, input=inp.table, key=I(key), ahead=ahead(rollup, grain, inp, selected),
         keyed=S(", ").join(S("d.workspace_id AS {}").format(I(c)) if c == key else I("s", c)
                            for c in cols), dirty=dirty(rollup, grain),
         t=t, lo=r.bound(S("d.bucket"), is_date=inp.is_date),
         hi=r.bound(S("(d.bucket + {})").format(step), is_date=inp.is_date))
+
+
+def ahead(rollup: Rollup, grain: Grain, inp: r.Input, cols: sql.Composable) -> sql.Composable:
+    """The input rows of the buckets from the watermark on. The raw rows hour by hour, from
+    the first one's hour to the open one: each hour is then a range of the time index (or,
+    for one workspace, of the (workspace, time) index) that the planner sizes as one hour,
+    where a single range from the watermark, a value it cannot know, was sized as a third
+    of the table (and read by parallel workers even when empty)."""
+    t, begin = I(inp.time_column), start(rollup, grain)
+    if not inp.is_raw:
+        return S("SELECT {} FROM {} AS s WHERE s.{} >= {}").format(
+            cols, inp.table, t, r.bound(begin, is_date=inp.is_date))
+    first = S("(SELECT date_bin('1 hour', min(f.{t}), '2000-01-01 00:00:00+00') FROM {input}"
+              " AS f WHERE f.{t} >= {begin})").format(t=t, input=inp.table, begin=begin)
+    return S(
+        "SELECT {cols} FROM generate_series({first}, {end} - interval '1 hour',"
+        " interval '1 hour') AS h(b) JOIN {input} AS s ON s.{t} >= h.b"
+        " AND s.{t} < h.b + interval '1 hour'"
+    ).format(cols=cols, first=first, end=open_end(), input=inp.table, t=t)
 
 
 def computed(rollup: Rollup, grain: Grain) -> sql.Composable:
