@@ -27,7 +27,7 @@ from aggjobs.settings import Settings
 from aggjobs.sql import live
 from aggjobs.sql.rollup import table_ident, target_columns
 from tests import platform as p
-from tests.integration.test_properties import OP, SETTINGS, ZONES, World, fresh_database
+from tests.integration.test_properties import OP, SETTINGS, ZONES, played
 from tests.reference import COLUMNS, close, expected
 
 pytestmark = pytest.mark.slow
@@ -87,11 +87,8 @@ def refresh_now(conn: psycopg.Connection, settings: Settings) -> None:
            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 def test_live_views_equal_a_refresh_at_the_instant_of_the_query(
         server_url: str, template_db: str, ops: list[tuple], engine: dict, zone: str) -> None:
-    with fresh_database(server_url, template_db, zone) as (conn, url):
-        world = World(conn, Settings(database_url=url, **engine))
-        for i, op in enumerate(ops):
-            note(f"op {i}: {op} (clock {world.clock.isoformat()})")
-            world.apply(op)
+    with played(server_url, template_db, ops, engine, zone) as world:
+        conn = world.conn
         pending = conn.execute("SELECT (SELECT count(*) FROM aggjobs.invalidation_log)"
                                " + (SELECT count(*) FROM aggjobs.pending_groups)").fetchone()[0]
         note(f"changes not refreshed: {pending}")

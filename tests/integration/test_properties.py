@@ -153,6 +153,18 @@ def pending_behind_watermarks(conn: psycopg.Connection) -> int:
     ).fetchone()[0]
 
 
+@contextmanager
+def played(server_url: str, template_db: str, ops: list[tuple], engine: dict, zone: str
+           ) -> Iterator[World]:
+    """A fresh database in which the drawn operations have been applied, each noted."""
+    with fresh_database(server_url, template_db, zone) as (conn, url):
+        world = World(conn, Settings(database_url=url, **engine))
+        for i, op in enumerate(ops):
+            note(f"op {i}: {op} (clock {world.clock.isoformat()})")
+            world.apply(op)
+        yield world
+
+
 @dataclass
 class World:
     conn: psycopg.Connection
@@ -332,11 +344,7 @@ NULL_AND_VANISHING = [
            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 def test_any_history_of_writes_and_refreshes_matches_the_raw_rows(
         server_url: str, template_db: str, ops: list[tuple], engine: dict, zone: str) -> None:
-    with fresh_database(server_url, template_db, zone) as (conn, url):
-        world = World(conn, Settings(database_url=url, **engine))
-        for i, op in enumerate(ops):
-            note(f"op {i}: {op} (clock {world.clock.isoformat()})")
-            world.apply(op)
+    with played(server_url, template_db, ops, engine, zone) as world:
         world.final()
         assert world.refreshes >= 1
 
