@@ -28,6 +28,7 @@ from psycopg import errors as pg_errors
 from ..catalog import Grain, Rollup
 from ..catalog.grains import as_utc, chunks
 from ..db import definitions
+from ..db.connect import one_row
 from ..errors import AggjobsError, InvalidRange
 from ..settings import Settings
 from ..sql import query
@@ -130,8 +131,7 @@ def open_backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: da
         with conn.transaction():
             row = conn.execute(query("find_open_backfill"), params).fetchone()
             if row is None:
-                job_id, grain, done_until = conn.execute(query("create_backfill"),
-                                                         params).fetchone()
+                job_id, grain, done_until = one_row(conn, query("create_backfill"), params)
                 return job_id, grain, done_until, False
             if row[5]:
                 raise busy(rollup, lo, hi, row)

@@ -10,6 +10,7 @@ from ..catalog import Grain, rollups, sources
 from ..catalog.definition import rollup_from
 from ..catalog.grains import SUPPORTED_PARAMS
 from ..db import definitions
+from ..db.connect import scalar
 from ..sql import query
 from ..sql import rollup as rollup_sql
 from . import rebuild, state
@@ -75,7 +76,7 @@ def unsupported_rows(conn: psycopg.Connection) -> list[dict]:
     two range scans of the time index; `query` finds them."""
     found = []
     for source in sources():
-        n = conn.execute(rollup_sql.count_unsupported_rows(source)).fetchone()[0]
+        n = scalar(conn, rollup_sql.count_unsupported_rows(source))
         if n:
             found.append({
                 "source": source.name,

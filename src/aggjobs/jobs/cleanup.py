@@ -25,6 +25,7 @@ from ..audit import local_source
 from ..catalog import Grain, Rollup, Source, rollups_on
 from ..catalog.grains import SUPPORTED_PARAMS
 from ..db import definitions
+from ..db.connect import scalar
 from ..engine import state
 from ..sql import query
 from ..sql.rollup import table_ident
@@ -120,8 +121,8 @@ def protect(ctx: StepContext, readers: list[tuple[Rollup, Grain]], cutoff: datet
             wm = state.watermarks(conn, rollup).get(grain)
             if wm is None:
                 return None, f"{rollup.name} {grain.value}: nothing materialized yet"
-            pending = conn.execute(query("oldest_pending"), {
-                "rollup": rollup.name, "grain": grain.value, **SUPPORTED_PARAMS}).fetchone()[0]
+            pending = scalar(conn, query("oldest_pending"), {
+                "rollup": rollup.name, "grain": grain.value, **SUPPORTED_PARAMS})
             for bound, why in ((wm, "materialized only up to"), (pending, "changes pending at")):
                 if bound is not None and bound < limit:
                     limit, reason = bound, f"{rollup.name} {grain.value}: {why} {bound}"
@@ -161,8 +162,8 @@ def delete_raw_before(ctx: StepContext, source: Source, table: sql.Composable,
     deletes untracked (aggjobs.retention on) from the known source tables only."""
 
     def one_batch(n: int) -> int:
-        return ctx.conn.execute("SELECT aggjobs.delete_raw_before(%s, %s, %s)",
-                                (source.name, limit, n)).fetchone()[0]
+        return scalar(ctx.conn, "SELECT aggjobs.delete_raw_before(%s, %s, %s)",
+                      (source.name, limit, n))
 
     return batched(ctx, table, one_batch, limit, cutoff, reason)
 

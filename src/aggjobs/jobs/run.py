@@ -35,7 +35,7 @@ from psycopg.types.json import Jsonb
 from ..audit import local_source
 from ..catalog.grains import as_utc
 from ..db import locks
-from ..db.connect import SessionLimits, connect, first_line
+from ..db.connect import SessionLimits, connect, first_line, scalar
 from ..db.retry import TRANSIENT, RetryPolicy, retrying
 from ..engine.abandoned import sweep_abandoned
 from ..errors import AggjobsError
@@ -166,8 +166,7 @@ class Run:
             result.retry_later = True
             return result
         try:
-            run_id = self.conn.execute(query("start_run"), {**self.row, "status": "running"}
-                                       ).fetchone()[0]
+            run_id = scalar(self.conn, query("start_run"), {**self.row, "status": "running"})
         except pg_errors.UniqueViolation:
             other = self.conn.execute(query("slot_run"), self.row).fetchone()
             return self.skip(f"the run for slot {self.row['slot']:%Y-%m-%d %H:%M} UTC already "
@@ -303,10 +302,8 @@ class Run:
             min(REDELIVERY_WAIT_S, self.settings.lock_wait_s) if self.request.attempt > 1 else 0)
         locked = False
         while True:
-            locked = locked or self.conn.execute(query("try_job_lock"),
-                                                 {"job": self.job.name}).fetchone()[0]
-            if locked and self.conn.execute(query("steps_finished"),
-                                            {"job": self.job.name}).fetchone()[0]:
+            locked = locked or scalar(self.conn, query("try_job_lock"), {"job": self.job.name})
+            if locked and scalar(self.conn, query("steps_finished"), {"job": self.job.name}):
                 return None
             if time.monotonic() >= deadline:
                 return self.steps_message() if locked else self.holder_message()
@@ -359,7 +356,7 @@ class Run:
         self.conn = self.connect()
         if not relock:
             return
-        if not self.conn.execute(query("try_job_lock"), {"job": self.job.name}).fetchone()[0]:
+        if not scalar(self.conn, query("try_job_lock"), {"job": self.job.name}):
             raise LostJobLock(f"lost the {self.job.name} lock with the connection, and another "
                               "run took it; this run stops")
         if self.heavy_slot is not None:
@@ -370,8 +367,7 @@ class Run:
     # -- history ---------------------------------------------------------------------------
     def skip(self, reason: str) -> RunResult:
         log.info("%s skipped: %s", self.job.name, reason)
-        run_id = self.conn.execute(query("skip_run"), {**self.row, "error": reason}
-                                   ).fetchone()[0]
+        run_id = scalar(self.conn, query("skip_run"), {**self.row, "error": reason})
         return RunResult(run_id, self.job.name, "skipped", error=reason)
 
     def record(self, result: RunResult) -> None:

@@ -9,6 +9,7 @@ from psycopg import sql
 from .. import health, reports
 from ..catalog import Grain, Rollup
 from ..catalog.grains import as_utc
+from ..db.connect import scalar
 from ..db.view_caches import update_view_caches
 from ..engine.refresh import refresh
 from .model import Step, StepContext
@@ -68,8 +69,8 @@ def refresh_view(name: str):
         # CONCURRENTLY: readers keep the old contents until the new ones are in place.
         ctx.conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(
             sql.Identifier(schema, view)))
-        rows = ctx.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier(schema, view))).fetchone()[0]
+        rows = scalar(ctx.conn, sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(schema, view)))
         return {"rows": rows}
 
     return run

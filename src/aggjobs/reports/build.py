@@ -21,6 +21,7 @@ from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from ..db.connect import scalar
 from ..engine.recompute import native_installed
 from ..errors import AggjobsError
 from ..sql import named, with_merges
@@ -479,5 +480,4 @@ def load_stored(conn: psycopg.Connection, day: date, workspace_id: int | None) -
 
 
 def workspace_known(conn: psycopg.Connection, workspace_id: int) -> bool:
-    return bool(conn.execute(queries()["workspace_known"],  # type: ignore[arg-type]
-                             {"ws": workspace_id}).fetchone()[0])
+    return bool(scalar(conn, queries()["workspace_known"], {"ws": workspace_id}))
