@@ -378,13 +378,13 @@ def with_history(conn: psycopg.Connection, p: RollupPlan, live: Rollup | None) -
     return p
 
 
-def history_count(rollup: Rollup, grain: Grain, horizon: datetime) -> sql.Composable:
+def history_count(rollup: Rollup, grain: Grain, horizon: datetime) -> sql.Composed:
     return sql.SQL("SELECT count(*) FROM {} WHERE {} < {}").format(
         rollup_sql.table_ident(rollup, grain), sql.Identifier(grain.column),
         history_end(grain, horizon))
 
 
-def history_end(grain: Grain, horizon: datetime) -> sql.Composable:
+def history_end(grain: Grain, horizon: datetime) -> sql.Literal:
     """Buckets starting before this hold rows retention has cut: kept, never rebuilt."""
     end = grain.ceil(horizon)
     return sql.Literal(end.date() if grain is not Grain.HOUR else end)
@@ -474,7 +474,7 @@ def start_build(conn: psycopg.Connection, p: RollupPlan, live: Rollup) -> None:
         "rebuild_from": Grain.HOUR.ceil(p.horizon) if p.horizon else None})
 
 
-def copy_history(live: Rollup, shadow: Rollup, grain: Grain, p: RollupPlan) -> sql.Composable:
+def copy_history(live: Rollup, shadow: Rollup, grain: Grain, p: RollupPlan) -> sql.Composed:
     """The live rows of buckets before retention's cut, into the new version: the columns of
     the measures that did not change, the others NULL."""
     assert p.horizon is not None
