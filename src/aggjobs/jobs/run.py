@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ..audit import local_source
@@ -41,7 +42,7 @@ from ..engine.abandoned import sweep_abandoned
 from ..errors import AggjobsError
 from ..settings import Settings
 from ..sql import query
-from .model import Job, Step, StepContext, batches
+from .model import Job, Step, StepContext, StepFn, batches
 from .registry import get_job
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class StepOutcome:
     seconds: float = 0.0
     started_at: datetime | None = None  # steps may overlap: when this one began
     attempts: int = 0
-    detail: dict = field(default_factory=dict)
+    detail: dict[str, object] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -224,7 +225,7 @@ class Run:
                     session.cancel()
                 raise
 
-    def run_step(self, name: str, fn: Callable[[StepContext], dict],
+    def run_step(self, name: str, fn: StepFn,
                  should_stop: Callable[[BaseException], bool],
                  session: MainSession | StepSession | None = None) -> StepOutcome:
         session = session or MainSession(self)
@@ -258,7 +259,7 @@ class Run:
             attempt=outcome.attempts, error=outcome.error))
         return outcome
 
-    def try_step(self, outcome: StepOutcome, fn: Callable[[StepContext], dict],
+    def try_step(self, outcome: StepOutcome, fn: StepFn,
                  should_stop: Callable[[BaseException], bool],
                  session: MainSession | StepSession) -> None:
         """One try of a step, its result in `outcome`; a transient error is raised (retried
@@ -267,7 +268,7 @@ class Run:
             outcome.status, outcome.error = "failed", "stopped: the run was interrupted"
             return
         try:
-            detail = fn(StepContext(session.conn, self.as_of, self.settings, self.source))
+            done = fn(StepContext(session.conn, self.as_of, self.settings, self.source))
         except TRANSIENT:
             raise  # for run_step's retries
         except Exception as exc:
@@ -277,9 +278,7 @@ class Run:
                           extra=self.context(step=outcome.name, error=describe(exc)))
             outcome.status, outcome.error = "failed", describe(exc)
             return
-        outcome.status = detail.pop("status", "succeeded")
-        outcome.rows = int(detail.pop("rows", 0))
-        outcome.detail = detail
+        outcome.status, outcome.rows, outcome.detail = done.status, done.rows, dict(done.detail)
 
     def after(self, hook: AfterRun, result: RunResult) -> None:
         """The caller's after-run hook (the alerts); never fails the run."""
@@ -289,7 +288,7 @@ class Run:
         except Exception:
             log.exception("evaluating alerts failed", extra=self.context())
 
-    def context(self, **fields: object) -> dict:
+    def context(self, **fields: object) -> dict[str, object]:
         """Fields for structured logs (aggjobs.logs): the run's identity plus `fields`."""
         return {"job": self.job.name, "run_id": self.run_id, **fields}
 
@@ -387,7 +386,8 @@ class Run:
             "source": self.source,
         }, relock=False)
 
-    def with_retries(self, statement, params: dict, *, relock: bool = True) -> None:
+    def with_retries(self, statement: sql.SQL, params: dict[str, object], *,
+                     relock: bool = True) -> None:
         """History must land even when the connection just broke."""
         def attempt(n: int) -> None:
             self.ensure_connection(relock=relock)
