@@ -101,7 +101,7 @@ class Change:
         return self.kind in REBUILDS
 
 
-def shown_filter(where: dict | None) -> str:
+def shown_filter(where: Description | None) -> str:
     return "no filter" if where is None else f"{where['column']} = {where['value']!r}"
 
 

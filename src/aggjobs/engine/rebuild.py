@@ -47,7 +47,7 @@ class RebuildReport:
 def is_caught_up(conn: psycopg.Connection, live: Rollup, shadow: Rollup) -> bool:
     """Every grain of the new version materialized at least as far as the live one's."""
     mine, theirs = state.watermarks(conn, shadow), state.watermarks(conn, live)
-    return all(mine.get(g) is not None and (theirs.get(g) is None or mine[g] >= theirs[g])
+    return all((m := mine.get(g)) is not None and ((t := theirs.get(g)) is None or m >= t)
                for g in shadow.grains)
 
 

@@ -54,11 +54,12 @@ def statements(rollup: Rollup, grain: Grain, scope: Scope, native: bool,
 def native_installed(conn: psycopg.Connection) -> bool:
     """Whether the database has the C functions of aggjobs_native (docs/native.md); asked
     on each recompute, in its transaction, so a DROP or CREATE EXTENSION takes effect at once."""
-    return scalar(conn, query("native_installed"))
+    installed: bool = scalar(conn, query("native_installed"))
+    return installed
 
 
 def replace(conn: psycopg.Connection, rollup: Rollup, grain: Grain, scope: Scope,
-            params: dict, *, marks: bool = True) -> Written:
+            params: dict[str, object], *, marks: bool = True) -> Written:
     native = native_installed(conn)
     delete, insert = statements(rollup, grain, scope, native, marks)
     deleted, marked_old = one_row(conn, delete, params)
@@ -119,7 +120,8 @@ def recompute_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
 def mark_coarser_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
                        lo: datetime, hi: datetime) -> int:
     """Mark dirty the coarser groups holding the grain's rows in [lo, hi), if materialized."""
-    _, marked = one_row(conn, rollup_sql.mark_coarser_range(rollup, grain), {"lo": lo, "hi": hi})
+    row = one_row(conn, rollup_sql.mark_coarser_range(rollup, grain), {"lo": lo, "hi": hi})
+    marked: int = row[1]  # (rows, groups marked)
     return marked
 
 

@@ -86,6 +86,7 @@ def fan_out(conn: psycopg.Connection, source: Source) -> int:
     # the declared rollups; the statement adds every version the database holds over it
     params = {"source": source.name, "rollups": [r.name for r in rollups_on(source)],
               **SUPPORTED_PARAMS}
+    moved: int
     with conn.transaction():
         moved, truncations, _, unsupported, keys = one_row(conn, query("fan_out"), params)
         params["rollups"] = keys
