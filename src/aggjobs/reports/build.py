@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import Any, overload
 
 import psycopg
 from psycopg import pq
@@ -110,6 +110,12 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return lo, lo + timedelta(days=1)
 
 
+@overload
+def figures(row: dict) -> dict: ...
+@overload
+def figures(row: None) -> None: ...
+@overload
+def figures(row: dict | None) -> dict | None: ...
 def figures(row: dict | None) -> dict | None:
     """The totals of one scope and day from a query row (None: no data that day)."""
     if row is None:
@@ -304,7 +310,7 @@ def platform_report(days: Days, rows: Rows, today_ws: dict[int, dict]) -> dict:
 
 def worst_workspaces(today_ws: dict[int, dict]) -> list[dict]:
     worst = sorted((r for r in today_ws.values() if r["failed_runs"] > 0),
-                   key=lambda r: (-r["failed_runs"], -ratio(r["failed_runs"], r["runs"]),
+                   key=lambda r: (-r["failed_runs"], -(ratio(r["failed_runs"], r["runs"]) or 0),
                                   r["workspace_id"]))
     return [{"workspace_id": r["workspace_id"], "runs": r["runs"],
              "failed_runs": r["failed_runs"], "failure_rate": ratio(r["failed_runs"], r["runs"])}
