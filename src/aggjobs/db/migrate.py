@@ -82,7 +82,7 @@ def migrate(conn: psycopg.Connection, *, native: bool = True, prune: bool = Fals
         conn.execute(BOOTSTRAP)
         applied = pending(conn)
         for m in applied:
-            conn.execute(m.sql)  # type: ignore[arg-type]
+            conn.execute(m.sql)
             conn.execute(
                 "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (%s, %s)",
                 (m.version, m.name),
@@ -153,7 +153,7 @@ def apply_canonical_schema(conn: psycopg.Connection) -> None:
     """Create the schema from schema.sql directly (for tests comparing it with migrations)."""
     with conn.transaction():
         conn.execute(BOOTSTRAP)
-        conn.execute(canonical_schema())  # type: ignore[arg-type]
+        conn.execute(canonical_schema())
         for m in migrations():
             conn.execute(
                 "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (%s, %s)",
@@ -332,7 +332,7 @@ def sync_views(conn: psycopg.Connection) -> None:
     conn.execute(sql.SQL("TRUNCATE {}").format(
         sql.SQL(", ").join(sql.Identifier("analytics", t) for t in VIEW_CACHES)))
     update_view_caches(conn)
-    conn.execute(text)  # type: ignore[arg-type]
+    conn.execute(text)
     for name in VIEWS:
         conn.execute(sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(
             sql.Identifier("analytics", name), sql.Literal(stamp)))

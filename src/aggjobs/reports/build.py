@@ -459,11 +459,11 @@ def store(conn: psycopg.Connection, day: date) -> int:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         reports = build(conn, day)
         with conn.cursor() as cur:
-            cur.executemany(queries()["upsert_report"], [  # type: ignore[arg-type]
+            cur.executemany(queries()["upsert_report"], [
                 {"day": day, "ws": ws, "report": Jsonb(finite(r)),
                  "generated_at": r["generated_at"]}
                 for ws, r in reports.items()])
-            cur.execute(queries()["delete_inactive_reports"],  # type: ignore[arg-type]
+            cur.execute(queries()["delete_inactive_reports"],
                         {"day": day, "active": [ws for ws in reports if ws is not None]})
     return len(reports)
 
