@@ -391,8 +391,8 @@ def rows(
     from ..engine.rows import default_range, read_rows
 
     chosen = get_rollup(rollup)
-    lo, hi = default_range(grain, from_ and parse_timestamp(from_), to and parse_timestamp(to),
-                           datetime.now(UTC))
+    lo, hi = default_range(grain, parse_timestamp(from_) if from_ else None,
+                           parse_timestamp(to) if to else None, datetime.now(UTC))
     found: list[dict] = []
     with session("rows", current=[chosen]) as conn:
         offset: int | None = 0
