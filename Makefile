@@ -28,10 +28,11 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/pytest
 
-# The gates CI runs before the suite: ruff's rules and the layers of docs/architecture.md
-# (import-linter's contracts), both written in pyproject.toml.
+# The gates CI runs before the suite: ruff's rules, mypy (strict on the core layers) and the
+# layers of docs/architecture.md (import-linter's contracts), all written in pyproject.toml.
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 # A quick run of the benchmark suite (minutes); the full one is in docs/benchmarks.md.

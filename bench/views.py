@@ -369,8 +369,13 @@ def main() -> None:
     def cache_step(day: date | None = None) -> dict:
         """The job's step (today's window), or the caches as of another `day`."""
         out: dict = {}
+
+        def step() -> None:
+            done = refresh_view_caches(StepContext(conn, now, settings))
+            out.update({**done.detail, "rows": done.rows})
+
         if day is None:
-            ms = timed(lambda: out.update(refresh_view_caches(StepContext(conn, now, settings))))
+            ms = timed(step)
         else:
             ms = timed(lambda: out.update(update_view_caches(conn, day)))
         return {**out, "ms": ms}

@@ -632,11 +632,11 @@ class Interrupt(Exception):
 def test_an_interrupted_run_stops_the_steps_beside_the_one_interrupted(conn, fast, db_url,
                                                                        monkeypatch):
     from aggjobs.jobs import registry
-    from aggjobs.jobs.model import Job, Step
+    from aggjobs.jobs.model import Job, Step, StepResult
 
     def sleeper(ctx):
         ctx.conn.execute("SELECT pg_sleep(60)")
-        return {}
+        return StepResult()
 
     def interrupted(ctx):
         time.sleep(0.5)

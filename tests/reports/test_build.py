@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from aggjobs import reports
-from aggjobs.jobs.model import Step, StepContext
+from aggjobs.jobs.model import Step, StepContext, StepResult
 from aggjobs.jobs.steps import reports_step
 from aggjobs.reports.build import METRICS
 from aggjobs.settings import Settings
@@ -410,18 +410,20 @@ def test_step_stores_the_last_complete_day_or_skips(loaded: Settings,
     assert isinstance(step, Step) and step.name == "daily_reports"
     as_of = datetime.combine(DAY + timedelta(days=1), datetime.min.time(), tzinfo=UTC) \
         + timedelta(hours=1)
-    assert step.run(StepContext(conn, as_of, loaded)) == {"rows": 6, "day": DAY.isoformat()}
+    assert step.run(StepContext(conn, as_of, loaded)) == StepResult(
+        rows=6, detail={"day": DAY.isoformat()})
     assert set(stored_rows(conn, DAY)) == {None, 1, 2, 3, 4, 5}
     # The day after the last rolled-up day: not complete in the daily rollups, skipped.
     late = AS_OF + timedelta(days=1, hours=1)
     out = step.run(StepContext(conn, late, loaded))
-    assert out["status"] == "skipped" and out["day"] == AS_OF.date().isoformat()
-    assert "execution_metrics" in out["reason"] and "not complete" in out["reason"]
+    assert out.status == "skipped" and out.detail["day"] == AS_OF.date().isoformat()
+    reason = str(out.detail["reason"])
+    assert "execution_metrics" in reason and "not complete" in reason
     assert not stored_rows(conn, AS_OF.date())
 
 
 def test_step_skips_before_any_rollup(settings: Settings, conn: psycopg.Connection) -> None:
     p.run(conn, ws=1, at=T0)
     out = reports_step().run(StepContext(conn, T0 + timedelta(days=2), settings))
-    assert out["status"] == "skipped" and "none" in out["reason"]
+    assert out.status == "skipped" and "none" in str(out.detail["reason"])
     assert conn.execute("SELECT count(*) FROM analytics.daily_reports").fetchone()[0] == 0

@@ -13,7 +13,7 @@ import pytest
 from aggjobs.catalog import Grain, get_rollup
 from aggjobs.engine.backfill import Plan, plan
 from aggjobs.engine.refresh import complete_limit
-from aggjobs.jobs.model import Step, batches
+from aggjobs.jobs.model import Step, StepResult, batches
 from aggjobs.settings import Settings
 
 H, D, W = Grain.HOUR, Grain.DAY, Grain.WEEK
@@ -27,7 +27,7 @@ def at(*args: int) -> datetime:
 
 
 def step(name: str) -> Step:
-    return Step(name.rstrip("*"), lambda ctx: {}, concurrent=name.endswith("*"))
+    return Step(name.rstrip("*"), lambda ctx: StepResult(), concurrent=name.endswith("*"))
 
 
 @pytest.mark.parametrize(

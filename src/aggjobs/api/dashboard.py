@@ -19,6 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ..catalog.jobs import JOB_SPECS as JOBS
+from ..db.connect import scalar
 from ..monitor import overview, run_history
 from ..settings import Settings
 
@@ -56,8 +57,8 @@ def backfills(conn: psycopg.Connection, status: str | None = None, limit: int = 
 
 def latest_report_day(conn: psycopg.Connection) -> date | None:
     """The latest day with a stored platform report (analytics.daily_reports)."""
-    return conn.execute("SELECT max(day) FROM analytics.daily_reports"
-                        " WHERE workspace_id IS NULL").fetchone()[0]
+    return scalar(conn, "SELECT max(day) FROM analytics.daily_reports"
+                  " WHERE workspace_id IS NULL")
 
 
 def failures(history: list[dict], limit: int = FAILURES_SHOWN) -> list[dict]:

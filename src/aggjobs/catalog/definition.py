@@ -27,7 +27,7 @@ from .model import (
     Sum,
 )
 
-MEASURE_KINDS: dict[str, type] = {cls.__name__.lower(): cls for cls in (
+MEASURE_KINDS: dict[str, type[Measure]] = {cls.__name__.lower(): cls for cls in (
     Count, Sum, Avg, Quantile, DistinctCount, Difference)}
 
 Description = dict[str, Any]
@@ -66,7 +66,7 @@ def measure_from(d: Description) -> Measure:
     args = {k: v for k, v in d.items() if k != "kind"}
     if isinstance(args.get("where"), dict):
         args["where"] = Filter(**args["where"])
-    return MEASURE_KINDS[d["kind"]](**args)  # type: ignore[no-any-return]
+    return MEASURE_KINDS[d["kind"]](**args)
 
 
 def rollup_from(d: Description, *, order: tuple[str, ...] = ()) -> Rollup:
@@ -101,7 +101,7 @@ class Change:
         return self.kind in REBUILDS
 
 
-def shown_filter(where: dict | None) -> str:
+def shown_filter(where: Description | None) -> str:
     return "no filter" if where is None else f"{where['column']} = {where['value']!r}"
 
 

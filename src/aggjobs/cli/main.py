@@ -21,7 +21,14 @@ import psycopg
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from .. import audit as audit_log
 from .. import logs
@@ -222,7 +229,7 @@ def refresh(
     settings = get_settings()
     reports = []
     with session("refresh", current=chosen) as conn, progress_bar() as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def show(label: str, done: int, total: int) -> None:
             task = tasks.setdefault(label, bar.add_task(label, total=total))
@@ -252,8 +259,9 @@ def with_grain(chosen: list[Rollup], grain: Grain, *, named: bool) -> list[Rollu
 @app.command()
 def backfill(
     rollups: RollupNames = None,
-    from_: FromTs = ...,
-    to: ToTs = ...,
+    *,
+    from_: FromTs,
+    to: ToTs,
     force: Annotated[bool, typer.Option(
         "--force", help="Allow a range longer than AGGJOBS_MAX_BACKFILL_DAYS (audited as "
         "forced).")] = False,
@@ -287,8 +295,9 @@ def backfill(
 @app.command()
 def verify(
     rollups: RollupNames = None,
-    from_: FromTs = ...,
-    to: ToTs = ...,
+    *,
+    from_: FromTs,
+    to: ToTs,
     repair: Annotated[bool, typer.Option("--repair", help="Recompute mismatched groups.")] = False,
     limit: Annotated[int, typer.Option(min=1, max=10_000,
                                        help="Mismatches listed at most.")] = 50,
@@ -382,8 +391,8 @@ def rows(
     from ..engine.rows import default_range, read_rows
 
     chosen = get_rollup(rollup)
-    lo, hi = default_range(grain, from_ and parse_timestamp(from_), to and parse_timestamp(to),
-                           datetime.now(UTC))
+    lo, hi = default_range(grain, parse_timestamp(from_) if from_ else None,
+                           parse_timestamp(to) if to else None, datetime.now(UTC))
     found: list[dict] = []
     with session("rows", current=[chosen]) as conn:
         offset: int | None = 0
@@ -568,7 +577,7 @@ def report_day(text: str) -> date:
 @app.command()
 def report(
     day: Annotated[str, typer.Option("--day", help="UTC date, YYYY-MM-DD.",
-                                     show_default=False)] = ...,
+                                     show_default=False)],
     workspace: Annotated[int | None, typer.Option(
         "--workspace", min=BIGINT_MIN, max=BIGINT_MAX,
         help="This workspace's report (default: the platform's).")] = None,
@@ -645,10 +654,10 @@ def cli_actor() -> str:
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Option("--name", help="Unique name: who or what uses it.",
-                                      show_default=False)] = ...,
+                                      show_default=False)],
     role: Annotated[TokenRole, typer.Option("--role", help="viewer reads; operator also "
                                             "runs jobs and backfills; admin manages tokens "
-                                            "and retention.", show_default=False)] = ...,
+                                            "and retention.", show_default=False)],
     expires_days: Annotated[float | None, typer.Option(
         "--expires-days", min=0.001, max=36500, callback=finite,
         help="Expire after this many days (default: never).")] = None,

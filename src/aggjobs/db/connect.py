@@ -1,14 +1,19 @@
-"""Connections: URL resolution, per-purpose session limits, error translation."""
+"""Connections: URL resolution, per-purpose session limits, error translation, and `scalar`
+(the one value of a one-row query)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.abc import Params, QueryNoTemplate
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import tuple_row
 
 from ..errors import DatabaseUnavailable, LockBusy, PrivilegeMissing
 from ..settings import Settings, get_settings
@@ -119,3 +124,38 @@ def translate_errors() -> Iterator[None]:
                                ) from exc
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"database error: {first_line(exc)}") from exc
+
+
+class NoRow(LookupError):
+    """A query that always returns a row (an aggregate, a function call, INSERT ...
+    RETURNING) returned none: a bug or a broken schema, not something a user can act on."""
+
+
+def scalar(conn: psycopg.Connection[Any], query: QueryNoTemplate,
+           params: Params | None = None) -> Any:
+    """The first value of the one row `query` returns (None for SQL NULL); NoRow if it
+    returns no row. Where no row is a legitimate answer, use `fetchone()` and say so."""
+    return one_row(conn, query, params)[0]
+
+
+def one_row(conn: psycopg.Connection[Any], query: QueryNoTemplate,
+            params: Params | None = None) -> tuple[Any, ...]:
+    """The (first) row `query` returns, as a tuple whatever the connection's row factory;
+    NoRow if it returns none."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(query, params).fetchone()
+    if row is None:
+        raise NoRow(f"no row returned by: {query_text(conn, query)}")
+    return row
+
+
+def query_text(conn: psycopg.Connection[Any], query: QueryNoTemplate, limit: int = 200) -> str:
+    """The start of `query`'s text, for an error message."""
+    if isinstance(query, sql.Composable):
+        text = query.as_string(conn)
+    elif isinstance(query, bytes):
+        text = query.decode(errors="replace")
+    else:
+        text = query
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -36,6 +36,7 @@ from ..catalog.grains import as_utc
 from ..errors import DeclarationError, DefinitionsChanged
 from ..sql import query
 from ..sql import rollup as rollup_sql
+from .connect import scalar
 
 BUILD_SCHEMA, RETIRED_SCHEMA = "aggjobs_build", "aggjobs_retired"
 # A rebuild cannot keep the buckets retention took the raw rows of when these change.
@@ -99,7 +100,7 @@ def shadow_of(declared: Rollup, version: int) -> Rollup:
 
 def recorded(conn: psycopg.Connection) -> Recorded:
     """The stored definitions, in one read."""
-    if conn.execute("SELECT to_regclass('aggjobs.rollup_definitions')").fetchone()[0] is None:
+    if scalar(conn, "SELECT to_regclass('aggjobs.rollup_definitions')") is None:
         return Recorded(exists=False)
     stored, building, last = {}, {}, {}
     for (rollup, version, state, fp, definition, rebuild_from, check_error,
@@ -368,7 +369,7 @@ def with_history(conn: psycopg.Connection, p: RollupPlan, live: Rollup | None) -
     p.horizon = horizon[0] and as_utc(horizon[0]) if horizon else None
     if p.horizon is None:
         return p
-    p.history_rows = sum(conn.execute(history_count(live, g, p.horizon)).fetchone()[0]
+    p.history_rows = sum(scalar(conn, history_count(live, g, p.horizon))
                          for g in live.grains)
     if p.history_rows and p.regroups:
         p.needs_force = (f"{p.rollup}: {p.history_rows:,} rows of v{p.version} before "
@@ -377,13 +378,13 @@ def with_history(conn: psycopg.Connection, p: RollupPlan, live: Rollup | None) -
     return p
 
 
-def history_count(rollup: Rollup, grain: Grain, horizon: datetime) -> sql.Composable:
+def history_count(rollup: Rollup, grain: Grain, horizon: datetime) -> sql.Composed:
     return sql.SQL("SELECT count(*) FROM {} WHERE {} < {}").format(
         rollup_sql.table_ident(rollup, grain), sql.Identifier(grain.column),
         history_end(grain, horizon))
 
 
-def history_end(grain: Grain, horizon: datetime) -> sql.Composable:
+def history_end(grain: Grain, horizon: datetime) -> sql.Literal:
     """Buckets starting before this hold rows retention has cut: kept, never rebuilt."""
     end = grain.ceil(horizon)
     return sql.Literal(end.date() if grain is not Grain.HOUR else end)
@@ -473,7 +474,7 @@ def start_build(conn: psycopg.Connection, p: RollupPlan, live: Rollup) -> None:
         "rebuild_from": Grain.HOUR.ceil(p.horizon) if p.horizon else None})
 
 
-def copy_history(live: Rollup, shadow: Rollup, grain: Grain, p: RollupPlan) -> sql.Composable:
+def copy_history(live: Rollup, shadow: Rollup, grain: Grain, p: RollupPlan) -> sql.Composed:
     """The live rows of buckets before retention's cut, into the new version: the columns of
     the measures that did not change, the others NULL."""
     assert p.horizon is not None

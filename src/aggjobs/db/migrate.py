@@ -26,6 +26,7 @@ from ..sql import query, tracking
 from ..sql import rollup as rollup_sql
 from . import definitions, live_views, locks
 from .check import check_sources
+from .connect import scalar
 from .view_caches import update_view_caches
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
@@ -81,7 +82,7 @@ def migrate(conn: psycopg.Connection, *, native: bool = True, prune: bool = Fals
         conn.execute(BOOTSTRAP)
         applied = pending(conn)
         for m in applied:
-            conn.execute(m.sql)  # type: ignore[arg-type]
+            conn.execute(m.sql)
             conn.execute(
                 "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (%s, %s)",
                 (m.version, m.name),
@@ -102,7 +103,7 @@ def migrate(conn: psycopg.Connection, *, native: bool = True, prune: bool = Fals
 def take_migrate_lock(conn: psycopg.Connection, wait_s: float) -> None:
     """The transaction's migrate lock: concurrent migrates run one after the other."""
     deadline = time.monotonic() + wait_s
-    while not conn.execute(query("try_migrate_lock")).fetchone()[0]:
+    while not scalar(conn, query("try_migrate_lock")):
         if time.monotonic() >= deadline:
             held = locks.held_by(conn, "migrate")
             raise LockBusy(f"another `aggjobs migrate` is running (waited {wait_s:g} s, "
@@ -119,7 +120,7 @@ def pending(conn: psycopg.Connection) -> list[Migration]:
 def plan_only(conn: psycopg.Connection) -> Migrated:
     """What `migrate` would do, read without changing anything (nor taking a lock that
     would make the platform's writers wait): the pending migrations and the plan."""
-    exists = conn.execute("SELECT to_regclass('aggjobs.schema_migrations')").fetchone()[0]
+    exists = scalar(conn, "SELECT to_regclass('aggjobs.schema_migrations')")
     applied = pending(conn) if exists else migrations()
     fresh = any(m.version == 1 for m in applied)  # 0001 creates the built-in sources if missing
     check_sources(conn, [r for r in rollups() if not (fresh and r.source in BUILTIN_SOURCES)])
@@ -137,7 +138,7 @@ def sync_native(conn: psycopg.Connection, *, wanted: bool) -> None:
         conn.execute("DROP EXTENSION IF EXISTS aggjobs_native")
         conn.execute("DROP SCHEMA IF EXISTS aggjobs_native")
         return
-    if not conn.execute(query("native_available")).fetchone()[0]:
+    if not scalar(conn, query("native_available")):
         log.info("extension aggjobs_native is not on this server: portable SQL")
         return
     try:
@@ -152,7 +153,7 @@ def apply_canonical_schema(conn: psycopg.Connection) -> None:
     """Create the schema from schema.sql directly (for tests comparing it with migrations)."""
     with conn.transaction():
         conn.execute(BOOTSTRAP)
-        conn.execute(canonical_schema())  # type: ignore[arg-type]
+        conn.execute(canonical_schema())
         for m in migrations():
             conn.execute(
                 "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (%s, %s)",
@@ -182,9 +183,8 @@ def sync_catalog(conn: psycopg.Connection) -> None:
             (source.name, source.schema, source.table, source.time_column),
         )
         repair_threshold(conn, source)
-        threshold = conn.execute(
-            "SELECT threshold FROM aggjobs.sources WHERE source = %s", (source.name,)
-        ).fetchone()[0]
+        threshold = scalar(
+            conn, "SELECT threshold FROM aggjobs.sources WHERE source = %s", (source.name,))
         conn.execute(tracking.create_function(source))
         for stmt in tracking.create_triggers(source, threshold):
             conn.execute(stmt)
@@ -293,10 +293,10 @@ def reader_grants() -> list[sql.Composed]:
 def give_views_to_worker(conn: psycopg.Connection) -> None:
     """Make aggjobs_worker the owner of each materialized view it does not own yet."""
     for name in VIEWS:
-        owner = conn.execute(
-            "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s::regclass",
+        owner = scalar(
+            conn, "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s::regclass",
             (f"analytics.{name}",),
-        ).fetchone()[0]
+        )
         if owner != WORKER:
             conn.execute(sql.SQL("ALTER MATERIALIZED VIEW {} OWNER TO {}").format(
                 sql.Identifier("analytics", name), sql.Identifier(WORKER)))
@@ -322,9 +322,9 @@ def sync_views(conn: psycopg.Connection) -> None:
             (list(VIEWS),),
         )
     }
-    if all(current.get(name) == stamp for name in VIEWS) and not conn.execute(
-            query("views_on_retired"), {"views": [f"analytics.{v}" for v in VIEWS]}
-    ).fetchone()[0]:
+    if all(current.get(name) == stamp for name in VIEWS) and not scalar(
+            conn, query("views_on_retired"), {"views": [f"analytics.{v}" for v in VIEWS]}
+    ):
         return
     for name in VIEWS:
         conn.execute(sql.SQL("DROP MATERIALIZED VIEW IF EXISTS {}").format(
@@ -332,7 +332,7 @@ def sync_views(conn: psycopg.Connection) -> None:
     conn.execute(sql.SQL("TRUNCATE {}").format(
         sql.SQL(", ").join(sql.Identifier("analytics", t) for t in VIEW_CACHES)))
     update_view_caches(conn)
-    conn.execute(text)  # type: ignore[arg-type]
+    conn.execute(text)
     for name in VIEWS:
         conn.execute(sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(
             sql.Identifier("analytics", name), sql.Literal(stamp)))
@@ -344,4 +344,4 @@ def current_version(conn: psycopg.Connection) -> int | None:
     ).fetchone()
     if not row or not row[0]:
         return None
-    return conn.execute("SELECT max(version) FROM aggjobs.schema_migrations").fetchone()[0]
+    return scalar(conn, "SELECT max(version) FROM aggjobs.schema_migrations")

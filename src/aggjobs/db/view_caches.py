@@ -19,6 +19,7 @@ from datetime import date
 import psycopg
 
 from ..sql import query
+from .connect import scalar
 
 # The rollups whose daily rows the caches merge.
 READS = frozenset({"execution_metrics", "user_activity"})
@@ -28,7 +29,7 @@ STATEMENTS = ("platform_day_p95", "platform_day_users", "platform_days_outside",
 
 def utc_today(conn: psycopg.Connection) -> date:
     """The views' reference day: the database's now(), in UTC."""
-    return conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]
+    return scalar(conn, "SELECT (now() AT TIME ZONE 'UTC')::date")
 
 
 def update_view_caches(conn: psycopg.Connection, today: date | None = None) -> dict:

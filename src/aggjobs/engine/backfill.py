@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -28,6 +29,7 @@ from psycopg import errors as pg_errors
 from ..catalog import Grain, Rollup
 from ..catalog.grains import as_utc, chunks
 from ..db import definitions
+from ..db.connect import one_row
 from ..errors import AggjobsError, InvalidRange
 from ..settings import Settings
 from ..sql import query
@@ -36,6 +38,7 @@ from .recompute import Written, mark_coarser_range, recompute_range
 from .refresh import CHUNK_BUCKETS
 
 Progress = Callable[[int, int], None]
+Chunk = tuple[datetime, datetime]  # [start, end) of one transaction's buckets
 
 
 @dataclass
@@ -83,10 +86,10 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
     if lo >= hi:
         raise InvalidRange(f"--from {lo.isoformat()} must be before --to {hi.isoformat()}")
     rollup = definitions.versions(conn, rollup).live  # the tables' definition (db/definitions)
-    job_id, grain, done_until, resumed = open_backfill(conn, rollup, lo, hi)
+    job_id, done_grain, done_until, resumed = open_backfill(conn, rollup, lo, hi)
     report = BackfillReport(rollup.name, job_id, resumed)
     marks = state.watermarks(conn, rollup)
-    resume = (Grain(grain), as_utc(done_until)) if resumed else None
+    resume = (Grain(done_grain), as_utc(done_until)) if resumed else None
     plans = plan(rollup, lo, hi, marks, settings, resume=resume,
                  horizons=state.horizons(conn, rollup))
     for grain_plan in plans:
@@ -130,8 +133,7 @@ def open_backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: da
         with conn.transaction():
             row = conn.execute(query("find_open_backfill"), params).fetchone()
             if row is None:
-                job_id, grain, done_until = conn.execute(query("create_backfill"),
-                                                         params).fetchone()
+                job_id, grain, done_until = one_row(conn, query("create_backfill"), params)
                 return job_id, grain, done_until, False
             if row[5]:
                 raise busy(rollup, lo, hi, row)
@@ -142,7 +144,8 @@ def open_backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: da
         raise busy(rollup, lo, hi, row) from None
 
 
-def busy(rollup: Rollup, lo: datetime, hi: datetime, row: tuple | None) -> BackfillBusy:
+def busy(rollup: Rollup, lo: datetime, hi: datetime, row: tuple[Any, ...] | None
+         ) -> BackfillBusy:
     what = f"a backfill of {rollup.name} over [{lo.isoformat()}, {hi.isoformat()})"
     if row is not None:
         job_id, _, done_until, started_at, pid, _ = row
@@ -153,7 +156,7 @@ def busy(rollup: Rollup, lo: datetime, hi: datetime, row: tuple | None) -> Backf
                         "(aggjobs.backfills), or stop it and this range resumes where it was")
 
 
-def waves(pieces: list, size: int) -> list[list]:
+def waves(pieces: list[Chunk], size: int) -> list[list[Chunk]]:
     return [pieces[i:i + size] for i in range(0, len(pieces), size)]
 
 

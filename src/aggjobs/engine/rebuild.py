@@ -19,7 +19,7 @@ import psycopg
 from ..catalog import Grain, Rollup
 from ..catalog.grains import as_utc
 from ..db import definitions, view_caches
-from ..db.connect import first_line
+from ..db.connect import first_line, scalar
 from ..settings import Settings
 from ..sql import query
 from ..sql import rollup as rollup_sql
@@ -47,7 +47,7 @@ class RebuildReport:
 def is_caught_up(conn: psycopg.Connection, live: Rollup, shadow: Rollup) -> bool:
     """Every grain of the new version materialized at least as far as the live one's."""
     mine, theirs = state.watermarks(conn, shadow), state.watermarks(conn, live)
-    return all(mine.get(g) is not None and (theirs.get(g) is None or mine[g] >= theirs[g])
+    return all((m := mine.get(g)) is not None and ((t := theirs.get(g)) is None or m >= t)
                for g in shadow.grains)
 
 
@@ -64,7 +64,7 @@ def progress(conn: psycopg.Connection, live: Rollup, shadow: Rollup,
 
 
 def first_hour(conn: psycopg.Connection, rollup: Rollup) -> datetime | None:
-    first = conn.execute(rollup_sql.min_input_time(rollup, Grain.HOUR)).fetchone()[0]
+    first = scalar(conn, rollup_sql.min_input_time(rollup, Grain.HOUR))
     return first and Grain.HOUR.floor(as_utc(first))
 
 

@@ -21,6 +21,7 @@ from psycopg import sql
 
 from ..catalog import Grain, Rollup
 from ..catalog.grains import SUPPORTED_PARAMS, as_utc, chunks
+from ..db.connect import one_row, scalar
 from ..sql import query
 from ..sql import rollup as rollup_sql
 from ..sql.rollup import Scope
@@ -53,16 +54,17 @@ def statements(rollup: Rollup, grain: Grain, scope: Scope, native: bool,
 def native_installed(conn: psycopg.Connection) -> bool:
     """Whether the database has the C functions of aggjobs_native (docs/native.md); asked
     on each recompute, in its transaction, so a DROP or CREATE EXTENSION takes effect at once."""
-    return conn.execute(query("native_installed")).fetchone()[0]
+    installed: bool = scalar(conn, query("native_installed"))
+    return installed
 
 
 def replace(conn: psycopg.Connection, rollup: Rollup, grain: Grain, scope: Scope,
-            params: dict, *, marks: bool = True) -> Written:
+            params: dict[str, object], *, marks: bool = True) -> Written:
     native = native_installed(conn)
     delete, insert = statements(rollup, grain, scope, native, marks)
-    deleted, marked_old = conn.execute(delete, params).fetchone()
+    deleted, marked_old = one_row(conn, delete, params)
     with planner_settings(conn, plan_changes(raw=rollup.finer(grain) is None, native=native)):
-        written, marked_new = conn.execute(insert, params).fetchone()
+        written, marked_new = one_row(conn, insert, params)
     return Written(deleted, written, marked_old + marked_new)
 
 
@@ -93,7 +95,7 @@ def plan_changes(*, raw: bool, native: bool) -> dict[str, str]:
 def planner_settings(conn: psycopg.Connection, changes: dict[str, str]) -> Iterator[None]:
     """Planner settings for one statement, restored after it (on an error the
     (sub)transaction's rollback undoes them)."""
-    before = {name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
+    before = {name: scalar(conn, "SELECT current_setting(%s)", (name,))
               for name in changes}
     for name, value in changes.items():
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
@@ -118,8 +120,9 @@ def recompute_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
 def mark_coarser_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
                        lo: datetime, hi: datetime) -> int:
     """Mark dirty the coarser groups holding the grain's rows in [lo, hi), if materialized."""
-    return conn.execute(rollup_sql.mark_coarser_range(rollup, grain),
-                        {"lo": lo, "hi": hi}).fetchone()[1]
+    row = one_row(conn, rollup_sql.mark_coarser_range(rollup, grain), {"lo": lo, "hi": hi})
+    marked: int = row[1]  # (rows, groups marked)
+    return marked
 
 
 # Memory a raw row takes in a recompute's aggregation (its value collected for the p95 and
@@ -141,10 +144,9 @@ def statement_ranges(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
     buckets = len(grain.buckets(lo, hi))
     if buckets == 1 or rollup.finer(grain) is not None:
         return [(lo, hi)]
-    plan = conn.execute(rollup_sql.input_rows_estimate(rollup, grain),
-                        {"lo": lo, "hi": hi}).fetchone()[0]
+    plan = scalar(conn, rollup_sql.input_rows_estimate(rollup, grain), {"lo": lo, "hi": hi})
     rows = plan[0]["Plan"]["Plan Rows"]
-    budget = conn.execute(query("work_mem_bytes")).fetchone()[0] // BYTES_PER_RAW_ROW
+    budget = scalar(conn, query("work_mem_bytes")) // BYTES_PER_RAW_ROW
     pieces = min(buckets, math.ceil(rows / max(budget, 1)))
     if pieces <= 1:
         return [(lo, hi)]

@@ -22,7 +22,7 @@ import psycopg
 from ..catalog import Grain, Rollup
 from ..catalog.grains import SUPPORTED_PARAMS, as_utc, chunks
 from ..db import definitions
-from ..db.connect import first_line
+from ..db.connect import first_line, scalar
 from ..db.retry import PERMANENT, is_data_exception
 from ..errors import LockBusy
 from ..settings import Settings
@@ -203,7 +203,7 @@ def start_of(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
     """Where new buckets start: the watermark, or the first input bucket on a first run."""
     if watermark is not None:
         return watermark
-    first = conn.execute(rollup_sql.min_input_time(rollup, grain)).fetchone()[0]
+    first = scalar(conn, rollup_sql.min_input_time(rollup, grain))
     return limit if first is None else min(grain.floor(as_utc(first)), limit)
 
 
@@ -337,11 +337,11 @@ def quarantine_or_raise(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
                         bucket: datetime, exc: Exception, settings: Settings,
                         report: GrainReport) -> None:
     """Count the failure; return if the bucket is now quarantined, else re-raise."""
-    quarantined = conn.execute(query("record_failure"), {
+    quarantined = scalar(conn, query("record_failure"), {
         "rollup": rollup.name, "grain": grain.value, "bucket": bucket,
         "error": f"{type(exc).__name__}: {first_line(exc)}",
         "after": 1 if is_data_exception(exc) else settings.quarantine_after,
-    }).fetchone()[0]
+    })
     if not quarantined:
         raise exc
     log.warning("%s %s bucket %s quarantined (skipped until its rows change or it is "

@@ -59,7 +59,7 @@ def output_columns(rollup: Rollup, grain: Grain) -> list[str]:
 
 
 def select(rollup: Rollup, grain: Grain, *, live_view: bool, workspace: int | None
-           ) -> sql.Composable:
+           ) -> sql.Composed:
     relation = (live.view_ident(rollup, grain) if live_view
                 else rollup_sql.table_ident(rollup, grain))
     col = sql.Identifier(grain.column)

@@ -15,6 +15,7 @@ from psycopg import sql
 from ..catalog import Grain, Rollup, Source, rollups_on
 from ..catalog.grains import SUPPORTED_PARAMS, as_utc
 from ..db import locks
+from ..db.connect import one_row, scalar
 from ..errors import LockBusy
 from ..sql import query
 from ..sql import rollup as rollup_sql
@@ -27,7 +28,7 @@ def rollup_lock(conn: psycopg.Connection, rollup: Rollup, *, wait_s: float) -> I
     """Hold the rollup's session advisory lock: one writer of its tables at a time, on any
     host. Released on exit, or by PostgreSQL when the session dies."""
     deadline = time.monotonic() + wait_s
-    while not conn.execute(query("try_rollup_lock"), {"rollup": rollup.name}).fetchone()[0]:
+    while not scalar(conn, query("try_rollup_lock"), {"rollup": rollup.name}):
         if time.monotonic() >= deadline:
             held = locks.held_by(conn, "rollup", rollup.name)  # issue 21: name a foreign one
             raise LockBusy(
@@ -85,9 +86,9 @@ def fan_out(conn: psycopg.Connection, source: Source) -> int:
     # the declared rollups; the statement adds every version the database holds over it
     params = {"source": source.name, "rollups": [r.name for r in rollups_on(source)],
               **SUPPORTED_PARAMS}
+    moved: int
     with conn.transaction():
-        moved, truncations, _, unsupported, keys = conn.execute(
-            query("fan_out"), params).fetchone()
+        moved, truncations, _, unsupported, keys = one_row(conn, query("fan_out"), params)
         params["rollups"] = keys
         if truncations:
             conn.execute(query("request_reset"), params)
@@ -111,14 +112,11 @@ def track_until(
     # waits at most lock_timeout_ms for the platform's writers.
     try:
         with conn.transaction():
-            current = conn.execute(
-                "SELECT aggjobs.move_tracking_threshold(%s, %s, %s)",
-                (source.name, until, lock_timeout_ms),
-            ).fetchone()[0]
+            current = scalar(conn, "SELECT aggjobs.move_tracking_threshold(%s, %s, %s)",
+                             (source.name, until, lock_timeout_ms))
     except pg_errors.LockNotAvailable:
-        current = conn.execute(
-            "SELECT threshold FROM aggjobs.sources WHERE source = %s", (source.name,)
-        ).fetchone()[0]
+        current = scalar(
+            conn, "SELECT threshold FROM aggjobs.sources WHERE source = %s", (source.name,))
         current = current and as_utc(current)
         log.warning(
             "could not move the tracking threshold of %s: writers held the table longer than "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import psycopg
 
@@ -10,12 +11,13 @@ from ..catalog import Grain, rollups, sources
 from ..catalog.definition import rollup_from
 from ..catalog.grains import SUPPORTED_PARAMS
 from ..db import definitions
+from ..db.connect import scalar
 from ..sql import query
 from ..sql import rollup as rollup_sql
 from . import rebuild, state
 
 
-def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
+def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict[str, Any]]:
     """One dict per rollup and grain: watermark, lag behind the last complete bucket,
     pending dirty groups, and changes logged on the source but not yet fanned out."""
     pending = {(r, g): (n, oldest) for r, g, n, oldest, _
@@ -51,7 +53,7 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict]:
     return rows
 
 
-def rebuilds(conn: psycopg.Connection) -> list[dict]:
+def rebuilds(conn: psycopg.Connection) -> list[dict[str, Any]]:
     """Per rollup whose changed definition is being rebuilt: the version, how far it is, and
     why its check before the swap failed, if it did (docs/rollups.md)."""
     r = definitions.recorded(conn)
@@ -69,13 +71,13 @@ def rebuilds(conn: psycopg.Connection) -> list[dict]:
     return out
 
 
-def unsupported_rows(conn: psycopg.Connection) -> list[dict]:
+def unsupported_rows(conn: psycopg.Connection) -> list[dict[str, Any]]:
     """Per source holding any, its raw rows outside the supported times (docs/rollups.md):
     they are in no bucket of any rollup, so someone must fix or delete them. Counted by
     two range scans of the time index; `query` finds them."""
     found = []
     for source in sources():
-        n = conn.execute(rollup_sql.count_unsupported_rows(source)).fetchone()[0]
+        n = scalar(conn, rollup_sql.count_unsupported_rows(source))
         if n:
             found.append({
                 "source": source.name,

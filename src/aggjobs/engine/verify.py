@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 
@@ -31,13 +32,16 @@ from .recompute import Written, recompute_keys
 SKETCH_TOLERANCE = 0.01  # the contract's bound (docs/contract.md#exactness); the sketch's 0.745%
 FLOAT_TOLERANCE = 1e-9
 CHUNK = {Grain.HOUR: 24, Grain.DAY: 31, Grain.WEEK: 13}  # buckets compared per query
+NUMBER = (float, int, Decimal)  # what a measure compared with a tolerance is stored as
+
+Row = tuple[Any, ...]  # (dims..., bucket, outputs...) as the database returns them
 
 
 @dataclass(frozen=True)
 class Mismatch:
     rollup: str
     grain: Grain
-    bucket: object
+    bucket: date  # a datetime for hours
     workspace_id: int | None  # None: the whole bucket (it cannot be computed)
     measure: str
     stored: object
@@ -58,7 +62,7 @@ class VerifyReport:
     checked_from: datetime
     checked_to: datetime  # exclusive; buckets from here on are not materialized yet
     groups: int = 0
-    mismatches: list[Mismatch] | None = None
+    mismatches: list[Mismatch] = field(default_factory=list)
     unmaterialized_from: datetime | None = None
     retained_from: datetime | None = None  # retention deleted the inputs before this
     quarantined: list[tuple[datetime, str]] = field(default_factory=list)  # (bucket, error)
@@ -80,9 +84,9 @@ def same(stored: object, expected: object, rel: float | None) -> bool:
         return stored is None and expected is None
     if is_nan(stored) or is_nan(expected):  # NaN is a value like any other (as in SQL)
         return is_nan(stored) and is_nan(expected)
-    if rel is None:
+    if rel is None or not (isinstance(stored, NUMBER) and isinstance(expected, NUMBER)):
         return stored == expected
-    a, b = float(stored), float(expected)  # type: ignore[arg-type]
+    a, b = float(stored), float(expected)
     return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)  # an infinity equals itself
 
 
@@ -91,7 +95,7 @@ def is_nan(value: object) -> bool:
         isinstance(value, Decimal) and value.is_nan())
 
 
-def compare(rollup: Rollup, grain: Grain, stored: list[tuple], expected: list[tuple]
+def compare(rollup: Rollup, grain: Grain, stored: list[Row], expected: list[Row]
             ) -> list[Mismatch]:
     """Rows are (dims..., bucket, outputs...); a row missing on one side is a mismatch."""
     n_keys = len(rollup.dimensions) + 1
@@ -115,7 +119,7 @@ def compare(rollup: Rollup, grain: Grain, stored: list[tuple], expected: list[tu
     return out
 
 
-def key_order(key: tuple) -> tuple:
+def key_order(key: Row) -> tuple[Any, tuple[tuple[bool, Any], ...]]:
     """Bucket first, then the dimensions, NULL (a run without an agent) last."""
     return key[-1], tuple((v is None, v) for v in key[:-1])
 
@@ -193,7 +197,7 @@ def quarantined(conn: psycopg.Connection, rollup: Rollup, grain: Grain, lo: date
 
 def repair(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
            mismatches: list[Mismatch], *, lock_wait_s: float = 60.0,
-           audit: Callable[[dict], None] | None = None) -> Written:
+           audit: Callable[[dict[str, object]], None] | None = None) -> Written:
     """Recompute the groups behind the mismatches, under the rollup's lock; `audit(params)`
     writes the audit row in the same transaction, so a repair is never unrecorded."""
     keys = sorted({(bucket_start(m.bucket), m.workspace_id) for m in mismatches
@@ -206,11 +210,11 @@ def repair(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
         return written
 
 
-def bucket_start(bucket: object) -> datetime:
+def bucket_start(bucket: date) -> datetime:
     """A stored bucket (timestamptz, or a UTC date) as its starting instant."""
     if isinstance(bucket, datetime):
         return bucket
-    return datetime(bucket.year, bucket.month, bucket.day, tzinfo=UTC)  # type: ignore[attr-defined]
+    return datetime(bucket.year, bucket.month, bucket.day, tzinfo=UTC)
 
 
 def present(flag: bool) -> str:

@@ -115,8 +115,8 @@ def score(x: Inputs) -> Health:
         components[part.name] = entry
     if x.worst_hour is not None:
         components["failure_bursts"]["hour"] = x.worst_hour.isoformat()
-    total = sum(Decimal(str(c["points"])) for c in components.values()
-                if c.get("points") is not None)
+    total = sum((Decimal(str(c["points"])) for c in components.values()
+                 if c.get("points") is not None), Decimal(0))
     components["facts"] = facts
     return Health(x.workspace_id, total, status_of(total), components)
 

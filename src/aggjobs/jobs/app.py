@@ -29,7 +29,8 @@ from ..catalog.grains import parse_timestamp
 from ..db.connect import database_url
 from ..db.retry import RetryPolicy
 from ..settings import Settings, get_settings
-from .registry import JOBS, Job
+from .model import Job
+from .registry import JOBS
 from .runner import RunRequest, run_job
 from .schedule import beat_schedule, cron, slot_of
 
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # A heavy job skipped for want of a slot is sent again every 5 minutes, for up to two hours.
 HEAVY_SLOT_RETRY = RetryPolicy(attempts=25, base_s=300, factor=1)
+
+RunSummary = dict[str, int | str | None]  # what a task returns: run id, status, error
 
 
 def broker_url(settings: Settings) -> str:
@@ -81,7 +84,8 @@ def declare_queue_once(**_: object) -> None:
         return
     with app.connection_for_write() as connection:
         for queue in queues_of(app):
-            connection.default_channel.queue_declare(queue=queue)
+            # kombu's stubs type default_channel as StdChannel, which lacks queue_declare
+            connection.default_channel.queue_declare(queue=queue)  # type: ignore[attr-defined]
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -123,7 +127,7 @@ def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
     return {job.name: {"queue": settings.queue_of(job.heavy)} for job in JOBS.values()}
 
 
-def transport_options(broker: str, settings: Settings) -> dict:
+def transport_options(broker: str, settings: Settings) -> dict[str, int]:
     """Redis redelivers a task unacknowledged for `visibility_timeout`: longer than any job
     may run, so that only a dead worker's task comes back (a duplicate would be skipped
     anyway). Other transports take no such option (SQLAlchemy's refuses unknown ones)."""
@@ -143,8 +147,8 @@ def register(app: Celery, job: Job, settings: Settings) -> None:
     # created later in the process, e.g. tests' clients, and clash with theirs)
     @app.task(name=job.name, bind=True, shared=False, time_limit=hard,
               soft_time_limit=int(hard * 0.9))
-    def run(self: Task, as_of: str | None = None, trigger: str = "manual",
-            who: str | None = None) -> dict:
+    def run(self: Task[..., RunSummary], as_of: str | None = None, trigger: str = "manual",
+            who: str | None = None) -> RunSummary:
         now = datetime.now(UTC)
         schedule = cron(job, settings) if trigger == "schedule" else None
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
@@ -153,7 +157,8 @@ def register(app: Celery, job: Job, settings: Settings) -> None:
             as_of=parse_timestamp(as_of) if as_of else now,
             trigger="retry" if self.request.retries else trigger,
             who=who or self.request.hostname or "celery",  # the node name: "name@host"
-            slot=slot_of(schedule, now) if schedule is not None else None,
+            # a crontab has the five expanded sets slot_of reads; celery-types declares none
+            slot=slot_of(schedule, now) if schedule is not None else None,  # type: ignore[arg-type]
             attempt=self.request.retries + 1 + int(redelivered),
             task_id=self.request.id,
         )

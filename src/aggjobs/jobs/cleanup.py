@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from typing import TypedDict
 
 import psycopg
 from psycopg import sql
@@ -25,19 +26,24 @@ from ..audit import local_source
 from ..catalog import Grain, Rollup, Source, rollups_on
 from ..catalog.grains import SUPPORTED_PARAMS
 from ..db import definitions
+from ..db.connect import scalar
 from ..engine import state
 from ..sql import query
 from ..sql.rollup import table_ident
-from .model import Step, StepContext
+from .model import Step, StepContext, StepResult
 
 ACTOR = "cleanup_old_data"
 
+# One partition dropped whole, as the step's detail lists it.
+DroppedPartition = TypedDict(
+    "DroppedPartition", {"partition": str, "from": str | None, "to": str, "rows": int})
+
 
 def raw_step(source: Source) -> Step:
-    def run(ctx: StepContext) -> dict:
+    def run(ctx: StepContext) -> StepResult:
         days = ctx.settings.retention("raw")
         if not days:
-            return {"status": "skipped", "reason": "raw rows are kept forever"}
+            return StepResult.skipped("raw rows are kept forever")
         cutoff = Grain.HOUR.floor(ctx.as_of - timedelta(days=days))
         state.fan_out(ctx.conn, source)  # logged changes count as pending below
         readers = [(r, Grain.HOUR) for r in (*rollups_on(source),
@@ -46,10 +52,9 @@ def raw_step(source: Source) -> Step:
         table = sql.Identifier(source.schema, source.table)
         dropped, limit, reason = drop_partitions(ctx, source, limit, cutoff, reason)
         result = delete_raw_before(ctx, source, table, limit, cutoff, reason)
-        if dropped:
-            result.pop("status", None)  # skipped only the row deletes
-            result["partitions_dropped"] = dropped
-            result["rows"] += sum(d["rows"] for d in dropped)
+        if dropped:  # succeeded, if skipping the row deletes only
+            return StepResult(rows=result.rows + sum(d["rows"] for d in dropped),
+                              detail={**result.detail, "partitions_dropped": dropped})
         return result
 
     return Step(f"cleanup.{source.name}", run)
@@ -58,14 +63,14 @@ def raw_step(source: Source) -> Step:
 def rollup_step(rollup: Rollup, grain: Grain) -> Step:
     kind = {Grain.HOUR: "hourly", Grain.DAY: "daily", Grain.WEEK: "weekly"}[grain]
 
-    def run(ctx: StepContext) -> dict:
+    def run(ctx: StepContext) -> StepResult:
         days = ctx.settings.retention(kind)
         if not days:
-            return {"status": "skipped", "reason": f"{kind} rollups are kept forever"}
+            return StepResult.skipped(f"{kind} rollups are kept forever")
         live = definitions.versions(ctx.conn, rollup).live  # a rebuild's tables wait
         if grain not in live.grains:
-            return {"status": "skipped", "reason": f"no live {kind} table until the rebuild "
-                    "of a changed definition is swapped in"}
+            return StepResult.skipped(f"no live {kind} table until the rebuild of a changed "
+                                      "definition is swapped in")
         coarser = live.coarser(grain)
         # Whole buckets of the grain built from this one, so none is left half-deleted.
         cutoff = (coarser or grain).floor(ctx.as_of - timedelta(days=days))
@@ -84,20 +89,20 @@ def rollup_step(rollup: Rollup, grain: Grain) -> Step:
 def retired_step() -> Step:
     """The tables of replaced or removed versions, dropped once AGGJOBS_RETIRED_GRACE_DAYS
     have passed (aggjobs.drop_retired_tables: the worker owns none of them)."""
-    def run(ctx: StepContext) -> dict:
+    def run(ctx: StepContext) -> StepResult:
         grace_s = ctx.settings.retired_grace_days * 86400
         with ctx.conn.transaction():
             dropped = definitions.drop_retired_tables(ctx.conn, grace_s=grace_s)
-        return {"rows": len(dropped), "dropped": dropped}
+        return StepResult(rows=len(dropped), detail={"dropped": dropped})
 
     return Step("cleanup.retired_tables", run)
 
 
 def job_history_step() -> Step:
-    def run(ctx: StepContext) -> dict:
+    def run(ctx: StepContext) -> StepResult:
         days = ctx.settings.retention("job_runs")
         if not days:
-            return {"status": "skipped", "reason": "job history is kept forever"}
+            return StepResult.skipped("job history is kept forever")
         cutoff = ctx.as_of - timedelta(days=days)
         where = sql.SQL("started_at < %(limit)s AND status <> 'running'")
         table = sql.Identifier("aggjobs", "job_runs")
@@ -120,8 +125,8 @@ def protect(ctx: StepContext, readers: list[tuple[Rollup, Grain]], cutoff: datet
             wm = state.watermarks(conn, rollup).get(grain)
             if wm is None:
                 return None, f"{rollup.name} {grain.value}: nothing materialized yet"
-            pending = conn.execute(query("oldest_pending"), {
-                "rollup": rollup.name, "grain": grain.value, **SUPPORTED_PARAMS}).fetchone()[0]
+            pending = scalar(conn, query("oldest_pending"), {
+                "rollup": rollup.name, "grain": grain.value, **SUPPORTED_PARAMS})
             for bound, why in ((wm, "materialized only up to"), (pending, "changes pending at")):
                 if bound is not None and bound < limit:
                     limit, reason = bound, f"{rollup.name} {grain.value}: {why} {bound}"
@@ -142,7 +147,7 @@ def rollup_locks(conn: psycopg.Connection, rollups: set[Rollup], wait_s: float
 
 
 def delete_before(ctx: StepContext, table: sql.Composable, where: sql.Composable,
-                  limit: datetime | None, cutoff: datetime, reason: str | None) -> dict:
+                  limit: datetime | None, cutoff: datetime, reason: str | None) -> StepResult:
     """Delete the rows matching `where` (bound to `limit`) in batches, audited."""
     batch = sql.SQL(
         "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {w} LIMIT %(n)s))"
@@ -155,21 +160,23 @@ def delete_before(ctx: StepContext, table: sql.Composable, where: sql.Composable
 
 
 def delete_raw_before(ctx: StepContext, source: Source, table: sql.Composable,
-                      limit: datetime | None, cutoff: datetime, reason: str | None) -> dict:
+                      limit: datetime | None, cutoff: datetime, reason: str | None
+                      ) -> StepResult:
     """Delete raw rows before `limit` in batches, audited, through the one path the worker
     role has for it: aggjobs.delete_raw_before (SECURITY DEFINER, migration 0005), which
     deletes untracked (aggjobs.retention on) from the known source tables only."""
 
     def one_batch(n: int) -> int:
-        return ctx.conn.execute("SELECT aggjobs.delete_raw_before(%s, %s, %s)",
-                                (source.name, limit, n)).fetchone()[0]
+        deleted: int = scalar(ctx.conn, "SELECT aggjobs.delete_raw_before(%s, %s, %s)",
+                              (source.name, limit, n))
+        return deleted
 
     return batched(ctx, table, one_batch, limit, cutoff, reason)
 
 
 def drop_partitions(ctx: StepContext, source: Source, limit: datetime | None,
                     cutoff: datetime, reason: str | None
-                    ) -> tuple[list[dict], datetime | None, str | None]:
+                    ) -> tuple[list[DroppedPartition], datetime | None, str | None]:
     """Drop the source's partitions lying wholly before `limit`, oldest first, each detached
     and dropped in its own short transaction with its audit row, through the one path the
     worker role has for it: aggjobs.drop_partition_before (SECURITY DEFINER, migration 0008;
@@ -178,7 +185,7 @@ def drop_partitions(ctx: StepContext, source: Source, limit: datetime | None,
     hold the table) is left to the next run, and the row deletes stop at its start rather
     than empty it row by row. Returns the partitions dropped and the limit and reason left
     for the row deletes."""
-    dropped: list[dict] = []
+    dropped: list[DroppedPartition] = []
     if limit is None:
         return dropped, limit, reason
     wait_ms = ctx.settings.trigger_lock_timeout_ms
@@ -196,8 +203,8 @@ def drop_partitions(ctx: StepContext, source: Source, limit: datetime | None,
                                         " (the platform's sessions hold the table); dropped"
                                         " by a later run")
                 break
-            part = {"partition": name, "from": start and start.isoformat(),
-                    "to": end.isoformat(), "rows": rows}
+            part: DroppedPartition = {"partition": name, "from": start and start.isoformat(),
+                                      "to": end.isoformat(), "rows": rows}
             ctx.conn.execute(query("audit"), {
                 "actor": ACTOR, "action": "retention_drop_partition", "target": name,
                 "params": Jsonb({"source": source.name, "cutoff": cutoff.isoformat(),
@@ -211,13 +218,13 @@ def drop_partitions(ctx: StepContext, source: Source, limit: datetime | None,
 
 
 def batched(ctx: StepContext, table: sql.Composable, one_batch: Callable[[int], int],
-            limit: datetime | None, cutoff: datetime, reason: str | None) -> dict:
+            limit: datetime | None, cutoff: datetime, reason: str | None) -> StepResult:
     """Run `one_batch` (one transaction each) until a batch comes back short, audited."""
     target = table.as_string(ctx.conn)
     detail = {"cutoff": cutoff.isoformat(), "limit": limit and limit.isoformat(),
               "held_back": reason}
     if limit is None:
-        return {**detail, "status": "skipped", "rows": 0}
+        return StepResult(status="skipped", detail=detail)
     deleted = 0
     while True:
         with ctx.conn.transaction():
@@ -231,4 +238,4 @@ def batched(ctx: StepContext, table: sql.Composable, one_batch: Callable[[int], 
             "params": Jsonb(detail), "outcome": f"{deleted} rows deleted",
             "source": ctx.source or local_source("worker"),
         })
-    return {**detail, "rows": deleted}
+    return StepResult(rows=deleted, detail=detail)

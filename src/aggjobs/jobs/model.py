@@ -1,16 +1,17 @@
 """What a job is: named steps run in order (independent ones side by side), each isolated
 from the others.
 
-A step is a function of a StepContext returning a dict: `rows` (written or deleted), an
-optional `status` ('skipped' when it had nothing it could do) and any details worth keeping
-in the run's history. It opens its own transactions; a failure rolls back only its own.
+A step is a function of a StepContext returning a StepResult: the rows it wrote or deleted,
+its status ('skipped' when it had nothing it could do) and any details worth keeping in the
+run's history. It opens its own transactions; a failure rolls back only its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 import psycopg
 
@@ -26,7 +27,22 @@ class StepContext:
     source: str | None = None  # where the run was asked for, for audit rows (aggjobs.audit)
 
 
-StepFn = Callable[[StepContext], dict]
+@dataclass(frozen=True)
+class StepResult:
+    """What one step did. The runner keeps `rows` and `status` as the step's own fields in
+    the run's history (aggjobs.job_runs.steps) and `detail` (JSON values) beside them."""
+
+    rows: int = 0  # written or deleted
+    status: Literal["succeeded", "skipped"] = "succeeded"  # skipped: nothing it could do
+    detail: Mapping[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def skipped(cls, reason: str, **detail: object) -> StepResult:
+        """A step that had nothing it could do, and why (`detail` first, then `reason`)."""
+        return cls(status="skipped", detail={**detail, "reason": reason})
+
+
+StepFn = Callable[[StepContext], StepResult]
 
 
 @dataclass(frozen=True)

@@ -30,18 +30,19 @@ from datetime import UTC, datetime
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ..audit import local_source
 from ..catalog.grains import as_utc
 from ..db import locks
-from ..db.connect import SessionLimits, connect, first_line
+from ..db.connect import SessionLimits, connect, first_line, scalar
 from ..db.retry import TRANSIENT, RetryPolicy, retrying
 from ..engine.abandoned import sweep_abandoned
 from ..errors import AggjobsError
 from ..settings import Settings
 from ..sql import query
-from .model import Job, Step, StepContext, batches
+from .model import Job, Step, StepContext, StepFn, batches
 from .registry import get_job
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class StepOutcome:
     seconds: float = 0.0
     started_at: datetime | None = None  # steps may overlap: when this one began
     attempts: int = 0
-    detail: dict = field(default_factory=dict)
+    detail: dict[str, object] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -166,8 +167,7 @@ class Run:
             result.retry_later = True
             return result
         try:
-            run_id = self.conn.execute(query("start_run"), {**self.row, "status": "running"}
-                                       ).fetchone()[0]
+            run_id = scalar(self.conn, query("start_run"), {**self.row, "status": "running"})
         except pg_errors.UniqueViolation:
             other = self.conn.execute(query("slot_run"), self.row).fetchone()
             return self.skip(f"the run for slot {self.row['slot']:%Y-%m-%d %H:%M} UTC already "
@@ -225,7 +225,7 @@ class Run:
                     session.cancel()
                 raise
 
-    def run_step(self, name: str, fn: Callable[[StepContext], dict],
+    def run_step(self, name: str, fn: StepFn,
                  should_stop: Callable[[BaseException], bool],
                  session: MainSession | StepSession | None = None) -> StepOutcome:
         session = session or MainSession(self)
@@ -259,7 +259,7 @@ class Run:
             attempt=outcome.attempts, error=outcome.error))
         return outcome
 
-    def try_step(self, outcome: StepOutcome, fn: Callable[[StepContext], dict],
+    def try_step(self, outcome: StepOutcome, fn: StepFn,
                  should_stop: Callable[[BaseException], bool],
                  session: MainSession | StepSession) -> None:
         """One try of a step, its result in `outcome`; a transient error is raised (retried
@@ -268,7 +268,7 @@ class Run:
             outcome.status, outcome.error = "failed", "stopped: the run was interrupted"
             return
         try:
-            detail = fn(StepContext(session.conn, self.as_of, self.settings, self.source))
+            done = fn(StepContext(session.conn, self.as_of, self.settings, self.source))
         except TRANSIENT:
             raise  # for run_step's retries
         except Exception as exc:
@@ -278,9 +278,7 @@ class Run:
                           extra=self.context(step=outcome.name, error=describe(exc)))
             outcome.status, outcome.error = "failed", describe(exc)
             return
-        outcome.status = detail.pop("status", "succeeded")
-        outcome.rows = int(detail.pop("rows", 0))
-        outcome.detail = detail
+        outcome.status, outcome.rows, outcome.detail = done.status, done.rows, dict(done.detail)
 
     def after(self, hook: AfterRun, result: RunResult) -> None:
         """The caller's after-run hook (the alerts); never fails the run."""
@@ -290,7 +288,7 @@ class Run:
         except Exception:
             log.exception("evaluating alerts failed", extra=self.context())
 
-    def context(self, **fields: object) -> dict:
+    def context(self, **fields: object) -> dict[str, object]:
         """Fields for structured logs (aggjobs.logs): the run's identity plus `fields`."""
         return {"job": self.job.name, "run_id": self.run_id, **fields}
 
@@ -303,10 +301,8 @@ class Run:
             min(REDELIVERY_WAIT_S, self.settings.lock_wait_s) if self.request.attempt > 1 else 0)
         locked = False
         while True:
-            locked = locked or self.conn.execute(query("try_job_lock"),
-                                                 {"job": self.job.name}).fetchone()[0]
-            if locked and self.conn.execute(query("steps_finished"),
-                                            {"job": self.job.name}).fetchone()[0]:
+            locked = locked or scalar(self.conn, query("try_job_lock"), {"job": self.job.name})
+            if locked and scalar(self.conn, query("steps_finished"), {"job": self.job.name}):
                 return None
             if time.monotonic() >= deadline:
                 return self.steps_message() if locked else self.holder_message()
@@ -359,7 +355,7 @@ class Run:
         self.conn = self.connect()
         if not relock:
             return
-        if not self.conn.execute(query("try_job_lock"), {"job": self.job.name}).fetchone()[0]:
+        if not scalar(self.conn, query("try_job_lock"), {"job": self.job.name}):
             raise LostJobLock(f"lost the {self.job.name} lock with the connection, and another "
                               "run took it; this run stops")
         if self.heavy_slot is not None:
@@ -370,8 +366,7 @@ class Run:
     # -- history ---------------------------------------------------------------------------
     def skip(self, reason: str) -> RunResult:
         log.info("%s skipped: %s", self.job.name, reason)
-        run_id = self.conn.execute(query("skip_run"), {**self.row, "error": reason}
-                                   ).fetchone()[0]
+        run_id = scalar(self.conn, query("skip_run"), {**self.row, "error": reason})
         return RunResult(run_id, self.job.name, "skipped", error=reason)
 
     def record(self, result: RunResult) -> None:
@@ -391,7 +386,8 @@ class Run:
             "source": self.source,
         }, relock=False)
 
-    def with_retries(self, statement, params: dict, *, relock: bool = True) -> None:
+    def with_retries(self, statement: sql.SQL, params: dict[str, object], *,
+                     relock: bool = True) -> None:
         """History must land even when the connection just broke."""
         def attempt(n: int) -> None:
             self.ensure_connection(relock=relock)

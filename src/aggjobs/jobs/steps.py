@@ -9,9 +9,10 @@ from psycopg import sql
 from .. import health, reports
 from ..catalog import Grain, Rollup
 from ..catalog.grains import as_utc
+from ..db.connect import scalar
 from ..db.view_caches import update_view_caches
 from ..engine.refresh import refresh
-from .model import Step, StepContext
+from .model import Step, StepContext, StepFn, StepResult
 
 VIEWS = ("analytics.workspace_overview", "analytics.platform_daily_overview")
 
@@ -23,13 +24,13 @@ def rollup_step(rollup: Rollup, grains: list[Grain], *, light: bool = False) -> 
     `light` (hourly) job, until it has caught up in the others."""
     name = f"{rollup.name}.{grains[-1].value}"
 
-    def run(ctx: StepContext) -> dict:
+    def run(ctx: StepContext) -> StepResult:
         report = refresh(ctx.conn, rollup, as_of=ctx.as_of, settings=ctx.settings,
                          grains=grains, max_buckets=ctx.settings.max_buckets_per_refresh,
                          lock_wait_s=ctx.settings.lock_wait_s,
                          rebuild_budget_s=ctx.settings.rebuild_seconds_per_run if light
                          else None)
-        detail: dict = {"rows": report.rows_written, "reset": report.reset}
+        detail: dict[str, object] = {"reset": report.reset}
         if report.rebuild is not None:
             r = report.rebuild
             detail["rebuild"] = {"version": r.version, "new_hours": r.new_hours,
@@ -43,7 +44,7 @@ def rollup_step(rollup: Rollup, grains: list[Grain], *, light: bool = False) -> 
                 "held_back": g.held_back,
                 "dropped_behind_horizon": g.dropped_behind_horizon,
             }
-        return detail
+        return StepResult(rows=report.rows_written, detail=detail)
 
     return Step(name, run, concurrent=True)  # rollups share nothing but the server
 
@@ -55,22 +56,23 @@ def view_steps() -> list[Step]:
         for name in VIEWS]
 
 
-def refresh_view_caches(ctx: StepContext) -> dict:
+def refresh_view_caches(ctx: StepContext) -> StepResult:
     """Per-day and per-workspace-window p95 and active users, recomputed where their input
     rows changed (src/aggjobs/db/view_caches.py)."""
-    return update_view_caches(ctx.conn)
+    detail = update_view_caches(ctx.conn)
+    return StepResult(rows=detail.pop("rows"), detail=detail)
 
 
-def refresh_view(name: str):
+def refresh_view(name: str) -> StepFn:
     schema, view = name.split(".")
 
-    def run(ctx: StepContext) -> dict:
+    def run(ctx: StepContext) -> StepResult:
         # CONCURRENTLY: readers keep the old contents until the new ones are in place.
         ctx.conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(
             sql.Identifier(schema, view)))
-        rows = ctx.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier(schema, view))).fetchone()[0]
-        return {"rows": rows}
+        rows: int = scalar(ctx.conn, sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(schema, view)))
+        return StepResult(rows=rows)
 
     return run
 
@@ -78,11 +80,11 @@ def refresh_view(name: str):
 def health_step() -> Step:
     """Health scores of the last complete day (aggjobs.health), skipped while it waits."""
 
-    def run(ctx: StepContext) -> dict:
+    def run(ctx: StepContext) -> StepResult:
         done = health.score_last_day(ctx.conn, ctx.as_of.date())
         if done.waiting:
-            return {"status": "skipped", "day": done.day.isoformat(), "reason": done.waiting}
-        return {"rows": done.rows, "day": done.day.isoformat(), **done.by_status}
+            return StepResult.skipped(done.waiting, day=done.day.isoformat())
+        return StepResult(rows=done.rows, detail={"day": done.day.isoformat(), **done.by_status})
 
     return Step("health_scores", run)
 
@@ -91,10 +93,10 @@ def reports_step() -> Step:
     """The daily reports of the last complete UTC day before `as_of`, once its day grains
     are materialized (else skipped, saying which lag): aggjobs.reports."""
 
-    def run(ctx: StepContext) -> dict:
+    def run(ctx: StepContext) -> StepResult:
         done = reports.store_last_day(ctx.conn, as_utc(ctx.as_of))
         if done.waiting:
-            return {"status": "skipped", "day": done.day.isoformat(), "reason": done.waiting}
-        return {"rows": done.rows, "day": done.day.isoformat()}
+            return StepResult.skipped(done.waiting, day=done.day.isoformat())
+        return StepResult(rows=done.rows, detail={"day": done.day.isoformat()})
 
     return Step("daily_reports", run)

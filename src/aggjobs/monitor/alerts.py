@@ -32,7 +32,7 @@ def evaluate(conn: psycopg.Connection, settings: Settings, now: datetime | None 
     with conn.transaction():
         # Two workers evaluating at once: one after the other, each change announced once.
         conn.execute(query("lock_alerts"))
-        open_rows = dict(conn.execute(query("open_alerts")).fetchall())
+        open_rows: dict[str, str] = dict(conn.execute(query("open_alerts")).fetchall())
         for key, problem in found.items():
             if key not in open_rows:
                 conn.execute(query("open_alert"), {"key": key, "message": str(problem)})

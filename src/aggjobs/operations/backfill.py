@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 
 from .. import audit
 from ..catalog import Rollup
-from ..db.connect import connect, first_line
+from ..db.connect import connect, first_line, scalar
 from ..engine.abandoned import sweep_abandoned
 from ..engine.backfill import BackfillBusy, BackfillReport, Progress
 from ..engine.backfill import backfill as run_backfill
@@ -108,7 +108,7 @@ def start(conn: psycopg.Connection, entry: Audited) -> Audited:
     params = {**entry.params, "session_pid": conn.info.backend_pid}
     started = Audited(entry.who, entry.target, params)
     row = started.row("started")
-    started_id = conn.execute(query("audit_backfill_started"), row).fetchone()[0]
+    started_id = scalar(conn, query("audit_backfill_started"), row)
     return Audited(entry.who, entry.target, params, started_id)
 
 

@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from .. import audit as audit_log
+from ..db.connect import scalar
 from ..errors import AggjobsError
 
 ROLES = ("viewer", "operator", "admin")
@@ -66,11 +67,11 @@ def create(conn: psycopg.Connection, name: str, role: str, *, actor: str,
     refusal's too, in one transaction: the worker cannot write api_tokens itself."""
     secret = new_secret()
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        outcome = cur.execute(
-            "SELECT aggjobs.create_token(%s, %s, %s, %s, %s, %s) AS outcome",
+        outcome = scalar(
+            conn, "SELECT aggjobs.create_token(%s, %s, %s, %s, %s, %s)",
             (printable(name), printable(role), hash_secret(secret), actor,
              days(expires_days), source or audit_log.local_source("local")),
-        ).fetchone()["outcome"]
+        )
         row = cur.execute(
             "SELECT id, name, role, created_at, created_by, expires_at FROM aggjobs.api_tokens"
             " WHERE name = %s", (name,)).fetchone() if outcome == "created" else None
@@ -111,9 +112,9 @@ def revoke(conn: psycopg.Connection, name: str, *, actor: str, source: str | Non
            ) -> None:
     """Revoke the active token `name` through aggjobs.revoke_token, which audits it."""
     with conn.transaction():
-        done = conn.execute(
-            "SELECT aggjobs.revoke_token(%s, %s, %s)",
+        done = scalar(
+            conn, "SELECT aggjobs.revoke_token(%s, %s, %s)",
             (printable(name), actor, source or audit_log.local_source("local")),
-        ).fetchone()[0]
+        )
     if not done:
         raise UnknownToken(f"no active token named {name!r} (see `aggjobs token list`)")

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from .. import audit
+from ..db.connect import scalar
 from ..db.migrate import migrate
 from ..demo import DemoSpec, load_demo
 from ..errors import AggjobsError
@@ -40,7 +41,7 @@ def prepare(conn: psycopg.Connection, settings: Settings, *, demo_days: int,
     """Migrate; load `demo_days` days of demo data if the platform has no runs yet (saying
     so through `loading` first); return the secret of a new admin token."""
     migrate(conn, native=settings.native)
-    if conn.execute(query("no_runs_yet")).fetchone()[0] and demo_days:
+    if scalar(conn, query("no_runs_yet")) and demo_days:
         loading(demo_days)
         load_demo(conn, DemoSpec(days=demo_days))
     secret, _ = tokens.create(conn, f"up-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}", "admin",

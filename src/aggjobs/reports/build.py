@@ -14,13 +14,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import Any, overload
 
 import psycopg
 from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from ..db.connect import scalar
 from ..engine.recompute import native_installed
 from ..errors import AggjobsError
 from ..sql import named, with_merges
@@ -109,6 +110,12 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return lo, lo + timedelta(days=1)
 
 
+@overload
+def figures(row: dict) -> dict: ...
+@overload
+def figures(row: None) -> None: ...
+@overload
+def figures(row: dict | None) -> dict | None: ...
 def figures(row: dict | None) -> dict | None:
     """The totals of one scope and day from a query row (None: no data that day)."""
     if row is None:
@@ -303,7 +310,7 @@ def platform_report(days: Days, rows: Rows, today_ws: dict[int, dict]) -> dict:
 
 def worst_workspaces(today_ws: dict[int, dict]) -> list[dict]:
     worst = sorted((r for r in today_ws.values() if r["failed_runs"] > 0),
-                   key=lambda r: (-r["failed_runs"], -ratio(r["failed_runs"], r["runs"]),
+                   key=lambda r: (-r["failed_runs"], -(ratio(r["failed_runs"], r["runs"]) or 0),
                                   r["workspace_id"]))
     return [{"workspace_id": r["workspace_id"], "runs": r["runs"],
              "failed_runs": r["failed_runs"], "failure_rate": ratio(r["failed_runs"], r["runs"])}
@@ -452,11 +459,11 @@ def store(conn: psycopg.Connection, day: date) -> int:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         reports = build(conn, day)
         with conn.cursor() as cur:
-            cur.executemany(queries()["upsert_report"], [  # type: ignore[arg-type]
+            cur.executemany(queries()["upsert_report"], [
                 {"day": day, "ws": ws, "report": Jsonb(finite(r)),
                  "generated_at": r["generated_at"]}
                 for ws, r in reports.items()])
-            cur.execute(queries()["delete_inactive_reports"],  # type: ignore[arg-type]
+            cur.execute(queries()["delete_inactive_reports"],
                         {"day": day, "active": [ws for ws in reports if ws is not None]})
     return len(reports)
 
@@ -479,5 +486,4 @@ def load_stored(conn: psycopg.Connection, day: date, workspace_id: int | None) -
 
 
 def workspace_known(conn: psycopg.Connection, workspace_id: int) -> bool:
-    return bool(conn.execute(queries()["workspace_known"],  # type: ignore[arg-type]
-                             {"ws": workspace_id}).fetchone()[0])
+    return bool(scalar(conn, queries()["workspace_known"], {"ws": workspace_id}))

@@ -33,9 +33,9 @@ def with_merges(blocks: dict[str, str], name: str, *, native: bool) -> sql.Compo
     aggjobs_native, docs/native.md) or `x__portable` (the same numbers in SQL)."""
     suffix = "native" if native else "portable"
     text = blocks[name]
-    return sql.SQL(text).format(**{  # type: ignore[arg-type]
-        x: sql.SQL(blocks[f"{x}__{suffix}"]) for x in _PLACEHOLDER.findall(text)})  # type: ignore[arg-type]
+    return sql.SQL(text).format(**{
+        x: sql.SQL(blocks[f"{x}__{suffix}"]) for x in _PLACEHOLDER.findall(text)})
 
 
 def query(name: str) -> sql.SQL:
-    return sql.SQL(queries()[name])  # type: ignore[arg-type]
+    return sql.SQL(queries()[name])

@@ -113,7 +113,7 @@ def table_ident(rollup: Rollup, grain: Grain) -> sql.Identifier:
 
 
 def create_table(rollup: Rollup, grain: Grain, *, nullable: frozenset[str] = frozenset()
-                 ) -> Composable:
+                 ) -> sql.Composed:
     """`nullable`: columns made without NOT NULL (a rebuilt version's new measures, NULL in
     the buckets it keeps from the version before: docs/rollups.md)."""
     cols = [
@@ -130,7 +130,7 @@ def create_table(rollup: Rollup, grain: Grain, *, nullable: frozenset[str] = fro
     )
 
 
-def create_bucket_index(rollup: Rollup, grain: Grain) -> Composable:
+def create_bucket_index(rollup: Rollup, grain: Grain) -> sql.Composed:
     """Range recomputes delete and verify by bucket alone."""
     return S("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
         I(f"{rollup.table(grain)}_{grain.column}_idx"), table_ident(rollup, grain), I(grain.column)
@@ -158,7 +158,7 @@ def input_of(rollup: Rollup, grain: Grain, *, raw: bool = False) -> Input:
     return Input(table_ident(rollup, finer), finer.column, finer is not Grain.HOUR, False)
 
 
-def utc_date(ts: Composable) -> Composable:
+def utc_date(ts: Composable) -> sql.Composed:
     return S("({} AT TIME ZONE 'UTC')::date").format(ts)
 
 
@@ -192,7 +192,7 @@ def bound(ts: Composable, *, is_date: bool) -> Composable:
     return utc_date(ts) if is_date else ts
 
 
-def in_range(col: Composable, *, is_date: bool) -> Composable:
+def in_range(col: Composable, *, is_date: bool) -> sql.Composed:
     """`col` in [lo, hi), the placeholders' timestamptz bounds (converted for a date column)."""
     return S("{0} >= {1} AND {0} < {2}").format(
         col,
@@ -201,14 +201,14 @@ def in_range(col: Composable, *, is_date: bool) -> Composable:
     )
 
 
-def listed_workspaces(scope: Scope, key: sql.Identifier) -> Composable:
+def listed_workspaces(scope: Scope, key: sql.Identifier) -> sql.SQL | sql.Composed:
     """BUCKET's restriction to the listed workspaces (`ws`); nothing for the other scopes."""
     if scope is not Scope.BUCKET:
         return S("")
     return S(" AND {} = ANY({}::bigint[])").format(key, sql.Placeholder("ws"))
 
 
-def scoped(inp: Input, key_column: str, grain: Grain, scope: Scope) -> Composable:
+def scoped(inp: Input, key_column: str, grain: Grain, scope: Scope) -> sql.Composed:
     """The input restricted to the scope, aliased `r`.
 
     Keys are (workspace, bucket start as timestamptz); a key covers [start, start + step),
@@ -252,7 +252,7 @@ class Parts:
     finals: dict[str, Composable] = field(default_factory=dict)
 
 
-def rcol(name: str) -> Composable:
+def rcol(name: str) -> sql.Identifier:
     return I("r", name)
 
 
@@ -282,16 +282,19 @@ class Context:
         b = bucket_expr(rcol(self.inp.time_column), is_date=self.inp.is_date, grain=self.grain)
         return dims + [(self.grain.column, b)]
 
-    def group_select(self) -> Composable:
+    def group_select(self) -> sql.Composed:
         return S(", ").join(S("{} AS {}").format(e, I(a)) for a, e in self.groups)
 
-    def group_by(self) -> Composable:
+    def group_by(self) -> sql.Composed:
         return S(", ").join(L(i + 1) for i in range(len(self.groups)))
 
 
 def add_measure(parts: Parts, m: Measure, ctx: Context, *, with_state: bool) -> None:
     raw = ctx.inp.is_raw
-    g = lambda alias: I("g", alias)  # noqa: E731
+
+    def g(alias: str) -> sql.Identifier:
+        return I("g", alias)
+
     match m:
         case Count():
             agg = (filtered(S("count(*)"), m.where) if raw
@@ -368,7 +371,7 @@ BIG = "'9.7453140114e+288'::float8"  # 2^960: fewer than 2^64 values below it ca
 SCALE = "'5.421010862427522e-20'::float8"  # 2^-64: scaling by it is exact
 
 
-def float_sum(x: Composable) -> Composable:
+def float_sum(x: Composable) -> sql.Composed:
     """sum(x) of float8, defined where PostgreSQL's raises "value out of range: overflow":
     +-Infinity past the float range, as IEEE arithmetic gives (aggjobs.float_sum, migration
     0012; docs/rollups.md). For ordinary data it is sum(x) bit for bit, in the same order."""
@@ -377,7 +380,7 @@ def float_sum(x: Composable) -> Composable:
 
 
 def aux_query(ctx: Context, inner_select: Composable, inner_from: Composable,
-              inner_where: Composable, outer_select: Composable) -> Composable:
+              inner_where: Composable, outer_select: Composable) -> sql.Composed:
     """Two levels of grouping: per (group, item) inside, per group outside."""
     names = S(", ").join(I(a) for a, _ in ctx.groups)
     return S(
@@ -400,7 +403,7 @@ def add_quantile(parts: Parts, m: Quantile, ctx: Context, *, with_state: bool) -
     if ctx.inp.is_raw and not with_state:
         # The reference: the seed's own aggregate (docs/contract.md#the-seed); for merged
         # grains over the values as the sketch holds them.
-        value = rcol(m.column)
+        value: Composable = rcol(m.column)
         if ctx.rollup.finer(ctx.grain) is not None:
             value = sketch_domain(value)
         parts.aggs.append(
@@ -426,7 +429,7 @@ def add_quantile(parts: Parts, m: Quantile, ctx: Context, *, with_state: bool) -
         parts.finals[keys], parts.finals[counts] = I(alias, "keys"), I(alias, "counts")
 
 
-def sketch_domain(x: Composable) -> Composable:
+def sketch_domain(x: Composable) -> sql.Composed:
     """`x` as the sketch (aggjobs.sketch_key) holds it: values up to 1e-9 (and negative
     ones) as 0, +Infinity and NaN as +Infinity, finite values past its top bucket
     (1.015^32766, about 1e211) as that bound; the merged p95 is within 1% of the exact
@@ -511,7 +514,7 @@ def collect(ctx: Context, *, with_state: bool) -> Parts:
     return parts
 
 
-def select_groups(ctx: Context, parts: Parts, columns: list[str]) -> Composable:
+def select_groups(ctx: Context, parts: Parts, columns: list[str]) -> sql.Composed:
     """SELECT <group columns>, <columns> for the scope, joining the auxiliary subqueries."""
     names = [a for a, _ in ctx.groups]
     g = S("SELECT {}, {} FROM {} GROUP BY {}").format(
@@ -532,7 +535,7 @@ def select_groups(ctx: Context, parts: Parts, columns: list[str]) -> Composable:
     )
 
 
-def join_on(ctx: Context, alias: str) -> Composable:
+def join_on(ctx: Context, alias: str) -> sql.Composed:
     """How an auxiliary subquery joins its group. A further dimension may be NULL, and USING
     (=) would drop such a group's values: it matches NULL to NULL, on a coalesce for a hash
     join (dimensions are integers) and IS NOT DISTINCT FROM for exactness."""
@@ -566,7 +569,7 @@ def output_names(rollup: Rollup) -> list[str]:
 
 
 def coarser_marking(rollup: Rollup, grain: Grain, changed: str, *,
-                    marks: bool = True) -> Composable:
+                    marks: bool = True) -> sql.SQL | sql.Composed:
     """INSERT the coarser grain's groups holding the rows in CTE `changed` into
     pending_groups, for buckets that grain has already materialized. Nothing when there is
     no coarser grain, or with `marks=False` (the caller marks them: mark_coarser_range)."""
@@ -592,14 +595,14 @@ def coarser_marking(rollup: Rollup, grain: Grain, changed: str, *,
     )
 
 
-def counted(cte_name: str, cte: Composable, marking: Composable) -> Composable:
+def counted(cte_name: str, cte: Composable, marking: Composable) -> sql.Composed:
     return S(
         "WITH {c} AS ({cte}), marked AS ({mark})"
         " SELECT (SELECT count(*) FROM {c}), (SELECT count(*) FROM marked)"
     ).format(c=I(cte_name), cte=cte, mark=marking)
 
 
-def mark_coarser_range(rollup: Rollup, grain: Grain) -> Composable:
+def mark_coarser_range(rollup: Rollup, grain: Grain) -> sql.Composed:
     """Mark the coarser groups holding the target's rows in [lo, hi); returns (rows, groups
     marked). For recomputes that leave marking to their caller (`marks=False`)."""
     col, key = I(grain.column), I(rollup.source.key_column)
@@ -609,7 +612,7 @@ def mark_coarser_range(rollup: Rollup, grain: Grain) -> Composable:
 
 
 def delete_target(rollup: Rollup, grain: Grain, scope: Scope, *,
-                  marks: bool = True) -> Composable:
+                  marks: bool = True) -> sql.Composed:
     """Delete the target rows in scope; returns (rows deleted, coarser groups marked)."""
     table, col = table_ident(rollup, grain), I(grain.column)
     is_date = grain is not Grain.HOUR
@@ -634,7 +637,7 @@ def delete_target(rollup: Rollup, grain: Grain, scope: Scope, *,
 
 
 def insert_target(rollup: Rollup, grain: Grain, scope: Scope, *,
-                  native: bool = False, marks: bool = True) -> Composable:
+                  native: bool = False, marks: bool = True) -> sql.Composed:
     """Recompute the groups in scope into the target; returns (rows written, groups marked).
     `native`: with the C functions of aggjobs_native (same results, less time); `marks`:
     mark the coarser groups of the rows written (delete_target: of the rows deleted)."""
@@ -653,14 +656,14 @@ def insert_target(rollup: Rollup, grain: Grain, scope: Scope, *,
     return counted("made", stmt, coarser_marking(rollup, grain, "made", marks=marks))
 
 
-def reference(rollup: Rollup, grain: Grain) -> Composable:
+def reference(rollup: Rollup, grain: Grain) -> sql.Composed:
     """The outputs for [lo, hi) computed from the raw rows alone (what `verify` trusts)."""
     ctx = context(rollup, grain, Scope.RANGE, raw=True)
     parts = collect(ctx, with_state=False)
     return select_groups(ctx, parts, output_names(rollup))
 
 
-def stored(rollup: Rollup, grain: Grain) -> Composable:
+def stored(rollup: Rollup, grain: Grain) -> sql.Composed:
     """The stored outputs for buckets in [lo, hi)."""
     names = [*rollup.dimensions, grain.column, *output_names(rollup)]
     return S("SELECT {} FROM {} WHERE {}").format(
@@ -670,7 +673,7 @@ def stored(rollup: Rollup, grain: Grain) -> Composable:
     )
 
 
-def min_input_time(rollup: Rollup, grain: Grain) -> Composable:
+def min_input_time(rollup: Rollup, grain: Grain) -> sql.Composed:
     """The earliest input bucket start (timestamptz), to start a first refresh from: raw
     rows outside the supported times are in no bucket, so they start nothing."""
     inp = input_of(rollup, grain)
@@ -681,12 +684,12 @@ def min_input_time(rollup: Rollup, grain: Grain) -> Composable:
     )
 
 
-def supported_times(col: Composable) -> Composable:
+def supported_times(col: Composable) -> sql.Composed:
     """`col` within the supported times (docs/rollups.md): a range of the time index."""
     return S("{0} >= {1} AND {0} < {2}").format(col, L(SUPPORTED_FROM), L(SUPPORTED_UNTIL))
 
 
-def unsupported_rows(source: Source) -> Composable:
+def unsupported_rows(source: Source) -> sql.Composed:
     """The source's rows outside the supported times: two range scans of the time index
     (the time column is NOT NULL by contract: docs/contract.md#source-tables)."""
     t = I(source.time_column)
@@ -694,18 +697,18 @@ def unsupported_rows(source: Source) -> Composable:
         I(source.schema, source.table), t, L(SUPPORTED_FROM), t, L(SUPPORTED_UNTIL))
 
 
-def count_unsupported_rows(source: Source) -> Composable:
+def count_unsupported_rows(source: Source) -> sql.Composed:
     return S("SELECT count(*) FROM ({}) AS u").format(unsupported_rows(source))
 
 
-def input_rows_estimate(rollup: Rollup, grain: Grain) -> Composable:
+def input_rows_estimate(rollup: Rollup, grain: Grain) -> sql.Composed:
     """The plan, with the planner's estimate of the input rows in [lo, hi): nothing is read."""
     inp = input_of(rollup, grain)
     return S("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(
         scoped(inp, rollup.source.key_column, grain, Scope.RANGE))
 
 
-def groups_per_bucket(rollup: Rollup, grain: Grain) -> Composable:
+def groups_per_bucket(rollup: Rollup, grain: Grain) -> sql.Composed:
     """How many groups each listed bucket holds now (to decide when to coalesce)."""
     is_date = grain is not Grain.HOUR
     col = I(grain.column)

@@ -26,7 +26,7 @@ def function_ident(source: Source) -> sql.Identifier:
     return I("aggjobs", FUNCTION_PREFIX + source.name)
 
 
-def hour_of(row: str, source: Source) -> sql.Composable:
+def hour_of(row: str, source: Source) -> sql.Composed:
     return S("pg_catalog.date_trunc('hour', {}.{}, 'UTC')").format(S(row), I(source.time_column))
 
 
@@ -66,7 +66,7 @@ $body$"""
 LOG = S("INSERT INTO aggjobs.invalidation_log (source, workspace_id, bucket) VALUES ({}, {}, {});")
 
 
-def create_function(source: Source) -> sql.Composable:
+def create_function(source: Source) -> sql.Composed:
     """The trigger function: log (key, hour) of the old and the new row; retention's deletes
     are not logged. They are those of a transaction aggjobs.delete_raw_before listed in
     aggjobs.retention_transactions while it runs (owner-only: no other session can claim to
@@ -92,13 +92,13 @@ def create_function(source: Source) -> sql.Composable:
     )
 
 
-def log_row(row: str, source: Source) -> sql.Composable:
+def log_row(row: str, source: Source) -> sql.Composed:
     """The INSERT logging the (key, hour) of `row` (OLD or NEW) into the invalidation log."""
     return LOG.format(L(source.name), S("{}.{}").format(S(row), I(source.key_column)),
                       hour_of(row, source))
 
 
-def create_triggers(source: Source, threshold: datetime | None) -> list[sql.Composable]:
+def create_triggers(source: Source, threshold: datetime | None) -> list[sql.Composed]:
     """The three row triggers and the TRUNCATE trigger, with `threshold` as a constant
     (None: track nothing yet)."""
     table = I(source.schema, source.table)

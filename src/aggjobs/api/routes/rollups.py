@@ -45,8 +45,8 @@ def rows(_: Viewer, conn: ReadConn, settings: AppSettings, rollup: str, grain: s
         raise HTTPException(422, f"unknown grain {grain[:20]!r}: hour, day or week")
     try:
         chosen, g = get_rollup(rollup), Grain(grain)
-        lo, hi = default_range(g, from_ and parse_timestamp(from_),
-                               to and parse_timestamp(to), datetime.now(UTC))
+        lo, hi = default_range(g, parse_timestamp(from_) if from_ else None,
+                               parse_timestamp(to) if to else None, datetime.now(UTC))
         page = read_rows(conn, chosen, g, lo=lo, hi=hi, workspace=workspace, live_view=live,
                          limit=limit, offset=offset, max_days=settings.max_rows_days)
     except (UnknownRollup, InvalidRange, InvalidTimestamp) as exc:
