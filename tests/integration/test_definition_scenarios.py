@@ -548,3 +548,19 @@ def test_a_dimension_added_after_retention_needs_force_and_starts_at_the_horizon
                         ).fetchone()[0] == HORIZON.date()
     assert_verifies(conn, by_agent, HORIZON)
 
+
+
+def test_a_rollup_removed_then_declared_again_goes_on_from_its_last_version(conn, week,
+                                                                          declare):
+    without = tuple(r for r in declared.BUILTIN_ROLLUPS if r.name != "agent_executions")
+    declared.BUILTIN_ROLLUPS = without  # the fixture puts the original back
+    declared.load.cache_clear()
+    assert plan_line(migrate(conn), "agent_executions").startswith("agent_executions: removed")
+    assert definition_rows(conn, "agent_executions") == [(1, "removed")]
+    declare()  # released again
+    line = plan_line(migrate(conn), "agent_executions")
+    assert line.startswith("agent_executions: new (v2)"), line
+    assert definition_rows(conn, "agent_executions") == [(1, "removed"), (2, "live")]
+    refresh(conn, f.AGENT_EXECUTIONS, as_of=AS_OF, settings=week)
+    assert_verifies(conn, f.AGENT_EXECUTIONS)
+    assert_live_views_match(conn, f.AGENT_EXECUTIONS)

@@ -108,7 +108,7 @@ def recorded(conn: psycopg.Connection) -> Recorded:
         last[rollup] = last_version
         if state == "live":
             stored[rollup] = Stored(rollup, version, fp, definition, last_version)
-        else:
+        elif state == "building":
             building[rollup] = Building(rollup, version, fp, definition,
                                         rebuild_from and as_utc(rebuild_from), check_error)
     return Recorded(stored, building, last)

@@ -6,11 +6,12 @@ SELECT pg_try_advisory_xact_lock(hashtext('aggjobs.migrate'))
 
 -- name: recorded_definitions
 -- Per rollup, its live definition and the version being rebuilt, if any, each with the last
--- version number the rollup has had (db/definitions.py, `recorded`).
+-- version number the rollup has had; and the last version of a rollup that has neither (one
+-- removed, then declared again, goes on from it) (db/definitions.py, `recorded`).
 SELECT rollup, version, state, fingerprint, definition, rebuild_from, check_error, last_version
 FROM (SELECT *, max(version) OVER (PARTITION BY rollup) AS last_version
       FROM aggjobs.rollup_definitions) AS d
-WHERE state IN ('live', 'building')
+WHERE state IN ('live', 'building') OR version = last_version
 
 -- name: start_building
 INSERT INTO aggjobs.rollup_definitions
