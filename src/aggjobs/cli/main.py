@@ -34,6 +34,7 @@ from .. import audit as audit_log
 from .. import logs
 from ..catalog import BUILTIN_ROLLUPS, Grain, Rollup, select_rollups
 from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, past, past_range
+from ..catalog.jobs import JOB_SPECS
 from ..db import definitions
 from ..db.connect import connect, translate_errors
 from ..db.migrate import current_version, migrations, plan_only
@@ -434,8 +435,7 @@ def runs(
 
 
 JobName = Annotated[str, typer.Argument(
-    help="hourly_rollup, daily_rollup, weekly_rollup, cleanup_old_data or "
-         "refresh_materialized_views.", show_default=False)]
+    help="The job: " + ", ".join(JOB_SPECS) + ".", show_default=False)]
 
 
 @app.command()
