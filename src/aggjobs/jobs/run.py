@@ -147,8 +147,7 @@ class Run:
         return conn
 
     def close(self) -> None:
-        if not self.conn.closed:
-            self.conn.close()  # ends the session: PostgreSQL releases its advisory locks
+        end_session(self.conn)
 
     # -- the run ----------------------------------------------------------------------------
     def execute(self, should_stop: Callable[[BaseException], bool]) -> RunResult:
@@ -442,7 +441,21 @@ class StepSession:
 
     def close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            end_session(self._conn)
+
+
+def end_session(conn: psycopg.Connection) -> None:
+    """Let go of the session's advisory locks, then close it. Closing alone releases them
+    too, but only once the server process has ended, a moment later: the next run (at once
+    after this one, a retry, a test) would find the job still locked and be skipped."""
+    if conn.closed:
+        return
+    if not conn.broken:
+        try:
+            conn.execute(query("release_locks"))
+        except (psycopg.Error, OSError):
+            pass  # closing ends the session and its locks anyway
+    conn.close()
 
 
 def steps_json(result: RunResult) -> Jsonb:

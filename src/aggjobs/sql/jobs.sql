@@ -11,6 +11,10 @@ SELECT pg_try_advisory_lock(hashtext('aggjobs.job'), hashtext(%(job)s))
 -- until it notices; the next run waits for those (steps_finished) instead of overlapping.
 SELECT pg_advisory_lock_shared(hashtext('aggjobs.job-steps'), hashtext(%(job)s))
 
+-- name: release_locks
+-- Every advisory lock of the session, let go before it closes (jobs/run.py, end_session).
+SELECT pg_advisory_unlock_all()
+
 -- name: steps_finished
 -- True when no session of an earlier run's steps is left (taken and let go at once).
 SELECT CASE WHEN pg_try_advisory_lock(hashtext('aggjobs.job-steps'), hashtext(%(job)s))
