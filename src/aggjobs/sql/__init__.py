@@ -14,11 +14,12 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 @cache
 def queries() -> dict[str, str]:
-    """Named static queries: each block of queries.sql, jobs.sql, view_caches.sql and
-    roles.sql under a `-- name: x` header."""
+    """Named static queries: each block of the .sql files below under a `-- name: x`
+    header."""
     return named("\n".join(
         files(__package__).joinpath(name).read_text()
-        for name in ("queries.sql", "jobs.sql", "view_caches.sql", "roles.sql", "definitions.sql")
+        for name in ("queries.sql", "jobs.sql", "view_caches.sql", "roles.sql", "definitions.sql",
+                     "migrate.sql", "tokens.sql", "demo.sql")
     ))
 
 

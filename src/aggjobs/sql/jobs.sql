@@ -139,3 +139,14 @@ UPDATE aggjobs.alerts SET resolved_at = now() WHERE key = %(key)s AND resolved_a
 -- name: retention_horizons
 -- Per rollup and grain: before which time its buckets can no longer be recomputed (cleanup).
 SELECT rollup, grain, horizon FROM aggjobs.watermarks ORDER BY rollup, grain
+
+-- name: delete_raw_before
+-- A batch of raw rows of a known source before a time, deleted untracked through the
+-- worker's one path for it (SECURITY DEFINER, migration 0005); returns how many.
+SELECT aggjobs.delete_raw_before(%s, %s, %s)
+
+-- name: drop_partition_before
+-- The oldest partition of a source lying wholly before a time, detached and dropped if its
+-- lock is had within the given ms (SECURITY DEFINER, migration 0008); no row when there is none.
+SELECT partition_name, nullif(range_start, '-infinity'), range_end,
+row_count, dropped FROM aggjobs.drop_partition_before(%s, %s, %s)
