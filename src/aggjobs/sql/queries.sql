@@ -316,3 +316,15 @@ VALUES (%s, %s, %s, %s, %s, now())
 
 -- name: ping
 SELECT 1
+
+-- name: list_backfills
+-- Backfills of a status (NULL: any), running first then newest.
+SELECT id, rollup, grain, range_start, range_end, done_until, status, error,
+started_at, finished_at FROM aggjobs.backfills
+WHERE %(status)s::text IS NULL OR status = %(status)s
+ORDER BY status <> 'running', started_at DESC, id DESC LIMIT %(limit)s
+
+-- name: latest_report_day
+-- The latest day with a stored platform report.
+SELECT max(day) FROM analytics.daily_reports
+WHERE workspace_id IS NULL
