@@ -94,6 +94,17 @@ def test_named_queries_load() -> None:
     assert all(body for body in names.values())
 
 
+def test_named_queries_use_one_placeholder_style() -> None:
+    """A block holds its own header comment only: a file's opening comment (which may show a
+    `%(x)s`) never ends the last block of the file before, where psycopg would mix it with
+    that block's `%s`."""
+    import re
+
+    for name, body in queries().items():
+        text = body.replace("%%", "")
+        assert not (re.search(r"%[sbt]", text) and re.search(r"%\(\w+\)[sbt]", text)), name
+
+
 def test_unknown_rollup_names_the_known_ones() -> None:
     with pytest.raises(UnknownRollup, match="execution_metrics, user_activity, credit_consumption"):
         select_rollups(["executions"])

@@ -22,6 +22,7 @@ from ..catalog.jobs import JOB_SPECS as JOBS
 from ..db.connect import scalar
 from ..monitor import overview, run_history
 from ..settings import Settings
+from ..sql import query
 
 RUNS_CHARTED = 40
 FAILURES_SHOWN = 10
@@ -47,18 +48,14 @@ def backfills(conn: psycopg.Connection, status: str | None = None, limit: int = 
     """aggjobs.backfills rows, running first then newest, each with its progress fraction."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "SELECT id, rollup, grain, range_start, range_end, done_until, status, error,"
-            " started_at, finished_at FROM aggjobs.backfills"
-            " WHERE %(status)s::text IS NULL OR status = %(status)s"
-            " ORDER BY status <> 'running', started_at DESC, id DESC LIMIT %(limit)s",
+            query("list_backfills"),
             {"status": status, "limit": limit}).fetchall()
     return [{**row, "progress": progress(row)} for row in rows]
 
 
 def latest_report_day(conn: psycopg.Connection) -> date | None:
     """The latest day with a stored platform report (analytics.daily_reports)."""
-    return scalar(conn, "SELECT max(day) FROM analytics.daily_reports"
-                  " WHERE workspace_id IS NULL")
+    return scalar(conn, query("latest_report_day"))
 
 
 def failures(history: list[dict], limit: int = FAILURES_SHOWN) -> list[dict]:

@@ -24,34 +24,11 @@ from ..catalog.jobs import JOB_SPECS as JOBS
 from ..engine.status import rebuilds, rollup_status
 from ..monitor import job_states
 from ..settings import Settings
+from ..sql import query
 
 STATUSES = ("running", "succeeded", "failed", "skipped", "abandoned")
 # Seconds to hours: the view refresh takes seconds, a catching-up daily job hours.
 BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800)
-
-RUN_COUNTS = """
-SELECT job, status, count(*) FROM aggjobs.job_runs GROUP BY job, status
-"""
-DURATIONS = """
-WITH d AS (
-    SELECT job, status, extract(epoch FROM finished_at - started_at)::float8 AS s
-    FROM aggjobs.job_runs WHERE finished_at IS NOT NULL
-), per_bucket AS (
-    SELECT d.job, d.status, b, count(*) FILTER (WHERE d.s <= b) AS n
-    FROM d CROSS JOIN unnest(%(buckets)s::float8[]) AS b
-    GROUP BY d.job, d.status, b
-)
-SELECT t.job, t.status, t.total, t.total_s, c.cumulative
-FROM (SELECT job, status, count(*) AS total, coalesce(sum(s), 0) AS total_s
-      FROM d GROUP BY job, status) AS t
-JOIN (SELECT job, status, array_agg(n ORDER BY b) AS cumulative
-      FROM per_bucket GROUP BY job, status) AS c USING (job, status)
-"""
-ROWS_WRITTEN = """
-SELECT r.job, coalesce(sum((s.step ->> 'rows')::bigint), 0)
-FROM aggjobs.job_runs AS r CROSS JOIN LATERAL jsonb_array_elements(r.steps) AS s(step)
-GROUP BY r.job
-"""
 
 
 class DatabaseCollector(Collector):
@@ -92,7 +69,7 @@ def rebuild_progress(conn: psycopg.Connection) -> Metric:
 
 
 def run_counts(conn: psycopg.Connection) -> Metric:
-    counts = {(j, s): n for j, s, n in conn.execute(RUN_COUNTS)}
+    counts = {(j, s): n for j, s, n in conn.execute(query("metric_run_counts"))}
     runs = GaugeMetricFamily(
         "aggjobs_job_runs_total", "Runs in the retained job history, by job and status.",
         labels=["job", "status"])
@@ -107,7 +84,7 @@ def durations(conn: psycopg.Connection) -> Metric:
         "aggjobs_job_run_duration_seconds",
         "Duration of finished runs in the retained history, by job and status.",
         labels=["job", "status"])
-    rows = conn.execute(DURATIONS, {"buckets": list(BUCKETS)}).fetchall()
+    rows = conn.execute(query("metric_durations"), {"buckets": list(BUCKETS)}).fetchall()
     for job, status, total, total_s, cumulative in sorted(rows):
         buckets = [(_le(b), n) for b, n in zip(BUCKETS, cumulative, strict=True)]
         buckets.append(("+Inf", total))
@@ -133,7 +110,7 @@ def job_health(states: list[dict]) -> Iterator[Metric]:
 
 
 def rows_written(conn: psycopg.Connection) -> Metric:
-    written: dict[str, int] = dict(conn.execute(ROWS_WRITTEN).fetchall())
+    written: dict[str, int] = dict(conn.execute(query("metric_rows_written")).fetchall())
     rows_fam = GaugeMetricFamily(
         "aggjobs_job_rows_written_total",
         "Rows reported by the steps of the job's runs in the retained history.",

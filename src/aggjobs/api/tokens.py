@@ -24,6 +24,7 @@ from ..operations.tokens import (
     revoke,
     role_allows,
 )
+from ..sql import query
 
 __all__ = ["PREFIX", "ROLES", "Principal", "TokenError", "TokenExists", "UnknownToken",
            "Verdict", "check", "create", "hash_secret", "list_tokens", "new_secret", "revoke",
@@ -55,11 +56,7 @@ def check(conn: psycopg.Connection, secret: str | None) -> Verdict:
     if not secret:
         return Verdict(None, "no token")
     digest = hash_secret(secret)
-    row = conn.execute(
-        "SELECT id, name, role, token_hash, revoked_at IS NOT NULL,"
-        " expires_at IS NOT NULL AND expires_at <= now()"
-        " FROM aggjobs.api_tokens WHERE token_hash = %s", (digest,)
-    ).fetchone()
+    row = conn.execute(query("token_by_hash"), (digest,)).fetchone()
     if row is None or not hmac.compare_digest(row[3], digest):
         return Verdict(None, "unknown token")
     token_id, name, role, _, revoked, expired = row
@@ -67,7 +64,7 @@ def check(conn: psycopg.Connection, secret: str | None) -> Verdict:
         return Verdict(None, "token revoked", name)
     if expired:
         return Verdict(None, "token expired", name)
-    conn.execute("SELECT aggjobs.token_used(%s)", (token_id,))
+    conn.execute(query("token_used"), (token_id,))
     return Verdict(Principal(name, role))
 
 

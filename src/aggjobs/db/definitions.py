@@ -100,7 +100,7 @@ def shadow_of(declared: Rollup, version: int) -> Rollup:
 
 def recorded(conn: psycopg.Connection) -> Recorded:
     """The stored definitions, in one read."""
-    if scalar(conn, "SELECT to_regclass('aggjobs.rollup_definitions')") is None:
+    if scalar(conn, query("definitions_table")) is None:
         return Recorded(exists=False)
     stored, building, last = {}, {}, {}
     for (rollup, version, state, fp, definition, rebuild_from, check_error,

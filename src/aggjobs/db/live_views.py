@@ -13,7 +13,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ..catalog import Grain, Rollup
-from ..sql import live
+from ..sql import live, query
 
 
 def bodies(conn: psycopg.Connection, rollup: Rollup) -> list[dict[str, str]]:
@@ -29,10 +29,7 @@ def bodies(conn: psycopg.Connection, rollup: Rollup) -> list[dict[str, str]]:
 
 
 def comments(conn: psycopg.Connection, schema: str) -> dict[str, str | None]:
-    return dict(conn.execute(
-        "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class AS c"
-        " WHERE c.relnamespace = %s::regnamespace AND c.relkind = 'v'"
-        " AND c.relname LIKE '%%\\_live'", (schema,)).fetchall())
+    return dict(conn.execute(query("live_view_comments"), (schema,)).fetchall())
 
 
 def drop(conn: psycopg.Connection, rollup: str, schema: str = "analytics") -> None:
@@ -61,6 +58,5 @@ def sync(conn: psycopg.Connection, rollups: list[Rollup]) -> None:
 def hand_over(conn: psycopg.Connection, declared: Rollup, version: int) -> None:
     """Record the live views of a version being rebuilt, for its swap."""
     conn.execute(
-        "UPDATE aggjobs.rollup_definitions SET live_views = %s WHERE rollup = %s"
-        " AND version = %s AND state = 'building'",
+        query("hand_over_live_views"),
         (Jsonb(bodies(conn, declared)), declared.name, version))

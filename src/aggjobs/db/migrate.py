@@ -30,14 +30,6 @@ from .connect import scalar
 from .view_caches import update_view_caches
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
-BOOTSTRAP = """
-CREATE SCHEMA IF NOT EXISTS aggjobs;
-CREATE TABLE IF NOT EXISTS aggjobs.schema_migrations (
-    version integer PRIMARY KEY,
-    name text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -79,14 +71,11 @@ def migrate(conn: psycopg.Connection, *, native: bool = True, prune: bool = Fals
     migrate in progress is waited for `lock_wait_s` seconds at most (LockBusy)."""
     with conn.transaction():
         take_migrate_lock(conn, lock_wait_s)
-        conn.execute(BOOTSTRAP)
+        conn.execute(query("bootstrap"))
         applied = pending(conn)
         for m in applied:
             conn.execute(m.sql)
-            conn.execute(
-                "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (%s, %s)",
-                (m.version, m.name),
-            )
+            conn.execute(query("record_migration"), (m.version, m.name))
         # before anything is made for the sources: a mismatch rolls all of it back
         check_sources(conn, rollups())
         the_plan = definitions.plan(conn, rollups())
@@ -113,14 +102,14 @@ def take_migrate_lock(conn: psycopg.Connection, wait_s: float) -> None:
 
 
 def pending(conn: psycopg.Connection) -> list[Migration]:
-    done = {row[0] for row in conn.execute("SELECT version FROM aggjobs.schema_migrations")}
+    done = {row[0] for row in conn.execute(query("applied_migrations"))}
     return [m for m in migrations() if m.version not in done]
 
 
 def plan_only(conn: psycopg.Connection) -> Migrated:
     """What `migrate` would do, read without changing anything (nor taking a lock that
     would make the platform's writers wait): the pending migrations and the plan."""
-    exists = scalar(conn, "SELECT to_regclass('aggjobs.schema_migrations')")
+    exists = scalar(conn, query("migrations_table"))
     applied = pending(conn) if exists else migrations()
     fresh = any(m.version == 1 for m in applied)  # 0001 creates the built-in sources if missing
     check_sources(conn, [r for r in rollups() if not (fresh and r.source in BUILTIN_SOURCES)])
@@ -135,16 +124,16 @@ def sync_native(conn: psycopg.Connection, *, wanted: bool) -> None:
     (`native_installed` says whether they are). Without them, or without the privilege to create a C
     extension (superuser), the rollups run the portable SQL: same results, more time."""
     if not wanted:
-        conn.execute("DROP EXTENSION IF EXISTS aggjobs_native")
-        conn.execute("DROP SCHEMA IF EXISTS aggjobs_native")
+        conn.execute(query("drop_native_extension"))
+        conn.execute(query("drop_native_schema"))
         return
     if not scalar(conn, query("native_available")):
         log.info("extension aggjobs_native is not on this server: portable SQL")
         return
     try:
         with conn.transaction():
-            conn.execute("CREATE SCHEMA IF NOT EXISTS aggjobs_native")
-            conn.execute("CREATE EXTENSION IF NOT EXISTS aggjobs_native SCHEMA aggjobs_native")
+            conn.execute(query("create_native_schema"))
+            conn.execute(query("create_native_extension"))
     except psycopg.errors.InsufficientPrivilege as exc:
         log.warning("extension aggjobs_native not installed (%s): portable SQL", exc)
 
@@ -152,13 +141,10 @@ def sync_native(conn: psycopg.Connection, *, wanted: bool) -> None:
 def apply_canonical_schema(conn: psycopg.Connection) -> None:
     """Create the schema from schema.sql directly (for tests comparing it with migrations)."""
     with conn.transaction():
-        conn.execute(BOOTSTRAP)
+        conn.execute(query("bootstrap"))
         conn.execute(canonical_schema())
         for m in migrations():
-            conn.execute(
-                "INSERT INTO aggjobs.schema_migrations (version, name) VALUES (%s, %s)",
-                (m.version, m.name),
-            )
+            conn.execute(query("record_migration"), (m.version, m.name))
         definitions.apply(conn, definitions.plan(conn, rollups()))
         sync_native(conn, wanted=True)
         sync_catalog(conn)
@@ -172,19 +158,10 @@ def sync_catalog(conn: psycopg.Connection) -> None:
     live = [v.live for v in versions.values()]
     tracked = list(dict.fromkeys([*sources(), *(r.source for r in live)]))
     for source in tracked:
-        conn.execute(
-            "INSERT INTO aggjobs.sources AS s (source, relation_schema, relation_name, time_column)"
-            " VALUES (%s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET"
-            " relation_schema = excluded.relation_schema, relation_name = excluded.relation_name,"
-            " time_column = excluded.time_column"
-            " WHERE (s.relation_schema, s.relation_name, s.time_column)"
-            " IS DISTINCT FROM (excluded.relation_schema, excluded.relation_name,"
-            " excluded.time_column)",
-            (source.name, source.schema, source.table, source.time_column),
-        )
+        conn.execute(query("upsert_source"),
+                     (source.name, source.schema, source.table, source.time_column))
         repair_threshold(conn, source)
-        threshold = scalar(
-            conn, "SELECT threshold FROM aggjobs.sources WHERE source = %s", (source.name,))
+        threshold = scalar(conn, query("source_threshold"), (source.name,))
         conn.execute(tracking.create_function(source))
         for stmt in tracking.create_triggers(source, threshold):
             conn.execute(stmt)
@@ -192,11 +169,7 @@ def sync_catalog(conn: psycopg.Connection) -> None:
         for grain in rollup.grains:
             conn.execute(rollup_sql.create_table(rollup, grain))
             conn.execute(rollup_sql.create_bucket_index(rollup, grain))
-            conn.execute(
-                "INSERT INTO aggjobs.watermarks (rollup, grain) VALUES (%s, %s)"
-                " ON CONFLICT DO NOTHING",
-                (rollup.name, grain.value),
-            )
+            conn.execute(query("ensure_watermark"), (rollup.name, grain.value))
     live_views.sync(conn, live)
     for declared in rollups():  # a version being rebuilt: its live views, for the swap
         if (version := versions[declared.name].version) is not None:
@@ -293,10 +266,7 @@ def reader_grants() -> list[sql.Composed]:
 def give_views_to_worker(conn: psycopg.Connection) -> None:
     """Make aggjobs_worker the owner of each materialized view it does not own yet."""
     for name in VIEWS:
-        owner = scalar(
-            conn, "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s::regclass",
-            (f"analytics.{name}",),
-        )
+        owner = scalar(conn, query("relation_owner"), (f"analytics.{name}",))
         if owner != WORKER:
             conn.execute(sql.SQL("ALTER MATERIALIZED VIEW {} OWNER TO {}").format(
                 sql.Identifier("analytics", name), sql.Identifier(WORKER)))
@@ -316,11 +286,8 @@ def sync_views(conn: psycopg.Connection) -> None:
     digest = hashlib.sha256((text + caches).encode()).hexdigest()[:16]
     stamp = "aggjobs views.sql " + digest
     current = {
-        name: comment for name, comment in conn.execute(
-            "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class AS c"
-            " WHERE c.relnamespace = 'analytics'::regnamespace AND c.relname = ANY(%s)",
-            (list(VIEWS),),
-        )
+        name: comment
+        for name, comment in conn.execute(query("analytics_comments"), (list(VIEWS),))
     }
     if all(current.get(name) == stamp for name in VIEWS) and not scalar(
             conn, query("views_on_retired"), {"views": [f"analytics.{v}" for v in VIEWS]}
@@ -339,9 +306,7 @@ def sync_views(conn: psycopg.Connection) -> None:
 
 
 def current_version(conn: psycopg.Connection) -> int | None:
-    row = conn.execute(
-        sql.SQL("SELECT to_regclass('aggjobs.schema_migrations') IS NOT NULL")
-    ).fetchone()
+    row = conn.execute(query("migrations_table_exists")).fetchone()
     if not row or not row[0]:
         return None
-    return scalar(conn, "SELECT max(version) FROM aggjobs.schema_migrations")
+    return scalar(conn, query("schema_version"))

@@ -29,7 +29,7 @@ STATEMENTS = ("platform_day_p95", "platform_day_users", "platform_days_outside",
 
 def utc_today(conn: psycopg.Connection) -> date:
     """The views' reference day: the database's now(), in UTC."""
-    return scalar(conn, "SELECT (now() AT TIME ZONE 'UTC')::date")
+    return scalar(conn, query("utc_today"))
 
 
 def update_view_caches(conn: psycopg.Connection, today: date | None = None) -> dict:

@@ -121,7 +121,7 @@ def swap(conn: psycopg.Connection, v: definitions.Versions, report: RebuildRepor
     """One transaction; waits at most lock_timeout for the readers of the live tables."""
     try:
         with conn.transaction():
-            conn.execute("SELECT set_config('lock_timeout', %s, true)",
+            conn.execute(query("set_lock_timeout"),
                          (f"{settings.lock_timeout_ms}ms",))
             if v.live.name in view_caches.READS:
                 view_caches.forget_stamps(conn)

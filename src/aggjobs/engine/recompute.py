@@ -95,13 +95,13 @@ def plan_changes(*, raw: bool, native: bool) -> dict[str, str]:
 def planner_settings(conn: psycopg.Connection, changes: dict[str, str]) -> Iterator[None]:
     """Planner settings for one statement, restored after it (on an error the
     (sub)transaction's rollback undoes them)."""
-    before = {name: scalar(conn, "SELECT current_setting(%s)", (name,))
+    before = {name: scalar(conn, query("current_setting"), (name,))
               for name in changes}
     for name, value in changes.items():
-        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        conn.execute(query("set_local_setting"), (name, value))
     yield
     for name, value in before.items():
-        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        conn.execute(query("set_local_setting"), (name, value))
 
 
 def recompute_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,

@@ -112,11 +112,10 @@ def track_until(
     # waits at most lock_timeout_ms for the platform's writers.
     try:
         with conn.transaction():
-            current = scalar(conn, "SELECT aggjobs.move_tracking_threshold(%s, %s, %s)",
+            current = scalar(conn, query("move_tracking_threshold"),
                              (source.name, until, lock_timeout_ms))
     except pg_errors.LockNotAvailable:
-        current = scalar(
-            conn, "SELECT threshold FROM aggjobs.sources WHERE source = %s", (source.name,))
+        current = scalar(conn, query("source_threshold"), (source.name,))
         current = current and as_utc(current)
         log.warning(
             "could not move the tracking threshold of %s: writers held the table longer than "

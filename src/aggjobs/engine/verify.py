@@ -163,7 +163,7 @@ def compare_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain, a: dat
                   b: datetime) -> tuple[int, list[Mismatch]]:
     """Both sides of [a, b) in one snapshot, compared: (groups expected, mismatches)."""
     with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(query("read_only_snapshot"))
         stored = conn.execute(rollup_sql.stored(rollup, grain), {"lo": a, "hi": b}).fetchall()
         expected = conn.execute(rollup_sql.reference(rollup, grain),
                                 {"lo": a, "hi": b}).fetchall()

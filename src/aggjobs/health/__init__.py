@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 from ..catalog import Grain, get_rollup
 from ..engine import state
 from ..engine.recompute import native_installed
-from ..sql import named, with_merges
+from ..sql import named, query, with_merges
 from .formula import BURST_MIN_RUNS, Health, Inputs, score
 
 INPUTS = named(files(__package__).joinpath("inputs.sql").read_text())
@@ -33,12 +33,10 @@ def compute(conn: psycopg.Connection, day: date) -> list[Health]:
 def store(conn: psycopg.Connection, day: date, healths: list[Health]) -> int:
     """Replace the day's scores (one transaction: readers see the old set or the new)."""
     with conn.transaction():
-        conn.execute("DELETE FROM analytics.workspace_health_daily WHERE day = %s", (day,))
+        conn.execute(query("delete_health_day"), (day,))
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO analytics.workspace_health_daily"
-                " (workspace_id, day, score, status, components, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, now())",
+                query("insert_health"),
                 [(h.workspace_id, day, h.score, h.status, Jsonb(h.components))
                  for h in healths],
             )

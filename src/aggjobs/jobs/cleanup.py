@@ -167,7 +167,7 @@ def delete_raw_before(ctx: StepContext, source: Source, table: sql.Composable,
     deletes untracked (aggjobs.retention on) from the known source tables only."""
 
     def one_batch(n: int) -> int:
-        deleted: int = scalar(ctx.conn, "SELECT aggjobs.delete_raw_before(%s, %s, %s)",
+        deleted: int = scalar(ctx.conn, query("delete_raw_before"),
                               (source.name, limit, n))
         return deleted
 
@@ -192,8 +192,7 @@ def drop_partitions(ctx: StepContext, source: Source, limit: datetime | None,
     while True:
         with ctx.conn.transaction():
             row = ctx.conn.execute(
-                "SELECT partition_name, nullif(range_start, '-infinity'), range_end,"
-                " row_count, dropped FROM aggjobs.drop_partition_before(%s, %s, %s)",
+                query("drop_partition_before"),
                 (source.name, limit, wait_ms)).fetchone()
             if row is None:
                 break

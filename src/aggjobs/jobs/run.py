@@ -143,7 +143,8 @@ class Run:
             # A backend whose client died (worker SIGKILLed) notices it within a second even
             # while it waits on a lock or runs a long statement, and ends: its transaction
             # rolls back and the job lock is freed for the redelivered task.
-            conn.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+            conn.execute(query("set_session_setting"),
+                         ("client_connection_check_interval", str(CLIENT_CHECK_MS)))
         return conn
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 from .. import audit as audit_log
 from ..db.connect import scalar
 from ..errors import AggjobsError
+from ..sql import query
 
 ROLES = ("viewer", "operator", "admin")
 PREFIX = "agj_"
@@ -68,13 +69,12 @@ def create(conn: psycopg.Connection, name: str, role: str, *, actor: str,
     secret = new_secret()
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         outcome = scalar(
-            conn, "SELECT aggjobs.create_token(%s, %s, %s, %s, %s, %s)",
+            conn, query("create_token"),
             (printable(name), printable(role), hash_secret(secret), actor,
              days(expires_days), source or audit_log.local_source("local")),
         )
-        row = cur.execute(
-            "SELECT id, name, role, created_at, created_by, expires_at FROM aggjobs.api_tokens"
-            " WHERE name = %s", (name,)).fetchone() if outcome == "created" else None
+        row = (cur.execute(query("token_by_name"), (name,)).fetchone()
+               if outcome == "created" else None)
     if row is None:
         message = REFUSALS.get(outcome, str(outcome)).format(name=name, role=role)
         raise (TokenExists if outcome == "refused: name exists" else TokenError)(message)
@@ -101,11 +101,7 @@ def days(value: float | None) -> float | None:
 def list_tokens(conn: psycopg.Connection) -> list[dict]:
     """Every token, newest first; never the secret nor its hash."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            "SELECT name, role, created_at, created_by, expires_at, revoked_at, last_used_at,"
-            " revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) AS active"
-            " FROM aggjobs.api_tokens ORDER BY created_at DESC, id DESC"
-        ).fetchall()
+        return cur.execute(query("list_tokens")).fetchall()
 
 
 def revoke(conn: psycopg.Connection, name: str, *, actor: str, source: str | None = None
@@ -113,7 +109,7 @@ def revoke(conn: psycopg.Connection, name: str, *, actor: str, source: str | Non
     """Revoke the active token `name` through aggjobs.revoke_token, which audits it."""
     with conn.transaction():
         done = scalar(
-            conn, "SELECT aggjobs.revoke_token(%s, %s, %s)",
+            conn, query("revoke_token"),
             (printable(name), actor, source or audit_log.local_source("local")),
         )
     if not done:

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 from ..db.connect import scalar
 from ..engine.recompute import native_installed
 from ..errors import AggjobsError
-from ..sql import named, with_merges
+from ..sql import named, query, with_merges
 
 SCHEMA_VERSION = 1
 LEDGER_TOLERANCE = Decimal("0.01")  # credits: a difference beyond this is a mismatch
@@ -456,7 +456,7 @@ def store(conn: psycopg.Connection, day: date) -> int:
     outermost = conn.info.transaction_status == pq.TransactionStatus.IDLE
     with conn.transaction():
         if outermost:  # one snapshot for every query of the build
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute(query("one_snapshot"))
         reports = build(conn, day)
         with conn.cursor() as cur:
             cur.executemany(queries()["upsert_report"], [

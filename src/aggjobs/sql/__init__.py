@@ -12,14 +12,22 @@ _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
+QUERY_FILES = ("queries.sql", "jobs.sql", "view_caches.sql", "roles.sql", "definitions.sql",
+               "migrate.sql", "tokens.sql", "demo.sql")
+
+
 @cache
 def queries() -> dict[str, str]:
-    """Named static queries: each block of queries.sql, jobs.sql, view_caches.sql and
-    roles.sql under a `-- name: x` header."""
-    return named("\n".join(
-        files(__package__).joinpath(name).read_text()
-        for name in ("queries.sql", "jobs.sql", "view_caches.sql", "roles.sql", "definitions.sql")
-    ))
+    """Named static queries: each block of the .sql files below under a `-- name: x`
+    header. Each file is split on its own, so that a file's opening comment never ends the
+    last block of the one before (a placeholder in it would be taken for a parameter)."""
+    found: dict[str, str] = {}
+    for name in QUERY_FILES:
+        blocks = named(files(__package__).joinpath(name).read_text())
+        if twice := blocks.keys() & found.keys():
+            raise ValueError(f"{name}: queries named again: {', '.join(sorted(twice))}")
+        found.update(blocks)
+    return found
 
 
 def named(text: str) -> dict[str, str]:

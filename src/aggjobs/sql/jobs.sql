@@ -143,3 +143,41 @@ UPDATE aggjobs.alerts SET resolved_at = now() WHERE key = %(key)s AND resolved_a
 -- name: retention_horizons
 -- Per rollup and grain: before which time its buckets can no longer be recomputed (cleanup).
 SELECT rollup, grain, horizon FROM aggjobs.watermarks ORDER BY rollup, grain
+
+-- name: delete_raw_before
+-- A batch of raw rows of a known source before a time, deleted untracked through the
+-- worker's one path for it (SECURITY DEFINER, migration 0005); returns how many.
+SELECT aggjobs.delete_raw_before(%s, %s, %s)
+
+-- name: drop_partition_before
+-- The oldest partition of a source lying wholly before a time, detached and dropped if its
+-- lock is had within the given ms (SECURITY DEFINER, migration 0008); no row when there is none.
+SELECT partition_name, nullif(range_start, '-infinity'), range_end,
+row_count, dropped FROM aggjobs.drop_partition_before(%s, %s, %s)
+
+-- name: metric_run_counts
+-- Prometheus (api/metrics.py): runs per job and status in the retained history.
+SELECT job, status, count(*) FROM aggjobs.job_runs GROUP BY job, status
+
+-- name: metric_durations
+-- Prometheus: per job and status, the finished runs' count, total seconds and cumulative
+-- counts per histogram bucket (the upper bounds in seconds).
+WITH d AS (
+    SELECT job, status, extract(epoch FROM finished_at - started_at)::float8 AS s
+    FROM aggjobs.job_runs WHERE finished_at IS NOT NULL
+), per_bucket AS (
+    SELECT d.job, d.status, b, count(*) FILTER (WHERE d.s <= b) AS n
+    FROM d CROSS JOIN unnest(%(buckets)s::float8[]) AS b
+    GROUP BY d.job, d.status, b
+)
+SELECT t.job, t.status, t.total, t.total_s, c.cumulative
+FROM (SELECT job, status, count(*) AS total, coalesce(sum(s), 0) AS total_s
+      FROM d GROUP BY job, status) AS t
+JOIN (SELECT job, status, array_agg(n ORDER BY b) AS cumulative
+      FROM per_bucket GROUP BY job, status) AS c USING (job, status)
+
+-- name: metric_rows_written
+-- Prometheus: rows written per job, summed over the steps of the retained runs.
+SELECT r.job, coalesce(sum((s.step ->> 'rows')::bigint), 0)
+FROM aggjobs.job_runs AS r CROSS JOIN LATERAL jsonb_array_elements(r.steps) AS s(step)
+GROUP BY r.job

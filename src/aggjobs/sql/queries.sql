@@ -270,3 +270,61 @@ FROM aggjobs.sources
 -- name: no_runs_yet
 -- Whether the platform's runs table is empty (`aggjobs up` then loads demo data).
 SELECT NOT EXISTS (SELECT 1 FROM agent_runs)
+
+-- name: move_tracking_threshold
+-- Move a source's tracking threshold up to a time, waiting for its writers a given number of
+-- ms at most (SECURITY DEFINER, migration 0005); returns the threshold now in force.
+SELECT aggjobs.move_tracking_threshold(%s, %s, %s)
+
+-- name: current_setting
+SELECT current_setting(%s)
+
+-- name: set_local_setting
+-- A setting for the rest of the transaction (SET LOCAL with a bound value).
+SELECT set_config(%s, %s, true)
+
+-- name: set_session_setting
+-- A setting for the rest of the session (SET with a bound value).
+SELECT set_config(%s, %s, false)
+
+-- name: set_lock_timeout
+SELECT set_config('lock_timeout', %s, true)
+
+-- name: read_only_snapshot
+-- The transaction's statements all read one snapshot, and write nothing.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
+
+-- name: one_snapshot
+-- The transaction's statements all read one snapshot.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ
+
+-- name: definitions_table
+-- The table of rollup definitions, NULL before the migration that makes it.
+SELECT to_regclass('aggjobs.rollup_definitions')
+
+-- name: utc_today
+-- The views' reference day: the database's now(), in UTC.
+SELECT (now() AT TIME ZONE 'UTC')::date
+
+-- name: delete_health_day
+DELETE FROM analytics.workspace_health_daily WHERE day = %s
+
+-- name: insert_health
+INSERT INTO analytics.workspace_health_daily
+(workspace_id, day, score, status, components, updated_at)
+VALUES (%s, %s, %s, %s, %s, now())
+
+-- name: ping
+SELECT 1
+
+-- name: list_backfills
+-- Backfills of a status (NULL: any), running first then newest.
+SELECT id, rollup, grain, range_start, range_end, done_until, status, error,
+started_at, finished_at FROM aggjobs.backfills
+WHERE %(status)s::text IS NULL OR status = %(status)s
+ORDER BY status <> 'running', started_at DESC, id DESC LIMIT %(limit)s
+
+-- name: latest_report_day
+-- The latest day with a stored platform report.
+SELECT max(day) FROM analytics.daily_reports
+WHERE workspace_id IS NULL

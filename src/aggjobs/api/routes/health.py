@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ...db.connect import first_line
 from ...errors import AggjobsError
+from ...sql import query
 from .. import errors
 from ..auth import Viewer, databases
 
@@ -20,7 +21,7 @@ def healthz(request: Request) -> JSONResponse:
     for what, opener in databases(request).targets():
         try:
             with opener() as conn:
-                conn.execute("SELECT 1")
+                conn.execute(query("ping"))
         except (AggjobsError, psycopg.Error) as exc:
             error = first_line(exc) if what == "database" else f"{what}: {first_line(exc)}"
             return JSONResponse({"ok": False, "error": error}, status_code=503,
