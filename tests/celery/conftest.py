@@ -122,14 +122,18 @@ class Workers:
         `aggjobs worker <cli>` (its own queue choice; node name w<n>@host)."""
         n = len(self.started) + 1
         name = f"w{n}"
+        # The node name is unique to this test process: a node's control queue on a shared
+        # broker (RabbitMQ's `<node>.celery.pidbox`) is exclusive, and CI's two suite runs
+        # side by side start their w1 at the same time.
+        node = f"{name}-{os.getpid()}"
         log = self.tmp_path / f"{name}.log"
         if cli is not None:
             argv = [sys.executable, "-m", "aggjobs", "worker", *cli, "--concurrency", "1",
-                    "-n", f"{name}@%h"]
+                    "-n", f"{node}@%h"]
         else:
             argv = [sys.executable, "-m", "celery", "-A", "aggjobs.jobs.app", "worker",
                     "-Q", queue_for(self.db_url), "--concurrency", "1", "--pool", "prefork",
-                    "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
+                    "-n", f"{node}@%h", "--loglevel", "INFO", "--without-gossip",
                     "--without-mingle", "--without-heartbeat"]
         if beat:
             argv += ["--beat", "-s", str(self.tmp_path / f"{name}-beat-schedule")]
@@ -137,7 +141,7 @@ class Workers:
             proc = subprocess.Popen(argv, env=self.env(**env), stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=self.tmp_path)
-        worker = Worker(name, proc, log, beat)
+        worker = Worker(node, proc, log, beat)
         self.started.append(worker)
         if wait:
             self.wait_ready(worker)
