@@ -18,6 +18,7 @@ Without a replica the reading routes share the request's one primary session.
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ..settings import Settings, get_settings
@@ -29,6 +30,7 @@ from .redact import RedactTokens, redact_access_log
 from .routes import admin, dashboard, health, jobs, reports, rollups
 
 ROUTERS = (health, jobs, rollups, admin, reports, dashboard)
+DOCS_ASSETS = "/static/docs"  # Swagger UI's and ReDoc's scripts: no CDN, so /docs works offline
 
 __all__ = ["RedactTokens", "create_api", "redact_access_log"]
 
@@ -38,7 +40,8 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     sessions = Databases.of(settings)
     denial_log = DenialLog()
-    api = FastAPI(
+    api = FastAPIOffline(  # /docs and /redoc with their assets served from the package
+        static_url=DOCS_ASSETS,
         title="aggjobs",
         summary="Incremental analytics rollups over PostgreSQL: jobs, runs, freshness.",
         version="0.1.0",
