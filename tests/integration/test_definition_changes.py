@@ -941,3 +941,25 @@ def test_quantile_of_a_null_dimension_group_merges_without_the_c_functions(
     refresh(conn, declared, as_of=T0 + timedelta(days=2), settings=Settings(database_url=db_url))
     for grain in declared.grains:
         assert_equals_raw(conn, declared, grain, T0 + timedelta(days=2))
+
+
+# -- verify across a swap: the definition it read at the start is checked in each snapshot, so a
+# new version swapped in midway is reported as such, not as mismatches of every group.
+def test_verify_begun_before_a_swap_says_the_definition_changed(
+        conn: psycopg.Connection, db_url: str, declarations: Declarations) -> None:
+    from aggjobs.db import definitions
+    from aggjobs.engine.verify import verify_grain
+
+    load_runs(conn, 600, days=2)
+    as_of = T0 + timedelta(days=3)
+    settings = Settings(database_url=db_url, hours_per_transaction=6, rebuild_check="full")
+    v2 = start_with(conn, declarations, settings, as_of=as_of)
+    v1_live = definitions.versions(conn, v2).live  # what a verify begun now compares with
+    assert verify_grain(conn, v1_live, Grain.HOUR, T0, as_of).mismatches == []
+
+    report = refresh(conn, v2, as_of=as_of, settings=settings)
+    assert report.rebuild is not None and report.rebuild.swapped, report.rebuild
+    with pytest.raises(DefinitionsChanged, match="changed while verify ran"):
+        verify_grain(conn, v1_live, Grain.HOUR, T0, as_of)
+    now_live = definitions.versions(conn, v2).live
+    assert verify_grain(conn, now_live, Grain.HOUR, T0, as_of).mismatches == []

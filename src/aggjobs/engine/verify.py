@@ -16,14 +16,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 import psycopg
 
 from ..catalog import Grain, Rollup
+from ..catalog.definition import describe as described
+from ..catalog.definition import fingerprint
 from ..catalog.grains import as_utc, chunks
 from ..catalog.model import Avg, Quantile
 from ..db.connect import first_line
+from ..db.definitions import BUILD_SCHEMA
+from ..errors import DefinitionsChanged
 from ..sql import query
 from ..sql import rollup as rollup_sql
 from . import state
@@ -164,10 +169,30 @@ def compare_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain, a: dat
     """Both sides of [a, b) in one snapshot, compared: (groups expected, mismatches)."""
     with conn.transaction():
         conn.execute(query("read_only_snapshot"))
+        ensure_still_live(conn, rollup)
         stored = conn.execute(rollup_sql.stored(rollup, grain), {"lo": a, "hi": b}).fetchall()
         expected = conn.execute(rollup_sql.reference(rollup, grain),
                                 {"lo": a, "hi": b}).fetchall()
     return len(expected), compare(rollup, grain, stored, expected)
+
+
+def ensure_still_live(conn: psycopg.Connection, rollup: Rollup) -> None:
+    """DefinitionsChanged if, in this snapshot, the live tables are no longer those of
+    `rollup`'s definition: a rebuild's new version was swapped in since verify began, and
+    comparing would report every group as a mismatch (or fail on a missing column). A version
+    being rebuilt is checked under its rollup's lock (rebuild.check): no swap can intervene."""
+    if rollup.schema == BUILD_SCHEMA:
+        return
+    row = conn.execute(query("live_fingerprint"), {"rollup": rollup.name}).fetchone()
+    if row is None or row[0] != definition_fingerprint(rollup):
+        raise DefinitionsChanged(
+            f"{rollup.name}: its definition changed while verify ran (a rebuild's new version "
+            "was swapped in, or a migrate changed it); run verify again")
+
+
+@cache
+def definition_fingerprint(rollup: Rollup) -> str:
+    return fingerprint(described(rollup))
 
 
 def compare_by_bucket(conn: psycopg.Connection, rollup: Rollup, grain: Grain, a: datetime,

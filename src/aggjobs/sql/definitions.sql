@@ -89,3 +89,8 @@ SELECT EXISTS (
     WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
       AND r.ev_class = ANY(%(views)s::regclass[])
       AND t.relnamespace = 'aggjobs_retired'::regnamespace)
+
+-- name: live_fingerprint
+-- The fingerprint of a rollup's live definition: verify's check that the tables it compares
+-- are still those of the definition it started with (engine/verify.py).
+SELECT fingerprint FROM aggjobs.rollup_definitions WHERE rollup = %(rollup)s AND state = 'live'
