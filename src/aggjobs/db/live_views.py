@@ -14,14 +14,17 @@ from psycopg.types.json import Jsonb
 
 from ..catalog import Grain, Rollup
 from ..sql import live, query
+from .connect import scalar
 
 
 def bodies(conn: psycopg.Connection, rollup: Rollup) -> list[dict[str, str]]:
     """Per grain, in order: the view's name, the SQL after `CREATE VIEW ... AS`, and the
-    comment that identifies it."""
+    comment that identifies it. With the C functions where they are installed: the SQL, so
+    the digest, changes when they come or go."""
+    native = bool(scalar(conn, query("native_installed")))
     out = []
     for grain in rollup.grains:
-        body = live.body(rollup, grain).as_string(conn)
+        body = live.body(rollup, grain, native=native).as_string(conn)
         digest = hashlib.sha256(body.encode()).hexdigest()[:16]
         out.append({"name": live.view_name(rollup, grain), "sql": body,
                     "comment": f"aggjobs live view {digest}"})
@@ -50,7 +53,7 @@ def sync(conn: psycopg.Connection, rollups: list[Rollup]) -> None:
         drop(conn, rollup.name)
         for grain, v in zip(rollup.grains, wanted, strict=True):
             ident = live.view_ident(rollup, grain)
-            conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(ident, live.body(rollup, grain)))
+            conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(ident, sql.SQL(v["sql"])))
             conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(
                 ident, sql.Literal(v["comment"])))
 

@@ -124,6 +124,9 @@ def sync_native(conn: psycopg.Connection, *, wanted: bool) -> None:
     (`native_installed` says whether they are). Without them, or without the privilege to create a C
     extension (superuser), the rollups run the portable SQL: same results, more time."""
     if not wanted:
+        if scalar(conn, query("native_installed")):  # the live views use it: made again,
+            for name in definitions.stored_definitions(conn):  # portable, by sync_catalog
+                live_views.drop(conn, name)
         conn.execute(query("drop_native_extension"))
         conn.execute(query("drop_native_schema"))
         return

@@ -553,6 +553,14 @@ REVOKE EXECUTE ON FUNCTION aggjobs.drop_partition_before(text, timestamptz, inte
 GRANT EXECUTE ON FUNCTION aggjobs.drop_partition_before(text, timestamptz, integer)
     TO aggjobs_worker;
 
+-- The hours a live view computes from the raw rows, [lo, hi) an hour apart (sql/live.py,
+-- `ahead`; migration 0019): generate_series, planned as the 2 rows it is, not as 1,000.
+CREATE FUNCTION aggjobs.live_hours(lo timestamptz, hi timestamptz)
+RETURNS SETOF timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE ROWS 2 SET search_path = pg_catalog AS $$
+    SELECT generate_series(lo, hi - interval '1 hour', interval '1 hour')
+$$;
+
 -- percentile_cont(q) of an ascending float8 array (the hour's values, sorted once by
 -- array_agg(x ORDER BY x) in the same pass that builds the p95 sketch from them). The
 -- arithmetic is percentile_cont's own (PostgreSQL's percentile_cont_final_common and

@@ -19,9 +19,11 @@ changes in one transaction, so the parts never disagree):
 
 A group behind retention's horizon keeps its row (the refresh would too: its raw rows are
 gone). A TRUNCATE of the source not yet seen by a refresh, or a reset it requested, makes
-every bucket computed. The views always use the portable SQL (no C function), so that
-dropping extension aggjobs_native never depends on them. They read as their owner (the role
-that ran `aggjobs migrate`): a reader needs only SELECT on them, not on the raw tables.
+every bucket computed. Where extension aggjobs_native is installed the views compute with its
+C functions, as the engine does (a million-run open hour in well under the seed's time), and
+`AGGJOBS_NATIVE=false aggjobs migrate` makes them portable again before it drops the
+extension. They read as their owner (the role that ran `aggjobs migrate`): a reader needs
+only SELECT on them, not on the raw tables.
 """
 
 from __future__ import annotations
@@ -100,14 +102,20 @@ def dirty(rollup: Rollup, grain: Grain) -> sql.Composable:
 
 def raw_columns(rollup: Rollup) -> list[str]:
     """The source columns the hour's SQL reads (so that the platform may drop any other)."""
-    cols = [*rollup.dimensions, rollup.source.time_column]
+    return list(dict.fromkeys([*rollup.dimensions, rollup.source.time_column,
+                               *measure_columns(rollup)]))
+
+
+def measure_columns(rollup: Rollup) -> list[str]:
+    """The source columns the measures read: their values and their filters'."""
+    cols = []
     for m in rollup.measures:
         if isinstance(m, Sum | Avg | Quantile | DistinctCount):
             cols.append(m.column)
         where = getattr(m, "where", None)
         if where is not None:
             cols.append(where.column)
-    return list(dict.fromkeys(cols))
+    return cols
 
 
 def relation(rollup: Rollup, grain: Grain, inp: r.Input) -> sql.Composable:
@@ -123,40 +131,64 @@ def relation(rollup: Rollup, grain: Grain, inp: r.Input) -> sql.Composable:
         " CROSS JOIN LATERAL (SELECT {cols} FROM {input} AS s WHERE s.{key} = d.workspace_id"
         " AND s.{t} >= {lo} AND s.{t} < {hi} OFFSET 0) AS s) AS r"
     ).format(
-        cols=selected, input=inp.table, key=I(key), ahead=ahead(rollup, grain, inp, selected),
-        keyed=S(", ").join(S("d.workspace_id AS {}").format(I(c)) if c == key else I("s", c)
-                           for c in cols), dirty=dirty(rollup, grain),
-        t=t, lo=r.bound(S("d.bucket"), is_date=inp.is_date),
+        cols=selected, input=inp.table, key=I(key), ahead=ahead(rollup, grain, inp, cols),
+        keyed=S(", ").join(S("d.workspace_id AS {}").format(I(c)) if c == key
+                           else bucketed(rollup, inp, c, S("d.bucket")) for c in cols),
+        dirty=dirty(rollup, grain), t=t, lo=r.bound(S("d.bucket"), is_date=inp.is_date),
         hi=r.bound(S("(d.bucket + {})").format(step), is_date=inp.is_date))
 
 
-def ahead(rollup: Rollup, grain: Grain, inp: r.Input, cols: sql.Composable) -> sql.Composable:
+def bucketed(rollup: Rollup, inp: r.Input, column: str, at: sql.Composable
+             ) -> sql.Composable:
+    """Input column `column` of row `s`, but a raw row's time as `at`, the start of the
+    hour (or changed group) it was read for, when nothing else reads the time: grouping by
+    it then gives the same buckets, and a reader's condition on the view's bucket column
+    reaches the hours (`h.b`) and changed groups (`d.bucket`) themselves, rather than being
+    a condition on every raw row's time that no index serves (the planner then read the
+    whole table for one hour)."""
+    time = inp.time_column
+    if column != time or not inp.is_raw or time in measure_columns(rollup):
+        return I("s", column)
+    return S("{} AS {}").format(at, I(time))
+
+
+def ahead(rollup: Rollup, grain: Grain, inp: r.Input, cols: list[str]) -> sql.Composable:
     """The input rows of the buckets from the watermark on. The raw rows hour by hour, from
     the first one's hour to the open one: each hour is then a range of the time index (or,
     for one workspace, of the (workspace, time) index) that the planner sizes as one hour,
     where a single range from the watermark, a value it cannot know, was sized as a third
-    of the table (and read by parallel workers even when empty)."""
+    of the table (and read by parallel workers even when empty).
+
+    The hour's range is written OR'ed with an empty one, a condition only a bitmap scan can
+    serve: an hour's rows lie in arrival order, not in the index's, so a plain index scan
+    (which the planner picks for the index's high correlation with time, as the engine's
+    recompute avoids with enable_indexscan off, engine/recompute.py) fetches a page per row:
+    4x the time of the bitmap scan for a 1M-run hour (docs/benchmarks.md). A view cannot
+    change planner settings."""
     t, begin = I(inp.time_column), start(rollup, grain)
     if not inp.is_raw:
         return S("SELECT {} FROM {} AS s WHERE s.{} >= {}").format(
-            cols, inp.table, t, r.bound(begin, is_date=inp.is_date))
+            S(", ").join(I("s", c) for c in cols), inp.table, t,
+            r.bound(begin, is_date=inp.is_date))
     first = S("(SELECT date_bin('1 hour', min(f.{t}), '2000-01-01 00:00:00+00') FROM {input}"
               " AS f WHERE f.{t} >= {begin})").format(t=t, input=inp.table, begin=begin)
     return S(
-        "SELECT {cols} FROM generate_series({first}, {end} - interval '1 hour',"
-        " interval '1 hour') AS h(b) JOIN {input} AS s ON s.{t} >= h.b"
-        " AND s.{t} < h.b + interval '1 hour'"
-    ).format(cols=cols, first=first, end=open_end(), input=inp.table, t=t)
+        "SELECT {cols} FROM aggjobs.live_hours({first}, {end}) AS h(b) JOIN {input} AS s"
+        " ON (s.{t} >= h.b AND s.{t} < h.b + interval '1 hour')"
+        " OR (s.{t} >= h.b + interval '1 hour' AND s.{t} < h.b)"
+    ).format(cols=S(", ").join(bucketed(rollup, inp, c, S("h.b")) for c in cols), first=first,
+             end=open_end(), input=inp.table, t=t)
 
 
-def computed(rollup: Rollup, grain: Grain) -> sql.Composable:
-    """The computed groups, with the table's columns and types."""
+def computed(rollup: Rollup, grain: Grain, *, native: bool) -> sql.Composable:
+    """The computed groups, with the table's columns and types; `native`: with the C
+    functions of extension aggjobs_native."""
     finer = rollup.finer(grain)
     if finer is None:
         inp = r.input_of(rollup, grain)
     else:
         inp = r.Input(view_ident(rollup, finer), finer.column, finer is not Grain.HOUR, False)
-    ctx = r.Context(rollup, grain, inp, relation(rollup, grain, inp), native=False)
+    ctx = r.Context(rollup, grain, inp, relation(rollup, grain, inp), native=native)
     values = r.value_columns(rollup, grain)
     select = r.select_groups(ctx, r.collect(ctx, with_state=True), values)
     return S("SELECT {} FROM ({}) AS c").format(S(", ").join(
@@ -178,6 +210,7 @@ def materialized(rollup: Rollup, grain: Grain) -> sql.Composable:
         key=I(rollup.source.key_column), start=r.as_utc_timestamptz(b, is_date=is_date))
 
 
-def body(rollup: Rollup, grain: Grain) -> sql.Composable:
+def body(rollup: Rollup, grain: Grain, *, native: bool) -> sql.Composable:
     """The view's query: the materialized rows, then the computed ones."""
-    return S("{} UNION ALL {}").format(materialized(rollup, grain), computed(rollup, grain))
+    return S("{} UNION ALL {}").format(materialized(rollup, grain),
+                                       computed(rollup, grain, native=native))
