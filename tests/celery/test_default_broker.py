@@ -178,3 +178,13 @@ def test_a_deep_data_directory_gets_its_socket_in_the_temporary_directory() -> N
     assert files.dir == deep / "broker" and len(str(files.socket)) <= 100
     assert files.socket.parent == Path("/tmp") and files.socket.name.startswith("aggjobs-")
     assert BrokerFiles.under(Path("/tmp") / ("e" * 120)).socket != files.socket
+
+
+def test_celery_inspect_ping_on_a_redis_broker(workers, tmp_path: Path) -> None:
+    """The same tools on a configured Redis broker (AGGJOBS_BROKER_URL), as today."""
+    worker = workers.start()
+    ping = subprocess.run([sys.executable, "-m", "celery", "-A", "aggjobs.jobs.app", "inspect",
+                           "ping", "--timeout", "5"], env=workers.env(), capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert f"{worker.name}@" in ping.stdout and "pong" in ping.stdout, ping.stdout

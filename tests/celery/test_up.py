@@ -95,7 +95,7 @@ def check_stopped(install: DefaultInstall, printed: str, block: list[str], port:
     assert f"dashboard was: {address}" in farewell and "is revoked" in farewell, farewell
     assert "start again:   aggjobs up" in farewell
     assert "still running: the embedded PostgreSQL and broker" in farewell
-    assert "aggjobs db stop" in farewell
+    assert "stop: aggjobs db stop" in farewell
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
     assert embedded_pid(install.data_dir) is not None  # the database keeps running

@@ -587,8 +587,9 @@ def up_farewell(address: str, token: UpToken, settings: Settings,
              "start again:   aggjobs up   (prints a new address)"]
     if not settings.database_url:
         where = settings.data_dir.expanduser().resolve()
-        lines += [f"still running: the embedded PostgreSQL and broker under {where}",
-                  "               (aggjobs db status; stop them with: aggjobs db stop)"]
+        what = "PostgreSQL" if settings.broker_url else "PostgreSQL and broker"
+        lines += [f"still running: the embedded {what} under {where}",
+                  "               (aggjobs db status; stop: aggjobs db stop)"]
     print("\n".join([*lines, RULE]), flush=True)
 
 
@@ -660,8 +661,9 @@ def serve(
     from ..api.app import create_api, redact_access_log
 
     check_schema("serve")  # before anything listens
-    console.print(f"aggjobs API on http://{host}:{port}/ (docs at /docs; Ctrl-C stops it)",
-                  highlight=False)
+    # Every route but /healthz answers 401 without a token: say so beside the address.
+    console.print(f"aggjobs API on http://{host}:{port}/ (docs at /docs; Ctrl-C stops it): "
+                  "open it with ?token=<secret> from `aggjobs token create`", highlight=False)
     redact_access_log()  # `?token=` secrets stay out of the access log
     # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1, so
     # that any local client could write the address of its choice into the audit log. The
