@@ -53,7 +53,8 @@ clean:
 	elif [ -d .aggjobs ]; then \
 	  for f in .aggjobs/broker/valkey.pid .aggjobs/pgdata/postmaster.pid; do \
 	    [ ! -f $$f ] || kill -INT "$$(head -1 $$f)" 2>/dev/null || true; done; \
-	  for _ in $$(seq 30); do [ -f .aggjobs/pgdata/postmaster.pid ] || break; sleep 1; done; \
+	  for _ in $$(seq 30); do [ -f .aggjobs/pgdata/postmaster.pid ] \
+	    || [ -f .aggjobs/broker/valkey.pid ] || break; sleep 1; done; \
 	fi
 	rm -rf $(VENV) .aggjobs
 	$(MAKE) -C native clean PG_CONFIG=$(PG_CONFIG) 2>/dev/null || true
