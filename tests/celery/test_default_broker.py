@@ -188,3 +188,14 @@ def test_celery_inspect_ping_on_a_redis_broker(workers, tmp_path: Path) -> None:
                           text=True, timeout=60, cwd=tmp_path)
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert f"{worker.name}@" in ping.stdout and "pong" in ping.stdout, ping.stdout
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "redis+socket:///tmp/x.sock"])
+def test_redis_brokers_redeliver_only_after_the_longest_job(url: str) -> None:
+    """The embedded broker is a Redis transport too: its visibility timeout must outlast any
+    job, or a long job's task would be handed to a second worker (skipped, but noisy)."""
+    from aggjobs.jobs.app import longest_limit, transport_options
+
+    settings = Settings(broker_url=url)
+    assert transport_options(url, settings) == {"visibility_timeout":
+                                                longest_limit(settings) + 600}
