@@ -100,6 +100,9 @@ def supervise(settings: Settings, *, port: int, concurrency: int,
     children = Children(child_env(settings), logs_dir(settings))
 
     def terminated(*_: object) -> None:
+        # A second Ctrl-C must not cut the children's stop short and leave them running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt  # the same way out as Ctrl-C: the children stopped, then back
 
     # SIGINT too: a shell starting `up` in the background has it ignored, and the children
