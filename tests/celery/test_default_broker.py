@@ -132,6 +132,7 @@ def test_flower_lists_the_worker_and_its_tasks(install: DefaultInstall, worker: 
             return found if any(n.startswith(f"{worker}@") for n in found) else None
 
         listed = poll(workers, 60, "Flower to list the worker", every=0.5)
+        queues = flower_json(port, "/api/queues/length")["active_queues"]  # read on the socket
         sent = app.send_task("refresh_materialized_views")
         task = poll(lambda: flower_json(port, "/api/tasks").get(sent.id, {}).get("state")
                     == "SUCCESS" and flower_json(port, "/api/tasks")[sent.id], 60,
@@ -143,6 +144,7 @@ def test_flower_lists_the_worker_and_its_tasks(install: DefaultInstall, worker: 
     node = next(n for n in listed if n.startswith(f"{worker}@"))
     assert "refresh_materialized_views" in listed[node]["registered"]
     assert task["name"] == "refresh_materialized_views" and task["worker"] == node
+    assert [(q["name"], q["messages"]) for q in queues] == [("aggjobs", 0)], queues
 
 
 def test_two_processes_starting_the_broker_at_once_start_one(tmp_path: Path) -> None:
