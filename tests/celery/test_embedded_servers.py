@@ -117,3 +117,13 @@ def test_make_clean_stops_the_servers_before_deleting_their_data(
     assert ("stopped under" in done.stdout) is with_venv, done.stdout
     assert not data.exists() and not venv.exists()
     assert not any(alive(pid) for pid in pids if pid)
+
+
+def test_a_stale_pid_file_naming_another_program_is_not_the_server(tmp_path: Path) -> None:
+    """After a crash the pid in postmaster.pid may belong to another program by now: status
+    must not call it the server, nor stop signal it."""
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    (pgdata / "postmaster.pid").write_text(f"{os.getpid()}\n{pgdata}\n")
+    assert embedded_pid(tmp_path) is None
+    assert stop_servers(tmp_path) == [] and alive(os.getpid())

@@ -43,18 +43,19 @@ def embedded_url(data_dir: Path) -> str:
 
 def embedded_pid(data_dir: Path) -> int | None:
     """The postmaster's pid of the embedded server under `data_dir` if it runs, else None."""
-    pidfile = data_dir.expanduser().resolve() / PGDATA / "postmaster.pid"
+    pgdata = data_dir.expanduser().resolve() / PGDATA
     try:
-        pid = int(pidfile.read_text().split()[0])
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None  # a stale file: the server was killed
-    except PermissionError:
-        pass  # it runs as another user (as root: the embedded_postgres system user)
-    return pid
+    import psutil  # type: ignore[import-untyped]
+
+    try:  # a stale file (the server was killed) may name a pid since reused by another program
+        return pid if str(pgdata) in psutil.Process(pid).cmdline() else None
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        return pid  # another user's, which is how it runs as root: trust the file
 
 
 def stop_embedded(data_dir: Path) -> bool:
