@@ -46,6 +46,15 @@ PG_CONFIG ?= pg_config
 native:
 	$(MAKE) -C native PG_CONFIG=$(PG_CONFIG) install
 
+# The embedded PostgreSQL and broker under .aggjobs are stopped first: deleting a running
+# server's files leaves it running on them. Without the virtual environment, by their pid files.
 clean:
+	if [ -x $(BIN)/aggjobs ]; then AGGJOBS_DATA_DIR=.aggjobs $(BIN)/aggjobs db stop; \
+	elif [ -d .aggjobs ]; then \
+	  for f in .aggjobs/broker/valkey.pid .aggjobs/pgdata/postmaster.pid; do \
+	    [ ! -f $$f ] || kill -INT "$$(head -1 $$f)" 2>/dev/null || true; done; \
+	  for _ in $$(seq 30); do [ -f .aggjobs/pgdata/postmaster.pid ] \
+	    || [ -f .aggjobs/broker/valkey.pid ] || break; sleep 1; done; \
+	fi
 	rm -rf $(VENV) .aggjobs
 	$(MAKE) -C native clean PG_CONFIG=$(PG_CONFIG) 2>/dev/null || true

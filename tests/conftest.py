@@ -25,8 +25,8 @@ from tests.platform import create_partitioned_sources
 
 EMBEDDED_DIR = Path(tempfile.gettempdir()) / "aggjobs-test-embedded"
 
-# Importing the Celery app builds its broker URL; unset, that is the database's, which would
-# start an embedded server in the working directory. Tests name their broker explicitly.
+# Importing the Celery app builds its broker URL; unset, that is the embedded broker, which
+# would start a server in the working directory. Tests name their broker explicitly.
 os.environ.setdefault("AGGJOBS_BROKER_URL", "memory://")
 
 

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(
         default=Path(".aggjobs"),
-        description="Where the embedded PostgreSQL keeps its data.",
+        description="Where the embedded PostgreSQL and broker keep their data, and "
+        "`aggjobs up` its children's logs.",
     )
     rollups: str | None = Field(
         default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
@@ -99,8 +100,9 @@ class Settings(BaseSettings):
     # Jobs (Celery) ------------------------------------------------------------------------
     broker_url: str | None = Field(
         default=None,
-        description="Celery broker (redis://, amqp://); unset means kombu's SQLAlchemy "
-        "transport on the aggjobs database itself, which needs no extra service.",
+        description="Celery broker (redis://, amqp://); unset: the embedded broker (Valkey, "
+        "under data_dir) beside the embedded PostgreSQL, or, when database_url is set, "
+        "kombu's SQLAlchemy transport on that database (docs/jobs.md#the-broker).",
     )
     queue: str = Field(
         default="aggjobs", pattern=r"^[A-Za-z0-9_.:-]+$",

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import psycopg
 import typer
@@ -47,8 +47,12 @@ from ..errors import (
     InvalidTimestamp,
     MigrationRequired,
 )
-from ..settings import get_settings
+from ..settings import Settings, get_settings
 from . import render
+from .servers import db_app
+
+if TYPE_CHECKING:
+    from ..operations.up import UpToken
 
 app = typer.Typer(
     name="aggjobs",
@@ -69,6 +73,7 @@ RollupNames = Annotated[
 FromTs = Annotated[str, typer.Option("--from", help="Range start, ISO 8601 (UTC if no offset).")]
 ToTs = Annotated[str, typer.Option("--to", help="Range end (exclusive), ISO 8601.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+RULE = "-" * 78  # sets `aggjobs up`'s address apart
 
 # Bounds of numeric options, so that no value reaches SQL or datetime arithmetic out of range
 # (issue 21): a bigint, the hours from 1970 to 2200 and then some, a sane process count.
@@ -500,6 +505,7 @@ def worker(
         "--hostname", "-n", help="Celery node name, e.g. heavy@%h (default celery@%h); "
         "workers on one host need distinct names.", show_default=False)] = None,
     loglevel: Annotated[str, typer.Option(help="Celery's log level.")] = "INFO",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No start-up banner.")] = False,
 ) -> None:
     """Run a Celery worker executing the jobs (Celery's `worker` command).
 
@@ -508,7 +514,8 @@ def worker(
     cleanup run never delays the hourly rollup."""
     chosen = worker_queues(queues)
     check_schema("worker")
-    celery("worker", "-Q", ",".join(chosen), "--concurrency", str(concurrency),
+    celery(*(["--quiet"] if quiet else []), "worker", "-Q", ",".join(chosen),
+           "--concurrency", str(concurrency),
            "--loglevel", loglevel, *(["-n", hostname] if hostname else []),
            *(["--beat"] if beat else []))
 
@@ -529,28 +536,61 @@ def up(
                                              help="Jobs run at once.")] = 2,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the API and "
                                       "dashboard (on 127.0.0.1).")] = 8700,
+    token_hours: Annotated[float, typer.Option(
+        min=0.01, max=24 * 366, callback=finite,
+        help="Hours the admin token in the dashboard's address is valid (it is revoked "
+        "when `up` stops anyway).")] = 12.0,
 ) -> None:
     """Everything in one process tree: the database (embedded when AGGJOBS_DATABASE_URL is
     unset) migrated, demo data if it is empty, the rollups caught up, then the API with the
-    dashboard (`aggjobs serve` on 127.0.0.1:PORT) and a worker with the scheduler. Prints
-    the dashboard's address with a fresh admin token in it. Ctrl-C stops it all."""
+    dashboard (`aggjobs serve` on 127.0.0.1:PORT) and a worker with the scheduler, their
+    output in AGGJOBS_DATA_DIR/logs. Once all runs, prints the dashboard's address with a
+    fresh admin token in it, last. Ctrl-C stops it all and revokes the token; the embedded
+    database and broker keep running (`aggjobs db stop`)."""
     from ..operations import up as stack
 
     settings = get_settings()
     with session("up", require_schema=False) as conn:
-        secret = stack.prepare(
-            conn, settings, demo_days=demo_days,
+        token = stack.prepare(
+            conn, settings, demo_days=demo_days, token_hours=token_hours,
             loading=lambda days: console.print(f"loading {days} days of demo data ..."))
-    with translate_errors():
-        stack.catch_up(settings, done=lambda result: console.print(render.run_table(result)))
+    address = f"http://127.0.0.1:{port}/?token={token.secret}"
+    try:
+        with translate_errors():
+            stack.catch_up(settings,
+                           done=lambda result: console.print(render.run_table(result)))
+        console.print("starting the API, then the worker with the scheduler ...")
+        stack.supervise(settings, port=port, concurrency=concurrency,
+                        ready=lambda _: up_banner(address, token, settings))
+    finally:
+        up_farewell(address, token, settings, stack.revoke_token(token, settings))
 
-    def ready(base: str) -> None:
-        print(f"dashboard: {base}/?token={secret}", flush=True)
-        console.print("starting the worker with the scheduler (Ctrl-C stops it all)")
 
-    code = stack.supervise(settings, port=port, concurrency=concurrency, ready=ready)
-    if code:
-        raise typer.Exit(code)
+def up_banner(address: str, token: UpToken, settings: Settings) -> None:
+    """The dashboard's address, last and set apart, once everything runs."""
+    logs = settings.data_dir.expanduser().resolve() / "logs"
+    expires = token.expires_at.strftime("%Y-%m-%d %H:%M UTC")
+    print(f"\n{RULE}\naggjobs is up: API, dashboard, worker and scheduler.\n\n"
+          f"dashboard: {address}\n\n"
+          f"(admin token {token.name}, valid until {expires} or until this stops;\n"
+          f" logs in {logs}; Ctrl-C stops it all)\n{RULE}\n", flush=True)
+
+
+def up_farewell(address: str, token: UpToken, settings: Settings,
+                not_revoked: str | None) -> None:
+    """On the way out: the address again, the token's fate, how to start again, and what
+    keeps running."""
+    fate = (f"its token {token.name} is revoked" if not_revoked is None
+            else f"its token {token.name} could not be revoked ({not_revoked}); it expires anyway")
+    lines = ["", RULE, "aggjobs stopped (API, dashboard, worker and scheduler).",
+             f"dashboard was: {address}", f"               ({fate})",
+             "start again:   aggjobs up   (prints a new address)"]
+    if not settings.database_url:
+        where = settings.data_dir.expanduser().resolve()
+        what = "PostgreSQL" if settings.broker_url else "PostgreSQL and broker"
+        lines += [f"still running: the embedded {what} under {where}",
+                  "               (aggjobs db status; stop: aggjobs db stop)"]
+    print("\n".join([*lines, RULE]), flush=True)
 
 
 class ReportFormat(str, enum.Enum):
@@ -621,8 +661,9 @@ def serve(
     from ..api.app import create_api, redact_access_log
 
     check_schema("serve")  # before anything listens
-    console.print(f"aggjobs API on http://{host}:{port}/ (docs at /docs; Ctrl-C stops it)",
-                  highlight=False)
+    # Every route but /healthz answers 401 without a token: say so beside the address.
+    console.print(f"aggjobs API on http://{host}:{port}/ (docs at /docs; Ctrl-C stops it): "
+                  "open it with ?token=<secret> from `aggjobs token create`", highlight=False)
     redact_access_log()  # `?token=` secrets stay out of the access log
     # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1, so
     # that any local client could write the address of its choice into the audit log. The
@@ -634,6 +675,7 @@ def serve(
 token_app = typer.Typer(help="API tokens for `aggjobs serve`: create, list, revoke.",
                         no_args_is_help=True)
 app.add_typer(token_app, name="token")
+app.add_typer(db_app, name="db")
 
 
 class TokenRole(str, enum.Enum):

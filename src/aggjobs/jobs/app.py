@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL
 from .. import logs
 from ..catalog.grains import parse_timestamp
 from ..db.connect import database_url
+from ..db.embedded_broker import embedded_broker_url
 from ..db.retry import RetryPolicy
 from ..settings import Settings, get_settings
 from .model import Job
@@ -45,10 +46,14 @@ RunSummary = dict[str, int | str | None]  # what a task returns: run id, status,
 
 
 def broker_url(settings: Settings) -> str:
-    """The configured broker, or kombu's SQLAlchemy transport on the aggjobs database."""
+    """The configured broker; else, on the embedded database, the embedded broker beside it
+    (started if needed); else kombu's SQLAlchemy transport on the aggjobs database, which
+    every host of the deployment reaches (docs/jobs.md#the-broker)."""
     if settings.broker_url:
         return settings.broker_url
-    return "sqla+" + sqlalchemy_url(database_url(settings))
+    if settings.database_url:
+        return "sqla+" + sqlalchemy_url(database_url(settings))
+    return embedded_broker_url(settings.data_dir)
 
 
 def sqlalchemy_url(libpq: str) -> str:
@@ -131,7 +136,7 @@ def transport_options(broker: str, settings: Settings) -> dict[str, int]:
     """Redis redelivers a task unacknowledged for `visibility_timeout`: longer than any job
     may run, so that only a dead worker's task comes back (a duplicate would be skipped
     anyway). Other transports take no such option (SQLAlchemy's refuses unknown ones)."""
-    if broker.startswith(("redis://", "rediss://")):
+    if broker.startswith(("redis://", "rediss://", "redis+socket://", "socket://")):
         return {"visibility_timeout": longest_limit(settings) + 600}
     return {}
 
