@@ -34,7 +34,7 @@ from .. import audit as audit_log
 from .. import logs
 from ..catalog import BUILTIN_ROLLUPS, Grain, Rollup, select_rollups
 from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, past, past_range
-from ..catalog.jobs import JOB_SPECS
+from ..catalog.jobs import JOB_SPECS, checked_settings
 from ..db import definitions
 from ..db.connect import connect, translate_errors
 from ..db.migrate import current_version, migrations, plan_only
@@ -54,11 +54,33 @@ app = typer.Typer(
     name="aggjobs",
     help="Incremental, self-healing analytics rollups over PostgreSQL.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 console = Console()
 err_console = Console(stderr=True)
+
+def show_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version
+
+        print(f"aggjobs {version('aggjobs')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def configured(
+    ctx: typer.Context,
+    _version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=show_version,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Incremental, self-healing analytics rollups over PostgreSQL.
+
+    Configured by AGGJOBS_* variables (README, "Configuration"): an invalid one exits 2
+    naming it, before any command starts."""
+    if not ctx.resilient_parsing:  # not while the shell completes a word
+        checked_settings()
+
 
 RollupNames = Annotated[
     list[str] | None,
