@@ -477,7 +477,7 @@ def run(
     ref = past(as_of, "--as-of")
     check_schema(job)  # the runner opens its own session
     with translate_errors():
-        result = manual_run(job, get_settings(), as_of=ref, actor=None,
+        result = manual_run(job, get_settings(), as_of=ref, actor=cli_actor(),
                             source=audit_log.local_source("cli"))
     if as_json:
         print(render.to_json(render.run_json(result)))
@@ -653,7 +653,7 @@ def serve(
                 proxy_headers=False)
 
 
-token_app = typer.Typer(help="API tokens for `aggjobs serve`: create, list, revoke.",
+token_app = typer.Typer(help="API tokens for `aggjobs serve`: create, list, rotate, revoke.",
                         no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
@@ -665,17 +665,14 @@ class TokenRole(str, enum.Enum):
 
 
 def cli_actor() -> str:
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    """`cli:<user>@<host>`: who the audit log says did what this command does."""
+    return audit_log.local_source("cli")
 
 
 @token_app.command("create")
 def token_create(
-    name: Annotated[str, typer.Option("--name", help="Unique name: who or what uses it.",
+    name: Annotated[str, typer.Option("--name", help="Who or what uses it; unique among the "
+                                      "tokens not revoked.",
                                       show_default=False)],
     role: Annotated[TokenRole, typer.Option("--role", help="viewer reads; operator also "
                                             "runs jobs and backfills; admin manages tokens "
@@ -691,12 +688,32 @@ def token_create(
         secret, row = tokens.create(conn, name, role.value, actor=cli_actor(),
                                     expires_days=expires_days,
                                     source=audit_log.local_source("cli"))
+    show_secret(secret, row, "created")
+
+
+def show_secret(secret: str, row: dict, done: str) -> None:
+    """The secret alone on stdout (for `$(aggjobs token create ...)`), the rest on stderr."""
     expires = row["expires_at"].strftime("%Y-%m-%d %H:%M UTC") if row["expires_at"] else "never"
-    err_console.print(f"token {row['name']!r} created: role {row['role']}, expires {expires}.",
+    err_console.print(f"token {row['name']!r} {done}: role {row['role']}, expires {expires}.",
                       highlight=False)
     err_console.print("[yellow]warning:[/yellow] copy the secret now: it is not shown again "
                       "(only its hash is stored).", highlight=False)
     print(secret)
+
+
+@token_app.command("rotate")
+def token_rotate(
+    name: Annotated[str, typer.Argument(help="The token's name.", show_default=False)],
+) -> None:
+    """Replace a token's secret: a new token of the same name and role (and lifetime, from
+    now) is created and the old one revoked, at once. Prints the new secret, once. Audited
+    (token.rotate)."""
+    from ..operations import tokens
+
+    with session("token") as conn:
+        secret, row = tokens.rotate(conn, name, actor=cli_actor(),
+                                    source=audit_log.local_source("cli"))
+    show_secret(secret, row, "rotated (the old secret is revoked)")
 
 
 @token_app.command("list")

@@ -27,8 +27,7 @@ def token_create(request: Request, conn: Conn, who: AdminTrigger, body: TokenBod
     secret, row = tokens.create(conn, body.name, body.role, actor=f"api:{who.name}",
                                 expires_days=body.expires_days,
                                 source=client_address(request))
-    return {**{k: row[k] for k in ("name", "role", "created_at", "created_by",
-                                    "expires_at")}, "secret": secret}
+    return with_secret(row, secret)
 
 
 @router.delete("/api/tokens/{name}")
@@ -37,6 +36,22 @@ def token_revoke(request: Request, conn: Conn, who: AdminTrigger, name: TokenNam
     token of that name is 404. Audited (`token.revoke`)."""
     tokens.revoke(conn, name, actor=f"api:{who.name}", source=client_address(request))
     return {"name": name, "revoked": True}
+
+
+@router.post("/api/tokens/{name}/rotate")
+def token_rotate(request: Request, conn: Conn, who: AdminTrigger, name: TokenName) -> dict:
+    """Replace a token's secret (admin): a new token of the same name, role and lifetime
+    (from now) and the old one revoked, in one transaction. The answer holds the new
+    `secret`, the only time it is shown. No active token of that name is 404. Audited
+    (`token.rotate`)."""
+    secret, row = tokens.rotate(conn, name, actor=f"api:{who.name}",
+                                source=client_address(request))
+    return with_secret(row, secret)
+
+
+def with_secret(row: dict, secret: str) -> dict:
+    return {**{k: row[k] for k in ("name", "role", "created_at", "created_by",
+                                    "expires_at")}, "secret": secret}
 
 
 @router.get("/api/retention")
