@@ -33,6 +33,7 @@ from rich.progress import (
 from .. import audit as audit_log
 from .. import logs
 from ..catalog import BUILTIN_ROLLUPS, Grain, Rollup, select_rollups
+from ..catalog import rollups as rollups_in_force
 from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, past, past_range
 from ..catalog.jobs import JOB_SPECS, checked_settings
 from ..db import definitions
@@ -82,11 +83,27 @@ def configured(
         checked_settings()
 
 
+def rollup_names() -> str:
+    """The rollups in force, for help texts: the built-in ones and those of the module
+    AGGJOBS_ROLLUPS names (said so when it cannot be loaded: the command will say why)."""
+    try:
+        return ", ".join(r.name for r in rollups_in_force())
+    except AggjobsError:
+        return (", ".join(r.name for r in BUILTIN_ROLLUPS)
+                + ", and those of the module AGGJOBS_ROLLUPS names")
+
+
+def job_names(heavy: bool | None = None) -> str:
+    """The jobs of the catalog (only the heavy or light ones, if said), for help texts."""
+    return ", ".join(name for name, spec in JOB_SPECS.items()
+                     if heavy is None or spec.heavy == heavy)
+
+
+ROLLUPS_HELP = rollup_names()
 RollupNames = Annotated[
     list[str] | None,
-    typer.Argument(help="Rollups to act on (default: all): "
-                   + ", ".join(r.name for r in BUILTIN_ROLLUPS)
-                   + ", and those of the module AGGJOBS_ROLLUPS names.", show_default=False),
+    typer.Argument(help=f"Rollups to act on (default: all): {ROLLUPS_HELP}.",
+                   show_default=False),
 ]
 FromTs = Annotated[str, typer.Option("--from", help="Range start, ISO 8601 (UTC if no offset).")]
 ToTs = Annotated[str, typer.Option("--to", help="Range end (exclusive), ISO 8601.")]
@@ -336,13 +353,26 @@ def verify(
     lo, hi = time_range(from_, to)
     if not force:
         check_backfill_span(lo, hi, get_settings(), override="--force")
-    failed = False
+    failed = []
     with session("verify", current=chosen) as conn:
         for rollup in chosen:  # the live tables, under the definition they were built with
             live = definitions.versions(conn, rollup).live
-            failed |= verify_rollup(conn, live, lo, hi, repair=repair, limit=limit)
+            if verify_rollup(conn, live, lo, hi, repair=repair, limit=limit):
+                failed.append(rollup.name)
     if failed:
+        if not repair:
+            console.print("to recompute the mismatched groups from the raw rows (audited):\n  "
+                          + repair_command(failed, from_, to, force=force),
+                          highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def repair_command(rollups: list[str], lo: str, hi: str, *, force: bool) -> str:
+    """The `aggjobs verify ... --repair` line that repairs what this verify found."""
+    import shlex
+
+    words = ["aggjobs", "verify", *rollups, "--from", lo, "--to", hi, "--repair"]
+    return shlex.join(words + (["--force"] if force else []))
 
 
 def verify_rollup(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime, *,
@@ -392,8 +422,7 @@ def status(as_json: JsonFlag = False) -> None:
 @app.command()
 def rows(
     rollup: Annotated[str, typer.Argument(
-        help="The rollup: " + ", ".join(r.name for r in BUILTIN_ROLLUPS)
-             + ", or one of the module AGGJOBS_ROLLUPS names.", show_default=False)],
+        help=f"The rollup: {ROLLUPS_HELP}.", show_default=False)],
     grain: Annotated[Grain, typer.Option(help="The grain.")] = Grain.HOUR,
     workspace: Annotated[int | None, typer.Option(
         min=0, max=BIGINT_MAX, help="Only this workspace (default: all).")] = None,
@@ -433,7 +462,7 @@ def rows(
 
 @app.command()
 def runs(
-    job: Annotated[str | None, typer.Option(help="Only this job.")] = None,
+    job: Annotated[str | None, typer.Option(help=f"Only this job: {job_names()}.")] = None,
     since: Annotated[str | None, typer.Option(help="Runs started at or after, ISO 8601.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="Runs shown at most.")] = 20,
     as_json: JsonFlag = False,
@@ -456,8 +485,7 @@ def runs(
             console.print(render.failed_run(row), highlight=False)
 
 
-JobName = Annotated[str, typer.Argument(
-    help="The job: " + ", ".join(JOB_SPECS) + ".", show_default=False)]
+JobName = Annotated[str, typer.Argument(help=f"The job: {job_names()}.", show_default=False)]
 
 
 @app.command()
@@ -513,9 +541,9 @@ def worker(
                                        "deployment is enough; more are harmless).")] = False,
     queues: Annotated[str, typer.Option(
         "--queues", "-Q",
-        help="Which jobs this worker takes: light (hourly_rollup, refresh_materialized_views; "
-        "queue AGGJOBS_QUEUE), heavy (daily_rollup, weekly_rollup, cleanup_old_data; queue "
-        "AGGJOBS_HEAVY_QUEUE, by default the same queue) or light,heavy.")] = "light,heavy",
+        help=f"Which jobs this worker takes: light ({job_names(heavy=False)}; queue "
+        f"AGGJOBS_QUEUE), heavy ({job_names(heavy=True)}; queue AGGJOBS_HEAVY_QUEUE, by "
+        "default the same queue) or light,heavy.")] = "light,heavy",
     concurrency: Annotated[int, typer.Option(min=1, max=MAX_CONCURRENCY,
                                              help="Jobs run at once.")] = 2,
     hostname: Annotated[str | None, typer.Option(

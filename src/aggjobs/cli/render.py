@@ -18,6 +18,13 @@ from ..engine.verify import Mismatch, VerifyReport, describe
 from ..jobs.runner import RunResult
 
 
+def plural(n: int, noun: str) -> str:
+    """`1 bucket`, `2 buckets`, `0 mismatches`."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n:,} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
+
+
 def ts(value: datetime | None) -> str:
     return "-" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
@@ -61,7 +68,7 @@ def rebuild_note(r: RebuildReport) -> str:
 def grain_note(g: GrainReport) -> str:
     notes = [g.held_back] if g.held_back else []
     if g.quarantined:
-        notes.append(f"[yellow]{len(g.quarantined)} bucket(s) quarantined from "
+        notes.append(f"[yellow]{plural(len(g.quarantined), 'bucket')} quarantined from "
                      f"{ts(g.quarantined[0])}: see `aggjobs status`[/yellow]")
     return "; ".join(notes)
 
@@ -111,7 +118,7 @@ def backfill_line(report: BackfillReport) -> str:
 
 def verify_line(report: VerifyReport) -> str:
     n = len(report.mismatches or [])
-    verdict = "[green]ok[/green]" if not n else f"[red]{n} mismatches[/red]"
+    verdict = "[green]ok[/green]" if not n else f"[red]{plural(n, 'mismatch')}[/red]"
     line = (f"{report.rollup} {report.grain.value}: {report.groups:,} groups from "
             f"{ts(report.checked_from)} to {ts(report.checked_to)}: {verdict}")
     if report.unmaterialized_from is not None:
@@ -120,15 +127,16 @@ def verify_line(report: VerifyReport) -> str:
         line += f" (inputs before {ts(report.retained_from)} deleted by retention: not checked)"
     if report.quarantined:
         first, error = report.quarantined[0]
-        line += (f" [yellow]({len(report.quarantined)} quarantined bucket(s) not checked, from "
+        line += (f" [yellow]({plural(len(report.quarantined), 'quarantined bucket')} not "
+                 "checked, from "
                  f"{ts(first)}: {error}; see `aggjobs status`)[/yellow]")
     return line
 
 
 def repaired_line(before: VerifyReport, after: VerifyReport) -> str:
     groups = {(m.bucket, m.workspace_id) for m in before.mismatches or []}
-    return (f"{before.rollup} {before.grain.value}: repaired {len(groups)} groups; "
-            f"{len(after.mismatches or [])} mismatches remain")
+    return (f"{before.rollup} {before.grain.value}: repaired {plural(len(groups), 'group')}; "
+            f"{plural(len(after.mismatches or []), 'mismatch')} remain")
 
 
 def mismatch_table(mismatches: list[Mismatch]) -> Table:
