@@ -178,9 +178,9 @@ def quarantine_lines(rows: list[dict]) -> list[str]:
     for row in rows:
         q, f = row["quarantined_buckets"], row["failing_buckets"]
         if q or f:
-            lines.append(f"[red]{row['rollup']} {row['grain']}: {q} quarantined, {f} failing "
-                         "bucket(s)[/red]: see aggjobs.quarantine; fix the cause, then "
-                         "`aggjobs backfill` the bucket")
+            lines.append(f"[red]{row['rollup']} {row['grain']}: {plural(q, 'bucket')} "
+                         f"quarantined, {f} failing[/red]: see aggjobs.quarantine; fix the "
+                         "cause, then `aggjobs backfill` the bucket")
     return lines
 
 
