@@ -9,6 +9,7 @@ a job run in a Celery worker (or anything else not started from the command line
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 from datetime import datetime
 
@@ -20,12 +21,18 @@ from .sql import query
 
 
 def local_source(kind: str) -> str:
-    """`<kind>:<user>@<host>` of this process."""
+    """`<kind>:<user>@<host>` of this process (also the actor of what the command line
+    does)."""
+    return f"{kind}:{local_user()}@{socket.gethostname()}"
+
+
+def local_user() -> str:
+    """This process's user: $LOGNAME or $USER, else the name of its uid (so the same under
+    cron, systemd or a container without USER), else the uid itself."""
     try:
-        user = getpass.getuser()
+        return getpass.getuser()
     except (KeyError, OSError):
-        user = "unknown"
-    return f"{kind}:{user}@{socket.gethostname()}"
+        return f"uid {os.getuid()}"
 
 
 def write(conn: psycopg.Connection, *, actor: str, action: str, target: str | None,

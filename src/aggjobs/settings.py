@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
 
@@ -17,6 +20,11 @@ RETENTION_DAYS = {"raw": 90, "hourly": 90, "daily": 730, "weekly": 0, "job_runs"
 # Lag (seconds) behind the last complete bucket beyond which a grain's tables are stale: the
 # hourly job runs at :05, the daily at 01:00, the weekly on Mondays at 02:00.
 FRESHNESS_TARGET_S = {"hour": 2 * 3600, "day": 26 * 3600, "week": 7 * 86400 + 7200}
+
+# A JSON object read from one variable: decoded by the field's own validator (NoDecode), so
+# that malformed JSON is a one-line error naming the variable rather than a traceback.
+CronsByJob = Annotated[dict[str, str], NoDecode]
+NumbersByKey = Annotated[dict[str, int], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -115,17 +123,17 @@ class Settings(BaseSettings):
         description="The broker queue of the heavy jobs (daily, weekly, cleanup); unset: the "
         "same as queue, so that one worker serves every job.",
     )
-    schedule: dict[str, str] = Field(
+    schedule: CronsByJob = Field(
         default_factory=dict,
         description='Cron overrides per job, e.g. {"hourly_rollup": "5 * * * *"}; '
         '"off" disables a job\'s schedule.',
     )
     idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0)
-    job_time_limit_s: dict[str, int] = Field(
+    job_time_limit_s: NumbersByKey = Field(
         default_factory=dict,
         description="Hard time limit per job, seconds (the soft limit is 90% of it).",
     )
-    job_statement_timeout_ms: dict[str, int] = Field(
+    job_statement_timeout_ms: NumbersByKey = Field(
         default_factory=dict, description="statement_timeout per job, overriding the default."
     )
     heavy_jobs_concurrency: int = Field(
@@ -156,13 +164,13 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = Field(
         default=None, description="Incidents (fired, resolved) are POSTed here as JSON."
     )
-    freshness_target_s: dict[str, int] = Field(
+    freshness_target_s: NumbersByKey = Field(
         default_factory=dict,
         description='Overrides of FRESHNESS_TARGET_S, e.g. {"hour": 3600}.',
     )
 
     # Retention (days; 0 keeps forever) --------------------------------------------------------
-    retention_days: dict[str, int] = Field(
+    retention_days: NumbersByKey = Field(
         default_factory=dict,
         description='Overrides of RETENTION_DAYS, e.g. {"raw": 30}.',
     )
@@ -236,6 +244,72 @@ class Settings(BaseSettings):
                              "set a postgresql:// URL")
         return check_postgres_url(name, value.strip())
 
+    @field_validator("schedule", "job_time_limit_s", "job_statement_timeout_ms",
+                     "freshness_target_s", "retention_days", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        """A variable's JSON text as the object it must be (empty: none)."""
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return {}
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError("not JSON") from None
+
+    @field_validator("job_time_limit_s", "freshness_target_s")
+    @classmethod
+    def _positive_values(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(v < 1 for v in value.values()):
+            raise ValueError("a value below 1")
+        return value
+
+    @field_validator("job_statement_timeout_ms", "retention_days")
+    @classmethod
+    def _non_negative_values(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(v < 0 for v in value.values()):
+            raise ValueError("a negative value")
+        return value
+
+    @field_validator("retention_days", "freshness_target_s")
+    @classmethod
+    def _known_keys(cls, value: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        known = RETENTION_DAYS if info.field_name == "retention_days" else FRESHNESS_TARGET_S
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r}")
+        return value
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty")
+        return value
+
+    @field_validator("broker_url", mode="before")
+    @classmethod
+    def _broker_url(cls, value: object) -> object:
+        """Empty is unset; else a URL of a transport kombu has (redis://, amqp://, ...)."""
+        if not isinstance(value, str) or not value.strip():
+            return None
+        from kombu.transport import TRANSPORT_ALIASES
+
+        scheme, sep, _ = value.strip().partition("://")
+        if not sep or scheme.split("+")[0].lower() not in TRANSPORT_ALIASES:
+            raise ValueError("not a broker URL")
+        return value.strip()
+
+    @field_validator("alert_webhook_url", mode="before")
+    @classmethod
+    def _webhook_url(cls, value: object) -> object:
+        if not isinstance(value, str) or not value.strip():
+            return None
+        if not value.strip().lower().startswith(("http://", "https://")):
+            raise ValueError("not an http(s) URL")
+        return value.strip()
+
     @field_validator("heavy_queue", mode="before")
     @classmethod
     def _heavy_queue(cls, value: object) -> object:
@@ -278,12 +352,86 @@ def check_postgres_url(name: str, url: str) -> str:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The settings of this process; invalid ones raise ConfigError with one line per
-    problem joined by "; " (the CLI prints it and exits 2)."""
+    """The settings of this process; invalid ones raise ConfigError, one line naming each
+    invalid variable, its value and the form expected (the CLI prints it and exits 2)."""
     try:
         return Settings()
     except ValidationError as exc:
-        raise ConfigError("invalid configuration: " + "; ".join(
-            str(e["msg"]).removeprefix("Value error, ") if e["type"] == "value_error"
-            else f"AGGJOBS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-            for e in exc.errors())) from None
+        reasons: dict[str, str] = {}  # the first problem of each variable
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            own = str(error["msg"]).removeprefix("Value error, ")
+            reasons.setdefault(name, own if error["type"] == "value_error" else "")
+        raise ConfigError("; ".join(invalid(name, reason) for name, reason in
+                                    reasons.items())) from None
+    except SettingsError as exc:  # a value pydantic-settings itself could not decode
+        name = str(exc).partition('field "')[2].partition('"')[0]
+        raise ConfigError(invalid(name)) from None
+
+
+# What the variables not described by their type and bounds alone must look like.
+EXPECTED = {
+    "database_url": "a PostgreSQL URL such as postgresql://user@host:5432/dbname, or unset "
+                    "for the embedded PostgreSQL",
+    "read_database_url": "a PostgreSQL URL such as postgresql://user@replica:5432/dbname",
+    "data_dir": "a directory path, e.g. .aggjobs",
+    "rollups": "an importable module name such as mycompany.rollups",
+    "rebuild_check": "sample or full",
+    "work_mem": "a PostgreSQL memory size such as 64MB (kB, MB or GB)",
+    "broker_url": "a broker URL such as redis://127.0.0.1:6379/0 or amqp://user@host//, or "
+                  "unset for the default broker",
+    "queue": "a queue name of letters, digits and _ . : -",
+    "heavy_queue": "a queue name of letters, digits and _ . : -",
+    "schedule": 'a JSON object of job name to 5-field cron or "off", e.g. '
+                '{"hourly_rollup": "5 * * * *"}',
+    "job_time_limit_s": 'a JSON object of job name to seconds >= 1, e.g. '
+                        '{"daily_rollup": 3600}',
+    "job_statement_timeout_ms": 'a JSON object of job name to milliseconds >= 0, e.g. '
+                                '{"hourly_rollup": 600000}',
+    "native": "true or false",
+    "alert_webhook_url": "an http:// or https:// URL",
+    "freshness_target_s": "a JSON object of grain (" + ", ".join(FRESHNESS_TARGET_S)
+                          + ') to seconds >= 1, e.g. {"hour": 3600}',
+    "retention_days": "a JSON object of class (" + ", ".join(RETENTION_DAYS)
+                      + ') to days >= 0 (0 keeps forever), e.g. {"raw": 30}',
+    "api_rate_limit": 'a rate such as "10/minute" or "10/minute;100/hour", or "off"',
+    "trusted_proxies": "comma-separated IP addresses or networks, e.g. 10.0.0.5,10.0.0.0/8",
+}
+SECRET_FIELDS = ("database_url", "read_database_url", "broker_url", "alert_webhook_url")
+
+
+def variable(name: str) -> str:
+    return f"AGGJOBS_{name.upper()}"
+
+
+def invalid(name: str, reason: str = "") -> str:
+    """`AGGJOBS_WORK_MEM='lots': expected a PostgreSQL memory size such as 64MB`, the
+    validator's reason before the form unless it says it all (it names the variable). A
+    URL's value is not repeated (it may hold a password)."""
+    if reason.startswith(variable(name)) or name not in Settings.model_fields:
+        return reason or f"{variable(name)}: invalid"
+    value = os.environ.get(variable(name))
+    shown = "" if value is None or name in SECRET_FIELDS else f"={value[:80]!r}"
+    because = f" ({reason})" if reason else ""
+    return f"{variable(name)}{shown}{because}: expected {expected_form(name)}"
+
+
+def expected_form(name: str) -> str:
+    """What a valid value of setting `name` looks like: said explicitly (EXPECTED), or
+    derived from its type and bounds."""
+    if name in EXPECTED:
+        return EXPECTED[name]
+    field = Settings.model_fields[name]
+    kind = "a whole number" if field.annotation is int else "a number"
+    bounds = [f"{op} {getattr(m, attr)}" for m in field.metadata
+              for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+              if hasattr(m, attr)]
+    return " ".join([kind + unit(name), " and ".join(bounds)])
+
+
+UNITS = {"_ms": "milliseconds", "_s": "seconds", "_days": "days"}
+
+
+def unit(name: str) -> str:
+    """` of seconds` for `lock_wait_s`: the unit its name ends with."""
+    return next((f" of {word}" for suffix, word in UNITS.items() if name.endswith(suffix)), "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -276,18 +277,23 @@ def test_refresh_verify_repair_and_status(conn, db_url) -> None:
 
     bad = cli("verify", *window, url=db_url)
     assert bad.returncode == 1, bad.stdout + bad.stderr
-    assert bad.stdout.count("1 mismatches") == 2, bad.stdout
+    assert bad.stdout.count(": 1 mismatch\n") == 2, bad.stdout
     assert bad.stdout.count(": ok") == GRAINS - 2
-    rows = [line for line in bad.stdout.splitlines() if "│" in line]
+    rows = [line for line in bad.stdout.splitlines()
+            if "total_executions" in line or "credits_used" in line]
     assert any(hour_text in r and "total_executions" in r and " 2 " in r for r in rows), rows
     assert any(str(day_at) in r and "credits_used" in r and " 1 " in r for r in rows), rows
 
     only = cli("verify", "user_activity", *window, url=db_url)
     assert only.returncode == 0 and only.stdout.count(": ok") == 3
 
-    repaired = cli("verify", "--repair", *window, url=db_url)
+    # it ends with the command that repairs what it found: run as printed
+    hint = bad.stdout.rstrip().splitlines()[-1].strip()
+    assert hint == shlex.join(["aggjobs", "verify", "execution_metrics", "credit_consumption",
+                               *window, "--repair"]), bad.stdout
+    repaired = cli(*shlex.split(hint)[1:], url=db_url)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    assert repaired.stdout.count("repaired 1 groups; 0 mismatches remain") == 2, repaired.stdout
+    assert repaired.stdout.count("repaired 1 group; 0 mismatches remain") == 2, repaired.stdout
     # Each repair is audited: who, which rollup and grain, how many groups, from where.
     audited = conn.execute(
         "SELECT actor, target, params->>'grain', params->>'groups', outcome, source"

@@ -22,6 +22,7 @@ ROUTES = {  # (method, path): (tag, role needed; None: no token)
     ("GET", "/api/tokens"): ("admin", "admin"),
     ("POST", "/api/tokens"): ("admin", "admin"),
     ("DELETE", "/api/tokens/{name}"): ("admin", "admin"),
+    ("POST", "/api/tokens/{name}/rotate"): ("admin", "admin"),
     ("GET", "/api/retention"): ("admin", "admin"),
     ("POST", "/api/cleanup"): ("admin", "admin"),
     ("GET", "/api/reports/latest"): ("reports", "viewer"),

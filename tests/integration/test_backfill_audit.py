@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -108,7 +109,8 @@ def test_a_killed_backfill_leaves_its_start_and_the_next_job_run_marks_it_abando
         assert proc.returncode == -signal.SIGKILL
     wait_gone(conn, pid)
     [(row_id, actor, outcome, params, source)] = audit_rows(conn)  # the start, alone
-    assert (row_id, actor, outcome) == (started_id, f"cli:{getpass.getuser()}", "started")
+    assert (row_id, actor, outcome) == (started_id, f"cli:{getpass.getuser()}@{socket.gethostname()}",
+                                       "started")
     assert params["rollups"] == [ROLLUP] and params["session_pid"] == pid
     assert source.startswith("cli:")
     assert conn.execute("SELECT status, done_until FROM aggjobs.backfills").fetchall() == [

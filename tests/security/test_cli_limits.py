@@ -43,7 +43,7 @@ def test_backfill_over_the_cap_exits_2_unless_forced(db_url, conn, monkeypatch):
 
     # refused: one row; each backfill that ran: a row when it started, one when it ended
     refused, forced_start, forced_row, plain_start, plain = rows(conn, "backfill")
-    user = f"cli:{getpass.getuser()}"
+    user = CLI_SOURCE  # actor and source alike: cli:<user>@<host>
     assert refused[0] == user and refused[2].startswith("refused: the range spans 5 days")
     assert refused[1]["forced"] is False and refused[1]["days"] == 5
     assert (forced_start[2], plain_start[2]) == ("started", "started")

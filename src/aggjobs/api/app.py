@@ -17,12 +17,14 @@ Without a replica the reading routes share the request's one primary session.
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ..settings import Settings, get_settings
-from . import errors, metrics
+from . import errors, metrics, statuses
 from .databases import Databases
 from .denials import DenialLog
 from .ratelimit import TriggerLimiter
@@ -44,7 +46,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         static_url=DOCS_ASSETS,
         title="aggjobs",
         summary="Incremental analytics rollups over PostgreSQL: jobs, runs, freshness.",
-        version="0.1.0",
+        version=version("aggjobs"),
         max_body_size=errors.MAX_BODY_BYTES,
         lifespan=denial_log.lifespan(sessions.primary),  # writes the last aggregated denials
     )
@@ -57,6 +59,6 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     if settings.trusted_proxies:  # else X-Forwarded-For is ignored (see also `serve`)
         api.add_middleware(ProxyHeadersMiddleware,
                            trusted_hosts=settings.trusted_proxies.split(","))
-    for area in ROUTERS:
-        api.include_router(area.router)
+    for area in ROUTERS:  # each with every status its routes can answer, in OpenAPI
+        api.include_router(statuses.declare(area.router))
     return api

@@ -26,6 +26,7 @@ from .databases import Databases
 from .denials import Denial, DenialLog
 from .ratelimit import TriggerLimiter
 from .redact import redact
+from .statuses import can_answer
 
 bearer = HTTPBearer(auto_error=False, description="An aggjobs API token (`aggjobs token "
                     "create`).")
@@ -48,6 +49,7 @@ def databases(request: Request) -> Databases:
     return found
 
 
+@can_answer(503)
 def db(request: Request) -> Iterator[psycopg.Connection]:
     # Closed, never committed on the way out (autocommit: nothing is pending), so that
     # a session terminated after the route's last statement fails nothing.
@@ -123,6 +125,8 @@ def require(role: str, *, limited: bool = False) -> Callable[..., tokens.Princip
     """The token's principal if its role is `role` or above; `limited`: a triggering
     route, counted against the token's rate limit."""
 
+    # 403 where a lower role exists; 429 on the triggering routes
+    @can_answer(401, *([403] if role != tokens.ROLES[0] else []), *([429] if limited else []))
     def dependency(
         request: Request, conn: Conn,
         header: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.types.numeric import FloatLoader
 
 from ..db.connect import connect, read_database_url
 from ..settings import Settings
@@ -26,15 +27,23 @@ class Databases:
         return cls(settings, replica)
 
     def primary(self) -> psycopg.Connection:
-        return connect("api", settings=self.settings)
+        return numbers_as_floats(connect("api", settings=self.settings))
 
     def read(self) -> psycopg.Connection:
         """A session for reading only: on the replica when one is configured."""
         if self.replica is None:
             return self.primary()
-        return connect("api-read", url=self.replica, settings=self.settings)
+        return numbers_as_floats(connect("api-read", url=self.replica, settings=self.settings))
 
     def targets(self) -> list[tuple[str, Callable[[], psycopg.Connection]]]:
         """What `/healthz` checks: the database, and the read replica when configured."""
         return [("database", self.primary)] + ([("read replica", self.read)]
                                                if self.replica else [])
+
+
+def numbers_as_floats(conn: psycopg.Connection) -> psycopg.Connection:
+    """`numeric` read as float on the API's sessions: FastAPI writes a Decimal as a JSON
+    string ("12.5000"), and a JSON number is a float to every client anyway. (The jobs,
+    which compute with exact numerics, have their own sessions.)"""
+    conn.adapters.register_loader("numeric", FloatLoader)
+    return conn

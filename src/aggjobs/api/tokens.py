@@ -23,12 +23,13 @@ from ..operations.tokens import (
     new_secret,
     revoke,
     role_allows,
+    rotate,
 )
 from ..sql import query
 
 __all__ = ["PREFIX", "ROLES", "Principal", "TokenError", "TokenExists", "UnknownToken",
            "Verdict", "check", "create", "hash_secret", "list_tokens", "new_secret", "revoke",
-           "role_allows", "verify"]
+           "role_allows", "rotate", "verify"]
 
 
 @dataclass(frozen=True)

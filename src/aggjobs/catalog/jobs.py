@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..errors import ConfigError, UnknownJob
-from ..settings import Settings
+from ..settings import Settings, get_settings, invalid
 from .cron import Cron, next_after
 
 
@@ -70,3 +70,31 @@ def get_job_spec(name: str) -> JobSpec:
         return JOB_SPECS[name]
     except KeyError:
         raise UnknownJob(f"unknown job {name!r}; jobs are: {', '.join(JOB_SPECS)}") from None
+
+
+# Settings keyed by job name: checked here, where the jobs are known (Settings cannot import
+# the catalog).
+JOB_KEYED_SETTINGS = ("schedule", "job_time_limit_s", "job_statement_timeout_ms")
+
+
+def check_job_settings(settings: Settings) -> Settings:
+    """`settings` if every job-keyed setting names jobs and every schedule parses, else
+    ConfigError in one line naming the variable (rather than Celery's traceback at start)."""
+    for name in JOB_KEYED_SETTINGS:
+        unknown = sorted(set(getattr(settings, name)) - set(JOB_SPECS))
+        if unknown:
+            raise ConfigError(invalid(name, f"unknown job {unknown[0]!r}; jobs are: "
+                                      + ", ".join(JOB_SPECS)))
+    for job, text in settings.schedule.items():
+        if text.strip() != "off":
+            try:
+                Cron.parse(text)
+            except ValueError as exc:
+                raise ConfigError(invalid("schedule", f"{job}: {exc}")) from None
+    return settings
+
+
+def checked_settings() -> Settings:
+    """This process's settings, all of them checked (the command line's and the worker's
+    first step)."""
+    return check_job_settings(get_settings())

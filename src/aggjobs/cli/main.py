@@ -33,8 +33,9 @@ from rich.progress import (
 from .. import audit as audit_log
 from .. import logs
 from ..catalog import BUILTIN_ROLLUPS, Grain, Rollup, select_rollups
+from ..catalog import rollups as rollups_in_force
 from ..catalog.grains import SUPPORTED_FROM, SUPPORTED_UNTIL, past, past_range
-from ..catalog.jobs import JOB_SPECS
+from ..catalog.jobs import JOB_SPECS, checked_settings
 from ..db import definitions
 from ..db.connect import connect, translate_errors
 from ..db.migrate import current_version, migrations, plan_only
@@ -58,17 +59,55 @@ app = typer.Typer(
     name="aggjobs",
     help="Incremental, self-healing analytics rollups over PostgreSQL.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 console = Console()
 err_console = Console(stderr=True)
 
+def show_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version
+
+        print(f"aggjobs {version('aggjobs')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def configured(
+    ctx: typer.Context,
+    _version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=show_version,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Incremental, self-healing analytics rollups over PostgreSQL.
+
+    Configured by AGGJOBS_* variables (README, "Configuration"): an invalid one exits 2
+    naming it, before any command starts."""
+    if not ctx.resilient_parsing:  # not while the shell completes a word
+        checked_settings()
+
+
+def rollup_names() -> str:
+    """The rollups in force, for help texts: the built-in ones and those of the module
+    AGGJOBS_ROLLUPS names (said so when it cannot be loaded: the command will say why)."""
+    try:
+        return ", ".join(r.name for r in rollups_in_force())
+    except AggjobsError:
+        return (", ".join(r.name for r in BUILTIN_ROLLUPS)
+                + ", and those of the module AGGJOBS_ROLLUPS names")
+
+
+def job_names(heavy: bool | None = None) -> str:
+    """The jobs of the catalog (only the heavy or light ones, if said), for help texts."""
+    return ", ".join(name for name, spec in JOB_SPECS.items()
+                     if heavy is None or spec.heavy == heavy)
+
+
+ROLLUPS_HELP = rollup_names()
 RollupNames = Annotated[
     list[str] | None,
-    typer.Argument(help="Rollups to act on (default: all): "
-                   + ", ".join(r.name for r in BUILTIN_ROLLUPS)
-                   + ", and those of the module AGGJOBS_ROLLUPS names.", show_default=False),
+    typer.Argument(help=f"Rollups to act on (default: all): {ROLLUPS_HELP}.",
+                   show_default=False),
 ]
 FromTs = Annotated[str, typer.Option("--from", help="Range start, ISO 8601 (UTC if no offset).")]
 ToTs = Annotated[str, typer.Option("--to", help="Range end (exclusive), ISO 8601.")]
@@ -319,13 +358,26 @@ def verify(
     lo, hi = time_range(from_, to)
     if not force:
         check_backfill_span(lo, hi, get_settings(), override="--force")
-    failed = False
+    failed = []
     with session("verify", current=chosen) as conn:
         for rollup in chosen:  # the live tables, under the definition they were built with
             live = definitions.versions(conn, rollup).live
-            failed |= verify_rollup(conn, live, lo, hi, repair=repair, limit=limit)
+            if verify_rollup(conn, live, lo, hi, repair=repair, limit=limit):
+                failed.append(rollup.name)
     if failed:
+        if not repair:
+            console.print("to recompute the mismatched groups from the raw rows (audited):\n  "
+                          + repair_command(failed, from_, to, force=force),
+                          highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def repair_command(rollups: list[str], lo: str, hi: str, *, force: bool) -> str:
+    """The `aggjobs verify ... --repair` line that repairs what this verify found."""
+    import shlex
+
+    words = ["aggjobs", "verify", *rollups, "--from", lo, "--to", hi, "--repair"]
+    return shlex.join(words + (["--force"] if force else []))
 
 
 def verify_rollup(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime, *,
@@ -375,8 +427,7 @@ def status(as_json: JsonFlag = False) -> None:
 @app.command()
 def rows(
     rollup: Annotated[str, typer.Argument(
-        help="The rollup: " + ", ".join(r.name for r in BUILTIN_ROLLUPS)
-             + ", or one of the module AGGJOBS_ROLLUPS names.", show_default=False)],
+        help=f"The rollup: {ROLLUPS_HELP}.", show_default=False)],
     grain: Annotated[Grain, typer.Option(help="The grain.")] = Grain.HOUR,
     workspace: Annotated[int | None, typer.Option(
         min=0, max=BIGINT_MAX, help="Only this workspace (default: all).")] = None,
@@ -416,7 +467,7 @@ def rows(
 
 @app.command()
 def runs(
-    job: Annotated[str | None, typer.Option(help="Only this job.")] = None,
+    job: Annotated[str | None, typer.Option(help=f"Only this job: {job_names()}.")] = None,
     since: Annotated[str | None, typer.Option(help="Runs started at or after, ISO 8601.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="Runs shown at most.")] = 20,
     as_json: JsonFlag = False,
@@ -439,8 +490,7 @@ def runs(
             console.print(render.failed_run(row), highlight=False)
 
 
-JobName = Annotated[str, typer.Argument(
-    help="The job: " + ", ".join(JOB_SPECS) + ".", show_default=False)]
+JobName = Annotated[str, typer.Argument(help=f"The job: {job_names()}.", show_default=False)]
 
 
 @app.command()
@@ -460,7 +510,7 @@ def run(
     ref = past(as_of, "--as-of")
     check_schema(job)  # the runner opens its own session
     with translate_errors():
-        result = manual_run(job, get_settings(), as_of=ref, actor=None,
+        result = manual_run(job, get_settings(), as_of=ref, actor=cli_actor(),
                             source=audit_log.local_source("cli"))
     if as_json:
         print(render.to_json(render.run_json(result)))
@@ -496,9 +546,9 @@ def worker(
                                        "deployment is enough; more are harmless).")] = False,
     queues: Annotated[str, typer.Option(
         "--queues", "-Q",
-        help="Which jobs this worker takes: light (hourly_rollup, refresh_materialized_views; "
-        "queue AGGJOBS_QUEUE), heavy (daily_rollup, weekly_rollup, cleanup_old_data; queue "
-        "AGGJOBS_HEAVY_QUEUE, by default the same queue) or light,heavy.")] = "light,heavy",
+        help=f"Which jobs this worker takes: light ({job_names(heavy=False)}; queue "
+        f"AGGJOBS_QUEUE), heavy ({job_names(heavy=True)}; queue AGGJOBS_HEAVY_QUEUE, by "
+        "default the same queue) or light,heavy.")] = "light,heavy",
     concurrency: Annotated[int, typer.Option(min=1, max=MAX_CONCURRENCY,
                                              help="Jobs run at once.")] = 2,
     hostname: Annotated[str | None, typer.Option(
@@ -672,7 +722,7 @@ def serve(
                 proxy_headers=False)
 
 
-token_app = typer.Typer(help="API tokens for `aggjobs serve`: create, list, revoke.",
+token_app = typer.Typer(help="API tokens for `aggjobs serve`: create, list, rotate, revoke.",
                         no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
@@ -685,17 +735,14 @@ class TokenRole(str, enum.Enum):
 
 
 def cli_actor() -> str:
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    """`cli:<user>@<host>`: who the audit log says did what this command does."""
+    return audit_log.local_source("cli")
 
 
 @token_app.command("create")
 def token_create(
-    name: Annotated[str, typer.Option("--name", help="Unique name: who or what uses it.",
+    name: Annotated[str, typer.Option("--name", help="Who or what uses it; unique among the "
+                                      "tokens not revoked.",
                                       show_default=False)],
     role: Annotated[TokenRole, typer.Option("--role", help="viewer reads; operator also "
                                             "runs jobs and backfills; admin manages tokens "
@@ -711,12 +758,32 @@ def token_create(
         secret, row = tokens.create(conn, name, role.value, actor=cli_actor(),
                                     expires_days=expires_days,
                                     source=audit_log.local_source("cli"))
+    show_secret(secret, row, "created")
+
+
+def show_secret(secret: str, row: dict, done: str) -> None:
+    """The secret alone on stdout (for `$(aggjobs token create ...)`), the rest on stderr."""
     expires = row["expires_at"].strftime("%Y-%m-%d %H:%M UTC") if row["expires_at"] else "never"
-    err_console.print(f"token {row['name']!r} created: role {row['role']}, expires {expires}.",
+    err_console.print(f"token {row['name']!r} {done}: role {row['role']}, expires {expires}.",
                       highlight=False)
     err_console.print("[yellow]warning:[/yellow] copy the secret now: it is not shown again "
                       "(only its hash is stored).", highlight=False)
     print(secret)
+
+
+@token_app.command("rotate")
+def token_rotate(
+    name: Annotated[str, typer.Argument(help="The token's name.", show_default=False)],
+) -> None:
+    """Replace a token's secret: a new token of the same name and role (and lifetime, from
+    now) is created and the old one revoked, at once. Prints the new secret, once. Audited
+    (token.rotate)."""
+    from ..operations import tokens
+
+    with session("token") as conn:
+        secret, row = tokens.rotate(conn, name, actor=cli_actor(),
+                                    source=audit_log.local_source("cli"))
+    show_secret(secret, row, "rotated (the old secret is revoked)")
 
 
 @token_app.command("list")

@@ -18,8 +18,21 @@ from ..engine.verify import Mismatch, VerifyReport, describe
 from ..jobs.runner import RunResult
 
 
+def plural(n: int, noun: str) -> str:
+    """`1 bucket`, `2 buckets`, `0 mismatches`."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n:,} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
+
+
 def ts(value: datetime | None) -> str:
     return "-" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def new_table(title: str | None = None) -> Table:
+    """Every command's one table style: a rule under the header, no frame, the title
+    flush left."""
+    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
 
 
 def iso(value: datetime | None) -> str | None:
@@ -27,7 +40,7 @@ def iso(value: datetime | None) -> str | None:
 
 
 def refresh_table(reports: list[RefreshReport]) -> Table:
-    table = Table(title="refresh")
+    table = new_table("refresh")
     for col in ("rollup", "grain", "watermark", "new buckets", "dirty groups",
                 "rows written", "seconds", "note"):
         table.add_column(col, justify="right" if col[0] in "nrds" and col != "rollup" else "left")
@@ -55,7 +68,7 @@ def rebuild_note(r: RebuildReport) -> str:
 def grain_note(g: GrainReport) -> str:
     notes = [g.held_back] if g.held_back else []
     if g.quarantined:
-        notes.append(f"[yellow]{len(g.quarantined)} bucket(s) quarantined from "
+        notes.append(f"[yellow]{plural(len(g.quarantined), 'bucket')} quarantined from "
                      f"{ts(g.quarantined[0])}: see `aggjobs status`[/yellow]")
     return "; ".join(notes)
 
@@ -105,7 +118,7 @@ def backfill_line(report: BackfillReport) -> str:
 
 def verify_line(report: VerifyReport) -> str:
     n = len(report.mismatches or [])
-    verdict = "[green]ok[/green]" if not n else f"[red]{n} mismatches[/red]"
+    verdict = "[green]ok[/green]" if not n else f"[red]{plural(n, 'mismatch')}[/red]"
     line = (f"{report.rollup} {report.grain.value}: {report.groups:,} groups from "
             f"{ts(report.checked_from)} to {ts(report.checked_to)}: {verdict}")
     if report.unmaterialized_from is not None:
@@ -114,19 +127,20 @@ def verify_line(report: VerifyReport) -> str:
         line += f" (inputs before {ts(report.retained_from)} deleted by retention: not checked)"
     if report.quarantined:
         first, error = report.quarantined[0]
-        line += (f" [yellow]({len(report.quarantined)} quarantined bucket(s) not checked, from "
+        line += (f" [yellow]({plural(len(report.quarantined), 'quarantined bucket')} not "
+                 "checked, from "
                  f"{ts(first)}: {error}; see `aggjobs status`)[/yellow]")
     return line
 
 
 def repaired_line(before: VerifyReport, after: VerifyReport) -> str:
     groups = {(m.bucket, m.workspace_id) for m in before.mismatches or []}
-    return (f"{before.rollup} {before.grain.value}: repaired {len(groups)} groups; "
-            f"{len(after.mismatches or [])} mismatches remain")
+    return (f"{before.rollup} {before.grain.value}: repaired {plural(len(groups), 'group')}; "
+            f"{plural(len(after.mismatches or []), 'mismatch')} remain")
 
 
 def mismatch_table(mismatches: list[Mismatch]) -> Table:
-    table = Table()
+    table = new_table()
     for col in ("grain", "bucket", "workspace", "measure", "stored", "expected"):
         table.add_column(col)
     for m in mismatches:
@@ -140,7 +154,7 @@ def lag(seconds: float | None) -> str:
 
 
 def status_table(rows: list[dict]) -> Table:
-    table = Table(title="rollups (times UTC)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = new_table("rollups (times UTC)")
     for col in ("rollup", "grain", "watermark"):
         table.add_column(col, no_wrap=True)
     table.add_column("lag", justify="right", no_wrap=True)
@@ -164,9 +178,9 @@ def quarantine_lines(rows: list[dict]) -> list[str]:
     for row in rows:
         q, f = row["quarantined_buckets"], row["failing_buckets"]
         if q or f:
-            lines.append(f"[red]{row['rollup']} {row['grain']}: {q} quarantined, {f} failing "
-                         "bucket(s)[/red]: see aggjobs.quarantine; fix the cause, then "
-                         "`aggjobs backfill` the bucket")
+            lines.append(f"[red]{row['rollup']} {row['grain']}: {plural(q, 'bucket')} "
+                         f"quarantined, {f} failing[/red]: see aggjobs.quarantine; fix the "
+                         "cause, then `aggjobs backfill` the bucket")
     return lines
 
 
@@ -186,7 +200,7 @@ def run_table(result: RunResult) -> Table:
     title = f"{result.job}: run {result.id} [{colour}]{result.status}[/{colour}]"
     if result.status == "skipped":
         title += f" ({result.error})"
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    table = new_table(title)
     for col in ("step", "status", "rows", "seconds", "tries"):
         table.add_column(col, justify="right" if col in ("rows", "seconds", "tries") else "left",
                          no_wrap=True)
@@ -225,7 +239,7 @@ def seconds(value: float | None) -> str:
 
 
 def jobs_table(jobs: list[dict]) -> Table:
-    table = Table(title="jobs (times UTC)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = new_table("jobs (times UTC)")
     for col in ("job", "last run", "started", "took", "next", "fails"):
         table.add_column(col, no_wrap=True, justify="right" if col in ("took", "fails") else "left")
     for job in jobs:
@@ -240,7 +254,7 @@ def jobs_table(jobs: list[dict]) -> Table:
 
 
 def runs_table(rows: list[dict]) -> Table:
-    table = Table(title="runs, newest first (times UTC)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = new_table("runs, newest first (times UTC)")
     for col in ("id", "job", "status", "trigger", "started", "took", "steps"):
         table.add_column(col, no_wrap=col != "steps", justify="right" if col in ("id", "took")
                          else "left")
@@ -261,12 +275,13 @@ def failed_run(row: dict) -> str:
     head = f"[red]run {row['id']} {row['job']} {row['status']}[/red] on {row['host']} " \
            f"pid {row['pid']}"
     lines = [head if failed else f"{head}: {row['error'] or ''}"]
-    lines += [f"  {s['name']}: {s['error']} (after {s['attempts']} attempt(s))" for s in failed]
+    # a step is tried again only on transient errors, whose text says how many times
+    lines += [f"  {s['name']}: {s['error']}" for s in failed]
     return "\n".join(lines)
 
 
 def rows_table(columns: list[str], rows: list[dict]) -> Table:
-    table = Table(box=box.SIMPLE)
+    table = new_table()
     for name in columns:
         table.add_column(name, justify="left" if name in ("hour", "day", "week") else "right")
     for row in rows:
@@ -277,27 +292,44 @@ def rows_table(columns: list[str], rows: list[dict]) -> Table:
 
 
 def tokens_table(rows: list[dict]) -> Table:
-    """`aggjobs token list`: every token, never its secret."""
-    table = Table("name", "role", "created", "by", "expires", "revoked", "last used")
-
-    def when(value: datetime | None) -> str:
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if value else "-"
+    """`aggjobs token list`: every token, never its secret. A name is never cut (tokens are
+    revoked and rotated by name): on a narrow terminal it folds onto more lines."""
+    table = new_table("tokens (times UTC)")
+    table.add_column("name", overflow="fold", ratio=1)
+    for col in ("role", "created", "by", "expires", "revoked", "last used"):
+        table.add_column(col, overflow="fold")
 
     for row in rows:
-        table.add_row(row["name"], row["role"], when(row["created_at"]), row["created_by"],
-                      when(row["expires_at"]) if row["expires_at"] else "never",
-                      when(row["revoked_at"]), when(row["last_used_at"]))
+        table.add_row(row["name"], row["role"], utc(row["created_at"]), row["created_by"],
+                      utc(row["expires_at"]) if row["expires_at"] else "never",
+                      utc(row["revoked_at"]), utc(row["last_used_at"]))
     return table
+
+
+def utc(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    return value.astimezone(UTC).strftime(fmt) if value else "-"
 
 
 def audit_table(rows: list[dict]) -> Table:
-    """`aggjobs audit`: the audit log's entries, times in UTC."""
-    table = Table("at", "actor", "action", "target", "outcome", "source", "params")
-    for row in rows:
-        table.add_row(row["at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"), row["actor"],
-                      row["action"], row["target"] or "-", row["outcome"],
-                      row["source"] or "-", json.dumps(row["params"], default=str))
+    """`aggjobs audit`: the audit log's entries, times in UTC; the parameters as compact JSON
+    in the room the other columns leave."""
+    table = new_table("audit log, newest first (times UTC)")
+    params = [compact_json(row["params"]) for row in rows]
+    for col in ("at", "actor", "action", "target", "outcome", "source"):
+        table.add_column(col, no_wrap=col in ("at", "action"), overflow="fold")
+    table.add_column("params", overflow="fold",
+                     ratio=1)
+    for row, text in zip(rows, params, strict=True):
+        table.add_row(utc(row["at"], "%Y-%m-%d %H:%M:%S"), row["actor"], row["action"],
+                      row["target"] or "-", row["outcome"], row["source"] or "-", text)
     return table
+
+
+def compact_json(value: object) -> str:
+    """`{"role":"viewer","db_user":"postgres"}`: no spaces, nulls left out."""
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if v is not None}
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def to_json(value: object) -> str:

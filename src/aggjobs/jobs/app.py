@@ -16,7 +16,9 @@ aggjobs.jobs.app worker`.
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -26,9 +28,11 @@ from sqlalchemy.engine import URL
 
 from .. import logs
 from ..catalog.grains import parse_timestamp
+from ..catalog.jobs import check_job_settings, checked_settings
 from ..db.connect import database_url
 from ..db.embedded_broker import embedded_broker_url
 from ..db.retry import RetryPolicy
+from ..errors import ConfigError
 from ..settings import Settings, get_settings
 from .model import Job
 from .registry import JOBS
@@ -94,7 +98,7 @@ def declare_queue_once(**_: object) -> None:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
+    settings = check_job_settings(settings or get_settings())
     broker = broker_url(settings)
     app = Celery("aggjobs", set_as_current=False)
     app.conf.update(
@@ -176,4 +180,17 @@ def register(app: Celery, job: Job, settings: Settings) -> None:
         return {"run": result.id, "status": result.status, "error": result.error}
 
 
-app = create_app()
+def settings_or_exit() -> Settings:
+    """This process's settings. Invalid ones end Celery's own command (`celery -A
+    aggjobs.jobs.app worker`) as they end `aggjobs`: one line naming the variable, exit 2,
+    instead of the traceback of a failed app import; elsewhere they raise ConfigError."""
+    try:
+        return checked_settings()
+    except ConfigError as exc:
+        if "celery" not in (Path(sys.argv[0]).name, Path(sys.argv[0]).parent.name):
+            raise
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2)
+
+
+app = create_app(settings_or_exit())

@@ -33,7 +33,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ..audit import local_source
+from ..audit import local_source, local_user
 from ..catalog.grains import as_utc
 from ..db import locks
 from ..db.connect import SessionLimits, connect, first_line, scalar
@@ -132,7 +132,7 @@ class Run:
         self.run_id: int | None = None
         self.row = {
             "job": job.name, "trigger": request.trigger, "as_of": as_of, "slot": request.slot,
-            "who": request.who or f"{os.environ.get('USER', 'unknown')}@{socket.gethostname()}",
+            "who": request.who or f"{local_user()}@{socket.gethostname()}",
             "attempt": request.attempt, "host": socket.gethostname(), "pid": os.getpid(),
             "task_id": request.task_id,
         }
@@ -251,8 +251,8 @@ class Run:
             if should_stop(exc):
                 raise
             outcome.status = "failed"
-            outcome.error = (f"{describe(exc)} (transient; gave up after "
-                             f"{outcome.attempts} attempts)")
+            tries = f"{outcome.attempts} attempt{'s' if outcome.attempts != 1 else ''}"
+            outcome.error = f"{describe(exc)} (transient; gave up after {tries})"
         outcome.seconds = round(time.perf_counter() - started, 3)
         log.info("%s/%s %s", self.job.name, name, outcome.status, extra=self.context(
             step=name, status=outcome.status, rows=outcome.rows, seconds=outcome.seconds,

@@ -3,8 +3,9 @@ secret shown once, stored only as its SHA-256, with a role. (The API's check of 
 secret is in api/tokens.py.)
 
 Roles are ordered viewer < operator < admin: a route needing `operator` accepts operator and
-admin tokens. A token is valid while it is neither revoked nor past its expiry. Every
-creation and revocation, and every refused one, is written to aggjobs.audit_log by the
+admin tokens. A token is valid while it is neither revoked nor past its expiry. A name is
+unique among the tokens not revoked: a revoked token's name may be given again. Every
+creation, rotation and revocation, and every refused one, is written to aggjobs.audit_log by the
 SECURITY DEFINER functions that alone change api_tokens (migration 0011, docs/security.md);
 secrets never are (nor logged).
 """
@@ -55,9 +56,10 @@ REFUSALS = {  # create_token's refusals (migration 0011), as the caller is told 
                               "_ . @ : -, starting with a letter or digit"),
     "refused: invalid role": "invalid role {role!r:.60}; roles are: " + ", ".join(ROLES),
     "refused: invalid expiry": "--expires-days must be positive and at most 36500 (100 years)",
-    "refused: name exists": ("a token named {name!r:.120} exists already: revoke it or pick "
-                             "another name"),
+    "refused: name exists": ("a token named {name!r:.120} exists already: revoke it, rotate "
+                             "it (`aggjobs token rotate`) or pick another name"),
 }
+NO_ACTIVE_TOKEN = "no active token named {name!r:.120} (see `aggjobs token list`)"
 
 
 def create(conn: psycopg.Connection, name: str, role: str, *, actor: str,
@@ -113,4 +115,23 @@ def revoke(conn: psycopg.Connection, name: str, *, actor: str, source: str | Non
             (printable(name), actor, source or audit_log.local_source("local")),
         )
     if not done:
-        raise UnknownToken(f"no active token named {name!r} (see `aggjobs token list`)")
+        raise UnknownToken(NO_ACTIVE_TOKEN.format(name=name))
+
+
+def rotate(conn: psycopg.Connection, name: str, *, actor: str, source: str | None = None
+           ) -> tuple[str, dict]:
+    """Replace the token `name` (not revoked) by a new secret of the same name and role, and
+    of the same lifetime from now, the old one revoked in the same transaction (audited as
+    token.rotate by aggjobs.rotate_token); returns the new secret and row."""
+    secret = new_secret()
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        outcome = scalar(conn, query("rotate_token"), (
+            printable(name), hash_secret(secret), actor,
+            source or audit_log.local_source("local")))
+        row = (cur.execute(query("token_by_name"), (name,)).fetchone()
+               if outcome == "rotated" else None)
+    if row is None:
+        if outcome == "refused: no active token of that name":
+            raise UnknownToken(NO_ACTIVE_TOKEN.format(name=name))
+        raise TokenError(str(outcome))
+    return secret, row

@@ -16,8 +16,9 @@ SELECT aggjobs.token_used(%s)
 SELECT aggjobs.create_token(%s, %s, %s, %s, %s, %s)
 
 -- name: token_by_name
+-- The token of that name not revoked (a revoked name may be reused, migration 0017).
 SELECT id, name, role, created_at, created_by, expires_at FROM aggjobs.api_tokens
-WHERE name = %s
+WHERE name = %s AND revoked_at IS NULL
 
 -- name: list_tokens
 -- Every token, newest first; never the secret's hash.
@@ -28,3 +29,7 @@ FROM aggjobs.api_tokens ORDER BY created_at DESC, id DESC
 -- name: revoke_token
 -- (name, actor, source): whether an active token was revoked, audited.
 SELECT aggjobs.revoke_token(%s, %s, %s)
+
+-- name: rotate_token
+-- (name, new hash, actor, source): 'rotated' or the refusal, audited.
+SELECT aggjobs.rotate_token(%s, %s, %s, %s)

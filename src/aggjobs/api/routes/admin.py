@@ -8,6 +8,7 @@ from ...settings import RETENTION_DAYS
 from ...sql import query
 from ..auth import Admin, AdminTrigger, AppSettings, Conn, ReadConn, client_address
 from ..schemas import RunBody, TokenBody, TokenName
+from ..statuses import answers
 from .jobs import CLEANUP_JOB, run_now
 
 router = APIRouter(tags=["admin"])
@@ -20,23 +21,38 @@ def token_list(conn: Conn, _: Admin) -> list[dict]:
     return tokens.list_tokens(conn)
 
 
-@router.post("/api/tokens", status_code=201)
+@router.post("/api/tokens", status_code=201, responses=answers(400, 409))
 def token_create(request: Request, conn: Conn, who: AdminTrigger, body: TokenBody) -> dict:
     """Create a token (admin). The answer holds its `secret`, the only time it is shown:
     only its SHA-256 is stored. A name in use is 409. Audited (`token.create`)."""
     secret, row = tokens.create(conn, body.name, body.role, actor=f"api:{who.name}",
                                 expires_days=body.expires_days,
                                 source=client_address(request))
-    return {**{k: row[k] for k in ("name", "role", "created_at", "created_by",
-                                    "expires_at")}, "secret": secret}
+    return with_secret(row, secret)
 
 
-@router.delete("/api/tokens/{name}")
+@router.delete("/api/tokens/{name}", responses=answers(404))
 def token_revoke(request: Request, conn: Conn, who: AdminTrigger, name: TokenName) -> dict:
     """Revoke a token (admin): requests bearing it are refused from now on. No active
     token of that name is 404. Audited (`token.revoke`)."""
     tokens.revoke(conn, name, actor=f"api:{who.name}", source=client_address(request))
     return {"name": name, "revoked": True}
+
+
+@router.post("/api/tokens/{name}/rotate", responses=answers(400, 404))
+def token_rotate(request: Request, conn: Conn, who: AdminTrigger, name: TokenName) -> dict:
+    """Replace a token's secret (admin): a new token of the same name, role and lifetime
+    (from now) and the old one revoked, in one transaction. The answer holds the new
+    `secret`, the only time it is shown. No active token of that name is 404. Audited
+    (`token.rotate`)."""
+    secret, row = tokens.rotate(conn, name, actor=f"api:{who.name}",
+                                source=client_address(request))
+    return with_secret(row, secret)
+
+
+def with_secret(row: dict, secret: str) -> dict:
+    return {**{k: row[k] for k in ("name", "role", "created_at", "created_by",
+                                    "expires_at")}, "secret": secret}
 
 
 @router.get("/api/retention")
@@ -50,7 +66,7 @@ def retention(_: Admin, conn: ReadConn, settings: AppSettings) -> dict:
             "batch_rows": settings.cleanup_batch_rows, "horizons": horizons}
 
 
-@router.post("/api/cleanup")
+@router.post("/api/cleanup", responses=answers(400))
 def cleanup(request: Request, who: AdminTrigger, settings: AppSettings,
             body: RunBody | None = None) -> dict:
     """Run the retention job `cleanup_old_data` now and wait for its end (admin), as

@@ -14,7 +14,8 @@ from ..auth import Viewer, databases
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={503: {
+    "description": "The database (or the read replica) does not answer: `error` says which."}})
 def healthz(request: Request) -> JSONResponse:
     """Liveness: 200 when the database answers (and the read replica, when one is
     configured), 503 otherwise, saying which failed. No token needed."""

@@ -12,6 +12,7 @@ from ...operations.runs import manual_run
 from ...settings import Settings
 from ..auth import AppSettings, Conn, Operator, ReadConn, Viewer, client_address, deny
 from ..schemas import JobName, RunBody
+from ..statuses import answers
 from ..tokens import Principal
 
 router = APIRouter(tags=["jobs"])
@@ -27,7 +28,7 @@ def jobs(_: Viewer, conn: ReadConn, settings: AppSettings) -> dict:
     return {k: state[k] for k in ("healthy", "checked_at", "problems", "jobs")}
 
 
-@router.get("/api/jobs/{job}/runs")
+@router.get("/api/jobs/{job}/runs", responses=answers(404))
 def runs(_: Viewer, conn: ReadConn, job: JobName,
          since: Annotated[str | None, Query(max_length=64)] = None,
          limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
@@ -37,7 +38,7 @@ def runs(_: Viewer, conn: ReadConn, job: JobName,
     return run_history(conn, job=job, since=start, limit=limit)
 
 
-@router.post("/api/jobs/{job}/run")
+@router.post("/api/jobs/{job}/run", responses=answers(400, 404))
 def run(request: Request, conn: Conn, who: Operator, settings: AppSettings,
         job: JobName, body: RunBody | None = None) -> dict:
     """Run the job now and wait for its end (operator; `cleanup_old_data` needs admin).

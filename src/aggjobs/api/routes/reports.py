@@ -7,11 +7,12 @@ from fastapi.responses import HTMLResponse
 
 from .. import dashboard as dashboard_page
 from ..auth import ReadConn, Viewer
+from ..statuses import answers
 
 router = APIRouter(tags=["reports"])
 
 
-@router.get("/api/reports/latest")
+@router.get("/api/reports/latest", responses=answers(404))
 def latest_report(_: Viewer, conn: ReadConn) -> dict:
     """The latest day with a stored platform daily report, and where to read it."""
     day = dashboard_page.latest_report_day(conn)
@@ -20,7 +21,7 @@ def latest_report(_: Viewer, conn: ReadConn) -> dict:
     return {"day": day.isoformat(), "url": f"/reports/{day.isoformat()}"}
 
 
-@router.get("/reports/{day}", response_class=HTMLResponse)
+@router.get("/reports/{day}", response_class=HTMLResponse, responses=answers(404))
 def report_page(_: Viewer, conn: ReadConn, day: date) -> HTMLResponse:
     """The stored platform daily report of `day` (analytics.daily_reports) as the
     self-contained HTML page of `aggjobs report --format html`; 404 if none."""

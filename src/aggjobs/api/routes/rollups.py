@@ -16,6 +16,7 @@ from ...operations import Requester, audited_backfill
 from .. import dashboard as dashboard_page
 from ..auth import AppSettings, Operator, ReadConn, Viewer, client_address
 from ..schemas import BackfillBody, time_range
+from ..statuses import answers
 
 router = APIRouter(tags=["rollups"])
 
@@ -56,7 +57,7 @@ def rows(_: Viewer, conn: ReadConn, settings: AppSettings, rollup: str, grain: s
             "columns": page.columns, "rows": page.rows, "next_offset": page.next_offset}
 
 
-@router.post("/api/backfills")
+@router.post("/api/backfills", responses=answers(400, 409))
 def backfills(request: Request, who: Operator, settings: AppSettings,
               body: BackfillBody) -> dict:
     """Recompute a range of materialized buckets of the rollups, all grains (operator).
