@@ -126,16 +126,30 @@ def relation(rollup: Rollup, grain: Grain, inp: r.Input) -> sql.Composable:
         c.name for c in r.target_columns(rollup, rollup.finer(grain) or grain)]
     selected = S(", ").join(I("s", c) for c in cols)
     step = S("make_interval(hours => {})").format(L(r.STEP_HOURS[grain]))
+    lo = r.bound(S("d.bucket"), is_date=inp.is_date)
+    hi = r.bound(S("(d.bucket + {})").format(step), is_date=inp.is_date)
     return S(
         "({ahead} UNION ALL SELECT {keyed} FROM ({dirty}) AS d"
         " CROSS JOIN LATERAL (SELECT {cols} FROM {input} AS s WHERE s.{key} = d.workspace_id"
-        " AND s.{t} >= {lo} AND s.{t} < {hi} OFFSET 0) AS s) AS r"
+        " AND {within} OFFSET 0) AS s) AS r"
     ).format(
         cols=selected, input=inp.table, key=I(key), ahead=ahead(rollup, grain, inp, cols),
         keyed=S(", ").join(S("d.workspace_id AS {}").format(I(c)) if c == key
                            else bucketed(rollup, inp, c, S("d.bucket")) for c in cols),
-        dirty=dirty(rollup, grain), t=t, lo=r.bound(S("d.bucket"), is_date=inp.is_date),
-        hi=r.bound(S("(d.bucket + {})").format(step), is_date=inp.is_date))
+        dirty=dirty(rollup, grain),
+        within=by_bitmap(I("s", inp.time_column), lo, hi) if inp.is_raw
+        else S("s.{0} >= {1} AND s.{0} < {2}").format(t, lo, hi))
+
+
+def by_bitmap(t: sql.Composable, lo: sql.Composable, hi: sql.Composable) -> sql.Composable:
+    """`t` in [lo, hi), written OR'ed with an empty range: a condition only a bitmap scan
+    can serve. Raw rows lie in arrival order, not in the time index's, so a plain index scan
+    (which the planner picks for the index's high correlation with time; the engine's
+    recompute turns it off, engine/recompute.py, but a view cannot change planner settings)
+    fetches a page per row: 4x the bitmap scan's time for a million-run hour, and as much for
+    a large workspace's hour (docs/benchmarks.md)."""
+    return S("(({t} >= {lo} AND {t} < {hi}) OR ({t} >= {hi} AND {t} < {lo}))").format(
+        t=t, lo=lo, hi=hi)
 
 
 def bucketed(rollup: Rollup, inp: r.Input, column: str, at: sql.Composable
@@ -157,14 +171,7 @@ def ahead(rollup: Rollup, grain: Grain, inp: r.Input, cols: list[str]) -> sql.Co
     the first one's hour to the open one: each hour is then a range of the time index (or,
     for one workspace, of the (workspace, time) index) that the planner sizes as one hour,
     where a single range from the watermark, a value it cannot know, was sized as a third
-    of the table (and read by parallel workers even when empty).
-
-    The hour's range is written OR'ed with an empty one, a condition only a bitmap scan can
-    serve: an hour's rows lie in arrival order, not in the index's, so a plain index scan
-    (which the planner picks for the index's high correlation with time, as the engine's
-    recompute avoids with enable_indexscan off, engine/recompute.py) fetches a page per row:
-    4x the time of the bitmap scan for a 1M-run hour (docs/benchmarks.md). A view cannot
-    change planner settings."""
+    of the table (and read by parallel workers even when empty); each by a bitmap scan."""
     t, begin = I(inp.time_column), start(rollup, grain)
     if not inp.is_raw:
         return S("SELECT {} FROM {} AS s WHERE s.{} >= {}").format(
@@ -174,10 +181,10 @@ def ahead(rollup: Rollup, grain: Grain, inp: r.Input, cols: list[str]) -> sql.Co
               " AS f WHERE f.{t} >= {begin})").format(t=t, input=inp.table, begin=begin)
     return S(
         "SELECT {cols} FROM aggjobs.live_hours({first}, {end}) AS h(b) JOIN {input} AS s"
-        " ON (s.{t} >= h.b AND s.{t} < h.b + interval '1 hour')"
-        " OR (s.{t} >= h.b + interval '1 hour' AND s.{t} < h.b)"
+        " ON {within}"
     ).format(cols=S(", ").join(bucketed(rollup, inp, c, S("h.b")) for c in cols), first=first,
-             end=open_end(), input=inp.table, t=t)
+             end=open_end(), input=inp.table,
+             within=by_bitmap(I("s", inp.time_column), S("h.b"), S("h.b + interval '1 hour'")))
 
 
 def computed(rollup: Rollup, grain: Grain, *, native: bool) -> sql.Composable:
