@@ -171,3 +171,21 @@ def test_a_worker_survives_its_heartbeats_failing_and_resumes_them(
     poll(lambda: conn.execute("SELECT seen_at FROM aggjobs.heartbeats").fetchone()[0] > before,
          10, "a new heartbeat")
     assert worker.alive()
+
+
+def test_heartbeats_over_the_database_broker(db_url: str, conn: psycopg.Connection,
+                                             tmp_path: Path) -> None:
+    """The default broker (kombu's SQLAlchemy transport, no event loop: the worker's timer
+    is a thread of its own) has no broadcast, yet its worker and beat are seen alive."""
+    pool = Workers(db_url, "", tmp_path)  # an empty AGGJOBS_BROKER_URL: the default
+    try:
+        pool.start(beat=True, AGGJOBS_LIVENESS_SECONDS=LIVENESS_S)
+        first = poll(lambda: len(heartbeats(conn)) == 2 and heartbeats(conn), 60,
+                     "the worker's and the scheduler's heartbeats")
+        time.sleep(2.5)
+        later = heartbeats(conn)
+        assert all(later[k]["seen_at"] > first[k]["seen_at"] for k in first), later
+        code, state = status(pool)
+        assert code == 0, state["problems"]
+    finally:
+        pool.stop_all()
