@@ -255,7 +255,7 @@ def liveness_rows(state: dict, now: datetime) -> str:
         f'<td>{esc(", ".join(p["queues"]) or "–")}</td><td>{esc(p["version"])}</td></tr>'
         for p in processes)
     return ('<table id="processes"><tr><th>kind</th><th>name</th><th>state</th>'
-            '<th>last heartbeat</th><th>up since</th><th>pid</th><th>queues</th>'
+            '<th>last heartbeat</th><th>started</th><th>pid</th><th>queues</th>'
             f'<th>version</th></tr>{rows}</table>')
 
 
