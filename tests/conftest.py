@@ -28,6 +28,10 @@ EMBEDDED_DIR = Path(tempfile.gettempdir()) / "aggjobs-test-embedded"
 # Importing the Celery app builds its broker URL; unset, that is the embedded broker, which
 # would start a server in the working directory. Tests name their broker explicitly.
 os.environ.setdefault("AGGJOBS_BROKER_URL", "memory://")
+# A test database has never seen a worker nor a scheduler, which `aggjobs status` reports as
+# problems (docs/jobs.md, "Liveness"): off unless a test turns it on (tests/celery/
+# test_liveness.py). Processes started with a cleaned environment have it on.
+os.environ.setdefault("AGGJOBS_LIVENESS_SECONDS", "0")
 
 
 def with_dbname(url: str, dbname: str) -> str:

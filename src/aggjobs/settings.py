@@ -168,6 +168,13 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Overrides of FRESHNESS_TARGET_S, e.g. {"hour": 3600}.',
     )
+    liveness_seconds: float = Field(
+        default=120, ge=0, le=86400, allow_inf_nan=False,
+        description="Seconds without a live worker, or without a live scheduler, after which "
+        "it is a problem (at once when none was ever seen); workers and schedulers send a "
+        "heartbeat every min(15 s, a quarter of it). 0 turns the check off (jobs run by "
+        "another scheduler through `aggjobs run`).",
+    )
 
     # Retention (days; 0 keeps forever) --------------------------------------------------------
     retention_days: NumbersByKey = Field(

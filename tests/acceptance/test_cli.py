@@ -312,11 +312,13 @@ def test_refresh_verify_repair_and_status(conn, db_url) -> None:
             assert_matches(conn, rollup.name, grain, marks[(rollup.name, grain.value)])
 
     status = cli("status", "--json", url=db_url)
-    # The data is days old: every grain's tables are behind their freshness target.
+    # The data is days old: every grain's tables are behind their freshness target; and no
+    # worker nor scheduler ever ran against this database.
     assert status.returncode == 1, status.stderr
     state = json.loads(status.stdout)
-    assert not state["healthy"] and len(state["problems"]) == GRAINS
-    assert all("behind (target" in problem for problem in state["problems"])
+    assert not state["healthy"] and len(state["problems"]) == GRAINS + 2
+    assert sum("behind (target" in problem for problem in state["problems"]) == GRAINS
+    assert {"no_worker", "no_scheduler"} <= set(state["incidents"])
     rows = state["rollups"]
     assert len(rows) == GRAINS
     assert {(r["rollup"], r["grain"]) for r in rows} == {

@@ -71,7 +71,7 @@ def test_dashboard_shows_jobs_charts_freshness_failures_backfills_problems(clien
     assert '<span id="verdict">unhealthy</span>' in page
     part = sections(page)
     assert set(part) == {"problems", "jobs", "charts", "freshness", "failures", "backfills",
-                         "rebuilds"}
+                         "rebuilds", "liveness"}
     assert "None: every rollup is live under its declared definition" in part["rebuilds"]
 
     jobs = dict(re.findall(r'<tr class="job [\w]+" data-job="(\w+)">(.*?)</tr>', part["jobs"]))

@@ -110,8 +110,8 @@ def test_reads_come_from_the_replica_and_never_write(setup, db_url) -> None:
         assert client.get("/api/jobs/refresh_materialized_views/runs",
                           headers=auth(keys["viewer"])).json() == []
         metrics = client.get("/metrics", headers=auth(keys["viewer"])).text
-        assert 'aggjobs_job_runs_total{job="hourly_rollup",status="succeeded"} 1.0' in metrics
-        assert 'job="refresh_materialized_views",status="succeeded"} 1.0' not in metrics
+        assert 'aggjobs_job_runs_retained{job_name="hourly_rollup",status="succeeded"} 1.0' in metrics
+        assert 'job_name="refresh_materialized_views",status="succeeded"} 1.0' not in metrics
     # the primary has it
     assert count(db_url, "SELECT count(*) FROM aggjobs.job_runs"
                  " WHERE job = 'refresh_materialized_views'") == 1

@@ -238,6 +238,27 @@ def backfill_rows(state: dict, now: datetime) -> str:
             f'<th>started</th></tr>{rows}</table>')
 
 
+def liveness_rows(state: dict, now: datetime) -> str:
+    """Each worker and scheduler seen, with the age of its last heartbeat (docs/jobs.md,
+    "Liveness"); their absence is also among the problems."""
+    live = state["liveness"]
+    processes = live["workers"] + live["schedulers"]
+    if not processes:
+        return '<p class="none">No worker nor scheduler has ever sent a heartbeat.</p>'
+    badge = {"up": "succeeded", "stopped": "skipped", "silent": "failed"}
+    rows = "".join(
+        f'<tr class="process {esc(p["state"])}" data-kind="{esc(p["kind"])}" '
+        f'data-name="{esc(p["name"])}"><td>{esc(p["kind"])}</td><td>{esc(p["name"])}</td>'
+        f'<td><span class="badge {badge[p["state"]]}">{esc(p["state"])}</span></td>'
+        f'<td class="num age">{esc(ago(p["age_seconds"]))} ago</td>'
+        f'<td>{when(p["started_at"], now)}</td><td class="num">{esc(p["pid"])}</td>'
+        f'<td>{esc(", ".join(p["queues"]) or "–")}</td><td>{esc(p["version"])}</td></tr>'
+        for p in processes)
+    return ('<table id="processes"><tr><th>kind</th><th>name</th><th>state</th>'
+            '<th>last heartbeat</th><th>started</th><th>pid</th><th>queues</th>'
+            f'<th>version</th></tr>{rows}</table>')
+
+
 def rebuild_rows(state: dict) -> str:
     """The changed rollups being rebuilt beside their live version (docs/rollups.md)."""
     if not state["rebuilds"]:
@@ -278,6 +299,7 @@ def render(state: dict) -> str:
         checked_at=esc(now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
         problems=problem_items(state),
         jobs=jobs_table(state, now),
+        liveness=liveness_rows(state, now),
         charts=charts(state),
         freshness=freshness_rows(state, now),
         failures=failure_items(state, now),

@@ -172,6 +172,27 @@ def status_table(rows: list[dict]) -> Table:
     return table
 
 
+LIVENESS_COLOUR = {"up": "green", "stopped": "yellow", "silent": "red"}
+
+
+def heartbeat_age(seconds: float) -> str:
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{timedelta(seconds=int(seconds))} ago"
+
+
+def liveness_table(live: dict) -> Table:
+    """Each worker and scheduler seen, with the age of its last heartbeat."""
+    table = Table(title="workers and schedulers (heartbeats)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for col in ("kind", "name", "state", "last heartbeat", "started", "pid", "queues"):
+        table.add_column(col, no_wrap=True, justify="right" if col == "pid" else "left")
+    for row in live["workers"] + live["schedulers"]:
+        colour = LIVENESS_COLOUR[row["state"]]
+        table.add_row(row["kind"], row["name"], f"[{colour}]{row['state']}[/{colour}]",
+                      heartbeat_age(row["age_seconds"]), ts(row["started_at"]),
+                      str(row["pid"]), ",".join(row["queues"]) or "-")
+    return table
+
+
 def quarantine_lines(rows: list[dict]) -> list[str]:
     """What needs a human: buckets skipped after repeated failures, or failing now."""
     lines = []

@@ -200,7 +200,7 @@ WORKER, READER = "aggjobs_worker", "aggjobs_reader"
 # through the audited functions of 0011) and not retention_transactions (the owner's:
 # delete_raw_before writes it).
 WORKER_STATE_TABLES = ("watermarks", "pending_groups", "invalidation_log", "job_runs",
-                       "backfills", "quarantine", "alerts")
+                       "backfills", "quarantine", "alerts", "heartbeats")
 WORKER_READ_ONLY_TABLES = ("sources", "schema_migrations", "api_tokens", "rollup_definitions",
                            "retired_tables")
 
@@ -262,7 +262,7 @@ def reader_grants() -> list[sql.Composed]:
     return [
         sql.SQL("GRANT USAGE ON SCHEMA analytics, aggjobs TO {}").format(reader),
         sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA analytics TO {}").format(reader),
-        sql.SQL("GRANT SELECT ON aggjobs.job_runs TO {}").format(reader),
+        sql.SQL("GRANT SELECT ON aggjobs.job_runs, aggjobs.heartbeats TO {}").format(reader),
     ]
 
 

@@ -284,6 +284,21 @@ CREATE TABLE aggjobs.alerts (
 );
 CREATE UNIQUE INDEX alerts_one_open_per_key ON aggjobs.alerts (key) WHERE resolved_at IS NULL;
 
+-- Liveness (0016): each worker's and scheduler's latest heartbeat (database clock) and its
+-- clean shutdown; one row per process name (docs/jobs.md, "Liveness").
+CREATE TABLE aggjobs.heartbeats (
+    kind text NOT NULL CHECK (kind IN ('worker', 'scheduler')),
+    name text NOT NULL CHECK (name <> ''),
+    host text NOT NULL,
+    pid integer NOT NULL,
+    queues text[] NOT NULL DEFAULT '{}',
+    version text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    seen_at timestamptz NOT NULL DEFAULT now(),
+    stopped_at timestamptz,
+    PRIMARY KEY (kind, name)
+);
+
 -- Database roles, SECURITY DEFINER paths, append-only audit log (0005; docs/security.md).
 -- The grants are made by sync_catalog (aggjobs.db.migrate.sync_grants).
 -- Group roles (NOLOGIN), cluster-wide: created only if missing, since every database of the

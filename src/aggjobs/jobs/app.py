@@ -34,6 +34,7 @@ from ..db.embedded_broker import embedded_broker_url
 from ..db.retry import RetryPolicy
 from ..errors import ConfigError
 from ..settings import Settings, get_settings
+from .liveness import WorkerHeartbeat
 from .model import Job
 from .registry import JOBS
 from .runner import RunRequest, run_job
@@ -119,7 +120,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         broker_transport_options=transport_options(broker, settings),
+        # beat's heartbeat (docs/jobs.md, "Liveness"); the worker's is a consumer bootstep
+        beat_scheduler="aggjobs.jobs.liveness:HeartbeatScheduler",
     )
+    app.steps["consumer"].add(WorkerHeartbeat)
     for job in JOBS.values():
         register(app, job, settings)
     return app

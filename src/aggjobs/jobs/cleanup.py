@@ -28,6 +28,7 @@ from ..catalog.grains import SUPPORTED_PARAMS
 from ..db import definitions
 from ..db.connect import scalar
 from ..engine import state
+from ..monitor import liveness
 from ..sql import query
 from ..sql.rollup import table_ident
 from .model import Step, StepContext, StepResult
@@ -96,6 +97,18 @@ def retired_step() -> Step:
         return StepResult(rows=len(dropped), detail={"dropped": dropped})
 
     return Step("cleanup.retired_tables", run)
+
+
+def heartbeats_step() -> Step:
+    """The heartbeat rows of workers and schedulers gone for over a day (monitor.liveness):
+    a restarted beat, or a worker on a new host, has a new name."""
+    def run(ctx: StepContext) -> StepResult:
+        cutoff = ctx.as_of - timedelta(seconds=liveness.KEEP_S)
+        where = sql.SQL("coalesce(stopped_at, seen_at) < %(limit)s")
+        table = sql.Identifier("aggjobs", "heartbeats")
+        return delete_before(ctx, table, where, cutoff, cutoff, None)
+
+    return Step("cleanup.heartbeats", run)
 
 
 def job_history_step() -> Step:

@@ -34,7 +34,7 @@ def cleanup_steps(settings: Settings) -> list[Step]:
     return (
         [cleanup.raw_step(source) for source in sources()]
         + [cleanup.rollup_step(r, g) for r in rollups() for g in r.grains]
-        + [cleanup.job_history_step(), cleanup.retired_step()]
+        + [cleanup.job_history_step(), cleanup.heartbeats_step(), cleanup.retired_step()]
     )
 
 

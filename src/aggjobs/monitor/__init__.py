@@ -16,7 +16,7 @@ from ..db import definitions
 from ..engine.status import rebuilds, rollup_status, unsupported_rows
 from ..settings import Settings
 from ..sql import query
-from . import locks
+from . import liveness, locks
 
 
 def next_run(job: str, settings: Settings, now: datetime) -> datetime | None:
@@ -91,6 +91,40 @@ def problems(jobs: list[dict], rollups: list[dict], settings: Settings,
     return found
 
 
+LIVENESS_KEYS = ("no_worker", "no_scheduler")
+START = {"worker": "start one: `aggjobs worker` (or `aggjobs up`); until then the jobs wait "
+                   "in the broker's queue",
+         "scheduler": "start one: `aggjobs beat`, or a worker with `--beat` (one per "
+                      "deployment); until then no job runs on schedule"}
+
+
+def liveness_problems(live: dict, settings: Settings) -> list[Problem]:
+    """No worker, or no scheduler, alive for longer than AGGJOBS_LIVENESS_SECONDS; at once
+    when none was ever seen (0: not checked)."""
+    limit = settings.liveness_seconds
+    if not limit:
+        return []
+    found = []
+    for kind, plural in liveness.KINDS:
+        rows = live[plural]
+        if any(r["up"] for r in rows):
+            continue
+        if not rows:
+            why = f"no {kind} has ever sent a heartbeat to this database"
+        else:
+            last = min(rows, key=lambda r: r["down_seconds"])
+            if last["down_seconds"] <= limit:
+                continue
+            how = (f"stopped at {as_utc(last['stopped_at']):%Y-%m-%d %H:%M:%S}Z"
+                   if last["stopped_at"] else f"last heartbeat at "
+                   f"{as_utc(last['seen_at']):%Y-%m-%d %H:%M:%S}Z, then silent")
+            why = (f"none alive for {last['down_seconds']:.0f} s (over "
+                   f"AGGJOBS_LIVENESS_SECONDS={limit:g}); the last, {last['name']} (pid "
+                   f"{last['pid']}), {how}")
+        found.append(Problem(f"no_{kind}", f"no {kind}", why, START[kind]))
+    return found
+
+
 def lock_problems(conn: psycopg.Connection) -> list[Problem]:
     """A session aggjobs does not run as holding one of its advisory locks (monitor.locks)."""
     return [Problem(f"foreign_lock:{h.pid}:{h.kind}:{h.name or ''}", f"advisory lock ({h.lock})",
@@ -144,19 +178,27 @@ def overview(conn: psycopg.Connection, settings: Settings, now: datetime | None 
     rollups = rollup_status(conn, now=now)
     unsupported = unsupported_rows(conn)
     rebuilding = rebuilds(conn)
-    found = (definition_problems(conn) + rebuild_problems(rebuilding)
-             + problems(jobs, rollups, settings, now, unsupported) + lock_problems(conn))
+    live = liveness.state(conn, settings)
+    found = (liveness_problems(live, settings) + definition_problems(conn)
+             + rebuild_problems(rebuilding) + problems(jobs, rollups, settings, now, unsupported)
+             + lock_problems(conn))
     return {"healthy": not found, "checked_at": now, "problems": [str(p) for p in found],
             "incidents": [p.key for p in found], "jobs": jobs, "rollups": rollups,
-            "unsupported_rows": unsupported, "rebuilds": rebuilding}
+            "unsupported_rows": unsupported, "rebuilds": rebuilding, "liveness": live}
 
 
 def current_problems(conn: psycopg.Connection, settings: Settings,
                      now: datetime | None = None) -> list[Problem]:
     now = as_utc(now or datetime.now(UTC))
-    return definition_problems(conn) + rebuild_problems(rebuilds(conn)) + problems(
+    return current_liveness_problems(conn, settings) + definition_problems(conn) + \
+        rebuild_problems(rebuilds(conn)) + problems(
         job_states(conn, settings, now), rollup_status(conn, now=now), settings, now,
         unsupported_rows(conn)) + lock_problems(conn)
+
+
+def current_liveness_problems(conn: psycopg.Connection, settings: Settings) -> list[Problem]:
+    """The liveness problems alone: what a worker's or scheduler's heartbeat checks."""
+    return liveness_problems(liveness.state(conn, settings), settings)
 
 
 def run_history(conn: psycopg.Connection, *, job: str | None = None,

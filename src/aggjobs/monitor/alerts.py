@@ -1,7 +1,10 @@
 """Alerts: each problem of `aggjobs status` is an incident, announced once when it starts
 and once when it clears, as a structured log event and, if AGGJOBS_ALERT_WEBHOOK_URL is
 set, a JSON POST (retried). Evaluated after every job run, so at least every 15 minutes
-while a worker runs; `aggjobs status` and /metrics cover a worker that is down."""
+while a worker runs; the liveness incidents (no worker, no scheduler) also at every heartbeat
+of a worker or a scheduler, so that a scheduler announces the last worker's end and a worker
+the scheduler's. With none of them alive, `aggjobs status`, /metrics and the Prometheus
+rules (contrib/prometheus/alerts.yml) say so."""
 
 from __future__ import annotations
 
@@ -16,23 +19,29 @@ import psycopg
 
 from ..settings import Settings
 from ..sql import query
-from . import Problem, current_problems
+from . import LIVENESS_KEYS, Problem, current_liveness_problems, current_problems
 
 log = logging.getLogger("aggjobs.alerts")
 
 WEBHOOK_ATTEMPTS = 3
 
 
-def evaluate(conn: psycopg.Connection, settings: Settings, now: datetime | None = None
-             ) -> list[dict]:
-    """Open incidents for new problems, resolve those that cleared; returns the events."""
+def evaluate(conn: psycopg.Connection, settings: Settings, now: datetime | None = None,
+             *, liveness_only: bool = False) -> list[dict]:
+    """Open incidents for new problems, resolve those that cleared; returns the events.
+    `liveness_only`: the liveness incidents alone (no worker, no scheduler), which every
+    worker's and scheduler's heartbeat checks, so that they are announced while no job runs."""
     now = now or datetime.now(UTC)
-    found = {p.key: p for p in current_problems(conn, settings, now)}
+    problems = (current_liveness_problems(conn, settings) if liveness_only
+                else current_problems(conn, settings, now))
+    found = {p.key: p for p in problems}
     events = []
     with conn.transaction():
         # Two workers evaluating at once: one after the other, each change announced once.
         conn.execute(query("lock_alerts"))
-        open_rows: dict[str, str] = dict(conn.execute(query("open_alerts")).fetchall())
+        open_rows: dict[str, str] = {
+            key: message for key, message in conn.execute(query("open_alerts")).fetchall()
+            if not liveness_only or key in LIVENESS_KEYS}
         for key, problem in found.items():
             if key not in open_rows:
                 conn.execute(query("open_alert"), {"key": key, "message": str(problem)})

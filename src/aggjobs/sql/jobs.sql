@@ -159,25 +159,28 @@ row_count, dropped FROM aggjobs.drop_partition_before(%s, %s, %s)
 -- Prometheus (api/metrics.py): runs per job and status in the retained history.
 SELECT job, status, count(*) FROM aggjobs.job_runs GROUP BY job, status
 
--- name: metric_durations
--- Prometheus: per job and status, the finished runs' count, total seconds and cumulative
--- counts per histogram bucket (the upper bounds in seconds).
-WITH d AS (
-    SELECT job, status, extract(epoch FROM finished_at - started_at)::float8 AS s
-    FROM aggjobs.job_runs WHERE finished_at IS NOT NULL
-), per_bucket AS (
-    SELECT d.job, d.status, b, count(*) FILTER (WHERE d.s <= b) AS n
-    FROM d CROSS JOIN unnest(%(buckets)s::float8[]) AS b
-    GROUP BY d.job, d.status, b
-)
-SELECT t.job, t.status, t.total, t.total_s, c.cumulative
-FROM (SELECT job, status, count(*) AS total, coalesce(sum(s), 0) AS total_s
-      FROM d GROUP BY job, status) AS t
-JOIN (SELECT job, status, array_agg(n ORDER BY b) AS cumulative
-      FROM per_bucket GROUP BY job, status) AS c USING (job, status)
-
 -- name: metric_rows_written
--- Prometheus: rows written per job, summed over the steps of the retained runs.
+-- Prometheus: rows written per job, summed over the steps of the retained runs (a gauge:
+-- the cleanup job trims the history).
 SELECT r.job, coalesce(sum((s.step ->> 'rows')::bigint), 0)
 FROM aggjobs.job_runs AS r CROSS JOIN LATERAL jsonb_array_elements(r.steps) AS s(step)
 GROUP BY r.job
+
+-- name: metric_finished_runs
+-- Prometheus: the runs finished at or after `since` (database clock), each with its duration
+-- and the rows its steps wrote, for the API process's own counters (api/metrics.py); and the
+-- statement's time, from which the next read starts.
+SELECT r.id, r.job, r.status,
+       greatest(extract(epoch FROM r.finished_at - r.started_at), 0)::float8 AS seconds,
+       (SELECT coalesce(sum((s.step ->> 'rows')::bigint), 0)
+        FROM jsonb_array_elements(r.steps) AS s(step)) AS rows
+FROM aggjobs.job_runs AS r
+WHERE r.finished_at >= %(since)s AND r.status <> 'running'
+
+-- name: metric_clock
+SELECT statement_timestamp()
+
+-- name: metric_running_backfills
+-- Prometheus: the backfills running now, with how far each has come.
+SELECT id, rollup, grain, range_start, range_end, done_until, status
+FROM aggjobs.backfills WHERE status = 'running' ORDER BY id
