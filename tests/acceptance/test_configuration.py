@@ -58,6 +58,7 @@ INVALID = {
     "max_backfill_days": "lots",
     "api_rate_limit": "fast",
     "trusted_proxies": "proxy.local",
+    "liveness_seconds": "-5",
 }
 
 # what the line says for a few, beyond the variable's name
@@ -69,6 +70,7 @@ SAYS = {
     "backfill_sessions": "expected a whole number >= 1 and <= 16",
     "lock_wait_s": "expected a number of seconds >= 0",
     "native": "expected true or false",
+    "liveness_seconds": "AGGJOBS_LIVENESS_SECONDS='-5'",
 }
 
 
