@@ -101,9 +101,16 @@ def test_dashboard_shows_jobs_charts_freshness_failures_backfills_problems(clien
     assert "poison" in part["failures"]  # the failed hourly step's error
     assert "abandoned" in part["failures"]
 
-    assert part["backfills"].count('<tr class="backfill"') == 1
-    assert "bf_running" in part["backfills"] and 'value="0.4000"' in part["backfills"]
-    assert "40%" in part["backfills"]
+    # every backfill, running first: progress, outcome and error (history, not only running)
+    shown = re.findall(r'<tr class="backfill (\w+)" data-id="\d+"( data-live)?>(.*?)</tr>',
+                       part["backfills"])
+    assert [(status, live) for status, live, _ in shown] == [
+        ("running", " data-live"), ("failed", ""), ("succeeded", "")]
+    running, failed, succeeded = (cells for _, _, cells in shown)
+    assert "bf_running" in running and 'value="0.4000"' in running and "40%" in running
+    assert "bf_failed" in failed and "20%" in failed and "boom" in failed
+    assert "bf_succeeded" in succeeded and "100%" in succeeded
+    assert "<button" not in page and 'id="backfill-form"' not in page  # a viewer's page
 
     yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
     assert f'<a id="report-link" data-auth href="/reports/{yesterday}">' in page
