@@ -81,9 +81,26 @@ def queue_rows(conn: psycopg.Connection, rollups: list[Rollup], lo: datetime, hi
                 rows.append({"id": queue_one(conn, rollup, lo, hi, who),
                              "rollup": rollup.name})
     except pg_errors.UniqueViolation:  # queued by another request between our look and insert
-        raise BackfillBusy(f"a backfill of the range [{lo.isoformat()}, {hi.isoformat()}) "
-                           "was queued by another request just now") from None
+        raise queued_already(conn, rollups, lo, hi) from None
     return rows
+
+
+def queued_already(conn: psycopg.Connection, rollups: list[Rollup], lo: datetime,
+                   hi: datetime) -> BackfillBusy:
+    """The refusal of a request that lost the race to queue a range: naming the winner."""
+    for rollup in rollups:
+        row = conn.execute(query("running_backfill"),
+                           {"rollup": rollup.name, "lo": lo, "hi": hi}).fetchone()
+        if row is not None:
+            return busy_queued(rollup, lo, hi, row[0])
+    return BackfillBusy(f"a backfill of the range [{lo.isoformat()}, {hi.isoformat()}) was "
+                        "queued by another request just now")
+
+
+def busy_queued(rollup: Rollup, lo: datetime, hi: datetime, backfill_id: int) -> BackfillBusy:
+    return BackfillBusy(f"backfill {backfill_id} of {rollup.name} over [{lo.isoformat()}, "
+                        f"{hi.isoformat()}) is queued already: wait for a worker to run it "
+                        "(the dashboard shows its progress), or cancel it")
 
 
 def queue_one(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime,
@@ -93,9 +110,7 @@ def queue_one(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: dateti
     if row is None:
         return int(scalar(conn, query("queue_backfill"), params))
     if row[6] == "queued":
-        raise BackfillBusy(f"backfill {row[0]} of {rollup.name} over [{lo.isoformat()}, "
-                           f"{hi.isoformat()}) is queued already: wait for a worker to run "
-                           "it (the dashboard shows its progress), or cancel it")
+        raise busy_queued(rollup, lo, hi, row[0])
     if row[5]:
         raise busy(rollup, lo, hi, row)
     return int(scalar(conn, query("requeue_backfill"), {**params, "id": row[0]}))
