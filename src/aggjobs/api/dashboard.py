@@ -198,6 +198,7 @@ def jobs_header(state: dict) -> str:
             f'{"<th>action</th>" if may_act(state) else ""}</tr>')
 
 
+TICK_ROOM_PX = 64  # between two labelled ticks: a "03-10 04:05" label is ~55 px wide
 CHART = {"width": 360, "height": 124, "left": 38, "right": 6, "bottom": 28, "top": 8}
 
 
@@ -209,14 +210,20 @@ def time_label(ts: datetime, runs: list[dict]) -> str:
 
 
 def time_ticks(runs: list[dict], x_of: list[float], bottom: float) -> list[str]:
-    """Up to four ticks under the bars, each labelled with its run's start (UTC)."""
-    n = len(runs)
-    picks = sorted({round(i * (n - 1) / 3) for i in range(4)}) if n > 1 else [0]
-    return [
-        f'<line class="axis" x1="{x_of[i]:.1f}" y1="{bottom}" x2="{x_of[i]:.1f}" '
-        f'y2="{bottom + 3}"/><text class="tick time" x="{x_of[i]:.1f}" y="{bottom + 12}" '
-        f'text-anchor="middle">{esc(time_label(runs[i]["started_at"], runs))}</text>'
-        for i in picks]
+    """Ticks under the bars, each labelled with its run's start (UTC): the first run's,
+    then every run far enough right of the last labelled one to leave room for its label,
+    and never the same label twice."""
+    parts, last_x, last_label = [], float("-inf"), None
+    for i, r in enumerate(runs):
+        label = time_label(r["started_at"], runs)
+        if x_of[i] - last_x < TICK_ROOM_PX or label == last_label:
+            continue
+        last_x, last_label = x_of[i], label
+        parts.append(
+            f'<line class="axis" x1="{x_of[i]:.1f}" y1="{bottom}" x2="{x_of[i]:.1f}" '
+            f'y2="{bottom + 3}"/><text class="tick time" x="{x_of[i]:.1f}" y="{bottom + 12}" '
+            f'text-anchor="middle">{esc(label)}</text>')
+    return parts
 
 
 def value_ticks(peak: float, top: float, plot_h: float, left: float, right: float) -> list[str]:

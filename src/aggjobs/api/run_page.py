@@ -44,19 +44,26 @@ def step_rows(run: dict) -> str:
     rows = "".join(
         f'<tr class="step {esc(s.get("status"))}" data-step="{esc(s.get("name"))}">'
         f'<td>{esc(s.get("name"))}</td><td>{status_badge(s.get("status"))}</td>'
-        f'<td>{esc(s.get("started_at") or "–")}</td>'
+        f'<td title="{esc(s.get("started_at"))}">{esc(since_start(s, run))}</td>'
         f'<td class="num">{esc(duration(s.get("seconds")))}</td>'
         f'<td class="num">{esc(s.get("rows"))}</td><td class="num">{esc(s.get("attempts"))}</td>'
         f'<td><code class="params">{compact(s.get("detail") or {})}</code></td>'
         f'<td>{error_block(s.get("error"))}</td></tr>'
         for s in steps)
-    return ('<table id="steps"><tr><th>step</th><th>status</th><th>started</th>'
+    return ('<table id="steps"><tr><th>step</th><th>status</th><th>began</th>'
             '<th>duration</th><th>rows</th><th>attempts</th><th>detail</th><th>error</th>'
             f'</tr>{rows}</table>')
 
 
 def error_block(error: object) -> str:
     return f"<pre>{esc(error)}</pre>" if error else ""
+
+
+def since_start(step: dict, run: dict) -> str:
+    """When a step began, from the run's start (its timestamp in the cell's title)."""
+    if not step.get("started_at"):
+        return "–"
+    return f"+{offset(step, run['started_at']):.3f} s"
 
 
 def offset(step: dict, start: datetime) -> float:

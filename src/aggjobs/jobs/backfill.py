@@ -153,14 +153,19 @@ class Queued:
 
 def run_queued(settings: Settings, queued: Queued) -> dict[str, str]:
     """Run the queued backfills one rollup after the other, each audited as the CLI's are
-    (a `started` row, then its outcome). A cancelled one ends `cancelled` and the others
-    still run; whatever of them is still queued at the end (the task failed first) is
+    (a `started` row, then its outcome). One no longer queued when the task comes (cancelled
+    meanwhile) is not run, nor audited again; one cancelled while it runs ends `cancelled`,
+    and the others still run; whatever of them is still queued at the end (the task failed first) is
     marked failed, so that none stays queued forever."""
     lo, hi = parse_timestamp(queued.lo), parse_timestamp(queued.hi)
     outcomes: dict[str, str] = {}
     with connect("backfill", settings=settings) as conn:
         try:
             for row in queued.backfills:
+                status = scalar(conn, query("backfill_status"), {"id": row["id"]})
+                if status != "queued":  # cancelled meanwhile (or resumed by someone else)
+                    outcomes[row["rollup"]] = f"not run: {status}"
+                    continue
                 outcomes[row["rollup"]] = one_queued(conn, settings, row["rollup"], lo, hi,
                                                      queued.who)
         finally:

@@ -284,6 +284,9 @@ RETURNING b.id, b.rollup, t.was, b.status
 UPDATE aggjobs.backfills SET status = 'failed', error = %(error)s, finished_at = now()
 WHERE id = ANY(%(ids)s) AND status = 'queued'
 
+-- name: backfill_status
+SELECT status FROM aggjobs.backfills WHERE id = %(id)s
+
 -- name: backfill_by_id
 SELECT id, rollup, status FROM aggjobs.backfills WHERE id = %(id)s
 
