@@ -5,11 +5,13 @@ Ten identical concurrent `POST /api/backfills`: one is queued (202), nine are 40
 (issue 21 finding 5: one or two were a 500, a UniqueViolation of
 backfills_one_open_per_range); the worker then runs it to success, audited (queued, started,
 succeeded; each refusal too). And a running backfill cancelled from the API stops before its
-next chunk, `cancelled`, its outcome audited.
+next chunk, `cancelled`, its outcome audited: a worker's, and a terminal's `aggjobs backfill`.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -111,3 +113,29 @@ def test_a_running_backfill_cancelled_over_http_stops_before_its_next_chunk(
     outcomes = [o for (o,) in conn.execute(
         "SELECT outcome FROM aggjobs.audit_log WHERE action LIKE 'backfill%' ORDER BY id")]
     assert outcomes == ["queued", "started", "requested", f"cancelled: {error}"]
+
+
+def test_a_terminals_backfill_cancelled_from_the_api_stops_with_one_line(
+        conn, db_url, settings: Settings, workers: Workers) -> None:  # noqa: F811
+    """`aggjobs backfill` reads the same flag: cancelled from the dashboard, it stops before
+    its next chunk and exits 2 naming who cancelled it."""
+    headers = prepared(conn, settings)
+    lock = psycopg.connect(db_url, autocommit=True)
+    env = workers.env()
+    with serving(env) as served:
+        with state.rollup_lock(lock, get_rollup("user_activity"), wait_s=10):
+            cli = subprocess.Popen(
+                [sys.executable, "-m", "aggjobs", "backfill", "user_activity", "--from",
+                 BODY["from"], "--to", BODY["to"]], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            backfill_id = poll(lambda: conn.execute(
+                "SELECT id FROM aggjobs.backfills WHERE status = 'running'").fetchone(),
+                60, "the terminal's backfill")[0]
+            cancel = httpx.post(f"{served.base}/api/backfills/{backfill_id}/cancel",
+                                headers=headers)
+            assert cancel.status_code == 200 and cancel.json()["status"] == "running"
+        out, err = cli.communicate(timeout=60)
+    lock.close()
+    assert cli.returncode == 2, (out, err)
+    assert err.strip() == f"error: backfill {backfill_id} of user_activity cancelled by api:op"
+    assert status_of(conn, backfill_id) == "cancelled"
