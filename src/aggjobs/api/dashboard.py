@@ -179,7 +179,8 @@ def jobs_table(state: dict, now: datetime) -> str:
         fails = j["consecutive_failures"] or 0
         last = run_link(j["last_id"]) if j.get("last_id") else ""
         rows.append(
-            f'<tr class="job {esc(j["last_status"] or "none")}" data-job="{esc(j["job"])}">'
+            f'<tr class="job {esc(j["last_status"] or "none")}" data-job="{esc(j["job"])}"'
+            f'{" data-live" if j.get("running") else ""}>'
             f'<td class="name">{esc(j["job"])}<div class="sub">{esc(j.get("schedule"))}</div></td>'
             f'<td>{status_badge(j["last_status"])} {last}</td>'
             f'<td>{when(j["last_started"], now)}</td>'
@@ -221,7 +222,7 @@ def time_ticks(runs: list[dict], x_of: list[float], bottom: float) -> list[str]:
         last_x, last_label = x_of[i], label
         parts.append(
             f'<line class="axis" x1="{x_of[i]:.1f}" y1="{bottom}" x2="{x_of[i]:.1f}" '
-            f'y2="{bottom + 3}"/><text class="tick time" x="{x_of[i]:.1f}" y="{bottom + 12}" '
+            f'y2="{bottom + 3}"/><text class="tick time" x="{x_of[i]:.1f}" y="{bottom + 18}" '
             f'text-anchor="middle">{esc(label)}</text>')
     return parts
 

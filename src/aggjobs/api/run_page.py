@@ -136,6 +136,7 @@ def render_run(run: dict, role: str, now: datetime | None = None) -> str:
         "run.html",
         run_id=esc(run["id"]), job=esc(run["job"]), status=esc(run["status"]),
         badge=status_badge(run["status"]),
+        live=" data-live" if run["status"] == "running" else "",  # refreshed every 3 s
         checked_at=esc(now.strftime("%Y-%m-%d %H:%M:%S UTC")),
         facts=facts(run, now),
         actions=f'<p id="actions">{retry_button(state, run)}</p>',
