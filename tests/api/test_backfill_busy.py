@@ -6,14 +6,18 @@ Ten identical concurrent `POST /api/backfills`: one is queued (202), nine are 40
 backfills_one_open_per_range); the worker then runs it to success, audited (queued, started,
 succeeded; each refusal too). And a running backfill cancelled from the API stops before its
 next chunk, `cancelled`, its outcome audited: a worker's, and a terminal's `aggjobs backfill`.
+A worker's pool child killed mid-backfill: the task is redelivered and resumes the row.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -139,3 +143,42 @@ def test_a_terminals_backfill_cancelled_from_the_api_stops_with_one_line(
     assert cli.returncode == 2, (out, err)
     assert err.strip() == f"error: backfill {backfill_id} of user_activity cancelled by api:op"
     assert status_of(conn, backfill_id) == "cancelled"
+
+
+def pool_children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a prefork worker's pool)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_backfill_whose_worker_dies_is_redelivered_and_resumed(
+        conn, db_url, settings: Settings, workers: Workers) -> None:  # noqa: F811
+    headers = prepared(conn, settings)
+    lock = psycopg.connect(db_url, autocommit=True)
+    with serving(workers.env()) as served:
+        with state.rollup_lock(lock, get_rollup("user_activity"), wait_s=10):
+            got = httpx.post(f"{served.base}/api/backfills", json=BODY, headers=headers)
+            backfill_id = got.json()["backfills"][0]["id"]
+            worker = workers.start()
+            poll(lambda: status_of(conn, backfill_id) == "running", 60, "the worker's claim")
+            [child] = pool_children(worker.pid)
+            os.kill(child, signal.SIGKILL)
+            poll(lambda: "WorkerLostError" in worker.text(), 30, "the lost child noticed")
+            # the message comes back (acks_late, reject_on_worker_lost) to a new child,
+            # which finds the dead one's session gone and claims the row again
+            poll(lambda: conn.execute(
+                "SELECT count(*) FROM aggjobs.audit_log WHERE action = 'backfill'"
+                " AND outcome = 'started'").fetchone()[0] == 2, 60, "the second start")
+        poll(lambda: status_of(conn, backfill_id) == "succeeded", 90, "the resumed backfill")
+    lock.close()
+    outcomes = [o.split(":")[0] for (o,) in conn.execute(
+        "SELECT outcome FROM aggjobs.audit_log WHERE action = 'backfill' ORDER BY id")]
+    assert outcomes == ["queued", "started", "abandoned", "started", "succeeded"]
+    assert worker.alive()

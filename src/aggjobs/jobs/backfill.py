@@ -140,6 +140,11 @@ def finish(conn: psycopg.Connection, settings: Settings, entry: Audited, outcome
             fresh.execute(query("audit_backfill_outcome"), entry.row(outcome))
 
 
+# A queued backfill found so when its task comes is left alone. One found running is not:
+# a redelivered task (its worker died) resumes it once its session is gone.
+ENDED = ("cancelled", "succeeded")
+
+
 @dataclass(frozen=True)
 class Queued:
     """What a worker's `backfill` task is given: the rows the API queued (id, rollup), the
@@ -153,8 +158,8 @@ class Queued:
 
 def run_queued(settings: Settings, queued: Queued) -> dict[str, str]:
     """Run the queued backfills one rollup after the other, each audited as the CLI's are
-    (a `started` row, then its outcome). One no longer queued when the task comes (cancelled
-    meanwhile) is not run, nor audited again; one cancelled while it runs ends `cancelled`,
+    (a `started` row, then its outcome). One cancelled or succeeded when the task comes is
+    not run, nor audited again; one cancelled while it runs ends `cancelled`,
     and the others still run; whatever of them is still queued at the end (the task failed first) is
     marked failed, so that none stays queued forever."""
     lo, hi = parse_timestamp(queued.lo), parse_timestamp(queued.hi)
@@ -163,7 +168,7 @@ def run_queued(settings: Settings, queued: Queued) -> dict[str, str]:
         try:
             for row in queued.backfills:
                 status = scalar(conn, query("backfill_status"), {"id": row["id"]})
-                if status != "queued":  # cancelled meanwhile (or resumed by someone else)
+                if status in ENDED:  # cancelled meanwhile, or run to its end by another
                     outcomes[row["rollup"]] = f"not run: {status}"
                     continue
                 outcomes[row["rollup"]] = one_queued(conn, settings, row["rollup"], lo, hi,
