@@ -154,6 +154,7 @@ def test_operators_act_from_the_dashboard_in_chromium(
         poll(lambda: row_status(browser, done) == "succeeded", WAIT_S * 2, "the backfill's end")
         text = row(browser, done)["text"]
         assert "100%" in text and "api:oncall" in text
+        browser.execute_script("document.getElementById('backfills-section').scrollIntoView()")
         shot(browser, tmp_path, "backfills")
 
         # a viewer sees no action

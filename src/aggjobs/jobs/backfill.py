@@ -5,8 +5,9 @@ lives here, below the front ends' `operations`, so that the task runs the very s
 A backfill's audit rows (docs/security.md, "Backfill audit rows"): a refused one (over the
 span cap) writes one row, `refused: ...`. One that starts writes a row `started` at once,
 in its own transaction, naming its database session (params.session_pid); when it ends, a
-second row with the same parameters and `started_id` says how: `succeeded`, `failed: ...`
-or `refused: ...` (the range is being backfilled by another session). If the process dies
+second row with the same parameters and `started_id` says how: `succeeded`, `failed: ...`,
+`cancelled: ...` (aggjobs.backfills.cancel_requested, read before each chunk) or
+`refused: ...` (the range is being backfilled by another session). If the process dies
 first, the start stays alone until someone notices that its session is gone (the next
 backfill, or the next job run) and writes `abandoned: ...` for it, as job runs are marked
 abandoned. The audit log is append-only, hence a second row rather than an update of the
