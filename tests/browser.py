@@ -26,3 +26,38 @@ def headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedPro
          "--disable-extensions", "--disable-background-networking",
          f"--user-data-dir={profile}", *args],
         capture_output=True, text=True, timeout=90, check=True)
+
+
+def chromedriver() -> str:
+    """Debian's chromedriver (package chromium-driver); skip, or fail under CI, without it."""
+    found = shutil.which("chromedriver")
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail("chromedriver is not installed (CI must install it: see .ci/run)")
+    pytest.skip("chromedriver is not installed (apt-get install -y chromium-driver)")
+
+
+def webdriver(profile: Path, width: int = 1280, height: int = 1600):
+    """Selenium driving Debian's headless Chromium through Debian's chromedriver: both paths
+    given, so that Selenium Manager downloads nothing (SE_OFFLINE too)."""
+    os.environ["SE_OFFLINE"] = "true"
+    from selenium import webdriver as selenium
+    from selenium.webdriver.chrome.service import Service
+
+    options = selenium.ChromeOptions()
+    options.binary_location = chromium()
+    for arg in ("--headless=new", "--disable-gpu", "--no-sandbox", "--no-first-run",
+                "--disable-extensions", "--disable-background-networking",
+                "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+                f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    return selenium.Chrome(options=options, service=Service(executable_path=chromedriver()))
+
+
+def artifacts(tmp_path: Path) -> Path:
+    """Where browser tests keep their screenshots: $AGGJOBS_TEST_ARTIFACTS, else a directory
+    of the test's pytest tmp dir."""
+    where = Path(os.environ.get("AGGJOBS_TEST_ARTIFACTS") or tmp_path / "artifacts")
+    where.mkdir(parents=True, exist_ok=True)
+    return where

@@ -57,3 +57,27 @@ class DeclarationError(AggjobsError):
 
 class DefinitionsChanged(AggjobsError):
     """The declared rollups differ from those the tables were built with: run `aggjobs migrate`."""
+
+
+class NotFound(AggjobsError):
+    """What the request names does not exist (the API's 404)."""
+
+
+class Conflict(AggjobsError):
+    """What the request asks for contradicts the current state (the API's 409)."""
+
+
+class UnknownRun(NotFound):
+    """No run has that id."""
+
+
+class NotRetryable(Conflict):
+    """Only a failed or abandoned run is retried."""
+
+
+class UnknownBackfill(NotFound):
+    """No backfill has that id."""
+
+
+class NotCancellable(Conflict):
+    """Only a queued or running backfill is cancelled."""

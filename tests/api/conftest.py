@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg.types.json import Jsonb
 
 from aggjobs.api import tokens
 from aggjobs.api.app import create_api
@@ -17,6 +18,8 @@ from aggjobs.settings import Settings
 from tests import platform as p
 
 NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
+EVIL = "<script>alert('pwned')</script> & \"quoted\""
+HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 H = timedelta(hours=1)
 
 
@@ -80,3 +83,30 @@ def history(conn: psycopg.Connection, api_settings: Settings, db_url: str) -> Se
     statuses = {s for (s,) in conn.execute("SELECT DISTINCT status FROM aggjobs.job_runs")}
     assert statuses == {"succeeded", "failed", "skipped", "abandoned"}
     return api_settings
+
+
+@pytest.fixture
+def board(conn: psycopg.Connection, history: Settings) -> Settings:
+    """The API's run history plus: a failed daily_rollup run whose error (and failed step's)
+    holds markup, backfills running (40 %), succeeded and failed, a stale hourly rollup
+    (10 h behind its 2 h target) and a stored daily report of yesterday."""
+    conn.execute(
+        "INSERT INTO aggjobs.job_runs (job, trigger, who, as_of, status, started_at,"
+        " finished_at, steps, error, host, pid) VALUES ('daily_rollup', 'schedule', 'beat',"
+        " now(), 'failed', now() - interval '5 minutes', now() - interval '4 minutes',"
+        " %s, %s, 'h', 1)",
+        (Jsonb([{"name": "refresh:user_activity:day", "status": "failed",
+                 "error": f"step says {EVIL}"}]), f"RuntimeError: {EVIL}"))
+    for status, done in (("running", 4), ("succeeded", 10), ("failed", 2)):
+        conn.execute(
+            "INSERT INTO aggjobs.backfills (rollup, range_start, range_end, grain, done_until,"
+            " status, finished_at, error) VALUES (%s, %s, %s, 'hour', %s, %s, %s, %s)",
+            (f"bf_{status}", HOUR - timedelta(hours=30), HOUR - timedelta(hours=20),
+             HOUR - timedelta(hours=30 - done), status,
+             None if status == "running" else HOUR, "boom" if status == "failed" else None))
+    conn.execute("UPDATE aggjobs.watermarks SET watermark = %s"
+                 " WHERE rollup = 'user_activity' AND grain = 'hour'",
+                 (HOUR - timedelta(hours=10),))
+    conn.execute("INSERT INTO analytics.daily_reports (day, workspace_id, report)"
+                 " VALUES (current_date - 1, NULL, '{}')")
+    return history

@@ -14,49 +14,16 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg.types.json import Jsonb
 
 from aggjobs import reports
 from aggjobs.api.dashboard import progress
 from aggjobs.jobs.registry import JOBS
-from aggjobs.settings import Settings
 from tests.api.serve import free_port
 from tests.browser import chromium, headless
 from tests.reports.conftest import DAY, loaded  # noqa: F401  (a fixture)
 
-from .conftest import auth
-
-EVIL = "<script>alert('pwned')</script> & \"quoted\""
-HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-@pytest.fixture
-def board(conn: psycopg.Connection, history: Settings) -> Settings:
-    """The API's run history plus: a failed daily_rollup run whose error (and failed step's)
-    holds markup, backfills running (40 %), succeeded and failed, a stale hourly rollup
-    (10 h behind its 2 h target) and a stored daily report of yesterday."""
-    conn.execute(
-        "INSERT INTO aggjobs.job_runs (job, trigger, who, as_of, status, started_at,"
-        " finished_at, steps, error, host, pid) VALUES ('daily_rollup', 'schedule', 'beat',"
-        " now(), 'failed', now() - interval '5 minutes', now() - interval '4 minutes',"
-        " %s, %s, 'h', 1)",
-        (Jsonb([{"name": "refresh:user_activity:day", "status": "failed",
-                 "error": f"step says {EVIL}"}]), f"RuntimeError: {EVIL}"))
-    for status, done in (("running", 4), ("succeeded", 10), ("failed", 2)):
-        conn.execute(
-            "INSERT INTO aggjobs.backfills (rollup, range_start, range_end, grain, done_until,"
-            " status, finished_at, error) VALUES (%s, %s, %s, 'hour', %s, %s, %s, %s)",
-            (f"bf_{status}", HOUR - timedelta(hours=30), HOUR - timedelta(hours=20),
-             HOUR - timedelta(hours=30 - done), status,
-             None if status == "running" else HOUR, "boom" if status == "failed" else None))
-    conn.execute("UPDATE aggjobs.watermarks SET watermark = %s"
-                 " WHERE rollup = 'user_activity' AND grain = 'hour'",
-                 (HOUR - timedelta(hours=10),))
-    conn.execute("INSERT INTO analytics.daily_reports (day, workspace_id, report)"
-                 " VALUES (current_date - 1, NULL, '{}')")
-    return history
+from .conftest import EVIL, auth
 
 
 def sections(page: str) -> dict[str, str]:
@@ -101,9 +68,16 @@ def test_dashboard_shows_jobs_charts_freshness_failures_backfills_problems(clien
     assert "poison" in part["failures"]  # the failed hourly step's error
     assert "abandoned" in part["failures"]
 
-    assert part["backfills"].count('<tr class="backfill"') == 1
-    assert "bf_running" in part["backfills"] and 'value="0.4000"' in part["backfills"]
-    assert "40%" in part["backfills"]
+    # every backfill, running first: progress, outcome and error (history, not only running)
+    shown = re.findall(r'<tr class="backfill (\w+)" data-id="\d+"( data-live)?>(.*?)</tr>',
+                       part["backfills"])
+    assert [(status, live) for status, live, _ in shown] == [
+        ("running", " data-live"), ("failed", ""), ("succeeded", "")]
+    running, failed, succeeded = (cells for _, _, cells in shown)
+    assert "bf_running" in running and 'value="0.4000"' in running and "40%" in running
+    assert "bf_failed" in failed and "20%" in failed and "boom" in failed
+    assert "bf_succeeded" in succeeded and "100%" in succeeded
+    assert "<button" not in page and 'id="backfill-form"' not in page  # a viewer's page
 
     yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
     assert f'<a id="report-link" data-auth href="/reports/{yesterday}">' in page

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aggjobs.engine.status import rollup_status
+from aggjobs.jobs.backfill import Queued, Requester, run_queued
 from aggjobs.jobs.registry import JOBS
 
 from .conftest import NOW, auth
@@ -130,18 +131,35 @@ def test_post_run_of_an_unknown_job_is_404(client, keys, conn):
     assert got.status_code == 404 and "unknown job 'nope'" in got.json()["detail"]
 
 
-def test_backfill_recomputes_and_audits(client, history, keys, conn):
+def test_backfill_is_queued_then_run_by_the_task_and_audited(client, history, keys, conn,
+                                                              api_settings):
     lo, hi = NOW - 4 * timedelta(hours=1), NOW - timedelta(hours=1)
     body = {"rollups": ["user_activity"], "from": lo.isoformat(), "to": hi.isoformat()}
     got = client.post("/api/backfills", json=body, headers=auth(keys["operator"]))
-    assert got.status_code == 200, got.text
-    [report] = got.json()["rollups"]
-    assert report["rollup"] == "user_activity" and report["buckets"] >= 0
+    assert got.status_code == 202, got.text
+    [queued] = got.json()["backfills"]
+    assert queued["rollup"] == "user_activity" and queued["url"] == f"/api/backfills/{queued['id']}"
+    row = client.get(queued["url"], headers=auth(keys["viewer"])).json()
+    assert (row["status"], row["requested_by"], row["progress"]) == (
+        "queued", "api:t-operator", 0.0)
+    assert row["task_id"]  # sent to the broker (tests: memory://, no worker takes it)
+    # what the worker's task runs (tests/api/test_backfill_busy.py runs it in a worker)
+    outcome = run_queued(api_settings, Queued(
+        [{"id": queued["id"], "rollup": "user_activity"}], lo.isoformat(), hi.isoformat(),
+        Requester("api:t-operator", "testclient")))
+    assert outcome == {"user_activity": "succeeded"}
+    row = client.get(queued["url"], headers=auth(keys["viewer"])).json()
+    assert (row["status"], row["progress"]) == ("succeeded", 1.0)
     audit = conn.execute("SELECT id, actor, target, params, outcome, source"
                          " FROM aggjobs.audit_log WHERE action = 'backfill' ORDER BY id").fetchall()
     params = {"rollups": ["user_activity"], "from": lo.isoformat(), "to": hi.isoformat(),
-              "days": 0.125, "sessions": 1, "forced": False}
-    [(started_id, *start), (_, *end)] = audit  # a row when it starts, one when it ends
+              "days": 0.125}
+    # queued by the request, then a row when it starts, one when it ends
+    [(_, *asked), (started_id, *start), (_, *end)] = audit
+    assert asked == ["api:t-operator", "user_activity",
+                     {**params, "backfills": [queued["id"]], "task_id": row["task_id"]},
+                     "queued", "testclient"]
+    params = {**params, "sessions": 1, "forced": False}
     session = start[2].pop("session_pid")
     assert start == ["api:t-operator", "user_activity", params, "started", "testclient"]
     assert end == ["api:t-operator", "user_activity",

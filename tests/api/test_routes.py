@@ -19,6 +19,10 @@ ROUTES = {  # (method, path): (tag, role needed; None: no token)
     ("GET", "/api/rollups/{rollup}/{grain}/rows"): ("rollups", "viewer"),
     ("GET", "/api/backfills"): ("rollups", "viewer"),
     ("POST", "/api/backfills"): ("rollups", "operator"),
+    ("GET", "/api/backfills/{backfill_id}"): ("rollups", "viewer"),
+    ("POST", "/api/backfills/{backfill_id}/cancel"): ("rollups", "operator"),
+    ("GET", "/api/runs/{run_id}"): ("jobs", "viewer"),
+    ("POST", "/api/runs/{run_id}/retry"): ("jobs", "operator"),
     ("GET", "/api/tokens"): ("admin", "admin"),
     ("POST", "/api/tokens"): ("admin", "admin"),
     ("DELETE", "/api/tokens/{name}"): ("admin", "admin"),
@@ -28,9 +32,11 @@ ROUTES = {  # (method, path): (tag, role needed; None: no token)
     ("GET", "/api/reports/latest"): ("reports", "viewer"),
     ("GET", "/reports/{day}"): ("reports", "viewer"),
     ("GET", "/"): ("dashboard", "viewer"),
+    ("GET", "/runs/{run_id}"): ("dashboard", "viewer"),
 }
 PARAMS = {"{job}": "hourly_rollup", "{name}": "t-viewer", "{day}": "2026-01-01",
-          "{rollup}": "execution_metrics", "{grain}": "hour"}
+          "{rollup}": "execution_metrics", "{grain}": "hour", "{run_id}": "1",
+          "{backfill_id}": "1"}
 BODIES = {"/api/backfills": {"from": "2026-01-01", "to": "2026-01-02"},
           "/api/tokens": {"name": "routes-test", "role": "viewer"}}
 

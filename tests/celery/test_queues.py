@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aggjobs.jobs.app import create_app, queues_of
+from aggjobs.jobs.app import BACKFILL_TASK, create_app, queues_of
 from aggjobs.jobs.registry import JOBS
 from aggjobs.settings import Settings
 from tests import platform as p
@@ -48,6 +48,9 @@ def test_each_job_is_routed_to_its_queue(heavy_queue: str | None) -> None:
         assert {name: entry["options"]["queue"]
                 for name, entry in app.conf.beat_schedule.items()} == want
         assert queues_of(app) == (["q.light", heavy_queue] if heavy_queue else ["q.light"])
+        # the backfills queued by the API are heavy work
+        assert app.amqp.router.route({}, BACKFILL_TASK, (), {})["queue"].name == (
+            heavy_queue or "q.light")
     finally:
         app.close()
 

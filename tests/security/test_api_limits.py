@@ -59,15 +59,19 @@ def test_every_api_audit_row_carries_the_client_address(make_client, keys, conn)
     backfill = client.post("/api/backfills", headers=auth(keys["operator"]), json={
         "rollups": ["user_activity"], "from": (TODAY - timedelta(days=2)).isoformat(),
         "to": (TODAY - timedelta(days=1)).isoformat()})
-    assert backfill.status_code == 200, backfill.text
+    assert backfill.status_code == 202, backfill.text
+    [queued] = backfill.json()["backfills"]
+    cancel = client.post(f"/api/backfills/{queued['id']}/cancel", headers=auth(keys["operator"]))
+    assert cancel.status_code == 200, cancel.text
     made = client.post("/api/tokens", json={"name": "x", "role": "viewer"},
                        headers=auth(keys["admin"]))
     assert made.status_code == 201
     assert client.delete("/api/tokens/x", headers=auth(keys["admin"])).status_code == 200
     rows = conn.execute("SELECT action, source FROM aggjobs.audit_log WHERE actor <> 'tests'"
                         " ORDER BY id").fetchall()
-    assert rows == [("denied", "192.0.2.7"), ("run", "192.0.2.7"), ("backfill", "192.0.2.7"),
-                    ("backfill", "192.0.2.7"),  # started, then succeeded
+    assert rows == [("denied", "192.0.2.7"), ("run", "192.0.2.7"),
+                    ("backfill", "192.0.2.7"),  # queued (a worker's task runs it)
+                    ("backfill.cancel", "192.0.2.7"),
                     ("token.create", "192.0.2.7"), ("token.revoke", "192.0.2.7")]
 
 
@@ -107,7 +111,7 @@ def test_a_backfill_over_the_cap_is_422_and_audited(make_client, keys, conn):
 
     at_cap = {**body, "from": (hi - timedelta(days=7)).isoformat()}
     ok = client.post("/api/backfills", json=at_cap, headers=auth(keys["operator"]))
-    assert ok.status_code == 200, ok.text
+    assert ok.status_code == 202, ok.text
 
 
 def test_no_cap_when_the_setting_is_zero(make_client, keys):
@@ -115,7 +119,7 @@ def test_no_cap_when_the_setting_is_zero(make_client, keys):
     body = {"rollups": ["user_activity"], "from": (TODAY - timedelta(days=400)).isoformat(),
             "to": (TODAY - timedelta(days=1)).isoformat()}
     assert client.post("/api/backfills", json=body,
-                       headers=auth(keys["operator"])).status_code == 200
+                       headers=auth(keys["operator"])).status_code == 202
 
 
 def test_the_default_cap_is_31_days(make_client, keys):

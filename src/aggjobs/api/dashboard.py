@@ -3,8 +3,11 @@
 `gather()` reads everything the page shows in one pass over the database; `render()` is a
 pure function of that dict filling the template dashboard.html (string.Template). Every value
 put into the page goes through `esc()`: error texts come from the database. Charts are inline
-SVG drawn here; the page's small script only refreshes the content every 15 s and carries a
-`?token=` from the address into the page's links.
+SVG drawn here, with their times and values on hover (`<title>`); every run shown links to its
+page (run_page.py). The style (dashboard.css) and the small script (dashboard.js) are inlined:
+the page loads nothing from elsewhere. The script refreshes the content, carries a `?token=`
+from the address into the page's links, and sends the actions (run now, retry, backfill,
+cancel: drawn only for an operator's or an admin's token) to the API with the same token.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from string import Template
 import psycopg
 from psycopg.rows import dict_row
 
+from ..catalog import rollups as declared_rollups
 from ..catalog.jobs import JOB_SPECS as JOBS
 from ..db.connect import scalar
 from ..monitor import overview, run_history
@@ -27,6 +31,9 @@ from ..sql import query
 RUNS_CHARTED = 40
 FAILURES_SHOWN = 10
 BAD = ("failed", "abandoned")
+BACKFILLS_SHOWN = 20  # the newest; queued and running ones first
+UNDER_WAY = ("queued", "running")  # a backfill that can still be cancelled
+CLEANUP_JOB = "cleanup_old_data"  # deletes data: only an admin's page offers to run it
 
 
 def esc(value: object) -> str:
@@ -45,12 +52,20 @@ def progress(row: dict) -> float:
 
 def backfills(conn: psycopg.Connection, status: str | None = None, limit: int = 100
               ) -> list[dict]:
-    """aggjobs.backfills rows, running first then newest, each with its progress fraction."""
+    """aggjobs.backfills rows, running first, then queued, then newest, each with its
+    progress fraction."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             query("list_backfills"),
             {"status": status, "limit": limit}).fetchall()
     return [{**row, "progress": progress(row)} for row in rows]
+
+
+def backfill(conn: psycopg.Connection, backfill_id: int) -> dict | None:
+    """One aggjobs.backfills row with its progress fraction; None if there is none."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(query("backfill_row"), {"id": backfill_id}).fetchone()
+    return None if row is None else {**row, "progress": progress(row)}
 
 
 def latest_report_day(conn: psycopg.Connection) -> date | None:
@@ -72,14 +87,17 @@ def failures(history: list[dict], limit: int = FAILURES_SHOWN) -> list[dict]:
     return found
 
 
-def gather(conn: psycopg.Connection, settings: Settings, now: datetime | None = None) -> dict:
+def gather(conn: psycopg.Connection, settings: Settings, now: datetime | None = None,
+           role: str = "viewer") -> dict:
+    """Everything the page shows; `role`: the token's, which decides the actions drawn."""
     state = overview(conn, settings, now)
     runs = {job: run_history(conn, job=job, limit=RUNS_CHARTED) for job in JOBS}
     for row in state["rollups"]:
         row["target_seconds"] = settings.freshness_target(row["grain"])
     return {**state, "runs": runs, "failures": failures(run_history(conn, limit=500)),
-            "backfills": backfills(conn, status="running"),
-            "report_day": latest_report_day(conn)}
+            "backfills": backfills(conn, limit=BACKFILLS_SHOWN),
+            "report_day": latest_report_day(conn), "role": role,
+            "rollup_names": [r.name for r in declared_rollups()]}
 
 
 # -- formatting ----------------------------------------------------------------------------------
@@ -117,28 +135,136 @@ def status_badge(status: str | None) -> str:
     return f'<span class="badge {esc(status or "none")}">{esc(status or "never run")}</span>'
 
 
+def run_link(run_id: object, text: str | None = None) -> str:
+    """A link to a run's page (`/runs/{id}`); the script adds the page's token."""
+    return (f'<a class="run-link" data-auth href="/runs/{esc(run_id)}">'
+            f'{esc(text or f"run {run_id}")}</a>')
+
+
+def may_act(state: dict, job: str | None = None) -> bool:
+    """Whether the page's token may trigger: an operator's or an admin's; retention (the
+    cleanup job) needs an admin's."""
+    role = state.get("role", "viewer")
+    if job == CLEANUP_JOB:
+        return role == "admin"
+    return role in ("operator", "admin")
+
+
+def action_button(url: str, label: str, question: str, *, danger: bool = False) -> str:
+    """A button the script POSTs to `url` after asking `question` (dashboard.js)."""
+    return (f'<button type="button" class="action{" danger" if danger else ""}" '
+            f'data-url="{esc(url)}" data-confirm="{esc(question)}">{esc(label)}</button>')
+
+
+def run_now_button(state: dict, job: str) -> str:
+    if not may_act(state, job):
+        return ""
+    return action_button(f"/api/jobs/{job}/run", "run now",
+                         f"Run {job} now (as of now)?", danger=job == CLEANUP_JOB)
+
+
+def retry_button(state: dict, run: dict) -> str:
+    if run["status"] not in BAD or not may_act(state, run["job"]):
+        return ""
+    as_of = run["as_of"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return action_button(f"/api/runs/{run['id']}/retry", "retry",
+                         f"Run {run['job']} again for run {run['id']}'s reference time "
+                         f"{as_of}?")
+
+
 # -- sections ------------------------------------------------------------------------------------
 def jobs_table(state: dict, now: datetime) -> str:
     rows = []
     for j in state["jobs"]:
         fails = j["consecutive_failures"] or 0
+        last = run_link(j["last_id"]) if j.get("last_id") else ""
         rows.append(
-            f'<tr class="job {esc(j["last_status"] or "none")}" data-job="{esc(j["job"])}">'
+            f'<tr class="job {esc(j["last_status"] or "none")}" data-job="{esc(j["job"])}"'
+            f'{" data-live" if j.get("running") else ""}>'
             f'<td class="name">{esc(j["job"])}<div class="sub">{esc(j.get("schedule"))}</div></td>'
-            f'<td>{status_badge(j["last_status"])}</td>'
+            f'<td>{status_badge(j["last_status"])} {last}</td>'
             f'<td>{when(j["last_started"], now)}</td>'
             f'<td class="num">{esc(duration(j["last_seconds"]))}</td>'
             f'<td>{when(j["next_run"], now)}</td>'
             f'<td class="num{" bad" if fails else ""}">{esc(fails)}</td>'
-            f'<td class="err">{esc(j["last_error"]) if j["last_error"] else ""}</td></tr>')
+            f'<td class="err">{esc(j["last_error"]) if j["last_error"] else ""}</td>'
+            f'{"<td>" + run_now_button(state, j["job"]) + "</td>" if may_act(state) else ""}'
+            '</tr>')
     return "".join(rows)
 
 
+def jobs_header(state: dict) -> str:
+    return ("<tr><th>job</th><th>last run</th><th>started</th><th>duration</th>"
+            "<th>next run</th><th>failures in a row</th><th>last error</th>"
+            f'{"<th>action</th>" if may_act(state) else ""}</tr>')
+
+
+TICK_ROOM_PX = 64  # between two labelled ticks: a "03-10 04:05" label is ~55 px wide
+CHART = {"width": 360, "height": 124, "left": 38, "right": 6, "bottom": 28, "top": 8}
+
+
+def time_label(ts: datetime, runs: list[dict]) -> str:
+    """A tick's label: the time of day, with the date when the runs span several days."""
+    first, last = runs[0]["started_at"], runs[-1]["started_at"]
+    fmt = "%H:%M" if first.astimezone(UTC).date() == last.astimezone(UTC).date() else "%m-%d %H:%M"
+    return ts.astimezone(UTC).strftime(fmt)
+
+
+def time_ticks(runs: list[dict], x_of: list[float], bottom: float) -> list[str]:
+    """Ticks under the bars, each labelled with its run's start (UTC): the first run's,
+    then every run far enough right of the last labelled one to leave room for its label,
+    and never the same label twice."""
+    parts, last_x, last_label = [], float("-inf"), None
+    for i, r in enumerate(runs):
+        label = time_label(r["started_at"], runs)
+        if x_of[i] - last_x < TICK_ROOM_PX or label == last_label:
+            continue
+        last_x, last_label = x_of[i], label
+        parts.append(
+            f'<line class="axis" x1="{x_of[i]:.1f}" y1="{bottom}" x2="{x_of[i]:.1f}" '
+            f'y2="{bottom + 3}"/><text class="tick time" x="{x_of[i]:.1f}" y="{bottom + 18}" '
+            f'text-anchor="middle">{esc(label)}</text>')
+    return parts
+
+
+def value_ticks(peak: float, top: float, plot_h: float, left: float, right: float) -> list[str]:
+    """Durations on the left: 0, half and the peak, with a light grid line each."""
+    parts = []
+    for frac in (0.0, 0.5, 1.0):
+        y = top + plot_h * (1 - frac)
+        parts.append(
+            f'<line class="grid" x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}"/>'
+            f'<text class="tick" x="{left - 3}" y="{y + 3:.1f}" text-anchor="end">'
+            f'{esc(duration(peak * frac) if frac else "0")}</text>')
+    return parts
+
+
+def bar(r: dict, x: float, w: float, top: float, plot_h: float, peak: float) -> str:
+    """One run: a bar as tall as its duration, linked to its page, its values on hover."""
+    secs = float(r["seconds"] or 0.0)
+    h = max(2.0, plot_h * secs / peak)
+    label = (f'run {r["id"]} {r["status"]} ({r["trigger"]}) at '
+             f'{r["started_at"].astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, {duration(secs)}')
+    if r["status"] in BAD and r.get("error"):
+        label += f": {r['error'][:200]}"
+    mark = ""
+    if r["status"] in BAD:
+        cx, cy = x + w / 2, top + plot_h + 6
+        mark = f'<path class="fail-mark" d="M{cx - 3:.1f} {cy - 3:.1f}l6 6m0 -6l-6 6"/>'
+    return (f'<a data-auth href="/runs/{esc(r["id"])}">'
+            f'<rect class="run {esc(r["status"])}" data-status="{esc(r["status"])}" '
+            f'data-run="{esc(r["id"])}" x="{x:.1f}" y="{top + plot_h - h:.1f}" '
+            f'width="{w:.1f}" height="{h:.1f}"><title>{esc(label)}</title></rect>{mark}</a>')
+
+
 def chart(job: str, runs: list[dict]) -> str:
-    """Run durations (bars, coloured by status) and failures (red bars with a cross) of the
-    job's latest runs, oldest left."""
+    """Run durations (bars, coloured by status, failures marked with a cross) of the job's
+    latest runs, oldest left, one bar per run: the time axis gives the start (UTC) of the
+    runs above its ticks, the value axis their duration; hovering a bar gives its run's
+    id, status, trigger, start, duration and error; clicking it opens the run's page."""
     runs = [r for r in reversed(runs) if r["status"] != "skipped" or r["seconds"] is not None]
-    width, height, left, bottom, top = 360, 110, 34, 16, 8
+    c = CHART
+    width, height, left, top = c["width"], c["height"], c["left"], c["top"]
     head = (f'<svg class="chart" id="chart-{esc(job)}" data-job="{esc(job)}" '
             f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img">'
             f'<title>{esc(job)}: run durations and failures</title>')
@@ -146,31 +272,17 @@ def chart(job: str, runs: list[dict]) -> str:
         return head + (f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" '
                        'class="empty">no runs yet</text></svg>')
     peak = max(float(r["seconds"] or 0.0) for r in runs) or 1.0
-    plot_w, plot_h = width - left - 4, height - top - bottom
+    plot_w, plot_h = width - left - c["right"], height - top - c["bottom"]
     step = plot_w / max(len(runs), 12)
-    parts = [head,
-             (f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{width - 4}" '
-              f'y2="{top + plot_h}"/>'),
-             (f'<text class="tick" x="{left - 3}" y="{top + 8}" text-anchor="end">'
-              f'{esc(duration(peak))}</text>'),
-             f'<text class="tick" x="{left - 3}" y="{top + plot_h}" text-anchor="end">0</text>']
-    for i, r in enumerate(runs):
-        secs = float(r["seconds"] or 0.0)
-        h = max(2.0, plot_h * secs / peak)
-        x = left + i * step + step * 0.15
-        w = step * 0.7
-        label = (f'run {r["id"]} {r["status"]} at '
-                 f'{r["started_at"].astimezone(UTC):%Y-%m-%d %H:%M} UTC, {duration(secs)}')
-        if r["status"] in BAD and r.get("error"):
-            label += f": {r['error'][:200]}"
-        parts.append(
-            f'<rect class="run {esc(r["status"])}" data-status="{esc(r["status"])}" '
-            f'x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{w:.1f}" height="{h:.1f}">'
-            f'<title>{esc(label)}</title></rect>')
-        if r["status"] in BAD:
-            cx, cy = x + w / 2, top + plot_h + 8
-            parts.append(f'<path class="fail-mark" d="M{cx - 3:.1f} {cy - 3:.1f}l6 6m0 -6l-6 6"/>')
-    parts.append("</svg>")
+    x_of = [left + i * step + step / 2 for i in range(len(runs))]
+    bottom = top + plot_h
+    parts = [head, *value_ticks(peak, top, plot_h, left, width - c["right"]),
+             f'<line class="axis" x1="{left}" y1="{bottom}" x2="{width - c["right"]}" '
+             f'y2="{bottom}"/>', *time_ticks(runs, x_of, bottom)]
+    parts += [bar(r, x_of[i] - step * 0.35, step * 0.7, top, plot_h, peak)
+              for i, r in enumerate(runs)]
+    parts.append(f'<text class="tick" x="{width - c["right"]}" y="{height - 1}" '
+                 'text-anchor="end">run start (UTC)</text></svg>')
     return "".join(parts)
 
 
@@ -215,27 +327,59 @@ def failure_items(state: dict, now: datetime) -> str:
                         for s in f["failed_steps"])
         items.append(
             f'<li class="failure {esc(f["status"])}" data-run="{esc(f["id"])}">'
-            f'{status_badge(f["status"])} <b>{esc(f["job"])}</b> run {esc(f["id"])}, '
-            f'{when(f["started_at"], now)} ({esc(f["trigger"])}, {esc(f["who"])})'
+            f'{status_badge(f["status"])} <b>{esc(f["job"])}</b> {run_link(f["id"])}, '
+            f'{when(f["started_at"], now)} ({esc(f["trigger"])}, {esc(f["who"])}) '
+            f'{retry_button(state, f)}'
             f'<pre class="error">{esc(f["error"] or "(no error recorded)")}</pre>'
             f'{f"<ul class=steps>{steps}</ul>" if steps else ""}</li>')
     return f'<ul class="failures">{"".join(items)}</ul>'
 
 
-def backfill_rows(state: dict, now: datetime) -> str:
-    if not state["backfills"]:
-        return '<p class="none">No backfill running.</p>'
-    rows = "".join(
-        f'<tr class="backfill" data-id="{esc(b["id"])}"><td>{esc(b["rollup"])}</td>'
-        f'<td>{esc(b["grain"])}</td>'
+def backfill_row(state: dict, b: dict, now: datetime) -> str:
+    live = b["status"] in UNDER_WAY
+    cancel = (action_button(f"/api/backfills/{b['id']}/cancel", "cancel",
+                            f"Cancel backfill {b['id']} of {b['rollup']}? What it recomputed "
+                            "stays; it stops after its current chunk.", danger=True)
+              if live and may_act(state) and not b.get("cancel_requested") else "")
+    status = b["status"] + (" (cancelling)" if live and b.get("cancel_requested") else "")
+    return (
+        f'<tr class="backfill {esc(b["status"])}" data-id="{esc(b["id"])}"'
+        f'{" data-live" if live else ""}><td class="num">{esc(b["id"])}</td>'
+        f'<td>{esc(b["rollup"])}</td><td>{esc(b["grain"])}</td>'
         f'<td>{esc(b["range_start"].astimezone(UTC).strftime("%Y-%m-%d %H:%M"))} → '
         f'{esc(b["range_end"].astimezone(UTC).strftime("%Y-%m-%d %H:%M"))} UTC</td>'
+        f'<td><span class="badge {esc(b["status"])}">{esc(status)}</span></td>'
         f'<td><progress max="1" value="{b["progress"]:.4f}"></progress> '
         f'<span class="pct">{b["progress"] * 100:.0f}%</span></td>'
-        f'<td>{when(b["started_at"], now)}</td></tr>'
-        for b in state["backfills"])
-    return ('<table><tr><th>rollup</th><th>grain</th><th>range</th><th>progress</th>'
-            f'<th>started</th></tr>{rows}</table>')
+        f'<td>{when(b["started_at"], now)}</td><td>{when(b["finished_at"], now)}</td>'
+        f'<td>{esc(b.get("requested_by") or "")}</td>'
+        f'<td class="err">{esc(b["error"] or "")}</td><td>{cancel}</td></tr>')
+
+
+def backfill_rows(state: dict, now: datetime) -> str:
+    """The newest backfills, queued and running ones first: progress, outcome, cancel."""
+    if not state["backfills"]:
+        return '<p class="none">No backfill yet.</p>'
+    rows = "".join(backfill_row(state, b, now) for b in state["backfills"])
+    return ('<table id="backfills"><tr><th>id</th><th>rollup</th><th>grain</th><th>range</th>'
+            '<th>status</th><th>progress</th><th>started</th><th>finished</th>'
+            f'<th>requested by</th><th>error</th><th></th></tr>{rows}</table>')
+
+
+def backfill_form(state: dict) -> str:
+    """The form starting a backfill (an operator's or an admin's page only)."""
+    if not may_act(state):
+        return ""
+    boxes = "".join(f'<label><input type="checkbox" name="rollup" value="{esc(name)}"> '
+                    f'{esc(name)}</label> ' for name in state["rollup_names"])
+    return ('<section id="actions-section"><h2>Start a backfill</h2>'
+            '<form id="backfill-form"><fieldset><legend class="sub">rollups (none ticked: '
+            f'all)</legend>{boxes}</fieldset>'
+            '<label>from (UTC) <input type="datetime-local" name="from" required></label>'
+            '<label>to (UTC) <input type="datetime-local" name="to" required></label>'
+            '<button type="submit" class="action">start backfill</button></form>'
+            '<p class="sub">Recomputes the materialized buckets of the range, every grain, '
+            'as a task of a worker; progress below.</p></section>')
 
 
 def liveness_rows(state: dict, now: datetime) -> str:
@@ -287,22 +431,37 @@ def report_link(state: dict) -> str:
 
 
 @cache
-def template() -> Template:
-    return Template(files(__package__).joinpath("dashboard.html").read_text(encoding="utf-8"))
+def asset(name: str) -> str:
+    """A file of this package: the templates, their style and script."""
+    return files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+@cache
+def template(name: str = "dashboard.html") -> Template:
+    return Template(asset(name))
+
+
+def page(name: str, **values: str) -> str:
+    """Template `name` filled with `values`, the shared style and script inlined."""
+    return template(name).substitute(style=asset("dashboard.css"),
+                                     script=asset("dashboard.js"), **values)
 
 
 def render(state: dict) -> str:
     now = state["checked_at"]
     verdict = "healthy" if state["healthy"] else "unhealthy"
-    return template().substitute(
+    return page(
+        "dashboard.html",
         verdict=verdict,
         checked_at=esc(now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
         problems=problem_items(state),
+        jobs_header=jobs_header(state),
         jobs=jobs_table(state, now),
         liveness=liveness_rows(state, now),
         charts=charts(state),
         freshness=freshness_rows(state, now),
         failures=failure_items(state, now),
+        forms=backfill_form(state),
         backfills=backfill_rows(state, now),
         rebuilds=rebuild_rows(state),
         report=report_link(state),

@@ -27,15 +27,18 @@ from ..db.connect import first_line
 from ..engine.backfill import BackfillBusy
 from ..errors import (
     AggjobsError,
+    Conflict,
     DatabaseUnavailable,
     DeclarationError,
     DefinitionsChanged,
     InvalidTimestamp,
     MigrationRequired,
+    NotFound,
     SpanTooLong,
     UnknownJob,
 )
 from ..operations import tokens
+from ..operations.backfill import BrokerUnavailable
 from .redact import redact
 
 log = logging.getLogger(__name__)
@@ -49,11 +52,12 @@ MAX_NESTING = 3  # levels of a refused list or object echoed; deeper ones as the
 
 def aggjobs_status(exc: AggjobsError) -> int:
     # the server's own configuration (AGGJOBS_ROLLUPS) is at fault, not the request
-    if isinstance(exc, DatabaseUnavailable | MigrationRequired | DeclarationError):
+    if isinstance(exc, DatabaseUnavailable | MigrationRequired | DeclarationError
+                  | BrokerUnavailable):
         return 503
-    if isinstance(exc, UnknownJob | tokens.UnknownToken):
+    if isinstance(exc, UnknownJob | tokens.UnknownToken | NotFound):
         return 404
-    if isinstance(exc, tokens.TokenExists | BackfillBusy | DefinitionsChanged):
+    if isinstance(exc, tokens.TokenExists | BackfillBusy | DefinitionsChanged | Conflict):
         return 409
     if isinstance(exc, SpanTooLong | InvalidTimestamp):
         return 422

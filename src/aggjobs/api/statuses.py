@@ -21,15 +21,16 @@ WHY = {
     400: "The request cannot be done as asked (e.g. a time in the future); `detail` says why.",
     401: "Missing, invalid, expired or revoked token (audited).",
     403: "The token's role is below the one the route needs (audited).",
-    404: "No such job, token or report.",
+    404: "No such job, token, report, run or backfill.",
     409: "In conflict with what exists or runs (a token name in use, a range being "
-         "backfilled, rollup definitions changed).",
+         "backfilled, a backfill that has ended, a run that did not fail, rollup definitions "
+         "changed).",
     413: "The body is over 64 KiB.",
     422: "Invalid parameters or body; `detail` lists the problems.",
     429: "The token is over the rate limit of triggering requests (AGGJOBS_API_RATE_LIMIT); "
          "`Retry-After` says when to retry.",
-    503: "The database cannot be reached, is not migrated, or the session was lost; "
-         "`Retry-After` says when to retry.",
+    503: "The database (or, for a queued backfill, the workers' broker) cannot be reached, "
+         "is not migrated, or the session was lost; `Retry-After` says when to retry.",
 }
 ATTRIBUTE = "aggjobs_can_answer"
 

@@ -82,11 +82,15 @@ def plan(rollup: Rollup, lo: datetime, hi: datetime, marks: dict[Grain, datetime
 
 def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime, *,
              settings: Settings, progress: Progress | None = None,
-             lock_wait_s: float = 600.0) -> BackfillReport:
+             lock_wait_s: float = 600.0, queued: bool = False) -> BackfillReport:
+    """Recompute [lo, hi) of `rollup`, every grain, chunk by chunk; resumes the range's
+    unfinished backfill. `queued`: run by a worker's task for a queued row, which is not
+    run if it was cancelled meanwhile (BackfillCancelled). Before each chunk the row's
+    `cancel_requested` is read: set, the backfill stops there, `cancelled`."""
     if lo >= hi:
         raise InvalidRange(f"--from {lo.isoformat()} must be before --to {hi.isoformat()}")
     rollup = definitions.versions(conn, rollup).live  # the tables' definition (db/definitions)
-    job_id, done_grain, done_until, resumed = open_backfill(conn, rollup, lo, hi)
+    job_id, done_grain, done_until, resumed = open_backfill(conn, rollup, lo, hi, queued)
     report = BackfillReport(rollup.name, job_id, resumed)
     marks = state.watermarks(conn, rollup)
     resume = (Grain(done_grain), as_utc(done_until)) if resumed else None
@@ -103,6 +107,7 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
                 grain = grain_plan.grain
                 side_by_side = bool(helpers) and rollup.finer(grain) is None
                 for wave in waves(grain_plan.pieces, len(helpers) + 1 if side_by_side else 1):
+                    stop_if_cancelled(conn, job_id, rollup)
                     if len(wave) == 1:
                         run_chunk(conn, rollup, grain, *wave[0], job_id, report, lock_wait_s)
                     else:
@@ -112,6 +117,9 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
                         done += 1
                         if progress:
                             progress(done, total)
+    except BackfillCancelled as exc:
+        finish(conn, job_id, "cancelled", str(exc))
+        raise
     except BaseException as exc:
         finish(conn, job_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
@@ -123,11 +131,25 @@ class BackfillBusy(AggjobsError):
     """Another session is running a backfill of this rollup and range."""
 
 
-def open_backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime
-                  ) -> tuple[int, str, datetime, bool]:
+class BackfillCancelled(AggjobsError):
+    """The backfill was cancelled (aggjobs.backfills.cancel_requested)."""
+
+
+def stop_if_cancelled(conn: psycopg.Connection, job_id: int, rollup: Rollup) -> None:
+    """Between two chunks: BackfillCancelled if someone asked this backfill to stop."""
+    requested, who = one_row(conn, query("backfill_cancel_requested"), {"id": job_id})
+    if requested:
+        raise BackfillCancelled(f"backfill {job_id} of {rollup.name} cancelled by {who}")
+
+
+def open_backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime,
+                  queued: bool = False) -> tuple[int, str, datetime, bool]:
     """(id, grain, done_until, resumed): the unfinished backfill of this range claimed by
     this session, or a new one. Raises BackfillBusy while another live session runs it: two
-    would redo the same chunks, and two first openers raced on the unique index."""
+    would redo the same chunks, and two first openers raced on the unique index. `queued`
+    (a worker's task): a row cancelled before the task claimed it is BackfillCancelled; the
+    row is locked meanwhile, so a cancel comes either before (that) or after (a running
+    backfill that stops before its first chunk)."""
     params = {"rollup": rollup.name, "lo": lo, "hi": hi}
     try:
         with conn.transaction():
@@ -137,8 +159,11 @@ def open_backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: da
                 return job_id, grain, done_until, False
             if row[5]:
                 raise busy(rollup, lo, hi, row)
+            if queued and row[6] == "cancelled":
+                raise BackfillCancelled(f"backfill {row[0]} of {rollup.name} was cancelled "
+                                        "before it started")
             conn.execute(query("claim_backfill"), {"id": row[0]})
-            return row[0], row[1], row[2], True
+            return row[0], row[1], row[2], row[6] != "queued"
     except pg_errors.UniqueViolation:  # opened by another session between our look and insert
         row = conn.execute(query("running_backfill"), params).fetchone()
         raise busy(rollup, lo, hi, row) from None
@@ -148,7 +173,7 @@ def busy(rollup: Rollup, lo: datetime, hi: datetime, row: tuple[Any, ...] | None
          ) -> BackfillBusy:
     what = f"a backfill of {rollup.name} over [{lo.isoformat()}, {hi.isoformat()})"
     if row is not None:
-        job_id, _, done_until, started_at, pid, _ = row
+        job_id, _, done_until, started_at, pid = row[:5]
         what = (f"backfill {job_id} of {rollup.name} over [{lo.isoformat()}, "
                 f"{hi.isoformat()}) (started {as_utc(started_at):%Y-%m-%d %H:%M:%S} UTC, done "
                 f"until {as_utc(done_until).isoformat()}, database session {pid})")

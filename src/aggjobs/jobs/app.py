@@ -19,6 +19,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -34,13 +35,14 @@ from ..db.embedded_broker import embedded_broker_url
 from ..db.retry import RetryPolicy
 from ..errors import ConfigError
 from ..settings import Settings, get_settings
+from .backfill import Queued, Requester, run_queued
 from .liveness import WorkerHeartbeat
 from .model import Job
 from .registry import JOBS
 from .runner import RunRequest, run_job
 from .schedule import beat_schedule, cron, slot_of
 
-__all__ = ["app", "beat_schedule", "create_app", "slot_of"]
+__all__ = ["BACKFILL_TASK", "app", "beat_schedule", "create_app", "send_backfill", "slot_of"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 HEAVY_SLOT_RETRY = RetryPolicy(attempts=25, base_s=300, factor=1)
 
 RunSummary = dict[str, int | str | None]  # what a task returns: run id, status, error
+BACKFILL_TASK = "backfill"  # the backfills queued by the API and the dashboard
 
 
 def broker_url(settings: Settings) -> str:
@@ -126,6 +129,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.steps["consumer"].add(WorkerHeartbeat)
     for job in JOBS.values():
         register(app, job, settings)
+    register_backfill(app, settings)
     return app
 
 
@@ -137,7 +141,8 @@ def queues_of(app: Celery) -> list[str]:
 
 def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
     """Each job's queue: the heavy ones to AGGJOBS_HEAVY_QUEUE, the others to AGGJOBS_QUEUE."""
-    return {job.name: {"queue": settings.queue_of(job.heavy)} for job in JOBS.values()}
+    routes = {job.name: {"queue": settings.queue_of(job.heavy)} for job in JOBS.values()}
+    return {**routes, BACKFILL_TASK: {"queue": settings.queue_of(True)}}  # heavy work
 
 
 def transport_options(broker: str, settings: Settings) -> dict[str, int]:
@@ -195,6 +200,32 @@ def settings_or_exit() -> Settings:
             raise
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
+
+
+
+def register_backfill(app: Celery, settings: Settings) -> None:
+    """The task running the backfills the API queued (jobs/backfill.py): no time limit (a
+    backfill is chunked, resumable and cancellable, and may take hours); a worker that
+    dies redelivers it, and it resumes where its last chunk committed."""
+
+    @app.task(name=BACKFILL_TASK, bind=True, shared=False)
+    def backfill(self: Task[..., dict[str, str]], backfills: list[dict[str, Any]], lo: str,
+                 hi: str, actor: str, source: str) -> dict[str, str]:
+        return run_queued(settings, Queued(backfills, lo, hi, Requester(actor, source)))
+
+
+CLIENTS: dict[tuple[str, str], Celery] = {}  # one sending app per broker and queue
+
+
+def send_backfill(settings: Settings, queued: Queued) -> str:
+    """Send the `backfill` task for rows the API queued; its task id."""
+    key = (broker_url(settings), settings.queue_of(True))
+    if key not in CLIENTS:
+        CLIENTS[key] = create_app(settings)
+    sent = CLIENTS[key].send_task(BACKFILL_TASK, kwargs={
+        "backfills": queued.backfills, "lo": queued.lo, "hi": queued.hi,
+        "actor": queued.who.actor, "source": queued.who.source})
+    return str(sent.id)
 
 
 app = create_app(settings_or_exit())

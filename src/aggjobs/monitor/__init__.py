@@ -206,3 +206,15 @@ def run_history(conn: psycopg.Connection, *, job: str | None = None,
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query("run_history"),
                            {"job": job, "since": since, "limit": limit}).fetchall()
+
+
+def run_detail(conn: psycopg.Connection, run_id: int) -> dict | None:
+    """One run (its page, `GET /api/runs/{id}`): the history's columns, its database session
+    and the audit rows naming it (who asked for it; a retry of it). None if there is none."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        run = cur.execute(query("run_by_id"), {"id": run_id}).fetchone()
+        if run is None:
+            return None
+        run["audit"] = cur.execute(query("run_audit"), {
+            "id": run_id, "since": run["started_at"]}).fetchall()
+    return run

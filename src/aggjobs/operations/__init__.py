@@ -1,7 +1,8 @@
 """What the front ends do, written once and audited once: the CLI (cli/) and the API (api/)
 parse, call one of these and render.
 
-- backfill.py: the audited backfill (`aggjobs backfill`, `POST /api/backfills`);
+- backfill.py: the audited backfill (`aggjobs backfill`; jobs/backfill.py, which a worker's
+  task runs too), queued and cancelled (`POST /api/backfills`, the dashboard);
 - runs.py: a job run at a person's request (`aggjobs run`, `POST /api/jobs/{job}/run`);
 - repair.py: verification and the audited repair (`aggjobs verify [--repair]`);
 - tokens.py: API tokens (`aggjobs token`, `/api/tokens`);

@@ -1,132 +1,138 @@
-"""The audited backfill, run by `aggjobs backfill` and by `POST /api/backfills`.
+"""Backfills as the front ends start and stop them.
 
-A backfill's audit rows (docs/security.md, "Backfill audit rows"): a refused one (over the
-span cap) writes one row, `refused: ...`. One that starts writes a row `started` at once,
-in its own transaction, naming its database session (params.session_pid); when it ends, a
-second row with the same parameters and `started_id` says how: `succeeded`, `failed: ...`
-or `refused: ...` (the range is being backfilled by another session). If the process dies
-first, the start stays alone until someone notices that its session is gone (the next
-backfill, or the next job run) and writes `abandoned: ...` for it, as job runs are marked
-abandoned. The audit log is append-only, hence a second row rather than an update of the
-first; a unique index keeps it to one outcome per start.
+The audited backfill itself (`audited_backfill`, jobs/backfill.py) is what `aggjobs
+backfill` runs in the terminal and what a worker's `backfill` task runs. The API and the
+dashboard do not run it inside the HTTP request: `queue_backfill` writes the rows as
+`queued` and sends the task, which claims them (docs/api.md). `cancel_backfill` stops a
+queued or running one, whoever runs it, before its next chunk.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
 
 from .. import audit
 from ..catalog import Rollup
-from ..db.connect import connect, first_line, scalar
-from ..engine.abandoned import sweep_abandoned
-from ..engine.backfill import BackfillBusy, BackfillReport, Progress
-from ..engine.backfill import backfill as run_backfill
-from ..errors import AggjobsError, SpanTooLong
-from ..safety import check_backfill_span, span_days
+from ..db.connect import first_line, scalar
+from ..engine.backfill import BackfillBusy, busy
+from ..errors import AggjobsError, NotCancellable, UnknownBackfill
+from ..jobs.backfill import Queued, Requester, audited_backfill, span_refusal
+from ..safety import span_days
 from ..settings import Settings
 from ..sql import query
 
-
-@dataclass(frozen=True)
-class Requester:
-    """Who asks (`cli:<user>`, `api:<token>`) and from where (audit.py's `source`)."""
-
-    actor: str
-    source: str
+__all__ = ["Requester", "audited_backfill", "cancel_backfill", "queue_backfill"]
 
 
-@dataclass(frozen=True)
-class Audited:
-    """One backfill's audit identity: who, what, with which parameters, which start row."""
-
-    who: Requester
-    target: str
-    params: dict
-    started_id: int | None = None
-
-    def row(self, outcome: str) -> dict:
-        params = self.params if self.started_id is None else {
-            **self.params, "started_id": self.started_id}
-        return {"actor": self.who.actor, "target": self.target, "params": Jsonb(params),
-                "outcome": outcome, "source": self.who.source}
+class BrokerUnavailable(AggjobsError):
+    """The backfill could not be sent to the workers."""
 
 
-def audited_backfill(conn: psycopg.Connection, rollups: list[Rollup], lo: datetime,
-                     hi: datetime, *, settings: Settings, who: Requester,
-                     force: bool = False, override: str | None = None,
-                     progress: Callable[[Rollup], Progress | None] | None = None,
-                     done: Callable[[BackfillReport], None] | None = None,
-                     ) -> list[BackfillReport]:
-    """Backfill each rollup over [lo, hi) in `conn`, audited. A range over the span cap is
-    refused (SpanTooLong) unless `force`, which only a front end with an `override` (the
-    CLI's --force) offers. `progress(rollup)` gives a rollup's progress callback; `done` is
-    called with each rollup's report as it finishes."""
-    refused = span_refusal(lo, hi, settings, override)
+def queue_backfill(conn: psycopg.Connection, rollups: list[Rollup], lo: datetime,
+                   hi: datetime, *, settings: Settings, who: Requester) -> list[dict]:
+    """Queue a backfill of each rollup over [lo, hi) for a worker; the rows (id, rollup).
+    Refused, audited, when over the span cap (SpanTooLong) or when one of the ranges is
+    queued or running already (BackfillBusy): then nothing is queued. A failed or cancelled
+    backfill of the same range is queued again, to resume where it stopped."""
     names = [r.name for r in rollups]
     params = {"rollups": names, "from": lo.isoformat(), "to": hi.isoformat(),
-              "days": span_days(lo, hi), "sessions": settings.backfill_sessions,
-              "forced": bool(refused and force)}
-    entry = Audited(who, ",".join(names), params)
-    if refused and not force:
-        audit.write(conn, actor=who.actor, action="backfill", target=entry.target,
-                    params=params, outcome=f"refused: {refused}", source=who.source)
+              "days": span_days(lo, hi)}
+
+    def record(outcome: str, **extra: object) -> None:
+        audit.write(conn, actor=who.actor, action="backfill", target=",".join(names),
+                    params={**params, **extra}, outcome=outcome, source=who.source)
+
+    refused = span_refusal(lo, hi, settings, None)
+    if refused:
+        record(f"refused: {refused}")
         raise refused
-    sweep_abandoned(conn, noticed_by=who.source)
-    entry = start(conn, entry)
-    reports = []
     try:
-        for rollup in rollups:
-            reports.append(run_backfill(conn, rollup, lo, hi, settings=settings,
-                                        progress=progress(rollup) if progress else None))
-            if done:
-                done(reports[-1])
-    except BaseException as exc:
-        finish(conn, settings, entry, outcome_of(exc))
+        rows = queue_rows(conn, rollups, lo, hi, who)
+    except BackfillBusy as exc:
+        record(f"refused: {first_line(exc)}")
         raise
-    finish(conn, settings, entry, "succeeded")
-    return reports
+    from ..jobs.app import send_backfill  # Celery, only for what sends a task
 
-
-def span_refusal(lo: datetime, hi: datetime, settings: Settings,
-                 override: str | None) -> SpanTooLong | None:
+    queued = Queued(rows, lo.isoformat(), hi.isoformat(), who)
     try:
-        check_backfill_span(lo, hi, settings, override=override)
-    except SpanTooLong as exc:
-        return exc
-    return None
+        task_id = send_backfill(settings, queued)
+    except Exception as exc:  # noqa: BLE001  (any broker error: the rows must not stay queued)
+        conn.execute(query("fail_still_queued"), {
+            "ids": [r["id"] for r in rows], "error": f"not sent to the workers: {exc}"[:500]})
+        record(f"failed: the broker refused it: {first_line(exc)}")
+        raise BrokerUnavailable(f"the backfill could not be sent to the workers' broker: "
+                                f"{first_line(exc)}") from None
+    conn.execute(query("backfill_task"), {"task_id": task_id, "ids": [r["id"] for r in rows]})
+    record("queued", backfills=[r["id"] for r in rows], task_id=task_id)
+    return rows
 
 
-def start(conn: psycopg.Connection, entry: Audited) -> Audited:
-    """The `started` row, committed at once (the connection is in autocommit mode), naming
-    the session whose end, without an outcome, means the backfill was abandoned."""
-    params = {**entry.params, "session_pid": conn.info.backend_pid}
-    started = Audited(entry.who, entry.target, params)
-    row = started.row("started")
-    started_id = scalar(conn, query("audit_backfill_started"), row)
-    return Audited(entry.who, entry.target, params, started_id)
-
-
-def outcome_of(exc: BaseException) -> str:
-    if isinstance(exc, BackfillBusy):
-        return f"refused: {first_line(exc)}"
-    return f"failed: {type(exc).__name__}: {first_line(exc)}"
-
-
-def finish(conn: psycopg.Connection, settings: Settings, entry: Audited, outcome: str) -> None:
-    """The outcome row: in the backfill's session if it still works, else in a new one (its
-    session was terminated, the process lives and knows why). If neither can be written the
-    start stays alone, and the sweep marks it abandoned."""
+def queue_rows(conn: psycopg.Connection, rollups: list[Rollup], lo: datetime, hi: datetime,
+               who: Requester) -> list[dict]:
+    """The queued rows, all or none (one transaction)."""
+    rows = []
     try:
-        if conn.closed or conn.broken:
-            raise psycopg.OperationalError("the backfill's session is gone")
-        conn.execute(query("audit_backfill_outcome"), entry.row(outcome))
-    except psycopg.Error:
-        with contextlib.suppress(psycopg.Error, AggjobsError), \
-                connect("backfill", settings=settings) as fresh:
-            fresh.execute(query("audit_backfill_outcome"), entry.row(outcome))
+        with conn.transaction():
+            for rollup in rollups:
+                rows.append({"id": queue_one(conn, rollup, lo, hi, who),
+                             "rollup": rollup.name})
+    except pg_errors.UniqueViolation:  # queued by another request between our look and insert
+        raise queued_already(conn, rollups, lo, hi) from None
+    return rows
+
+
+def queued_already(conn: psycopg.Connection, rollups: list[Rollup], lo: datetime,
+                   hi: datetime) -> BackfillBusy:
+    """The refusal of a request that lost the race to queue a range: naming the winner."""
+    for rollup in rollups:
+        row = conn.execute(query("running_backfill"),
+                           {"rollup": rollup.name, "lo": lo, "hi": hi}).fetchone()
+        if row is not None:
+            return busy_queued(rollup, lo, hi, row[0])
+    return BackfillBusy(f"a backfill of the range [{lo.isoformat()}, {hi.isoformat()}) was "
+                        "queued by another request just now")
+
+
+def busy_queued(rollup: Rollup, lo: datetime, hi: datetime, backfill_id: int) -> BackfillBusy:
+    return BackfillBusy(f"backfill {backfill_id} of {rollup.name} over [{lo.isoformat()}, "
+                        f"{hi.isoformat()}) is queued already: wait for a worker to run it "
+                        "(the dashboard shows its progress), or cancel it")
+
+
+def queue_one(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime,
+              who: Requester) -> int:
+    params = {"rollup": rollup.name, "lo": lo, "hi": hi, "who": who.actor}
+    row = conn.execute(query("find_open_backfill"), params).fetchone()
+    if row is None:
+        return int(scalar(conn, query("queue_backfill"), params))
+    if row[6] == "queued":
+        raise busy_queued(rollup, lo, hi, row[0])
+    if row[5]:
+        raise busy(rollup, lo, hi, row)
+    return int(scalar(conn, query("requeue_backfill"), {**params, "id": row[0]}))
+
+
+def cancel_backfill(conn: psycopg.Connection, backfill_id: int, *, who: Requester) -> dict:
+    """Cancel a queued backfill at once, or ask a running one to stop before its next chunk
+    (what it recomputed stays). Audited (`backfill.cancel`). UnknownBackfill if there is
+    no such backfill, NotCancellable if it has ended."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        done = cur.execute(query("cancel_backfill"), {"id": backfill_id, "who": who.actor}
+                           ).fetchone()
+        if done is None:
+            found = cur.execute(query("backfill_by_id"), {"id": backfill_id}).fetchone()
+            if found is None:
+                raise UnknownBackfill(f"no backfill {backfill_id}")
+            raise NotCancellable(f"backfill {backfill_id} of {found['rollup']} is "
+                                 f"{found['status']}: only a queued or running one is "
+                                 "cancelled")
+    outcome = "cancelled" if done["status"] == "cancelled" else "requested"
+    audit.write(conn, actor=who.actor, action="backfill.cancel", target=done["rollup"],
+                params={"backfill": backfill_id, "was": done["was"]}, outcome=outcome,
+                source=who.source)
+    return {"id": backfill_id, "rollup": done["rollup"], "cancelled": True,
+            "status": done["status"], "was": done["was"]}

@@ -128,6 +128,22 @@ WHERE (%(job)s::text IS NULL OR job = %(job)s)
 ORDER BY started_at DESC, id DESC
 LIMIT %(limit)s
 
+-- name: run_by_id
+-- One run, with everything its page shows (api/run_page.py); the audit rows naming it.
+SELECT id, job, trigger, who, as_of, slot, status, started_at, finished_at,
+       extract(epoch FROM coalesce(finished_at, clock_timestamp()) - started_at) AS seconds,
+       steps, error, attempt, host, pid, backend_pid, task_id
+FROM aggjobs.job_runs WHERE id = %(id)s
+
+-- name: run_audit
+-- The audit rows about a run: its own (`run`) and a retry's (`retry`), oldest first; both
+-- written after the run started (`since`), which the index on `at` finds fast.
+SELECT id, at, actor, action, target, params, outcome, source FROM aggjobs.audit_log
+WHERE action IN ('run', 'retry')
+  AND at >= %(since)s
+  AND (params->>'run' = %(id)s::text OR params->>'retry_of' = %(id)s::text)
+ORDER BY id
+
 -- name: lock_alerts
 SELECT pg_advisory_xact_lock(hashtext('aggjobs.alerts'))
 

@@ -159,7 +159,8 @@ GROUP BY source
 -- for this one's decision; `busy`: another session runs it and is still connected.
 SELECT b.id, b.grain, b.done_until, b.started_at, b.backend_pid,
        b.status = 'running' AND b.backend_pid IS DISTINCT FROM pg_backend_pid()
-       AND EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = b.backend_pid) AS busy
+       AND EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = b.backend_pid) AS busy,
+       b.status
 FROM aggjobs.backfills AS b
 WHERE b.rollup = %(rollup)s AND b.range_start = %(lo)s AND b.range_end = %(hi)s
   AND b.status <> 'succeeded'
@@ -167,7 +168,7 @@ FOR UPDATE OF b
 
 -- name: running_backfill
 -- The one a refused opener names (not locked: only for the message).
-SELECT id, grain, done_until, started_at, backend_pid, true FROM aggjobs.backfills
+SELECT id, grain, done_until, started_at, backend_pid, true, status FROM aggjobs.backfills
 WHERE rollup = %(rollup)s AND range_start = %(lo)s AND range_end = %(hi)s
   AND status <> 'succeeded'
 
@@ -179,8 +180,10 @@ VALUES (%(rollup)s, %(lo)s, %(hi)s, 'hour', %(lo)s, pg_backend_pid())
 RETURNING id, grain, done_until
 
 -- name: claim_backfill
--- Resume a failed or abandoned backfill in this session.
-UPDATE aggjobs.backfills SET backend_pid = pg_backend_pid(), status = 'running'
+-- Resume a failed, cancelled or abandoned backfill in this session, or start a queued one.
+UPDATE aggjobs.backfills SET backend_pid = pg_backend_pid(), status = 'running',
+    cancel_requested = false, cancelled_by = NULL, finished_at = NULL,
+    started_at = CASE WHEN status = 'queued' THEN now() ELSE started_at END
 WHERE id = %(id)s
 
 -- name: mark_abandoned_backfills
@@ -231,6 +234,61 @@ RETURNING (params ->> 'started_id')::bigint
 UPDATE aggjobs.backfills SET grain = %(grain)s, done_until = %(done_until)s, status = 'running',
     error = NULL
 WHERE id = %(id)s
+
+-- name: backfill_cancel_requested
+-- Whether someone asked the backfill to stop (checked before each chunk), and who.
+SELECT cancel_requested, cancelled_by FROM aggjobs.backfills WHERE id = %(id)s
+
+-- name: queue_backfill
+-- A backfill asked for over HTTP, for a worker's task to run (operations/backfill.py).
+INSERT INTO aggjobs.backfills (rollup, range_start, range_end, grain, done_until, status,
+                               requested_by)
+VALUES (%(rollup)s, %(lo)s, %(hi)s, 'hour', %(lo)s, 'queued', %(who)s)
+RETURNING id
+
+-- name: requeue_backfill
+-- A failed, cancelled or abandoned backfill of the range, queued again: it resumes where it
+-- stopped.
+UPDATE aggjobs.backfills SET status = 'queued', requested_by = %(who)s, error = NULL,
+    cancel_requested = false, cancelled_by = NULL, finished_at = NULL, task_id = NULL
+WHERE id = %(id)s
+RETURNING id
+
+-- name: backfill_task
+UPDATE aggjobs.backfills SET task_id = %(task_id)s WHERE id = ANY(%(ids)s)
+
+-- name: cancel_backfill
+-- Ask a queued or running backfill to stop. One that has not started (queued), or whose
+-- session is gone, is cancelled at once; a running one stops before its next chunk.
+WITH target AS (
+    SELECT b.id, b.status AS was,
+           b.status = 'queued' OR NOT EXISTS (
+               SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = b.backend_pid) AS at_once
+    FROM aggjobs.backfills AS b
+    WHERE b.id = %(id)s AND b.status IN ('queued', 'running')
+    FOR UPDATE OF b
+)
+UPDATE aggjobs.backfills AS b SET
+    cancel_requested = true, cancelled_by = %(who)s,
+    status = CASE WHEN t.at_once THEN 'cancelled' ELSE b.status END,
+    finished_at = CASE WHEN t.at_once THEN now() ELSE b.finished_at END,
+    error = CASE WHEN t.at_once THEN format('cancelled by %%s before it %%s', %(who)s::text,
+                 CASE WHEN t.was = 'queued' THEN 'started' ELSE 'finished' END)
+            ELSE b.error END
+FROM target AS t
+WHERE b.id = t.id
+RETURNING b.id, b.rollup, t.was, b.status
+
+-- name: fail_still_queued
+-- A worker's task ended leaving some of its backfills queued: failed, with why.
+UPDATE aggjobs.backfills SET status = 'failed', error = %(error)s, finished_at = now()
+WHERE id = ANY(%(ids)s) AND status = 'queued'
+
+-- name: backfill_status
+SELECT status FROM aggjobs.backfills WHERE id = %(id)s
+
+-- name: backfill_by_id
+SELECT id, rollup, status FROM aggjobs.backfills WHERE id = %(id)s
 
 -- name: backfill_finish
 UPDATE aggjobs.backfills SET status = %(status)s, error = %(error)s, finished_at = now()
@@ -318,11 +376,17 @@ VALUES (%s, %s, %s, %s, %s, now())
 SELECT 1
 
 -- name: list_backfills
--- Backfills of a status (NULL: any), running first then newest.
+-- Backfills of a status (NULL: any), running first, then queued, then newest.
 SELECT id, rollup, grain, range_start, range_end, done_until, status, error,
-started_at, finished_at FROM aggjobs.backfills
+started_at, finished_at, requested_by, cancel_requested, cancelled_by, task_id
+FROM aggjobs.backfills
 WHERE %(status)s::text IS NULL OR status = %(status)s
-ORDER BY status <> 'running', started_at DESC, id DESC LIMIT %(limit)s
+ORDER BY status <> 'running', status <> 'queued', started_at DESC, id DESC LIMIT %(limit)s
+
+-- name: backfill_row
+SELECT id, rollup, grain, range_start, range_end, done_until, status, error,
+started_at, finished_at, requested_by, cancel_requested, cancelled_by, task_id
+FROM aggjobs.backfills WHERE id = %(id)s
 
 -- name: latest_report_day
 -- The latest day with a stored platform report.

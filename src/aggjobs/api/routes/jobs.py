@@ -1,14 +1,15 @@
-"""`/api/jobs`: jobs, their run history, a run now."""
+"""`/api/jobs` and `/api/runs`: jobs, their run history, a run now; one run, its retry."""
 
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 
 from ...catalog.grains import parse_timestamp, past
 from ...catalog.jobs import get_job_spec as get_job
-from ...monitor import overview, run_history
-from ...operations.runs import manual_run
+from ...errors import UnknownRun
+from ...monitor import overview, run_detail, run_history
+from ...operations.runs import manual_run, retry_run
 from ...settings import Settings
 from ..auth import AppSettings, Conn, Operator, ReadConn, Viewer, client_address, deny
 from ..schemas import JobName, RunBody
@@ -45,11 +46,16 @@ def run(request: Request, conn: Conn, who: Operator, settings: AppSettings,
     Same guarantees as scheduled runs: no overlap (a busy job answers `skipped`),
     history, retries; audited."""
     get_job(job)
+    cleanup_needs_admin(request, conn, who, job)
+    return run_now(request, who, job, body, settings)
+
+
+def cleanup_needs_admin(request: Request, conn: Conn, who: Principal, job: str) -> None:
+    """Retention deletes data: whichever route starts it, an operator is refused (audited)."""
     if job == CLEANUP_JOB and not who.allows("admin"):
         deny(conn, request, who.name, "admin", f"role {who.role}", 403)
         raise HTTPException(403, f"{CLEANUP_JOB} deletes data: it needs a token with role "
                             f"admin; {who.name!r} is {who.role}")
-    return run_now(request, who, job, body, settings)
 
 
 def run_now(request: Request, who: Principal, job: str, body: RunBody | None,
@@ -59,4 +65,31 @@ def run_now(request: Request, who: Principal, job: str, body: RunBody | None,
     result = manual_run(job, settings, as_of=ref, actor=f"api:{who.name}",
                         source=client_address(request))
     return {"id": result.id, "job": result.job, "status": result.status,
+            "error": result.error, "steps": [asdict(s) for s in result.steps]}
+
+
+RunId = Annotated[int, Path(ge=1, le=2**63 - 1, description="A run's id (aggjobs.job_runs).")]
+@router.get("/api/runs/{run_id}", responses=answers(404))
+def run_page_data(_: Viewer, conn: ReadConn, run_id: RunId) -> dict:
+    """One run: job, trigger and who asked, `as_of`, status, timings, each step's outcome
+    (rows, seconds, attempts, error), the worker (host, pid, task id), its database session
+    and the audit rows naming it (its own, and a retry's). What `/runs/{id}` shows."""
+    found = run_detail(conn, run_id)
+    if found is None:
+        raise UnknownRun(f"no run {run_id}")
+    return {**found, "seconds": None if found["seconds"] is None else float(found["seconds"])}
+
+
+@router.post("/api/runs/{run_id}/retry", responses=answers(404, 409))
+def retry(request: Request, conn: Conn, who: Operator, settings: AppSettings,
+          run_id: RunId) -> dict:
+    """Run a failed or abandoned run's job again for the same reference time (`as_of`)
+    and wait for its end (operator; `cleanup_old_data` needs admin). Audited: the new
+    run's `run` row and a `retry` row naming both runs."""
+    failed = run_detail(conn, run_id)
+    if failed is not None:
+        cleanup_needs_admin(request, conn, who, failed["job"])
+    result = retry_run(conn, run_id, settings, actor=f"api:{who.name}",
+                       source=client_address(request))
+    return {"id": result.id, "job": result.job, "status": result.status, "retry_of": run_id,
             "error": result.error, "steps": [asdict(s) for s in result.steps]}

@@ -1,20 +1,18 @@
-"""`/api/rollups` and `/api/backfills`: rollup state, backfills started and listed."""
+"""`/api/rollups` and `/api/backfills`: rollup state; backfills queued, listed, cancelled."""
 
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 
 from ...catalog import Grain, get_rollup, select_rollups
 from ...catalog.grains import parse_timestamp
-from ...db.connect import connect
 from ...engine.rows import default_range, read_rows
 from ...engine.status import rollup_status
-from ...errors import InvalidRange, InvalidTimestamp, UnknownRollup
-from ...operations import Requester, audited_backfill
+from ...errors import InvalidRange, InvalidTimestamp, UnknownBackfill, UnknownRollup
+from ...operations.backfill import Requester, cancel_backfill, queue_backfill
 from .. import dashboard as dashboard_page
-from ..auth import AppSettings, Operator, ReadConn, Viewer, client_address
+from ..auth import AppSettings, Conn, Operator, ReadConn, Viewer, client_address
 from ..schemas import BackfillBody, time_range
 from ..statuses import answers
 
@@ -57,27 +55,53 @@ def rows(_: Viewer, conn: ReadConn, settings: AppSettings, rollup: str, grain: s
             "columns": page.columns, "rows": page.rows, "next_offset": page.next_offset}
 
 
-@router.post("/api/backfills", responses=answers(400, 409))
-def backfills(request: Request, who: Operator, settings: AppSettings,
+BackfillId = Annotated[int, Path(ge=1, le=2**63 - 1, description="A backfill's id.")]
+
+
+@router.post("/api/backfills", status_code=202, responses=answers(400, 409, 503))
+def backfills(request: Request, conn: Conn, who: Operator, settings: AppSettings,
               body: BackfillBody) -> dict:
-    """Recompute a range of materialized buckets of the rollups, all grains (operator).
-    Chunked and resumable like `aggjobs backfill`; waits for its end; audited (a row
-    when it starts, one when it ends). A range longer than AGGJOBS_MAX_BACKFILL_DAYS is
-    refused (422, audited); so is one that another session is backfilling (409)."""
+    """Queue a backfill of the rollups (default: all) over a range, every grain (operator):
+    a worker's task recomputes the materialized buckets chunk by chunk, resumable and
+    cancellable, with the very code of `aggjobs backfill`. Answers at once, 202, with one
+    backfill per rollup (`id`, `url`); `GET /api/backfills/{id}` and the dashboard show its
+    progress and outcome. A range longer than AGGJOBS_MAX_BACKFILL_DAYS is refused (422),
+    so is one queued or running already (409); a failed or cancelled one is queued again and
+    resumes. Audited: `queued` (or `refused: ...`) here, `started` and its outcome by the
+    worker."""
     chosen = select_rollups(body.rollups)
     lo, hi = time_range(body.from_, body.to)
-    with connect("backfill", settings=settings) as work:
-        reports = audited_backfill(
-            work, chosen, lo, hi, settings=settings,
-            who=Requester(f"api:{who.name}", client_address(request)))
-    return {"rollups": [asdict(r) for r in reports]}
+    rows = queue_backfill(conn, chosen, lo, hi, settings=settings,
+                          who=Requester(f"api:{who.name}", client_address(request)))
+    return {"status": "queued", "from": lo, "to": hi,
+            "backfills": [{**r, "url": f"/api/backfills/{r['id']}"} for r in rows]}
 
 
 @router.get("/api/backfills")
 def backfill_list(_: Viewer, conn: ReadConn,
                   status: Annotated[str | None, Query(
-                      pattern="^(running|succeeded|failed)$")] = None,
+                      pattern="^(queued|running|succeeded|failed|cancelled)$")] = None,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
-    """Backfills (aggjobs.backfills), running first then newest, each with `progress`:
-    the fraction of its range done (done_until between range_start and range_end)."""
+    """Backfills (aggjobs.backfills), running first, then queued, then newest, each with
+    `progress`: the fraction of its range done (done_until between range_start and
+    range_end); who asked (`requested_by`), whether a cancel was asked and by whom."""
     return dashboard_page.backfills(conn, status=status, limit=limit)
+
+
+@router.get("/api/backfills/{backfill_id}", responses=answers(404))
+def backfill_one(_: Viewer, conn: ReadConn, backfill_id: BackfillId) -> dict:
+    """One backfill, as `GET /api/backfills` lists them."""
+    found = dashboard_page.backfill(conn, backfill_id)
+    if found is None:
+        raise UnknownBackfill(f"no backfill {backfill_id}")
+    return found
+
+
+@router.post("/api/backfills/{backfill_id}/cancel", responses=answers(404, 409))
+def backfill_cancel(request: Request, conn: Conn, who: Operator,
+                    backfill_id: BackfillId) -> dict:
+    """Cancel a backfill (operator): a queued one at once; a running one, whoever runs it
+    (a worker, `aggjobs backfill`), stops before its next chunk, `cancelled`, keeping what
+    it recomputed (queuing the range again resumes it). Audited (`backfill.cancel`)."""
+    return cancel_backfill(conn, backfill_id,
+                           who=Requester(f"api:{who.name}", client_address(request)))
