@@ -19,8 +19,9 @@ import pytest
 
 from aggjobs.db.embedded_broker import BrokerFiles, answers, embedded_broker_url, stop_broker
 from aggjobs.settings import Settings
+from tests.api.serve import free_port
 from tests.celery.conftest import poll
-from tests.celery.default_install import DefaultInstall, default_install, free_port
+from tests.celery.default_install import DefaultInstall, default_install
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,9 @@ import psycopg
 import pytest
 
 from aggjobs.db.embedded import embedded_pid, embedded_url
+from tests.api.serve import free_port
 from tests.celery.conftest import poll
-from tests.celery.default_install import DefaultInstall, default_install, free_port
+from tests.celery.default_install import DefaultInstall, default_install
 
 pytestmark = pytest.mark.slow
 RULE = "-" * 78
