@@ -53,6 +53,7 @@ from . import render
 from .servers import db_app
 
 if TYPE_CHECKING:
+    from ..jobs.runner import RunResult
     from ..operations.up import UpToken
 
 app = typer.Typer(
@@ -515,11 +516,54 @@ def run(
     with translate_errors():
         result = manual_run(job, get_settings(), as_of=ref, actor=cli_actor(),
                             source=audit_log.local_source("cli"))
+    show_run(result, as_json=as_json)
+
+
+def show_run(result: RunResult, *, as_json: bool) -> NoReturn:
+    """A run's outcome as `aggjobs run` prints it, and its exit code."""
     if as_json:
         print(render.to_json(render.run_json(result)))
     else:
         console.print(render.run_table(result))
     raise typer.Exit({"succeeded": 0, "skipped": 3}.get(result.status, 1))
+
+
+@app.command()
+def retry(
+    run_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1, help=(
+        "The failed or abandoned run's id (`aggjobs runs`)."))],
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a failed or abandoned run's job again, for the same reference time (its
+    `as_of`), as the dashboard's retry button does; audited (`retry`, linking both runs).
+
+    Exit codes as `aggjobs run`; 2 for an unknown run or one that did not fail."""
+    from ..operations.runs import retry_run
+
+    with session("retry") as conn:
+        result = retry_run(conn, run_id, get_settings(), actor=cli_actor(),
+                           source=audit_log.local_source("cli"))
+    show_run(result, as_json=as_json)
+
+
+@app.command("cancel-backfill")
+def cancel_backfill(
+    backfill_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1, help=(
+        "The backfill's id (the dashboard, `GET /api/backfills`)."))],
+) -> None:
+    """Cancel a backfill, as the dashboard's cancel button does: a queued one at once; a
+    running one, whoever runs it (a worker, `aggjobs backfill` in a terminal), before its
+    next chunk; what it recomputed stays, and backfilling the range again resumes it.
+    Audited (`backfill.cancel`). Exit 2 for an unknown backfill or one that has ended."""
+    from ..operations import Requester
+    from ..operations.backfill import cancel_backfill as cancel
+
+    with session("cancel-backfill") as conn:
+        done = cancel(conn, backfill_id,
+                      who=Requester(cli_actor(), audit_log.local_source("cli")))
+    console.print(f"backfill {done['id']} of {done['rollup']}: "
+                  + ("cancelled" if done["status"] == "cancelled"
+                     else "asked to stop before its next chunk"))
 
 
 def celery(*args: str) -> None:
