@@ -167,6 +167,28 @@ def test_backfill_is_queued_then_run_by_the_task_and_audited(client, history, ke
                    "testclient"]
 
 
+def test_a_backfill_the_broker_cannot_take_is_503_and_marked_failed(history, keys, conn,
+                                                                    api_settings):
+    """Nothing waits queued forever: with no broker listening (a loopback port with nothing
+    behind it) the rows end failed, and the audit log says queued, then why it failed."""
+    from fastapi.testclient import TestClient
+
+    from aggjobs.api.app import create_api
+
+    dead = api_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    lo, hi = NOW - 4 * timedelta(hours=1), NOW - timedelta(hours=1)
+    body = {"rollups": ["user_activity"], "from": lo.isoformat(), "to": hi.isoformat()}
+    with TestClient(create_api(dead)) as client:
+        got = client.post("/api/backfills", json=body, headers=auth(keys["operator"]))
+    assert got.status_code == 503, got.text
+    assert "could not be sent to the workers' broker" in got.json()["detail"]
+    status, error = conn.execute("SELECT status, error FROM aggjobs.backfills").fetchone()
+    assert status == "failed" and error.startswith("not sent to the workers")
+    outcomes = [o for (o,) in conn.execute(
+        "SELECT outcome FROM aggjobs.audit_log WHERE action = 'backfill' ORDER BY id")]
+    assert outcomes[0] == "queued" and outcomes[1].startswith("failed: the broker refused it")
+
+
 @pytest.mark.parametrize("body,status,words", [
     ({"rollups": ["nope"], "from": "2026-01-01", "to": "2026-01-02"}, 400, "unknown rollup"),
     ({"rollups": ["x'); DELETE FROM aggjobs.watermarks; --"], "from": "2026-01-01",

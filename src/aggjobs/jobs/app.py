@@ -217,15 +217,14 @@ def register_backfill(app: Celery, settings: Settings) -> None:
 CLIENTS: dict[tuple[str, str], Celery] = {}  # one sending app per broker and queue
 
 
-def send_backfill(settings: Settings, queued: Queued) -> str:
-    """Send the `backfill` task for rows the API queued; its task id."""
+def send_backfill(settings: Settings, queued: Queued, task_id: str) -> None:
+    """Send the `backfill` task, under `task_id`, for rows the API queued."""
     key = (broker_url(settings), settings.queue_of(True))
     if key not in CLIENTS:
         CLIENTS[key] = create_app(settings)
-    sent = CLIENTS[key].send_task(BACKFILL_TASK, kwargs={
+    CLIENTS[key].send_task(BACKFILL_TASK, task_id=task_id, kwargs={
         "backfills": queued.backfills, "lo": queued.lo, "hi": queued.hi,
         "actor": queued.who.actor, "source": queued.who.source})
-    return str(sent.id)
 
 
 app = create_app(settings_or_exit())

@@ -9,6 +9,7 @@ queued or running one, whoever runs it, before its next chunk.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 import psycopg
@@ -50,24 +51,28 @@ def queue_backfill(conn: psycopg.Connection, rollups: list[Rollup], lo: datetime
     if refused:
         record(f"refused: {refused}")
         raise refused
+    # The task's id is chosen here, so that the rows and their `queued` audit row commit
+    # together before the task is sent: a worker's `started` row always comes after it.
+    task_id = str(uuid.uuid4())
     try:
-        rows = queue_rows(conn, rollups, lo, hi, who)
+        with conn.transaction():
+            rows = queue_rows(conn, rollups, lo, hi, who)
+            ids = [r["id"] for r in rows]
+            conn.execute(query("backfill_task"), {"task_id": task_id, "ids": ids})
+            record("queued", backfills=ids, task_id=task_id)
     except BackfillBusy as exc:
         record(f"refused: {first_line(exc)}")
         raise
     from ..jobs.app import send_backfill  # Celery, only for what sends a task
 
-    queued = Queued(rows, lo.isoformat(), hi.isoformat(), who)
     try:
-        task_id = send_backfill(settings, queued)
+        send_backfill(settings, Queued(rows, lo.isoformat(), hi.isoformat(), who), task_id)
     except Exception as exc:  # noqa: BLE001  (any broker error: the rows must not stay queued)
         conn.execute(query("fail_still_queued"), {
-            "ids": [r["id"] for r in rows], "error": f"not sent to the workers: {exc}"[:500]})
+            "ids": ids, "error": f"not sent to the workers: {exc}"[:500]})
         record(f"failed: the broker refused it: {first_line(exc)}")
         raise BrokerUnavailable(f"the backfill could not be sent to the workers' broker: "
                                 f"{first_line(exc)}") from None
-    conn.execute(query("backfill_task"), {"task_id": task_id, "ids": [r["id"] for r in rows]})
-    record("queued", backfills=[r["id"] for r in rows], task_id=task_id)
     return rows
 
 
