@@ -235,3 +235,26 @@ def test_every_rollup_table_is_the_same_with_and_without_the_c_functions(db_url:
         assert all(r["p95_runtime"] is not None for r in native_reports[1])
         migrate(conn, native=True)
         assert native_installed(conn)
+
+
+def test_migrate_updates_an_older_extension_and_the_views_follow(db_url: str) -> None:
+    """An install made with aggjobs_native 1.0 (before aggregate `collect`): the SQL runs
+    portable until `migrate` updates the extension, then the live views use the C path."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        require_native(conn)
+        migrate(conn, native=False)
+        conn.execute("CREATE SCHEMA aggjobs_native")
+        conn.execute("CREATE EXTENSION aggjobs_native SCHEMA aggjobs_native VERSION '1.0'")
+        assert not native_installed(conn)  # 1.0 lacks what this version's SQL calls
+        migrate(conn, native=True)
+        assert conn.execute("SELECT extversion FROM pg_extension"
+                            " WHERE extname = 'aggjobs_native'").fetchone()[0] == "1.1"
+        assert native_installed(conn)
+        hourly = conn.execute("SELECT pg_get_viewdef('analytics.execution_metrics_hourly_live')"
+                              ).fetchone()[0]
+        assert "aggjobs_native.collect(" in hourly
+        values = [3.5, None, -1.0, 2.0]
+        got = conn.execute("SELECT aggjobs_native.collect(x ORDER BY i), array_agg(x ORDER BY i)"
+                           " FROM unnest(%s::float8[]) WITH ORDINALITY AS t(x, i)",
+                           (values,)).fetchone()
+        assert got[0] == got[1] == values

@@ -124,19 +124,20 @@ def sync_native(conn: psycopg.Connection, *, wanted: bool) -> None:
     (`native_installed` says whether they are). Without them, or without the privilege to create a C
     extension (superuser), the rollups run the portable SQL: same results, more time."""
     if not wanted:
-        if scalar(conn, query("native_installed")):  # the live views use it: made again,
+        if scalar(conn, query("native_present")):  # the live views use it: made again,
             for name in definitions.stored_definitions(conn):  # portable, by sync_catalog
                 live_views.drop(conn, name)
         conn.execute(query("drop_native_extension"))
         conn.execute(query("drop_native_schema"))
         return
     if not scalar(conn, query("native_available")):
-        log.info("extension aggjobs_native is not on this server: portable SQL")
+        log.info("extension aggjobs_native (version 1.1) is not on this server: portable SQL")
         return
     try:
         with conn.transaction():
             conn.execute(query("create_native_schema"))
             conn.execute(query("create_native_extension"))
+            conn.execute(query("update_native_extension"))
     except psycopg.errors.InsufficientPrivilege as exc:
         log.warning("extension aggjobs_native not installed (%s): portable SQL", exc)
 

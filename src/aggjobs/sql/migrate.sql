@@ -26,6 +26,10 @@ SELECT to_regclass('aggjobs.schema_migrations') IS NOT NULL
 -- name: schema_version
 SELECT max(version) FROM aggjobs.schema_migrations
 
+-- name: native_present
+-- Whether extension aggjobs_native is installed, at any version.
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'aggjobs_native')
+
 -- name: drop_native_extension
 DROP EXTENSION IF EXISTS aggjobs_native
 
@@ -38,6 +42,10 @@ CREATE SCHEMA IF NOT EXISTS aggjobs_native
 -- name: create_native_extension
 -- The optional C functions (docs/native.md); needs the privilege to create a C extension.
 CREATE EXTENSION IF NOT EXISTS aggjobs_native SCHEMA aggjobs_native
+
+-- name: update_native_extension
+-- An install made by an earlier version of aggjobs: brought to the version its SQL calls.
+ALTER EXTENSION aggjobs_native UPDATE TO '1.1'
 
 -- name: upsert_source
 -- A tracked source's relation, written only when it changed.

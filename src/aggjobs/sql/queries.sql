@@ -305,13 +305,17 @@ LEFT JOIN pg_type AS t ON t.oid = a.atttypid
 LEFT JOIN pg_type AS bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
 
 -- name: native_installed
--- Whether the C functions of extension aggjobs_native can be used by this session.
-SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'aggjobs_native')
+-- Whether the C functions of extension aggjobs_native can be used by this session: those of
+-- the version this code's SQL calls (native/aggjobs_native.control); an older one is updated
+-- by `aggjobs migrate`, and the portable SQL runs until it is.
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'aggjobs_native' AND extversion = '1.1')
    AND has_schema_privilege('aggjobs_native', 'USAGE')
 
 -- name: native_available
--- Whether the server has the extension's files (built by `make native`, docs/native.md).
-SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'aggjobs_native')
+-- Whether the server has the extension's files (built by `make native`, docs/native.md), of
+-- the version native_installed asks for.
+SELECT EXISTS (SELECT 1 FROM pg_available_extension_versions
+               WHERE name = 'aggjobs_native' AND version = '1.1')
 
 -- name: work_mem_bytes
 SELECT pg_catalog.pg_size_bytes(pg_catalog.current_setting('work_mem'))

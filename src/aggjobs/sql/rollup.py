@@ -460,11 +460,11 @@ def add_raw_quantile(parts: Parts, m: Quantile, alias: str) -> None:
 
 def add_native_digest(parts: Parts, m: Quantile, alias: str) -> None:
     """The same outputs from aggjobs_native.digest: the values are collected unordered (so
-    the group can be hashed), then sorted once in C, quantile and sketch read off them."""
+    the group can be hashed: aggjobs_native.collect is array_agg with its state's size
+    declared), then sorted once in C, quantile and sketch read off them."""
     values = m.name + "__values"
-    parts.aggs.append(
-        (values, S("array_agg({0}) FILTER (WHERE {0} IS NOT NULL)").format(rcol(m.column)))
-    )
+    parts.aggs.append((values, S("aggjobs_native.collect({0}) FILTER (WHERE {0} IS NOT NULL)"
+                                 ).format(rcol(m.column))))
     parts.laterals.append((alias, S("SELECT * FROM aggjobs_native.digest({}, {})").format(
         I("g", values), L(m.q))))
     parts.finals[m.name] = I(alias, "quantile")
