@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_default_queue=settings.queue,
-        task_routes=task_routes(settings),
+        task_routes={BACKFILL_TASK: {"queue": settings.queue_of(True)}},  # + the jobs' below
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         worker_hijack_root_logger=True,  # our runner's logs go through Celery's handlers
         # Events on: Flower (or `celery events`) shows tasks live without extra flags.
@@ -128,12 +128,6 @@ def queues_of(app: Celery) -> list[str]:
     """The queues this app sends jobs to: the default one and each route's."""
     routes = [route["queue"] for route in (app.conf.task_routes or {}).values()]
     return list(dict.fromkeys([app.conf.task_default_queue, *routes]))
-
-
-def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
-    """Each job's queue: the heavy ones to AGGJOBS_HEAVY_QUEUE, the others to AGGJOBS_QUEUE."""
-    routes = {job.name: {"queue": settings.queue_of(job.heavy)} for job in JOBS.values()}
-    return {**routes, BACKFILL_TASK: {"queue": settings.queue_of(True)}}  # heavy work
 
 
 def transport_options(broker: str, settings: Settings) -> dict[str, int]:

@@ -3,16 +3,17 @@ a platform's (aggjobs.celery.register). This is the one place the tasks are defi
 
 Everything the runner needs from Celery is an option of each task, never of the app: late
 acknowledgement and rejection when the worker process dies (so a killed worker's task is
-delivered again), the soft and hard time limits, no result kept, and, when a queue is given,
-the queue. A platform's own tasks, routes, serializers and settings are left as they are;
-only its beat schedule gains the five entries (refusing to replace one of the same name).
+delivered again), the soft and hard time limits, no result kept. A platform's own tasks,
+routes, serializers and settings are left as they are: its beat schedule gains the five
+entries (refusing to replace one of the same name), and, only when a queue is asked for,
+its task_routes a route for each of the five names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -63,7 +64,11 @@ def add_jobs(app: Celery, settings: Settings, *, schedule: bool, queue_of: Queue
             "would replace it; rename that entry, or call register(app, schedule=False) "
             "and schedule the jobs yourself")
     for job in JOBS.values():
-        add_job(app, job, settings, queue_of(job))
+        add_job(app, job, settings)
+    ours = {job.name: {"queue": queue} for job in JOBS.values()
+            if (queue := queue_of(job)) is not None}
+    if ours:
+        app.conf.task_routes = routes_with(app.conf.task_routes, ours)
     if entries:
         app.conf.beat_schedule = {**existing, **entries}
     # The worker's heartbeat (docs/jobs.md, "Liveness"): a consumer bootstep, with the
@@ -84,15 +89,27 @@ def jobs_schedule(settings: Settings, queue_of: QueueOf) -> dict[str, dict[str, 
     return entries
 
 
-def add_job(app: Celery, job: Job, settings: Settings, queue: str | None) -> None:
+def routes_with(existing: Any, ours: dict[str, dict[str, str]]) -> Any:
+    """The app's task_routes plus a route for each job by its exact name (Celery's own
+    `queue` task attribute is deprecated): the app's routes are kept, and win over ours for
+    a name they give explicitly (a pattern of theirs does not match before an exact name)."""
+    if not existing:
+        return ours
+    if isinstance(existing, dict):
+        return {**ours, **existing}
+    if isinstance(existing, list | tuple):
+        return [ours, *existing]
+    return [ours, existing]  # one router: a function, a class or its dotted name
+
+
+def add_job(app: Celery, job: Job, settings: Settings) -> None:
     """`job` as a task of `app`; what the runner needs of Celery is an option of this task
-    alone. queue None: the app's routing decides."""
+    alone."""
     hard = job.time_limit(settings)
 
     # shared=False: a task of this app only (a shared one would be added to every app
     # created later in the process, e.g. tests' clients, and clash with theirs)
-    # queue None is Celery's default (the app's routes decide); celery-types declares a str
-    @app.task(name=job.name, bind=True, shared=False, queue=cast(str, queue),
+    @app.task(name=job.name, bind=True, shared=False,
               acks_late=True, reject_on_worker_lost=True,  # a dead worker's task comes back
               time_limit=hard, soft_time_limit=int(hard * 0.9),
               ignore_result=True)  # the run's history is aggjobs.job_runs
