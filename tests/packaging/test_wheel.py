@@ -5,7 +5,9 @@ SQL files, the migrations, the dashboard's assets and py.typed; its `aggjobs --v
 PostgreSQL. The optional C functions are not in it (docs/native.md: built separately).
 
 Needs the package index pip is configured with (the build's setuptools and the
-dependencies are installed from it, as `pip install .` does): marked `packaging`.
+dependencies are installed from it, as `pip install .` does): marked `packaging`. Runs in the
+embedded server's run of the suite only (CI's other run, on AGGJOBS_TEST_DATABASE_URL, would
+only repeat it).
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ import pytest
 
 import aggjobs
 
-pytestmark = [pytest.mark.packaging, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.packaging, pytest.mark.slow,
+    pytest.mark.skipif(bool(os.environ.get("AGGJOBS_TEST_DATABASE_URL")),
+                       reason="the wheel runs on the embedded server: its run of the suite"),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "aggjobs"
@@ -47,10 +53,17 @@ def short_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def wheel(short_dir: Path) -> Path:
-    # pip's own build isolation: the build backend pyproject.toml asks for (setuptools >= 77,
-    # for the license expression) comes from the configured index, as with `pip install .`
+    # Built from a copy of what the sdist would hold, so that the build's files (build/,
+    # *.egg-info) never land in the tree. pip's own build isolation: the build backend
+    # pyproject.toml asks for (setuptools >= 77, for the license expression) comes from the
+    # configured index, as with `pip install .`.
+    tree = short_dir / "tree"
+    shutil.copytree(PACKAGE, tree / "src" / "aggjobs",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, tree / name)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
-         str(short_dir / "dist"), str(ROOT)])
+         str(short_dir / "dist"), str(tree)])
     (built,) = (short_dir / "dist").glob("aggjobs-*.whl")
     return built
 
