@@ -13,6 +13,6 @@ Importing this module builds no app and starts nothing: aggjobs' own app
 
 from __future__ import annotations
 
-from .jobs.tasks import BeatEntryExists, register
+from .jobs.tasks import BeatEntryExists, TaskExists, register
 
-__all__ = ["BeatEntryExists", "register"]
+__all__ = ["BeatEntryExists", "TaskExists", "register"]

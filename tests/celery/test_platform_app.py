@@ -56,6 +56,25 @@ def test_register_adds_the_jobs_per_task_and_leaves_the_app_alone(tmp_path) -> N
     assert app.conf.beat_schedule["hourly_rollup"]["options"] == {"queue": "jobs"}
 
 
+def test_a_task_of_the_same_name_is_refused(tmp_path) -> None:
+    app = platform_app()
+
+    @app.task(name="cleanup_old_data", shared=False)
+    def theirs() -> str:
+        return "the platform's cleanup"
+
+    with pytest.raises(aggjobs.celery.TaskExists, match="'cleanup_old_data'"):
+        aggjobs.celery.register(app, settings=Settings(data_dir=tmp_path))
+    assert app.tasks["cleanup_old_data"].run() == "the platform's cleanup"
+    assert "hourly_rollup" not in app.tasks and not app.conf.beat_schedule
+
+    again = platform_app()
+    aggjobs.celery.register(again, settings=Settings(data_dir=tmp_path), schedule=False)
+    with pytest.raises(aggjobs.celery.TaskExists, match="already on this app"):
+        aggjobs.celery.register(again, settings=Settings(data_dir=tmp_path))
+    assert not again.conf.beat_schedule
+
+
 def test_without_a_queue_the_apps_routing_decides(tmp_path) -> None:
     app = platform_app(task_default_queue="platform-default")
     aggjobs.celery.register(app, settings=Settings(data_dir=tmp_path))

@@ -29,7 +29,8 @@ from .registry import JOBS
 from .runner import RunRequest, run_job
 from .schedule import beat_schedule, cron, slot_of
 
-__all__ = ["HEAVY_SLOT_RETRY", "BeatEntryExists", "QueueOf", "add_jobs", "register"]
+__all__ = ["HEAVY_SLOT_RETRY", "BeatEntryExists", "QueueOf", "TaskExists", "add_jobs",
+           "register"]
 
 # A heavy job skipped for want of a slot is sent again every 5 minutes, for up to two hours.
 HEAVY_SLOT_RETRY = RetryPolicy(attempts=25, base_s=300, factor=1)
@@ -40,6 +41,13 @@ QueueOf = Callable[[JobSpec], str | None]  # a job's queue; None: the app's rout
 
 class BeatEntryExists(ConfigError):
     """The app's beat schedule already has an entry named like one of the jobs."""
+
+
+class TaskExists(ConfigError):
+    """The app already has a task of its own named like one of the jobs."""
+
+
+MARK = "aggjobs_job"  # an attribute of the jobs' tasks, set by add_job
 
 
 def register(app: Celery, *, settings: Settings | None = None, schedule: bool = True,
@@ -54,7 +62,9 @@ def register(app: Celery, *, settings: Settings | None = None, schedule: bool = 
 
 def add_jobs(app: Celery, settings: Settings, *, schedule: bool, queue_of: QueueOf) -> Celery:
     """The five tasks (and, with `schedule`, their beat entries) on `app`, each sent to
-    `queue_of(job)`. Refuses, changing nothing, when a beat entry would be replaced."""
+    `queue_of(job)`. Refuses, changing nothing, when a task or a beat entry of the app's
+    would be replaced."""
+    refuse_to_replace_tasks(app)
     entries = jobs_schedule(settings, queue_of) if schedule else {}
     existing = dict(app.conf.beat_schedule or {})
     clashes = sorted(set(entries) & set(existing))
@@ -76,6 +86,19 @@ def add_jobs(app: Celery, settings: Settings, *, schedule: bool, queue_of: Queue
     setattr(app, SETTINGS_ATTRIBUTE, settings)
     app.steps["consumer"].add(WorkerHeartbeat)
     return app
+
+
+def refuse_to_replace_tasks(app: Celery) -> None:
+    """TaskExists when the app has a task under a job's name: its own, or the job's, added
+    before (Celery keeps the first task of a name). Reading the tasks finalizes the app, as
+    a worker does: tasks defined later are registered at once."""
+    present = [app.tasks[name] for name in JOBS if name in app.tasks]
+    theirs = [task.name for task in present if not getattr(task, MARK, False)]
+    if theirs:
+        raise TaskExists(f"the app already has a task named {theirs[0]!r}: aggjobs' job of "
+                         "that name would replace it; rename that task")
+    if present:
+        raise TaskExists("the jobs are already on this app: register it once")
 
 
 def jobs_schedule(settings: Settings, queue_of: QueueOf) -> dict[str, dict[str, Any]]:
@@ -112,7 +135,8 @@ def add_job(app: Celery, job: Job, settings: Settings) -> None:
     @app.task(name=job.name, bind=True, shared=False,
               acks_late=True, reject_on_worker_lost=True,  # a dead worker's task comes back
               time_limit=hard, soft_time_limit=int(hard * 0.9),
-              ignore_result=True)  # the run's history is aggjobs.job_runs
+              ignore_result=True,  # the run's history is aggjobs.job_runs
+              aggjobs_job=True)  # MARK: a job's task, not the app's own
     def run(self: Task[..., RunSummary], as_of: str | None = None, trigger: str = "manual",
             who: str | None = None) -> RunSummary:
         return run_task(self, job, settings, as_of=as_of, trigger=trigger, who=who)
