@@ -117,9 +117,10 @@ class Workers:
         return env
 
     def start(self, *, beat: bool = False, wait: bool = True, cli: list[str] | None = None,
-              **env: str) -> Worker:
-        """A worker through Celery's own command on the test queue, or, given `cli`, through
-        `aggjobs worker <cli>` (its own queue choice; node name w<n>@host)."""
+              app: str = "aggjobs.jobs.app", **env: str) -> Worker:
+        """A worker through Celery's own command on the test queue (of `app`: aggjobs' own,
+        or a platform's), or, given `cli`, through `aggjobs worker <cli>` (its own queue
+        choice; node name w<n>@host)."""
         n = len(self.started) + 1
         name = f"w{n}"
         # The node name is unique to this test process: a node's control queue on a shared
@@ -131,7 +132,7 @@ class Workers:
             argv = [sys.executable, "-m", "aggjobs", "worker", *cli, "--concurrency", "1",
                     "-n", f"{node}@%h"]
         else:
-            argv = [sys.executable, "-m", "celery", "-A", "aggjobs.jobs.app", "worker",
+            argv = [sys.executable, "-m", "celery", "-A", app, "worker",
                     "-Q", queue_for(self.db_url), "--concurrency", "1", "--pool", "prefork",
                     "-n", f"{node}@%h", "--loglevel", "INFO", "--without-gossip",
                     "--without-mingle", "--without-heartbeat"]

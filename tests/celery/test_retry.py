@@ -1,4 +1,4 @@
-"""A heavy job skipped for want of a slot is sent again per aggjobs.jobs.app.HEAVY_SLOT_RETRY:
+"""A heavy job skipped for want of a slot is sent again per aggjobs.jobs.tasks.HEAVY_SLOT_RETRY:
 every 5 minutes, 24 times, then the task fails. Run eagerly (Task.apply runs each retry at
 once, without its countdown), with the runner stubbed: no broker, no database."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 from celery.exceptions import MaxRetriesExceededError
 
 from aggjobs.jobs import app as app_module
+from aggjobs.jobs import tasks
 from aggjobs.jobs.run import RunRequest, RunResult
 from aggjobs.settings import Settings
 
@@ -19,7 +20,7 @@ def test_a_heavy_job_without_a_slot_is_sent_again_per_the_policy(monkeypatch) ->
         runs.append(request)
         return RunResult(len(runs), request.job, "skipped", retry_later=True)
 
-    monkeypatch.setattr(app_module, "run_job", no_slot)
+    monkeypatch.setattr(tasks, "run_job", no_slot)
     task = app.tasks["daily_rollup"]
     retries: list[dict] = []
     retry = task.retry

@@ -67,9 +67,9 @@ err_console = Console(stderr=True)
 
 def show_version(wanted: bool) -> None:
     if wanted:
-        from importlib.metadata import version
+        from .. import __version__
 
-        print(f"aggjobs {version('aggjobs')}")
+        print(f"aggjobs {__version__}")
         raise typer.Exit()
 
 

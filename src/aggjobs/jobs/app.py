@@ -17,39 +17,30 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import after_setup_logger, after_setup_task_logger, beat_init, celeryd_init
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import URL
 
 from .. import logs
-from ..catalog.grains import parse_timestamp
 from ..catalog.jobs import check_job_settings, checked_settings
 from ..db.connect import database_url
 from ..db.embedded_broker import embedded_broker_url
-from ..db.retry import RetryPolicy
 from ..errors import ConfigError
 from ..settings import Settings, get_settings
 from .backfill import Queued, Requester, run_queued
-from .liveness import WorkerHeartbeat
-from .model import Job
 from .registry import JOBS
-from .runner import RunRequest, run_job
-from .schedule import beat_schedule, cron, slot_of
+from .schedule import beat_schedule, slot_of
+from .tasks import HEAVY_SLOT_RETRY, add_jobs
 
-__all__ = ["BACKFILL_TASK", "app", "beat_schedule", "create_app", "send_backfill", "slot_of"]
+__all__ = ["BACKFILL_TASK", "HEAVY_SLOT_RETRY", "app", "beat_schedule", "create_app",
+           "send_backfill", "slot_of"]
 
 log = logging.getLogger(__name__)
 
-# A heavy job skipped for want of a slot is sent again every 5 minutes, for up to two hours.
-HEAVY_SLOT_RETRY = RetryPolicy(attempts=25, base_s=300, factor=1)
-
-RunSummary = dict[str, int | str | None]  # what a task returns: run id, status, error
 BACKFILL_TASK = "backfill"  # the backfills queued by the API and the dashboard
 
 
@@ -110,13 +101,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         timezone="UTC",
         enable_utc=True,
+        # the jobs have these per task (jobs/tasks.py); app-wide here for the backfill task
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_default_queue=settings.queue,
-        task_routes=task_routes(settings),
-        beat_schedule=beat_schedule(settings),
+        task_routes={BACKFILL_TASK: {"queue": settings.queue_of(True)}},  # + the jobs' below
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         worker_hijack_root_logger=True,  # our runner's logs go through Celery's handlers
         # Events on: Flower (or `celery events`) shows tasks live without extra flags.
@@ -126,9 +117,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         # beat's heartbeat (docs/jobs.md, "Liveness"); the worker's is a consumer bootstep
         beat_scheduler="aggjobs.jobs.liveness:HeartbeatScheduler",
     )
-    app.steps["consumer"].add(WorkerHeartbeat)
-    for job in JOBS.values():
-        register(app, job, settings)
+    # the five tasks, each to its queue, and their beat entries: the very code a platform's
+    # app gets them with (aggjobs.celery.register)
+    add_jobs(app, settings, schedule=True, queue_of=lambda job: settings.queue_of(job.heavy))
     register_backfill(app, settings)
     return app
 
@@ -137,12 +128,6 @@ def queues_of(app: Celery) -> list[str]:
     """The queues this app sends jobs to: the default one and each route's."""
     routes = [route["queue"] for route in (app.conf.task_routes or {}).values()]
     return list(dict.fromkeys([app.conf.task_default_queue, *routes]))
-
-
-def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
-    """Each job's queue: the heavy ones to AGGJOBS_HEAVY_QUEUE, the others to AGGJOBS_QUEUE."""
-    routes = {job.name: {"queue": settings.queue_of(job.heavy)} for job in JOBS.values()}
-    return {**routes, BACKFILL_TASK: {"queue": settings.queue_of(True)}}  # heavy work
 
 
 def transport_options(broker: str, settings: Settings) -> dict[str, int]:
@@ -158,37 +143,6 @@ def longest_limit(settings: Settings) -> int:
     return max(job.time_limit(settings) for job in JOBS.values())
 
 
-def register(app: Celery, job: Job, settings: Settings) -> None:
-    hard = job.time_limit(settings)
-
-    # shared=False: a task of this app only (a shared one would be added to every app
-    # created later in the process, e.g. tests' clients, and clash with theirs)
-    @app.task(name=job.name, bind=True, shared=False, time_limit=hard,
-              soft_time_limit=int(hard * 0.9))
-    def run(self: Task[..., RunSummary], as_of: str | None = None, trigger: str = "manual",
-            who: str | None = None) -> RunSummary:
-        now = datetime.now(UTC)
-        schedule = cron(job, settings) if trigger == "schedule" else None
-        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-        request = RunRequest(
-            job=job.name,
-            as_of=parse_timestamp(as_of) if as_of else now,
-            trigger="retry" if self.request.retries else trigger,
-            who=who or self.request.hostname or "celery",  # the node name: "name@host"
-            # a crontab has the five expanded sets slot_of reads; celery-types declares none
-            slot=slot_of(schedule, now) if schedule is not None else None,  # type: ignore[arg-type]
-            attempt=self.request.retries + 1 + int(redelivered),
-            task_id=self.request.id,
-        )
-        result = run_job(request, settings,
-                         should_stop=lambda exc: isinstance(exc, SoftTimeLimitExceeded))
-        if result.retry_later:  # the heavy-job cap was full: try again in a while
-            # Past the policy's last try Celery raises MaxRetriesExceededError (no countdown).
-            raise self.retry(countdown=HEAVY_SLOT_RETRY.delay(self.request.retries + 1),
-                             max_retries=HEAVY_SLOT_RETRY.retries)
-        return {"run": result.id, "status": result.status, "error": result.error}
-
-
 def settings_or_exit() -> Settings:
     """This process's settings. Invalid ones end Celery's own command (`celery -A
     aggjobs.jobs.app worker`) as they end `aggjobs`: one line naming the variable, exit 2,
@@ -200,7 +154,6 @@ def settings_or_exit() -> Settings:
             raise
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
-
 
 
 def register_backfill(app: Celery, settings: Settings) -> None:

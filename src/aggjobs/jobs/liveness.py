@@ -138,6 +138,10 @@ class Heartbeat:
             self.beats.close()
 
 
+# The app attribute holding the settings its jobs were added with (jobs/tasks.py), so that a
+# platform's app beats with them; aggjobs' own app has the process's anyway.
+SETTINGS_ATTRIBUTE = "aggjobs_settings"
+
 # The worker of this process (one per process), for `worker_shutdown`.
 WORKER: dict[str, Heartbeat] = {}
 
@@ -154,7 +158,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
     def start(self, c: Any) -> None:
         heartbeat = WORKER.get("worker")
         if heartbeat is None:
-            settings = get_settings()
+            settings = getattr(c.app, SETTINGS_ATTRIBUTE, None) or get_settings()
             queues = sorted(c.app.amqp.queues.consume_from)
             heartbeat = WORKER["worker"] = Heartbeat(
                 Process("worker", c.hostname, queues=queues), settings)
