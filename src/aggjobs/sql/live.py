@@ -62,7 +62,8 @@ def start(rollup: Rollup, grain: Grain) -> sql.Composable:
     return S(
         "(SELECT CASE WHEN EXISTS (SELECT FROM aggjobs.watermarks WHERE rollup = {r}"
         " AND grain = 'hour' AND reset_requested) OR EXISTS (SELECT FROM"
-        " aggjobs.invalidation_log WHERE source = {s} AND workspace_id IS NULL)"
+        " aggjobs.invalidation_log WHERE source = {s}"
+        " AND (truncated OR workspace_id IS NULL))"
         " THEN {lo} ELSE coalesce({wm}, {lo}) END)"
     ).format(r=L(rollup.name), s=L(rollup.source.name), lo=L(SUPPORTED_FROM),
              wm=watermark_of(rollup, "watermark", grain))

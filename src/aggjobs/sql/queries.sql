@@ -25,9 +25,10 @@ WHERE rollup = %(rollup)s
 DELETE FROM aggjobs.pending_groups WHERE rollup = %(rollup)s
 
 -- name: fan_out
--- Moves the source's logged changes to every rollup on it as pending hour groups; a NULL
--- workspace marks a TRUNCATE. Runs in READ COMMITTED: a concurrent fan-out skips the rows
--- this one deleted, so each logged change lands once. A change whose hour is outside the
+-- Moves the source's logged changes to every rollup on it as pending hour groups; a row
+-- `truncated` (or, logged before 0020, with a NULL workspace) marks a TRUNCATE. Runs in READ
+-- COMMITTED: a concurrent fan-out skips the rows this one deleted, so each logged change
+-- lands once. A change whose hour is outside the
 -- supported times (a row at -infinity, BC, year 10000: docs/rollups.md) is in no bucket:
 -- it is dropped here, counted, and never reaches the engine.
 -- The rollups are the declared ones on the source and every version the database holds
@@ -42,20 +43,20 @@ WITH keys AS (
     WHERE state IN ('live', 'building') AND definition #>> '{source,name}' = %(source)s
 ), moved AS (
     DELETE FROM aggjobs.invalidation_log WHERE source = %(source)s
-    RETURNING workspace_id, bucket
+    RETURNING workspace_id, bucket, truncated
 ), queued AS (
     INSERT INTO aggjobs.pending_groups (rollup, grain, bucket, workspace_id)
     SELECT DISTINCT k.rollup, 'hour', m.bucket, m.workspace_id
     FROM moved AS m CROSS JOIN keys AS k
-    WHERE m.workspace_id IS NOT NULL
+    WHERE m.workspace_id IS NOT NULL AND NOT m.truncated
       AND m.bucket >= %(supported_from)s AND m.bucket < %(supported_until)s
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
 SELECT count(*) AS moved,
-       count(*) FILTER (WHERE workspace_id IS NULL) AS truncations,
+       count(*) FILTER (WHERE truncated OR workspace_id IS NULL) AS truncations,
        (SELECT count(*) FROM queued) AS queued,
-       count(*) FILTER (WHERE workspace_id IS NOT NULL AND (bucket IS NULL
+       count(*) FILTER (WHERE workspace_id IS NOT NULL AND NOT truncated AND (bucket IS NULL
            OR bucket < %(supported_from)s OR bucket >= %(supported_until)s)) AS unsupported,
        (SELECT array_agg(rollup) FROM keys) AS keys
 FROM moved
@@ -190,7 +191,7 @@ WHERE id = %(id)s
 -- Backfills still 'running' whose session is gone: their process died. Failed, so that the
 -- dashboard stops showing them as running; the next backfill of the range resumes them.
 UPDATE aggjobs.backfills AS b
-SET status = 'failed', finished_at = clock_timestamp(),
+SET status = 'failed', finished_at = statement_timestamp(),
     error = coalesce(b.error, 'abandoned: its database session ended before it finished')
 WHERE b.status = 'running'
   AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = b.backend_pid)
@@ -392,3 +393,7 @@ FROM aggjobs.backfills WHERE id = %(id)s
 -- The latest day with a stored platform report.
 SELECT max(day) FROM analytics.daily_reports
 WHERE workspace_id IS NULL
+
+-- name: citus_installed
+-- Whether the database is a Citus coordinator (or node): the extension is installed.
+SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')

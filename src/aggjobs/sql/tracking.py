@@ -38,7 +38,9 @@ FUNCTION = S(
     """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
     IF TG_OP {eq} 'TRUNCATE' THEN
-        INSERT INTO aggjobs.invalidation_log (source) VALUES ({src});
+        -- A workspace (0): on Citus the log is distributed by it, which cannot be NULL.
+        INSERT INTO aggjobs.invalidation_log (source, workspace_id, truncated)
+            VALUES ({src}, 0, true);
         RETURN NULL;
     END IF;
     -- Retention deletes rows whose buckets stay as they are: nothing to recompute. (Two
