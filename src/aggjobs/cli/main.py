@@ -437,7 +437,7 @@ def doctor(as_json: JsonFlag = False) -> None:
     when a problem is found."""
     from ..db.doctor import diagnose
 
-    with session("doctor") as conn:
+    with session("doctor", require_schema=False) as conn:
         d = diagnose(conn)
     if as_json:
         print(json.dumps({**vars(d), "healthy": d.healthy}))
