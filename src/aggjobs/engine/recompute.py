@@ -96,17 +96,20 @@ def plan_changes(*, raw: bool, native: bool) -> dict[str, str]:
 @contextmanager
 def planner_settings(conn: psycopg.Connection, changes: dict[str, str]) -> Iterator[None]:
     """Planner settings for one statement, restored after it (on an error the
-    (sub)transaction's rollback undoes them). SET LOCAL, not set_config(): on Citus, with
-    citus.propagate_set_commands = 'local', a SET LOCAL reaches the shards' sessions, where
-    the statement is planned again; set_config() stays on the coordinator (issue 18,
-    point 9). They only steer plans: the results never depend on them."""
-    if not changes:
+    (sub)transaction's rollback undoes them). They only steer plans: the results never
+    depend on them.
+
+    None on Citus (issue 18, point 9): the statement is planned again on each shard, where
+    the coordinator's settings do not reach (set_config() stays local). Made to reach them
+    (SET LOCAL with citus.propagate_set_commands = 'local'), enable_sort and
+    enable_indexscan off made each shard's scan of a user_activity hour 25 times slower on
+    the test cluster (5.3 s against 0.22 s, docs/scaling.md): a shard holds a 32nd of the
+    rows these settings were measured on, and its default plan is the right one."""
+    if not changes or is_citus(conn):
         yield
         return
     before = {name: scalar(conn, query("current_setting"), (name,))
               for name in changes}
-    if is_citus(conn):
-        conn.execute(set_local("citus.propagate_set_commands", "local"))
     for name, value in changes.items():
         conn.execute(set_local(name, value))
     yield
