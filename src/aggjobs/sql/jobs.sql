@@ -35,12 +35,14 @@ SELECT pg_advisory_lock(hashtext('aggjobs.heavy'), %(slot)s)
 -- Runs still 'running' whose PostgreSQL session is gone: their process died.
 -- statement_timestamp(), not clock_timestamp(), in every UPDATE of aggjobs' tables: the same
 -- instant for a statement sent on its own, and STABLE, which Citus requires of the functions
--- of an UPDATE of a distributed or reference table (issue 18, point 8).
+-- of an UPDATE of a distributed or reference table (issue 18, point 8). The live sessions are
+-- read from pg_stat_get_activity(NULL), the function under the view pg_stat_activity, whose
+-- join with pg_database Citus refuses in a statement on a reference table.
 UPDATE aggjobs.job_runs
 SET status = 'abandoned', finished_at = statement_timestamp(),
     error = coalesce(error, 'the process running it died (its database session ended)')
 WHERE status = 'running'
-  AND (backend_pid IS NULL OR backend_pid NOT IN (SELECT pid FROM pg_stat_activity))
+  AND (backend_pid IS NULL OR backend_pid NOT IN (SELECT pid FROM pg_catalog.pg_stat_get_activity(NULL)))
 RETURNING id, job
 
 -- name: start_run

@@ -160,7 +160,7 @@ GROUP BY source
 -- for this one's decision; `busy`: another session runs it and is still connected.
 SELECT b.id, b.grain, b.done_until, b.started_at, b.backend_pid,
        b.status = 'running' AND b.backend_pid IS DISTINCT FROM pg_backend_pid()
-       AND EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = b.backend_pid) AS busy,
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) AS a WHERE a.pid = b.backend_pid) AS busy,
        b.status
 FROM aggjobs.backfills AS b
 WHERE b.rollup = %(rollup)s AND b.range_start = %(lo)s AND b.range_end = %(hi)s
@@ -194,7 +194,7 @@ UPDATE aggjobs.backfills AS b
 SET status = 'failed', finished_at = statement_timestamp(),
     error = coalesce(b.error, 'abandoned: its database session ended before it finished')
 WHERE b.status = 'running'
-  AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = b.backend_pid)
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) AS a WHERE a.pid = b.backend_pid)
 RETURNING b.id, b.rollup
 
 -- name: audit_backfill_started
@@ -225,7 +225,7 @@ WHERE s.action = 'backfill' AND s.outcome = 'started'
   AND NOT EXISTS (SELECT 1 FROM aggjobs.audit_log AS o
                   WHERE o.action = 'backfill' AND o.params ? 'started_id'
                     AND o.params ->> 'started_id' = s.id::text)
-  AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) AS a
                   WHERE a.pid = (s.params ->> 'session_pid')::integer)
 ON CONFLICT ((params ->> 'started_id')) WHERE action = 'backfill' AND params ? 'started_id'
 DO NOTHING
@@ -264,7 +264,7 @@ UPDATE aggjobs.backfills SET task_id = %(task_id)s WHERE id = ANY(%(ids)s)
 WITH target AS (
     SELECT b.id, b.status AS was,
            b.status = 'queued' OR NOT EXISTS (
-               SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = b.backend_pid) AS at_once
+               SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) AS a WHERE a.pid = b.backend_pid) AS at_once
     FROM aggjobs.backfills AS b
     WHERE b.id = %(id)s AND b.status IN ('queued', 'running')
     FOR UPDATE OF b
