@@ -20,6 +20,7 @@ from aggjobs.db.script import statements
 from aggjobs.engine.recompute import estimated_rows, input_rows, statement_ranges
 from aggjobs.jobs.cleanup import batch_delete
 from aggjobs.sql import rollup as rollup_sql
+from aggjobs.sql import tracking
 from aggjobs.sql.rollup import Scope
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
@@ -87,7 +88,6 @@ def test_no_ctid_in_deletes_of_distributable_tables(conn: psycopg.Connection) ->
 def test_the_truncate_marker_carries_a_workspace(conn: psycopg.Connection) -> None:
     conn.execute("UPDATE aggjobs.sources SET threshold = %s", (T0 + timedelta(days=1),))
     for source in sources():  # the triggers with a threshold, as a refresh leaves them
-        from aggjobs.sql import tracking
         for stmt in tracking.create_triggers(source, T0 + timedelta(days=1)):
             conn.execute(stmt)
     conn.execute("TRUNCATE credit_transactions")

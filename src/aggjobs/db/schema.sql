@@ -411,7 +411,7 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format(
             'DELETE FROM %1$s WHERE (%2$I, %3$I) IN'
-            ' (SELECT %2$I, %3$I FROM %1$s WHERE %3$I < $1 LIMIT $2)',
+            ' (SELECT %2$I, %3$I FROM %1$s WHERE %3$I < $1 AND %2$I IS NOT NULL LIMIT $2)',
             leaf, key_column, target.time_column)
             USING before, batch - deleted;
         GET DIAGNOSTICS n = ROW_COUNT;

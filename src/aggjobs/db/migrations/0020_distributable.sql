@@ -12,7 +12,9 @@ ALTER TABLE aggjobs.sources ADD COLUMN key_column text;
 -- Retention's raw-row deletes name their rows by (key, time), not by ctid: a ctid names a
 -- row of one shard, and Citus refuses a distributed DELETE whose ctids come from a
 -- subquery it plans apart. Every row of a (key, time) picked is before `before`, so
--- deleting them all is right (a batch may exceed `batch` by the rows sharing a time).
+-- deleting them all is right (a batch may exceed `batch` by the rows sharing a time). A row
+-- with a NULL key (outside the contract: the key is NOT NULL) is in no group and is kept: a
+-- batch that picked it would never delete it, and retention would stall on it.
 CREATE OR REPLACE FUNCTION aggjobs.delete_raw_before(source text, before timestamptz,
                                                      batch integer)
 RETURNS bigint
@@ -47,7 +49,7 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format(
             'DELETE FROM %1$s WHERE (%2$I, %3$I) IN'
-            ' (SELECT %2$I, %3$I FROM %1$s WHERE %3$I < $1 LIMIT $2)',
+            ' (SELECT %2$I, %3$I FROM %1$s WHERE %3$I < $1 AND %2$I IS NOT NULL LIMIT $2)',
             leaf, key_column, target.time_column)
             USING before, batch - deleted;
         GET DIAGNOSTICS n = ROW_COUNT;
