@@ -86,18 +86,20 @@ def check_distribution(conn: psycopg.Connection, d: Diagnosis) -> None:
     wanted = distributed_tables()
     found = placements(conn, list(wanted))
     groups = {found[t][2] for t in wanted if found[t][0] == "distributed"}
+    problems = []
     for table, column in wanted.items():
         kind, by, _ = found[table]
         if kind != "distributed":
-            d.problems.append(f"{table} is not distributed (create_distributed_table('{table}',"
-                              f" '{column}', colocate_with => ...))")
+            problems.append(f"{table} is not distributed (create_distributed_table('{table}',"
+                            f" '{column}', colocate_with => ...))")
         elif by != column:
-            d.problems.append(f"{table} is distributed by {by}, not {column}")
+            problems.append(f"{table} is distributed by {by}, not {column}")
     if len(groups) > 1:
-        d.problems.append(f"the distributed tables are in {len(groups)} co-location groups, "
-                          "not one: statements joining a source and its rollup are not "
-                          "pushed down (colocate_with => the first source)")
-    elif groups:
+        problems.append(f"the distributed tables are in {len(groups)} co-location groups, "
+                        "not one: statements joining a source and its rollup are not "
+                        "pushed down (colocate_with => the first source)")
+    d.problems += problems
+    if not problems:
         d.checked.append(f"{len(wanted)} tables distributed by their key, co-located")
 
 
