@@ -338,10 +338,6 @@ SELECT aggjobs.move_tracking_threshold(%s, %s, %s)
 -- name: current_setting
 SELECT current_setting(%s)
 
--- name: set_local_setting
--- A setting for the rest of the transaction (SET LOCAL with a bound value).
-SELECT set_config(%s, %s, true)
-
 -- name: set_session_setting
 -- A setting for the rest of the session (SET with a bound value).
 SELECT set_config(%s, %s, false)
