@@ -429,6 +429,34 @@ def status(as_json: JsonFlag = False) -> None:
 
 
 @app.command()
+def doctor(as_json: JsonFlag = False) -> None:
+    """Check the database's distribution when it is a Citus cluster (docs/scaling.md): the
+    sources, rollups and change log distributed by workspace and co-located, the views'
+    owner able to log in on every node, citus.enable_unsafe_triggers on, the identity
+    tables left on the coordinator. On PostgreSQL: "not a Citus cluster", exit 0. Exit 1
+    when a problem is found."""
+    from ..db.doctor import diagnose
+
+    with session("doctor", require_schema=False) as conn:
+        d = diagnose(conn)
+    if as_json:
+        print(json.dumps({**vars(d), "healthy": d.healthy}))
+    elif not d.citus:
+        console.print("not a Citus cluster (extension citus is not installed): nothing to "
+                      "check", highlight=False)
+    else:
+        console.print(f"{d.version}; {d.workers} worker(s)", highlight=False)
+        for line in d.checked:
+            console.print(f"[green]ok:[/green] {escape(line)}", highlight=False)
+        for line in d.advice:
+            console.print(f"[yellow]advice:[/yellow] {escape(line)}", highlight=False)
+        for line in d.problems:
+            console.print(f"[red]problem:[/red] {escape(line)}", highlight=False)
+    if not d.healthy:
+        raise typer.Exit(1)
+
+
+@app.command()
 def rows(
     rollup: Annotated[str, typer.Argument(
         help=f"The rollup: {ROLLUPS_HELP}.", show_default=False)],

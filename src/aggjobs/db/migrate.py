@@ -26,7 +26,9 @@ from ..sql import query, tracking
 from ..sql import rollup as rollup_sql
 from . import definitions, live_views, locks
 from .check import check_sources
+from .cluster import is_citus
 from .connect import scalar
+from .script import execute_script
 from .view_caches import update_view_caches
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
@@ -74,7 +76,7 @@ def migrate(conn: psycopg.Connection, *, native: bool = True, prune: bool = Fals
         conn.execute(query("bootstrap"))
         applied = pending(conn)
         for m in applied:
-            conn.execute(m.sql)
+            execute_script(conn, m.sql)
             conn.execute(query("record_migration"), (m.version, m.name))
         # before anything is made for the sources: a mismatch rolls all of it back
         check_sources(conn, rollups())
@@ -146,7 +148,7 @@ def apply_canonical_schema(conn: psycopg.Connection) -> None:
     """Create the schema from schema.sql directly (for tests comparing it with migrations)."""
     with conn.transaction():
         conn.execute(query("bootstrap"))
-        conn.execute(canonical_schema())
+        execute_script(conn, canonical_schema())
         for m in migrations():
             conn.execute(query("record_migration"), (m.version, m.name))
         definitions.apply(conn, definitions.plan(conn, rollups()))
@@ -163,7 +165,8 @@ def sync_catalog(conn: psycopg.Connection) -> None:
     tracked = list(dict.fromkeys([*sources(), *(r.source for r in live)]))
     for source in tracked:
         conn.execute(query("upsert_source"),
-                     (source.name, source.schema, source.table, source.time_column))
+                     (source.name, source.schema, source.table, source.time_column,
+                      source.key_column))
         repair_threshold(conn, source)
         threshold = scalar(conn, query("source_threshold"), (source.name,))
         conn.execute(tracking.create_function(source))
@@ -268,7 +271,12 @@ def reader_grants() -> list[sql.Composed]:
 
 
 def give_views_to_worker(conn: psycopg.Connection) -> None:
-    """Make aggjobs_worker the owner of each materialized view it does not own yet."""
+    """Make aggjobs_worker the owner of each materialized view it does not own yet. On
+    Citus it may log in: a REFRESH runs the view's query as its owner, and the coordinator
+    then connects to the workers as that role (issue 18, point 4). No password is set: the
+    workers' pg_hba.conf (or citus.node_conninfo, pg_dist_authinfo) says how it gets in."""
+    if is_citus(conn):
+        conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(WORKER)))
     for name in VIEWS:
         owner = scalar(conn, query("relation_owner"), (f"analytics.{name}",))
         if owner != WORKER:
@@ -303,7 +311,7 @@ def sync_views(conn: psycopg.Connection) -> None:
     conn.execute(sql.SQL("TRUNCATE {}").format(
         sql.SQL(", ").join(sql.Identifier("analytics", t) for t in VIEW_CACHES)))
     update_view_caches(conn)
-    conn.execute(text)
+    execute_script(conn, text)
     for name in VIEWS:
         conn.execute(sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(
             sql.Identifier("analytics", name), sql.Literal(stamp)))

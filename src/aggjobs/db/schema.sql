@@ -53,7 +53,8 @@ CREATE TABLE aggjobs.sources (
     -- DEFINER functions, so written by the owner only.
     relation_schema text,
     relation_name text,
-    time_column text
+    time_column text,
+    key_column text  -- 0020: the source's key (Citus' distribution column)
 );
 
 -- Per rollup and grain: every bucket before `watermark` is materialized (NULL: none yet).
@@ -77,7 +78,10 @@ CREATE TABLE aggjobs.invalidation_log (
     source text NOT NULL,
     workspace_id bigint,
     bucket timestamptz,
-    logged_at timestamptz NOT NULL DEFAULT now()
+    logged_at timestamptz NOT NULL DEFAULT now(),
+    -- 0020: a TRUNCATE's marker (its workspace_id is 0: Citus' distribution column cannot
+    -- be NULL; a NULL workspace, the markers before 0020, is one too)
+    truncated boolean NOT NULL DEFAULT false
 );
 
 -- Groups to recompute, per rollup and grain; filled from invalidation_log and by finer
@@ -369,15 +373,18 @@ REVOKE ALL ON aggjobs.retention_transactions FROM PUBLIC;
 GRANT SELECT ON aggjobs.retention_transactions TO PUBLIC;
 
 -- Retention's only way to delete raw rows: at most `batch` rows of a known source whose time
--- is before `before`, in a transaction marked in aggjobs.retention_transactions for the
--- duration of the call only, so the tracking triggers do not log these deletes. A
--- partitioned source is deleted from leaf by leaf (0008).
-CREATE FUNCTION aggjobs.delete_raw_before(source text, before timestamptz, batch integer)
+-- is before `before` (a few more if rows share a time), in a transaction marked in
+-- aggjobs.retention_transactions for the duration of the call only, so the tracking triggers
+-- do not log these deletes. A partitioned source is deleted from leaf by leaf (0008). Rows
+-- are named by (key, time), not by ctid, which Citus refuses in a distributed DELETE (0020).
+CREATE FUNCTION aggjobs.delete_raw_before(source text, before timestamptz,
+                                                     batch integer)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     target record;
+    key_column text;
     leaf regclass;
     deleted bigint := 0;
     n bigint;
@@ -387,31 +394,30 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT * INTO target FROM aggjobs.source_relation(source);
+    SELECT coalesce(s.key_column, 'workspace_id') INTO key_column
+        FROM aggjobs.sources AS s WHERE s.source = delete_raw_before.source;
     INSERT INTO aggjobs.retention_transactions (txid) VALUES (pg_catalog.pg_current_xact_id())
         ON CONFLICT DO NOTHING;
-    IF (SELECT c.relkind FROM pg_catalog.pg_class AS c
-            WHERE c.oid = target.relation::regclass) <> 'p' THEN
+    -- the table itself, or each leaf of a partitioned one
+    FOR leaf IN
+        SELECT target.relation::regclass
+            WHERE (SELECT c.relkind FROM pg_catalog.pg_class AS c
+                   WHERE c.oid = target.relation::regclass) <> 'p'
+        UNION ALL
+        (SELECT t.relid FROM pg_catalog.pg_partition_tree(target.relation::regclass) AS t
+            JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
+            WHERE t.isleaf AND c.relkind = 'r'
+            ORDER BY t.level, c.relname)
+    LOOP
         EXECUTE pg_catalog.format(
-            'DELETE FROM %s WHERE ctid = ANY(ARRAY(SELECT ctid FROM %s WHERE %I < $1 LIMIT $2))',
-            target.relation, target.relation, target.time_column)
-            USING before, batch;
-        GET DIAGNOSTICS deleted = ROW_COUNT;
-    ELSE
-        FOR leaf IN
-            SELECT t.relid FROM pg_catalog.pg_partition_tree(target.relation::regclass) AS t
-                JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
-                WHERE t.isleaf AND c.relkind = 'r'
-                ORDER BY t.level, c.relname
-        LOOP
-            EXECUTE pg_catalog.format(
-                'DELETE FROM %s WHERE ctid = ANY(ARRAY(SELECT ctid FROM %s WHERE %I < $1 LIMIT $2))',
-                leaf, leaf, target.time_column)
-                USING before, batch - deleted;
-            GET DIAGNOSTICS n = ROW_COUNT;
-            deleted := deleted + n;
-            EXIT WHEN deleted >= batch;
-        END LOOP;
-    END IF;
+            'DELETE FROM %1$s WHERE (%2$I, %3$I) IN'
+            ' (SELECT %2$I, %3$I FROM %1$s WHERE %3$I < $1 AND %2$I IS NOT NULL LIMIT $2)',
+            leaf, key_column, target.time_column)
+            USING before, batch - deleted;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        deleted := deleted + n;
+        EXIT WHEN deleted >= batch;
+    END LOOP;
     DELETE FROM aggjobs.retention_transactions AS r
         WHERE r.txid = pg_catalog.pg_current_xact_id();
     RETURN deleted;

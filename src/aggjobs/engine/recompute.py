@@ -15,12 +15,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from ..catalog import Grain, Rollup
 from ..catalog.grains import SUPPORTED_PARAMS, as_utc, chunks
+from ..db.cluster import is_citus
 from ..db.connect import one_row, scalar
 from ..sql import query
 from ..sql import rollup as rollup_sql
@@ -94,14 +96,31 @@ def plan_changes(*, raw: bool, native: bool) -> dict[str, str]:
 @contextmanager
 def planner_settings(conn: psycopg.Connection, changes: dict[str, str]) -> Iterator[None]:
     """Planner settings for one statement, restored after it (on an error the
-    (sub)transaction's rollback undoes them)."""
+    (sub)transaction's rollback undoes them). They only steer plans: the results never
+    depend on them.
+
+    None on Citus (issue 18, point 9): the statement is planned again on each shard, where
+    the coordinator's settings do not reach (set_config() stays local). Made to reach them
+    (SET LOCAL with citus.propagate_set_commands = 'local'), enable_sort and
+    enable_indexscan off made each shard's scan of a user_activity hour 25 times slower on
+    the test cluster (5.3 s against 0.22 s, docs/scaling.md): a shard holds a 32nd of the
+    rows these settings were measured on, and its default plan is the right one."""
+    if not changes or is_citus(conn):
+        yield
+        return
     before = {name: scalar(conn, query("current_setting"), (name,))
               for name in changes}
     for name, value in changes.items():
-        conn.execute(query("set_local_setting"), (name, value))
+        conn.execute(set_local(name, value))
     yield
     for name, value in before.items():
-        conn.execute(query("set_local_setting"), (name, value))
+        conn.execute(set_local(name, value))
+
+
+def set_local(name: str, value: str) -> sql.Composed:
+    """SET LOCAL name TO 'value', for the rest of the transaction."""
+    return sql.SQL("SET LOCAL {} TO {}").format(
+        sql.SQL(".").join(map(sql.Identifier, name.split("."))), sql.Literal(value))
 
 
 def recompute_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
@@ -109,10 +128,14 @@ def recompute_range(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
     """Recompute every group with a bucket in [lo, hi) (both aligned to the grain).
     `marks=False`: the caller marks the coarser groups (mark_coarser_range)."""
     params = {"rollup": rollup.name, "grain": grain.value, "lo": lo, "hi": hi}
+    # Sized before the first write: on Citus, a read of a distributed table after a write
+    # to a reference table in the same transaction (the sizing after drop_pending_range)
+    # fails, "cannot switch local execution status" (issue 18, point 1).
+    ranges = statement_ranges(conn, rollup, grain, lo, hi)
     conn.execute(query("drop_pending_range"), params)
     conn.execute(query("clear_quarantine"), params)  # it recomputes fine now
     written = Written()
-    for a, b in statement_ranges(conn, rollup, grain, lo, hi):
+    for a, b in ranges:
         written += replace(conn, rollup, grain, Scope.RANGE, {"lo": a, "hi": b}, marks=marks)
     return written
 
@@ -144,13 +167,37 @@ def statement_ranges(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
     buckets = len(grain.buckets(lo, hi))
     if buckets == 1 or rollup.finer(grain) is not None:
         return [(lo, hi)]
-    plan = scalar(conn, rollup_sql.input_rows_estimate(rollup, grain), {"lo": lo, "hi": hi})
-    rows = plan[0]["Plan"]["Plan Rows"]
+    rows = input_rows(conn, rollup, grain, lo, hi)
     budget = scalar(conn, query("work_mem_bytes")) // BYTES_PER_RAW_ROW
     pieces = min(buckets, math.ceil(rows / max(budget, 1)))
     if pieces <= 1:
         return [(lo, hi)]
     return chunks(lo, hi, math.ceil(buckets / pieces) * grain.step)
+
+
+def input_rows(conn: psycopg.Connection, rollup: Rollup, grain: Grain,
+               lo: datetime, hi: datetime) -> float:
+    """The raw rows in [lo, hi): the planner's estimate (nothing read), or a count where
+    the plan gives none worth having."""
+    plan = scalar(conn, rollup_sql.input_rows_estimate(rollup, grain), {"lo": lo, "hi": hi})
+    rows = estimated_rows(plan)
+    if rows is None:
+        counted: int = scalar(conn, rollup_sql.input_rows_count(rollup, grain),
+                              {"lo": lo, "hi": hi})
+        return counted
+    return rows
+
+
+def estimated_rows(plan: list[dict[str, Any]]) -> float | None:
+    """The row estimate of an EXPLAIN (FORMAT JSON), None when it is not an estimate: Citus
+    plans a distributed scan as a Custom Scan whose rows are a constant, 100000 whatever
+    the range (issue 18, point 9), and counting is then the only measure (pushed down: each
+    shard counts its rows of the range, by the time index)."""
+    top = plan[0]["Plan"]
+    if top.get("Node Type") == "Custom Scan":
+        return None
+    rows: float = top["Plan Rows"]
+    return rows
 
 
 def recompute_keys(conn: psycopg.Connection, rollup: Rollup, grain: Grain,

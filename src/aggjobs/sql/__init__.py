@@ -13,7 +13,7 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
 QUERY_FILES = ("queries.sql", "jobs.sql", "view_caches.sql", "roles.sql", "definitions.sql",
-               "migrate.sql", "tokens.sql", "demo.sql", "liveness.sql")
+               "migrate.sql", "tokens.sql", "demo.sql", "liveness.sql", "citus.sql")
 
 
 @cache

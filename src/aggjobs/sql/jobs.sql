@@ -33,11 +33,16 @@ SELECT pg_advisory_lock(hashtext('aggjobs.heavy'), %(slot)s)
 
 -- name: mark_abandoned
 -- Runs still 'running' whose PostgreSQL session is gone: their process died.
+-- statement_timestamp(), not clock_timestamp(), in every UPDATE of aggjobs' tables: the same
+-- instant for a statement sent on its own, and STABLE, which Citus requires of the functions
+-- of an UPDATE of a distributed or reference table (issue 18, point 8). The live sessions are
+-- read from pg_stat_get_activity(NULL), the function under the view pg_stat_activity, whose
+-- join with pg_database Citus refuses in a statement on a reference table.
 UPDATE aggjobs.job_runs
-SET status = 'abandoned', finished_at = clock_timestamp(),
+SET status = 'abandoned', finished_at = statement_timestamp(),
     error = coalesce(error, 'the process running it died (its database session ended)')
 WHERE status = 'running'
-  AND (backend_pid IS NULL OR backend_pid NOT IN (SELECT pid FROM pg_stat_activity))
+  AND (backend_pid IS NULL OR backend_pid NOT IN (SELECT pid FROM pg_catalog.pg_stat_get_activity(NULL)))
 RETURNING id, job
 
 -- name: start_run
@@ -76,7 +81,7 @@ WHERE id = %(id)s
 
 -- name: finish_run
 UPDATE aggjobs.job_runs
-SET status = %(status)s, steps = %(steps)s, error = %(error)s, finished_at = clock_timestamp()
+SET status = %(status)s, steps = %(steps)s, error = %(error)s, finished_at = statement_timestamp()
 WHERE id = %(id)s
 
 -- name: audit

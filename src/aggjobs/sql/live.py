@@ -67,7 +67,7 @@ def bounds(rollup: Rollup, grain: Grain) -> sql.Composable:
     return S(
         "SELECT CASE WHEN EXISTS (SELECT FROM aggjobs.watermarks WHERE rollup = {r}"
         " AND grain = 'hour' AND reset_requested) OR EXISTS (SELECT FROM live_log"
-        " WHERE workspace_id IS NULL)"
+        " WHERE truncated OR workspace_id IS NULL)"
         " THEN {lo} ELSE coalesce({wm}, {lo}) END AS start, {horizon} AS horizon"
     ).format(r=L(rollup.name), lo=L(SUPPORTED_FROM),
              wm=watermark_of(rollup, "watermark", grain),
@@ -90,9 +90,9 @@ def changes(rollup: Rollup, grain: Grain) -> sql.Composable:
                 " WHERE rollup = {} AND grain = {}").format(L(rollup.name), L(grain.value))
     finer = rollup.finer(grain)
     if finer is None:
-        logged = S("SELECT workspace_id, bucket FROM live_log WHERE workspace_id IS NOT NULL"
-                   " AND bucket >= {} AND bucket < {}").format(L(SUPPORTED_FROM),
-                                                            L(SUPPORTED_UNTIL))
+        logged = S("SELECT workspace_id, bucket FROM live_log WHERE NOT truncated"
+                   " AND workspace_id IS NOT NULL AND bucket >= {} AND bucket < {}").format(
+            L(SUPPORTED_FROM), L(SUPPORTED_UNTIL))
         return S("{} UNION {}").format(pending, logged)
     trunc = "day" if grain is Grain.DAY else "week"
     return S("{} UNION SELECT workspace_id, date_trunc({}, bucket AT TIME ZONE 'UTC')"
@@ -252,8 +252,8 @@ def materialized(rollup: Rollup, grain: Grain) -> sql.Composable:
 def body(rollup: Rollup, grain: Grain, *, native: bool) -> sql.Composable:
     """The view's query: the materialized rows, then the computed ones, over the source's
     change log, the bounds and the changed groups, each read once (CTEs)."""
-    log = S("SELECT workspace_id, bucket FROM aggjobs.invalidation_log WHERE source = {}"
-            ).format(L(rollup.source.name))
+    log = S("SELECT workspace_id, bucket, truncated FROM aggjobs.invalidation_log"
+            " WHERE source = {}").format(L(rollup.source.name))
     return S("WITH live_log AS ({}), live_bounds AS ({}), live_dirty AS ({}) {} UNION ALL {}"
              ).format(log, bounds(rollup, grain), dirty(rollup, grain),
                       materialized(rollup, grain), computed(rollup, grain, native=native))

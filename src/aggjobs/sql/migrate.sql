@@ -49,13 +49,13 @@ ALTER EXTENSION aggjobs_native UPDATE TO '1.1'
 
 -- name: upsert_source
 -- A tracked source's relation, written only when it changed.
-INSERT INTO aggjobs.sources AS s (source, relation_schema, relation_name, time_column)
-VALUES (%s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET
+INSERT INTO aggjobs.sources AS s (source, relation_schema, relation_name, time_column, key_column)
+VALUES (%s, %s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET
 relation_schema = excluded.relation_schema, relation_name = excluded.relation_name,
-time_column = excluded.time_column
-WHERE (s.relation_schema, s.relation_name, s.time_column)
+time_column = excluded.time_column, key_column = excluded.key_column
+WHERE (s.relation_schema, s.relation_name, s.time_column, s.key_column)
 IS DISTINCT FROM (excluded.relation_schema, excluded.relation_name,
-excluded.time_column)
+excluded.time_column, excluded.key_column)
 
 -- name: source_threshold
 -- The tracking threshold of a source: changes before it are logged by its triggers.

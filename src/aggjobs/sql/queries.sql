@@ -25,9 +25,10 @@ WHERE rollup = %(rollup)s
 DELETE FROM aggjobs.pending_groups WHERE rollup = %(rollup)s
 
 -- name: fan_out
--- Moves the source's logged changes to every rollup on it as pending hour groups; a NULL
--- workspace marks a TRUNCATE. Runs in READ COMMITTED: a concurrent fan-out skips the rows
--- this one deleted, so each logged change lands once. A change whose hour is outside the
+-- Moves the source's logged changes to every rollup on it as pending hour groups; a row
+-- `truncated` (or, logged before 0020, with a NULL workspace) marks a TRUNCATE. Runs in READ
+-- COMMITTED: a concurrent fan-out skips the rows this one deleted, so each logged change
+-- lands once. A change whose hour is outside the
 -- supported times (a row at -infinity, BC, year 10000: docs/rollups.md) is in no bucket:
 -- it is dropped here, counted, and never reaches the engine.
 -- The rollups are the declared ones on the source and every version the database holds
@@ -42,20 +43,20 @@ WITH keys AS (
     WHERE state IN ('live', 'building') AND definition #>> '{source,name}' = %(source)s
 ), moved AS (
     DELETE FROM aggjobs.invalidation_log WHERE source = %(source)s
-    RETURNING workspace_id, bucket
+    RETURNING workspace_id, bucket, truncated
 ), queued AS (
     INSERT INTO aggjobs.pending_groups (rollup, grain, bucket, workspace_id)
     SELECT DISTINCT k.rollup, 'hour', m.bucket, m.workspace_id
     FROM moved AS m CROSS JOIN keys AS k
-    WHERE m.workspace_id IS NOT NULL
+    WHERE m.workspace_id IS NOT NULL AND NOT m.truncated
       AND m.bucket >= %(supported_from)s AND m.bucket < %(supported_until)s
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
 SELECT count(*) AS moved,
-       count(*) FILTER (WHERE workspace_id IS NULL) AS truncations,
+       count(*) FILTER (WHERE truncated OR workspace_id IS NULL) AS truncations,
        (SELECT count(*) FROM queued) AS queued,
-       count(*) FILTER (WHERE workspace_id IS NOT NULL AND (bucket IS NULL
+       count(*) FILTER (WHERE workspace_id IS NOT NULL AND NOT truncated AND (bucket IS NULL
            OR bucket < %(supported_from)s OR bucket >= %(supported_until)s)) AS unsupported,
        (SELECT array_agg(rollup) FROM keys) AS keys
 FROM moved
@@ -159,7 +160,7 @@ GROUP BY source
 -- for this one's decision; `busy`: another session runs it and is still connected.
 SELECT b.id, b.grain, b.done_until, b.started_at, b.backend_pid,
        b.status = 'running' AND b.backend_pid IS DISTINCT FROM pg_backend_pid()
-       AND EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = b.backend_pid) AS busy,
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) AS a WHERE a.pid = b.backend_pid) AS busy,
        b.status
 FROM aggjobs.backfills AS b
 WHERE b.rollup = %(rollup)s AND b.range_start = %(lo)s AND b.range_end = %(hi)s
@@ -190,10 +191,10 @@ WHERE id = %(id)s
 -- Backfills still 'running' whose session is gone: their process died. Failed, so that the
 -- dashboard stops showing them as running; the next backfill of the range resumes them.
 UPDATE aggjobs.backfills AS b
-SET status = 'failed', finished_at = clock_timestamp(),
+SET status = 'failed', finished_at = statement_timestamp(),
     error = coalesce(b.error, 'abandoned: its database session ended before it finished')
 WHERE b.status = 'running'
-  AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = b.backend_pid)
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) AS a WHERE a.pid = b.backend_pid)
 RETURNING b.id, b.rollup
 
 -- name: audit_backfill_started
@@ -224,7 +225,7 @@ WHERE s.action = 'backfill' AND s.outcome = 'started'
   AND NOT EXISTS (SELECT 1 FROM aggjobs.audit_log AS o
                   WHERE o.action = 'backfill' AND o.params ? 'started_id'
                     AND o.params ->> 'started_id' = s.id::text)
-  AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) AS a
                   WHERE a.pid = (s.params ->> 'session_pid')::integer)
 ON CONFLICT ((params ->> 'started_id')) WHERE action = 'backfill' AND params ? 'started_id'
 DO NOTHING
@@ -263,7 +264,7 @@ UPDATE aggjobs.backfills SET task_id = %(task_id)s WHERE id = ANY(%(ids)s)
 WITH target AS (
     SELECT b.id, b.status AS was,
            b.status = 'queued' OR NOT EXISTS (
-               SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = b.backend_pid) AS at_once
+               SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) AS a WHERE a.pid = b.backend_pid) AS at_once
     FROM aggjobs.backfills AS b
     WHERE b.id = %(id)s AND b.status IN ('queued', 'running')
     FOR UPDATE OF b
@@ -341,10 +342,6 @@ SELECT aggjobs.move_tracking_threshold(%s, %s, %s)
 -- name: current_setting
 SELECT current_setting(%s)
 
--- name: set_local_setting
--- A setting for the rest of the transaction (SET LOCAL with a bound value).
-SELECT set_config(%s, %s, true)
-
 -- name: set_session_setting
 -- A setting for the rest of the session (SET with a bound value).
 SELECT set_config(%s, %s, false)
@@ -396,3 +393,7 @@ FROM aggjobs.backfills WHERE id = %(id)s
 -- The latest day with a stored platform report.
 SELECT max(day) FROM analytics.daily_reports
 WHERE workspace_id IS NULL
+
+-- name: citus_installed
+-- Whether the database is a Citus coordinator (or node): the extension is installed.
+SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')

@@ -7,8 +7,8 @@
 -- before migration 0011) goes back to the end of what the source's rollups materialized:
 -- rows before the greatest watermark must stay tracked, rows after it need not be. NULL when
 -- nothing is materialized; the current hour when that watermark is itself out of bounds.
--- Returns the broken value and the new one as text: psycopg cannot read 'infinity' or a BC
--- time as a datetime.
+-- Returns the broken value as text (psycopg cannot read 'infinity' or a BC time as a
+-- datetime) and the new one, within bounds (no cast in RETURNING: Citus refuses it).
 WITH old AS (
     SELECT s.source, s.threshold::text AS broken FROM aggjobs.sources AS s
     WHERE s.source = %(source)s AND NOT aggjobs.tracking_threshold_allowed(s.threshold)
@@ -16,17 +16,21 @@ WITH old AS (
 ), materialized AS (
     SELECT max(w.watermark) AS until FROM aggjobs.watermarks AS w
     WHERE w.rollup = ANY(%(rollups)s::text[])
+), repaired AS (
+    -- Computed apart from the UPDATE: Citus refuses a non-IMMUTABLE function in a CASE of
+    -- the UPDATE of a reference table (aggjobs.sources on Citus: docs/scaling.md).
+    SELECT CASE
+               WHEN m.until IS NULL THEN NULL
+               WHEN aggjobs.tracking_threshold_allowed(m.until) THEN m.until
+               ELSE date_trunc('hour', now(), 'UTC')
+           END AS threshold
+    FROM materialized AS m
 )
 UPDATE aggjobs.sources AS s
-SET threshold = CASE
-        WHEN m.until IS NULL THEN NULL
-        WHEN aggjobs.tracking_threshold_allowed(m.until) THEN m.until
-        ELSE date_trunc('hour', now(), 'UTC')
-    END,
-    updated_at = now()
-FROM old, materialized AS m
+SET threshold = m.threshold, updated_at = now()
+FROM old, repaired AS m
 WHERE s.source = old.source
-RETURNING old.broken, s.threshold::text
+RETURNING old.broken, m.threshold
 
 -- name: foreign_lock_holders
 -- Sessions of this database holding one of aggjobs' advisory locks whose role is not one

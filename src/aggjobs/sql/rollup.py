@@ -646,7 +646,11 @@ def insert_target(rollup: Rollup, grain: Grain, scope: Scope, *,
     parts = collect(ctx, with_state=True)
     names = [*rollup.dimensions, grain.column, *values, "updated_at"]
     select = select_groups(ctx, parts, values)
-    stmt = S("INSERT INTO {} ({}) SELECT *, now() FROM ({}) AS computed RETURNING {}, {}").format(
+    # The target aliased, and named in RETURNING: Citus pushes the statement down to each
+    # shard with now() evaluated first, and the shards' RETURNING of an unaliased target
+    # named no table there ("missing FROM-clause entry", issue 18).
+    stmt = S("INSERT INTO {} AS target ({}) SELECT *, now() FROM ({}) AS computed"
+             " RETURNING target.{}, target.{}").format(
         table_ident(rollup, grain),
         S(", ").join(map(I, names)),
         select,
@@ -705,6 +709,13 @@ def input_rows_estimate(rollup: Rollup, grain: Grain) -> sql.Composed:
     """The plan, with the planner's estimate of the input rows in [lo, hi): nothing is read."""
     inp = input_of(rollup, grain)
     return S("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(
+        scoped(inp, rollup.source.key_column, grain, Scope.RANGE))
+
+
+def input_rows_count(rollup: Rollup, grain: Grain) -> sql.Composed:
+    """The input rows in [lo, hi), counted (where the planner's estimate is no measure)."""
+    inp = input_of(rollup, grain)
+    return S("SELECT count(*) FROM {}").format(
         scoped(inp, rollup.source.key_column, grain, Scope.RANGE))
 
 

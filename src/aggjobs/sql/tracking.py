@@ -38,7 +38,13 @@ FUNCTION = S(
     """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
     IF TG_OP {eq} 'TRUNCATE' THEN
-        INSERT INTO aggjobs.invalidation_log (source) VALUES ({src});
+        -- Only for the table itself: on Citus a TRUNCATE fires this on each shard too
+        -- (table_102008), where logging would be a distributed query nested in one. The
+        -- marker has a workspace (0): the log is distributed by it, never NULL there.
+        IF TG_TABLE_NAME {eq} {table}::pg_catalog.name THEN
+            INSERT INTO aggjobs.invalidation_log (source, workspace_id, truncated)
+                VALUES ({src}, 0, true);
+        END IF;
         RETURN NULL;
     END IF;
     -- Retention deletes rows whose buckets stay as they are: nothing to recompute. (Two
@@ -82,6 +88,7 @@ def create_function(source: Source) -> sql.Composed:
     return FUNCTION.format(
         fn=function_ident(source),
         src=L(source.name),
+        table=L(source.table),
         key=I(source.key_column),
         eq=EQ,
         ne=NE,
