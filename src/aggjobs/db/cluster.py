@@ -1,8 +1,8 @@
 """Whether the database is a Citus cluster (docs/scaling.md), asked once per connection.
 
-The engine runs the same SQL on PostgreSQL and on Citus; a few things differ only in how
-they are sent: planner settings must be propagated to the workers' shards (SET LOCAL with
-citus.propagate_set_commands), and the views' owner must be able to log in to the workers.
+The engine runs the same SQL on PostgreSQL and on Citus; a few things differ around it: no
+planner settings are applied on Citus (engine/recompute.py, `planner_settings`: the shards'
+own plans are the right ones), and the views' owner must be able to log in to the workers.
 """
 
 from __future__ import annotations
