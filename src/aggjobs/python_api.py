@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -32,6 +31,7 @@ from .engine.refresh import refresh as refresh_rollup
 from .engine.verify import Mismatch
 from .errors import InvalidRange, MigrationRequired
 from .jobs.run import RunResult
+from .monitor import Status
 from .reports import DayReport
 from .settings import Settings
 
@@ -42,25 +42,6 @@ __all__ = ["BackfillReport", "Database", "DayReport", "Mismatch", "RefreshReport
 Database = psycopg.Connection[Any] | str | None
 Instant = datetime | str | None  # a datetime (naive: UTC) or ISO 8601 text; None: now
 Report = DayReport  # a daily report and where it came from (stored, or built now)
-
-
-@dataclass(frozen=True)
-class Status:
-    """What `aggjobs status --json` prints: the fields of its object, by name."""
-
-    healthy: bool
-    checked_at: datetime
-    problems: list[str]
-    incidents: list[str]
-    jobs: list[dict[str, Any]]
-    rollups: list[dict[str, Any]]
-    unsupported_rows: list[dict[str, Any]]
-    rebuilds: list[dict[str, Any]]
-    liveness: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        """The object `aggjobs status --json` prints (before JSON encoding)."""
-        return dict(self.__dict__)
 
 
 def refresh(rollups: Sequence[str] | None = None, grain: Grain | str | None = None,
@@ -135,7 +116,7 @@ def status(*, database: Database = None, settings: Settings | None = None) -> St
 
     config = resolved(settings)
     with session(database, "status", config) as conn:
-        return Status(**overview(conn, config))
+        return overview(conn, config)
 
 
 def run_job(name: str, as_of: Instant = None, *, database: Database = None,

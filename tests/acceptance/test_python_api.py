@@ -139,10 +139,13 @@ def test_verify_finds_and_repairs_what_the_command_lists(db_url, conn) -> None:
                            settings=settings)
     assert [(m.rollup, m.grain.value, m.workspace_id, m.measure) for m in found] == [
         ("execution_metrics", "hour", 2, "total_executions")]
-    done = cli("verify", "execution_metrics", "--from", start.isoformat(), "--to",
-               end.isoformat(), url=db_url)
-    assert done.returncode == 1 and "total_executions" in done.stdout, done.stdout
-    assert "999" in done.stdout and str(found[0].expected) in done.stdout
+    printed = cli_json("verify", "execution_metrics", "--from", start.isoformat(), "--to",
+                       end.isoformat(), "--json", url=db_url)
+    assert [m for g in printed for m in g["mismatches"]] == [
+        as_json(render.mismatch_json(m)) for m in found]
+    table = cli("verify", "execution_metrics", "--from", start.isoformat(), "--to",
+                end.isoformat(), url=db_url)
+    assert table.returncode == 1 and "999" in table.stdout, table.stdout
     assert aggjobs.verify(["execution_metrics"], start=start, end=end, repair=True,
                           database=conn, settings=settings) == []
     assert cli("verify", "--from", start.isoformat(), "--to", end.isoformat(),
@@ -157,10 +160,11 @@ def test_backfill_gives_the_reports_the_command_prints(db_url, twin_url) -> None
     start, end = T0 + timedelta(hours=2), T0 + timedelta(hours=8)
     got = aggjobs.backfill(["credit_consumption", "user_activity"], start=start, end=end,
                            database=db_url, settings=Settings(database_url=db_url))
-    done = cli("backfill", "credit_consumption", "user_activity", "--from", start.isoformat(),
-               "--to", end.isoformat(), url=twin_url)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [render.backfill_line(r) for r in got]
+    printed = cli_json("backfill", "credit_consumption", "user_activity", "--from",
+                       start.isoformat(), "--to", end.isoformat(), "--json", url=twin_url)
+    # the same work on the twin database: all but the backfill's own row id
+    assert [{**r, "backfill_id": None} for r in printed] == [  # type: ignore[union-attr]
+        {**as_json(render.backfill_json(r)), "backfill_id": None} for r in got]
     assert all(asdict(r)["buckets"] > 0 for r in got)
 
 

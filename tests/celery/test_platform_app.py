@@ -6,8 +6,10 @@ same name is refused; the platform's own settings are left as they were."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from celery import Celery
@@ -20,6 +22,7 @@ from tests.celery.conftest import job_runs, poll, queue_for
 JOBS = sorted(JOB_SPECS)
 EVERY_MINUTE = json.dumps(dict.fromkeys(JOBS, "* * * * *"))
 PLATFORM = "tests.celery.platform_app"
+ROOT = Path(__file__).resolve().parents[2]  # the repository: where `tests` is a package
 
 
 def platform_app(**conf: object) -> Celery:
@@ -100,7 +103,11 @@ def test_a_platform_worker_with_beat_runs_its_task_and_the_five_jobs(
         workers, conn, db_url, broker_url, tmp_path) -> None:
     ticks = tmp_path / "ticks"
     env = {"PLATFORM_BROKER_URL": broker_url, "PLATFORM_QUEUE": queue_for(db_url),
-           "PLATFORM_TICKS": str(ticks), "AGGJOBS_SCHEDULE": EVERY_MINUTE}
+           "PLATFORM_TICKS": str(ticks), "AGGJOBS_SCHEDULE": EVERY_MINUTE,
+           # the platform's module is this repository's tests.celery.platform_app: Celery's
+           # commands import it from their working directory, a temporary one here
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                       os.environ.get("PYTHONPATH")]))}
     worker = workers.start(beat=True, app=PLATFORM, **env)
 
     poll(lambda: ticks.exists() and ticks.read_text().count("tick") >= 2, 30,

@@ -191,7 +191,7 @@ def test_p99_added_to_execution_metrics_is_refused_then_rebuilt_and_swapped(
     assert "\n" not in message
     assert "execution_metrics (measures added: p99_runtime)" in message
     assert "run `aggjobs migrate`" in message
-    state = overview(conn, settings, now=AS_OF)
+    state = overview(conn, settings, now=AS_OF).as_dict()
     assert not state["healthy"]
     assert "definition:execution_metrics" in state["incidents"]
     [problem] = [x for x in state["problems"] if x.startswith("rollup execution_metrics")]
@@ -210,7 +210,7 @@ def test_p99_added_to_execution_metrics_is_refused_then_rebuilt_and_swapped(
     assert definition_rows(conn, "execution_metrics") == [(1, "live"), (2, "building")]
     assert tables_in(conn, "aggjobs_build") == [
         "execution_metrics_daily", "execution_metrics_hourly", "execution_metrics_weekly"]
-    assert overview(conn, settings, now=AS_OF)["healthy"]
+    assert overview(conn, settings, now=AS_OF).healthy
 
     # Refreshes under a time budget (the hourly job's) advance it an hour a transaction and
     # never swap; the live table is v1's until the swap. A refresh without a budget (the
@@ -264,7 +264,7 @@ def test_p99_added_to_execution_metrics_is_refused_then_rebuilt_and_swapped(
     report = refresh(conn, EM_P99, as_of=AS_OF + H, settings=settings)
     assert report.rebuild is None
     assert stored_p99(conn, Grain.HOUR)[(1, AS_OF)] == pytest.approx(3.0 + 0.99 * 4.0)
-    state = overview(conn, settings, now=AS_OF + H)
+    state = overview(conn, settings, now=AS_OF + H).as_dict()
     assert state["healthy"], state["problems"]
 
 

@@ -92,7 +92,7 @@ def check(conn, settings: Settings, clock: datetime) -> dict:
             found = verify_grain(conn, rollup, grain, T0 - timedelta(days=7), clock)
             assert found.mismatches == [] and found.quarantined == [], found
     assert_all_match(conn)
-    return overview(conn, settings, now=clock)
+    return overview(conn, settings, now=clock).as_dict()
 
 
 # Every kind at least once: each time outside, each hostile runtime in one workspace-hour, the

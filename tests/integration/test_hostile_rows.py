@@ -106,7 +106,7 @@ def test_rows_outside_the_supported_times_are_in_no_bucket_and_leave_nothing_beh
     assert_all_match(conn)  # the rows are in no bucket
     assert verify_all(conn) == []
 
-    state = overview(conn, settings, now=AS_OF)
+    state = overview(conn, settings, now=AS_OF).as_dict()
     assert not state["healthy"]
     [row] = state["unsupported_rows"]
     assert (row["source"], row["rows"]) == (table, len(OUTSIDE))
@@ -120,7 +120,7 @@ def test_rows_outside_the_supported_times_are_in_no_bucket_and_leave_nothing_beh
     p.refresh_all(conn, settings, AS_OF)
     assert state_outside(conn) == 0
     assert conn.execute("SELECT count(*) FROM aggjobs.pending_groups").fetchone()[0] == 0
-    assert overview(conn, settings, now=AS_OF)["problems"] == []
+    assert overview(conn, settings, now=AS_OF).problems == []
     assert_all_match(conn)
 
 
@@ -155,7 +155,7 @@ def test_state_left_outside_by_an_older_version_is_dropped_by_the_next_refresh(
                  " ('user_activity', 'hour', '0044-03-15 12:00+00 BC', 2)")
     conn.execute("INSERT INTO aggjobs.invalidation_log (source, workspace_id, bucket)"
                  " VALUES ('credit_transactions', 1, '0044-03-15 12:00+00 BC')")
-    assert overview(conn, settings, now=AS_OF)["problems"] == []
+    assert overview(conn, settings, now=AS_OF).problems == []
     p.refresh_all(conn, settings, AS_OF)
     assert state_outside(conn) == 0
     assert_all_match(conn)

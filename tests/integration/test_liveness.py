@@ -33,7 +33,7 @@ def age(conn: psycopg.Connection, process: Process, seconds: float, column: str 
 
 
 def incidents(conn: psycopg.Connection, settings: Settings) -> list[str]:
-    return [k for k in overview(conn, settings)["incidents"] if k.startswith("no_")]
+    return [k for k in overview(conn, settings).incidents if k.startswith("no_")]
 
 
 def test_the_heartbeat_interval_follows_the_setting(settings: Settings) -> None:
@@ -48,21 +48,21 @@ def test_a_missing_process_is_a_problem_only_past_the_setting(conn, live) -> Non
     heartbeats.beat(conn, BEAT, first=True)
     assert incidents(conn, live) == []
     age(conn, WORKER, 50)  # silent, gone, but for less than the setting
-    state = overview(conn, live)
+    state = overview(conn, live).as_dict()
     assert [r["state"] for r in state["liveness"]["workers"]] == ["silent"]
     assert incidents(conn, live) == []
     age(conn, WORKER, 70)
-    [problem] = [p for p in overview(conn, live)["problems"] if p.startswith("no worker")]
+    [problem] = [p for p in overview(conn, live).problems if p.startswith("no worker")]
     assert "none alive for 70 s (over AGGJOBS_LIVENESS_SECONDS=60)" in problem
     assert "the last, w@host (pid 10), last heartbeat at" in problem
     heartbeats.beat(conn, WORKER)  # back
     assert incidents(conn, live) == []
 
     heartbeats.stopped(conn, BEAT)  # a clean stop: down at once, a problem after the setting
-    assert overview(conn, live)["liveness"]["schedulers"][0]["state"] == "stopped"
+    assert overview(conn, live).liveness["schedulers"][0]["state"] == "stopped"
     assert incidents(conn, live) == []
     age(conn, BEAT, 61, "stopped_at")
-    [problem] = [p for p in overview(conn, live)["problems"] if p.startswith("no scheduler")]
+    [problem] = [p for p in overview(conn, live).problems if p.startswith("no scheduler")]
     assert "stopped at" in problem
     assert incidents(conn, live.model_copy(update={"liveness_seconds": 0})) == []  # off
 

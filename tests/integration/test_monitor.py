@@ -57,13 +57,13 @@ def job_state(state: dict, job: str) -> dict:
 
 def test_failures_in_a_row_make_status_unhealthy_until_a_success(conn, fresh, db_url):
     assert hourly(fresh) == "succeeded"
-    assert overview(conn, fresh)["healthy"]
+    assert overview(conn, fresh).healthy
 
     conn.execute("DELETE FROM analytics.execution_metrics_hourly")  # to be rebuilt
     conn.execute("UPDATE aggjobs.watermarks SET watermark = NULL WHERE grain = 'hour'")
     poison(conn, True)
     assert hourly(fresh) == "failed"
-    state = overview(conn, fresh)
+    state = overview(conn, fresh).as_dict()
     assert job_state(state, "hourly_rollup")["consecutive_failures"] == 1
     assert state["healthy"]  # one failure is not yet an incident (AGGJOBS_ALERT_FAILURES=2)
 
@@ -73,7 +73,7 @@ def test_failures_in_a_row_make_status_unhealthy_until_a_success(conn, fresh, db
         assert hourly(fresh) == "skipped"  # skipped runs neither fail nor succeed
     assert hourly(fresh) == "failed"
 
-    state = overview(conn, fresh)
+    state = overview(conn, fresh).as_dict()
     hourly_state = job_state(state, "hourly_rollup")
     assert hourly_state["consecutive_failures"] == 2 and hourly_state["last_status"] == "failed"
     assert not state["healthy"]
@@ -89,7 +89,7 @@ def test_failures_in_a_row_make_status_unhealthy_until_a_success(conn, fresh, db
 
     poison(conn, False)
     assert hourly(fresh) == "succeeded"
-    state = overview(conn, fresh)
+    state = overview(conn, fresh).as_dict()
     assert job_state(state, "hourly_rollup")["consecutive_failures"] == 0
     assert state["healthy"], state["problems"]
     assert aggjobs(db_url, "status").returncode == 0
@@ -100,7 +100,7 @@ def test_an_abandoned_run_counts_as_a_failure(conn, fresh):
         "INSERT INTO aggjobs.job_runs (job, trigger, who, as_of, status, host, pid, backend_pid)"
         " VALUES ('cleanup_old_data', 'schedule', 'beat', now(), 'running', 'h', 1, 0)")
     assert run_job(RunRequest(job="refresh_materialized_views"), fresh).status == "succeeded"
-    state = job_state(overview(conn, fresh), "cleanup_old_data")
+    state = job_state(overview(conn, fresh).as_dict(), "cleanup_old_data")
     assert (state["last_status"], state["consecutive_failures"]) == ("abandoned", 1)
 
 
@@ -109,14 +109,14 @@ def test_a_run_over_its_time_budget_is_reported(conn, fresh):
         "INSERT INTO aggjobs.job_runs (job, trigger, who, as_of, status, started_at, host, pid,"
         " backend_pid) VALUES ('hourly_rollup', 'schedule', 'beat', now(), 'running',"
         " now() - interval '2 hours', 'h', 1, pg_backend_pid())")  # alive: not abandoned
-    state = overview(conn, fresh)
+    state = overview(conn, fresh).as_dict()
     [problem] = [x for x in state["problems"] if x.startswith("hourly_rollup")]
     assert "over its 1800 s budget" in problem
 
 
 def test_stale_tables_are_reported_with_what_to_do(conn, fresh):
     assert hourly(fresh) == "succeeded"
-    later = overview(conn, fresh, now=NOW + 5 * H)
+    later = overview(conn, fresh, now=NOW + 5 * H).as_dict()
     stale = [x for x in later["problems"] if "_hourly" in x]
     assert len(stale) == len(BUILTIN_ROLLUPS) and all("h behind (target 2 h)" in x for x in stale)
     assert "aggjobs run hourly_rollup" in stale[0]

@@ -103,7 +103,7 @@ def test_migrate_repairs_a_broken_threshold(conn, db_url, settings, broken):
     with pytest.raises(Invalid, match="aggjobs migrate"):
         conn.execute("SELECT aggjobs.move_tracking_threshold('agent_runs', %s)", (HOUR,))
     # Status names it (it tracebacked on an infinite threshold) and says what repairs it.
-    state = overview(conn, settings)
+    state = overview(conn, settings).as_dict()
     assert not state["healthy"]
     assert any("tracking threshold" in p and "aggjobs migrate" in p for p in state["problems"]
                ), state["problems"]
@@ -128,7 +128,7 @@ def test_migrate_repairs_a_broken_threshold(conn, db_url, settings, broken):
     reports = p.refresh_all(conn, settings, datetime.now(UTC))
     assert all(r.grains for r in reports.values())
     assert_matches(conn, "execution_metrics", Grain.HOUR, HOUR)
-    assert not any("tracking threshold" in p for p in overview(conn, settings)["problems"])
+    assert not any("tracking threshold" in p for p in overview(conn, settings).problems)
 
 
 def test_migrate_leaves_a_threshold_within_bounds(conn, db_url, settings):
@@ -303,7 +303,7 @@ def test_a_foreign_lock_holder_is_named_and_alerted_on(conn, settings, login_rol
             own.execute("SELECT pg_advisory_lock(hashtext('aggjobs.rollup'),"
                         " hashtext('user_activity'))")
 
-            status = overview(conn, settings)
+            status = overview(conn, settings).as_dict()
             named = [m for m in status["problems"] if f"pid {pid}" in m]
             assert len(named) == 2 and not status["healthy"], status["problems"]
             assert all(user in m and "squatter" in m and

@@ -40,3 +40,16 @@ def test_the_command_and_the_package_agree_on_the_version() -> None:
 
 def test_the_package_is_typed() -> None:
     assert (Path(aggjobs.__file__).parent / "py.typed").is_file()
+
+
+def test_the_results_are_frozen() -> None:
+    """The results of the Python API cannot be changed by its caller (docs/python.md)."""
+    from dataclasses import FrozenInstanceError, fields, is_dataclass
+
+    for result in (python_api.RefreshReport, python_api.BackfillReport, python_api.RunResult,
+                   python_api.Status, python_api.Mismatch, python_api.DayReport):
+        assert is_dataclass(result) and result.__dataclass_params__.frozen, result  # type: ignore[attr-defined]
+        assert fields(result)
+    report = python_api.RunResult(1, "hourly_rollup", "succeeded")
+    with pytest.raises(FrozenInstanceError):
+        report.status = "failed"  # type: ignore[misc]

@@ -90,7 +90,7 @@ def failures(history: list[dict], limit: int = FAILURES_SHOWN) -> list[dict]:
 def gather(conn: psycopg.Connection, settings: Settings, now: datetime | None = None,
            role: str = "viewer") -> dict:
     """Everything the page shows; `role`: the token's, which decides the actions drawn."""
-    state = overview(conn, settings, now)
+    state = overview(conn, settings, now).as_dict()
     runs = {job: run_history(conn, job=job, limit=RUNS_CHARTED) for job in JOBS}
     for row in state["rollups"]:
         row["target_seconds"] = settings.freshness_target(row["grain"])

@@ -315,6 +315,7 @@ def backfill(
         "--sessions", min=1, max=16, show_default=False,
         help="Database sessions recomputing hours side by side (default: "
         "AGGJOBS_BACKFILL_SESSIONS, 1). Each costs a core and work_mem on the server.")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Recompute a range of materialized buckets (all grains), chunked and resumable.
     Audited. A range longer than AGGJOBS_MAX_BACKFILL_DAYS (default 31) exits 2 unless
@@ -333,9 +334,12 @@ def backfill(
             task = bar.add_task(f"backfill {rollup.name}", total=None)
             return lambda d, t: bar.update(task, completed=d, total=t)
 
-        audited_backfill(conn, chosen, lo, hi, settings=settings, who=who, force=force,
-                         override="--force", progress=progress,
-                         done=lambda report: console.print(render.backfill_line(report)))
+        reports = audited_backfill(
+            conn, chosen, lo, hi, settings=settings, who=who, force=force, override="--force",
+            progress=progress, done=None if as_json else lambda report: console.print(
+                render.backfill_line(report)))
+    if as_json:
+        print(render.to_json([render.backfill_json(r) for r in reports]))
 
 
 @app.command()
@@ -349,6 +353,7 @@ def verify(
                                        help="Mismatches listed at most.")] = 50,
     force: Annotated[bool, typer.Option(
         "--force", help="Allow a range longer than AGGJOBS_MAX_BACKFILL_DAYS.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Recompute from the raw rows and compare; exit 1 listing each mismatched bucket.
     A range longer than AGGJOBS_MAX_BACKFILL_DAYS (default 31) exits 2 unless --force:
@@ -359,14 +364,19 @@ def verify(
     lo, hi = time_range(from_, to)
     if not force:
         check_backfill_span(lo, hi, get_settings(), override="--force")
-    failed = []
+    failed, grains = [], []
     with session("verify", current=chosen) as conn:
         for rollup in chosen:  # the live tables, under the definition they were built with
             live = definitions.versions(conn, rollup).live
-            if verify_rollup(conn, live, lo, hi, repair=repair, limit=limit):
+            found = verify_rollup(conn, live, lo, hi, repair=repair, limit=limit,
+                                  quiet=as_json)
+            grains += found
+            if any(g["mismatches"] for g in found):
                 failed.append(rollup.name)
+    if as_json:
+        print(render.to_json(grains))
     if failed:
-        if not repair:
+        if not repair and not as_json:
             console.print("to recompute the mismatched groups from the raw rows (audited):\n  "
                           + repair_command(failed, from_, to, force=force),
                           highlight=False, soft_wrap=True)
@@ -382,22 +392,25 @@ def repair_command(rollups: list[str], lo: str, hi: str, *, force: bool) -> str:
 
 
 def verify_rollup(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetime, *,
-                  repair: bool, limit: int) -> bool:
+                  repair: bool, limit: int, quiet: bool) -> list[dict]:
+    """Each grain verified (and repaired), printed unless `quiet`; their JSON objects."""
     from ..operations import Requester
     from ..operations.repair import verify_and_repair
 
     who = Requester(cli_actor(), audit_log.local_source("cli")) if repair else None
-    failed = False
+    found = []
     for grain in rollup.grains:
         report, again = verify_and_repair(conn, rollup, grain, lo, hi, repair_as=who)
+        found.append(render.verify_json(report, again, limit))
+        if quiet:
+            continue
         if again is not None:
             console.print(render.repaired_line(report, again))
-            report = again
-        console.print(render.verify_line(report))
-        if report.mismatches:
-            failed = True
-            console.print(render.mismatch_table(report.mismatches[:limit]))
-    return failed
+        left = again or report
+        console.print(render.verify_line(left))
+        if left.mismatches:
+            console.print(render.mismatch_table(left.mismatches[:limit]))
+    return found
 
 
 @app.command()
@@ -410,7 +423,7 @@ def status(as_json: JsonFlag = False) -> None:
     from ..monitor import overview
 
     with session("status") as conn:
-        state = overview(conn, get_settings())
+        state = overview(conn, get_settings()).as_dict()
     if as_json:
         print(render.to_json(state))
     else:

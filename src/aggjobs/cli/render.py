@@ -116,6 +116,28 @@ def backfill_line(report: BackfillReport) -> str:
     return line
 
 
+def backfill_json(report: BackfillReport) -> dict:
+    return {"rollup": report.rollup, "backfill_id": report.backfill_id,
+            "resumed": report.resumed, "buckets": report.buckets,
+            "rows_deleted": report.rows.deleted, "rows_written": report.rows.written,
+            "beyond_watermark": {g: iso(wm) for g, wm in report.beyond_watermark.items()}}
+
+
+def verify_json(report: VerifyReport, repaired: VerifyReport | None, limit: int) -> dict:
+    """A grain's verify: the mismatches found (after a repair: those left), `limit` at most."""
+    left = repaired or report
+    return {"rollup": report.rollup, "grain": report.grain.value,
+            "checked_from": iso(report.checked_from), "checked_to": iso(report.checked_to),
+            "groups": report.groups, "repaired": len(report.mismatches) if repaired else 0,
+            "mismatches": [mismatch_json(m) for m in left.mismatches[:limit]]}
+
+
+def mismatch_json(m: Mismatch) -> dict:
+    return {"rollup": m.rollup, "grain": m.grain.value, "bucket": m.bucket.isoformat(),
+            "workspace_id": m.workspace_id, "further": dict(m.further), "measure": m.measure,
+            "stored": m.stored, "expected": m.expected}
+
+
 def verify_line(report: VerifyReport) -> str:
     n = len(report.mismatches or [])
     verdict = "[green]ok[/green]" if not n else f"[red]{plural(n, 'mismatch')}[/red]"

@@ -41,7 +41,7 @@ Progress = Callable[[int, int], None]
 Chunk = tuple[datetime, datetime]  # [start, end) of one transaction's buckets
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackfillReport:
     rollup: str
     backfill_id: int
@@ -49,6 +49,14 @@ class BackfillReport:
     buckets: int = 0
     rows: Written = field(default_factory=Written)
     beyond_watermark: dict[str, datetime] = field(default_factory=dict)
+
+
+@dataclass
+class Tally:
+    """What a backfill has done so far, chunk by chunk (its report is made at the end)."""
+
+    buckets: int = 0
+    rows: Written = field(default_factory=Written)
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
         raise InvalidRange(f"--from {lo.isoformat()} must be before --to {hi.isoformat()}")
     rollup = definitions.versions(conn, rollup).live  # the tables' definition (db/definitions)
     job_id, done_grain, done_until, resumed = open_backfill(conn, rollup, lo, hi, queued)
-    report = BackfillReport(rollup.name, job_id, resumed)
+    tally, beyond = Tally(), {}
     marks = state.watermarks(conn, rollup)
     resume = (Grain(done_grain), as_utc(done_until)) if resumed else None
     plans = plan(rollup, lo, hi, marks, settings, resume=resume,
@@ -99,7 +107,7 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
     for grain_plan in plans:
         wm = marks.get(grain_plan.grain)
         if wm is None or wm < grain_plan.grain.ceil(hi):
-            report.beyond_watermark[grain_plan.grain.value] = wm or grain_plan.grain.floor(lo)
+            beyond[grain_plan.grain.value] = wm or grain_plan.grain.floor(lo)
     total, done = sum(len(p.pieces) for p in plans), 0
     try:
         with helper_sessions(settings, settings.backfill_sessions - 1) as helpers:
@@ -109,9 +117,9 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
                 for wave in waves(grain_plan.pieces, len(helpers) + 1 if side_by_side else 1):
                     stop_if_cancelled(conn, job_id, rollup)
                     if len(wave) == 1:
-                        run_chunk(conn, rollup, grain, *wave[0], job_id, report, lock_wait_s)
+                        run_chunk(conn, rollup, grain, *wave[0], job_id, tally, lock_wait_s)
                     else:
-                        run_wave(conn, helpers, rollup, grain, wave, job_id, report,
+                        run_wave(conn, helpers, rollup, grain, wave, job_id, tally,
                                  lock_wait_s)
                     for _ in wave:
                         done += 1
@@ -124,7 +132,7 @@ def backfill(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: datetim
         finish(conn, job_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finish(conn, job_id, "succeeded", None)
-    return report
+    return BackfillReport(rollup.name, job_id, resumed, tally.buckets, tally.rows, beyond)
 
 
 class BackfillBusy(AggjobsError):
@@ -194,18 +202,18 @@ def helper_sessions(settings: Settings, n: int) -> Iterator[list[psycopg.Connect
 
 
 def run_chunk(conn: psycopg.Connection, rollup: Rollup, grain: Grain, a: datetime,
-              b: datetime, job_id: int, report: BackfillReport, lock_wait_s: float) -> None:
+              b: datetime, job_id: int, tally: Tally, lock_wait_s: float) -> None:
     with state.rollup_lock(conn, rollup, wait_s=lock_wait_s), conn.transaction():
-        report.rows += recompute_range(conn, rollup, grain, a, b)
+        tally.rows += recompute_range(conn, rollup, grain, a, b)
         conn.execute(
             query("backfill_progress"), {"id": job_id, "grain": grain.value, "done_until": b}
         )
-    report.buckets += len(grain.buckets(a, b))
+    tally.buckets += len(grain.buckets(a, b))
 
 
 def run_wave(conn: psycopg.Connection, helpers: list[psycopg.Connection], rollup: Rollup,
              grain: Grain, wave: list[tuple[datetime, datetime]], job_id: int,
-             report: BackfillReport, lock_wait_s: float) -> None:
+             tally: Tally, lock_wait_s: float) -> None:
     """The wave's chunks side by side, the first in `conn`, which holds the rollup's lock."""
     lo, hi = wave[0][0], wave[-1][1]
     with state.rollup_lock(conn, rollup, wait_s=lock_wait_s):
@@ -220,12 +228,12 @@ def run_wave(conn: psycopg.Connection, helpers: list[psycopg.Connection], rollup
             futures = [pool.submit(chunk, session, a, b)
                        for session, (a, b) in zip([conn, *helpers], wave, strict=False)]
         for future in futures:  # all have ended: the first error, if any, fails the job
-            report.rows += future.result()
+            tally.rows += future.result()
         with conn.transaction():  # groups the chunks wrote; the wave is done
             mark_coarser_range(conn, rollup, grain, lo, hi)
             conn.execute(query("backfill_progress"),
                          {"id": job_id, "grain": grain.value, "done_until": hi})
-    report.buckets += len(grain.buckets(lo, hi))
+    tally.buckets += len(grain.buckets(lo, hi))
 
 
 def finish(conn: psycopg.Connection, job_id: int, status: str, error: str | None) -> None:

@@ -54,7 +54,7 @@ class GrainReport:
     seconds: float = 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class RefreshReport:
     rollup: str
     as_of: datetime
@@ -88,10 +88,10 @@ def refresh(
     as_of = as_utc(as_of)
     v = definitions.versions(conn, rollup)
     live = v.live
-    report = RefreshReport(rollup.name, as_of)
     with state.rollup_lock(conn, live, wait_s=lock_wait_s):
         state.fan_out(conn, live.source)
-        report.reset = state.reset_if_requested(conn, live)
+        reset = state.reset_if_requested(conn, live)
+        done = []
         for grain in live.grains:
             if grains and grain not in grains:
                 continue
@@ -99,17 +99,16 @@ def refresh(
             grain_report = refresh_grain(conn, live, grain, as_of=as_of, settings=settings,
                                          max_buckets=max_buckets, progress=progress)
             grain_report.seconds = time.perf_counter() - started
-            report.grains.append(grain_report)
-        if v.building is not None:
-            report.rebuild = advance_rebuild(conn, v, as_of=as_of, settings=settings,
-                                             budget_s=rebuild_budget_s, max_hours=max_buckets,
-                                             progress=progress, hour_cost=hour_cost(report))
-    return report
+            done.append(grain_report)
+        rebuilt = None if v.building is None else advance_rebuild(
+            conn, v, as_of=as_of, settings=settings, budget_s=rebuild_budget_s,
+            max_hours=max_buckets, progress=progress, hour_cost=hour_cost(done))
+    return RefreshReport(rollup.name, as_of, done, reset, rebuilt)
 
 
-def hour_cost(report: RefreshReport) -> float | None:
+def hour_cost(done: list[GrainReport]) -> float | None:
     """Seconds the live version took per new hour in this refresh (None: it made none)."""
-    hours = [g for g in report.grains if g.grain is Grain.HOUR and g.new_buckets]
+    hours = [g for g in done if g.grain is Grain.HOUR and g.new_buckets]
     return hours[0].seconds / hours[0].new_buckets if hours else None
 
 

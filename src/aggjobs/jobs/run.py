@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 import psycopg
@@ -62,7 +62,7 @@ class StepOutcome:
     error: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunResult:
     id: int
     job: str
@@ -160,12 +160,10 @@ class Run:
             return self.skip(busy)
         if not self.take_heavy_slot():
             held = self.foreign("heavy-job slot")
-            result = self.skip(
+            return replace(self.skip(
                 f"{self.settings.heavy_jobs_concurrency} heavy job(s) already running "
                 f"(AGGJOBS_HEAVY_JOBS_CONCURRENCY); waited {self.settings.lock_wait_s:g} s"
-                + (f"; a slot is {held}" if held else ""))
-            result.retry_later = True
-            return result
+                + (f"; a slot is {held}" if held else "")), retry_later=True)
         try:
             run_id = scalar(self.conn, query("start_run"), {**self.row, "status": "running"})
         except pg_errors.UniqueViolation:
@@ -176,16 +174,16 @@ class Run:
         result = RunResult(run_id, self.job.name, "running")
         try:
             for batch in batches(self.job.steps(self.settings)):
-                result.steps += self.run_batch(batch, should_stop)
+                result = replace(result, steps=result.steps + self.run_batch(batch, should_stop))
                 self.record(result)
         except BaseException as exc:
-            result.status, result.error = "failed", describe(exc)
+            result = replace(result, status="failed", error=describe(exc))
             self.conn.close()  # interrupted mid-statement maybe: finish on a fresh session
             self.finish(result)
             raise
         failed = [s for s in result.steps if s.status == "failed"]
-        result.status = "failed" if failed else "succeeded"
-        result.error = "; ".join(f"{s.name}: {s.error}" for s in failed) or None
+        result = replace(result, status="failed" if failed else "succeeded",
+                         error="; ".join(f"{s.name}: {s.error}" for s in failed) or None)
         self.finish(result)
         log.log(logging.ERROR if failed else logging.INFO, "%s run %s %s", self.job.name,
                 run_id, result.status, extra=self.context(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -171,8 +172,28 @@ def unsupported_problem(row: dict) -> Problem:
         f"fix their {row['time_column']} or delete them; find them with: {row['query']}")
 
 
+@dataclass(frozen=True)
+class Status:
+    """The installation's state: what `aggjobs status` shows (`--json`: `as_dict()`), what
+    `GET /api/jobs` and the dashboard serve, and what `aggjobs.status()` returns."""
+
+    healthy: bool
+    checked_at: datetime
+    problems: list[str]
+    incidents: list[str]
+    jobs: list[dict[str, Any]]
+    rollups: list[dict[str, Any]]
+    unsupported_rows: list[dict[str, Any]]
+    rebuilds: list[dict[str, Any]]
+    liveness: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The object `aggjobs status --json` prints (before JSON encoding)."""
+        return dict(self.__dict__)
+
+
 def overview(conn: psycopg.Connection, settings: Settings, now: datetime | None = None
-             ) -> dict:
+             ) -> Status:
     now = as_utc(now or datetime.now(UTC))
     jobs = job_states(conn, settings, now)
     rollups = rollup_status(conn, now=now)
@@ -182,9 +203,9 @@ def overview(conn: psycopg.Connection, settings: Settings, now: datetime | None 
     found = (liveness_problems(live, settings) + definition_problems(conn)
              + rebuild_problems(rebuilding) + problems(jobs, rollups, settings, now, unsupported)
              + lock_problems(conn))
-    return {"healthy": not found, "checked_at": now, "problems": [str(p) for p in found],
-            "incidents": [p.key for p in found], "jobs": jobs, "rollups": rollups,
-            "unsupported_rows": unsupported, "rebuilds": rebuilding, "liveness": live}
+    return Status(healthy=not found, checked_at=now, problems=[str(p) for p in found],
+                  incidents=[p.key for p in found], jobs=jobs, rollups=rollups,
+                  unsupported_rows=unsupported, rebuilds=rebuilding, liveness=live)
 
 
 def current_problems(conn: psycopg.Connection, settings: Settings,

@@ -25,7 +25,7 @@ CLEANUP_JOB = "cleanup_old_data"  # retention: admin only, whichever route start
 def jobs(_: Viewer, conn: ReadConn, settings: AppSettings) -> dict:
     """Per job its latest run, next scheduled time and failures in a row; whether the
     installation is healthy and, if not, what to do."""
-    state = overview(conn, settings)
+    state = overview(conn, settings).as_dict()
     return {k: state[k] for k in ("healthy", "checked_at", "problems", "jobs")}
 
 
