@@ -28,15 +28,18 @@ BROKER_URL = os.environ.get("AGGJOBS_TEST_BROKER_URL") or "redis://127.0.0.1:637
 READY_TIMEOUT_S = 60.0
 
 
-def poll(check: Callable[[], object], timeout: float, what: str, every: float = 0.1):
-    """check() until it returns something truthy; fail naming `what` after `timeout` s."""
+def poll(check: Callable[[], object], timeout: float, what: str, every: float = 0.1,
+         context: Callable[[], str] | None = None):
+    """check() until it returns something truthy; fail naming `what` after `timeout` s,
+    with `context()` (e.g. the worker's log) to say why."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}"
+                        + (f"\n{context()}" if context else ""))
         time.sleep(every)
 
 

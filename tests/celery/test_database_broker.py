@@ -61,7 +61,8 @@ def test_the_embedded_beat_sends_scheduled_tasks_through_the_database(db_url, co
                             AGGJOBS_SCHEDULE='{"refresh_materialized_views": "* * * * *"}')
         rows = poll(lambda: [r for r in job_runs(conn, "refresh_materialized_views")
                              if r["status"] != "running"] or None, 130,
-                    "a scheduled run (up to a minute away)")
+                    "a scheduled run (up to a minute away)",
+                    context=lambda: f"the worker's log:\n{worker.text()[-6000:]}")
     finally:
         pool.stop_all()
     assert rows[0]["status"] == "succeeded" and rows[0]["trigger"] == "schedule", rows
