@@ -180,6 +180,13 @@ def timed(fn: Callable[[], object], repeat: int,
             "max_ms": max(samples), "samples_ms": samples}
 
 
+def one_workspace(relation: str, column: str) -> sql.Composed:
+    """A workspace's rows of `analytics.<relation>` from a bucket on (parameters: workspace,
+    bucket): the live section's read."""
+    return sql.SQL("SELECT * FROM {} WHERE workspace_id = %s AND {} >= %s").format(
+        sql.Identifier("analytics", relation), sql.Identifier(column))
+
+
 def with_ratio(result: dict, baseline: dict) -> dict:
     return {**result, "ratio": result["median_ms"] / baseline["median_ms"]}
 
@@ -310,8 +317,8 @@ class Bench:
             rows, 38,000 dead pending groups) and be read by every later repeat."""
             def run() -> None:
                 change()
-                self.conn.execute("VACUUM aggjobs.pending_groups, aggjobs.invalidation_log,"
-                                  " analytics.execution_metrics_hourly,"
+                self.queue_vacuumed()
+                self.conn.execute("VACUUM analytics.execution_metrics_hourly,"
                                   " analytics.agent_executions_hourly")
             return run
 
@@ -414,9 +421,7 @@ class Bench:
                                (self.w.end - HOUR,)).fetchone()[0]
         since = self.data_end() - 24 * HOUR
         read = lambda relation, column="hour", lo=since: lambda: self.conn.execute(  # noqa: E731
-            sql.SQL("SELECT * FROM {} WHERE workspace_id = %s AND {} >= %s").format(
-                sql.Identifier("analytics", relation), sql.Identifier(column)),
-            (ws, lo), prepare=False).fetchall()
+            one_workspace(relation, column), (ws, lo), prepare=False).fetchall()
         settled = {"repeat": self.repeat, "before": self.queue_vacuumed}
         table = timed(read("execution_metrics_hourly"), **settled)
         fresh = timed(read("execution_metrics_hourly_live"), **settled)
@@ -445,8 +450,7 @@ class Bench:
         (psycopg, the JDBC driver and asyncpg prepare a statement they run again), planned
         once. Each sample is the mean of `n` reads, after the warm-up the server needs to
         settle on one plan (five custom plans, then the generic one)."""
-        stmt = sql.SQL("SELECT * FROM {} WHERE workspace_id = %s AND hour >= %s").format(
-            sql.Identifier("analytics", relation))
+        stmt = one_workspace(relation, "hour")
 
         def reads(count: int) -> None:
             for _ in range(count):
