@@ -83,13 +83,18 @@ def plan_changes(*, raw: bool, native: bool) -> dict[str, str]:
     has no statistics for a bucket expression (date_bin, a UTC date) and expects one group
     per input row, so it sorts the whole input instead (a 54 MB spill for a 1M-run hour,
     0.6 s); there are a few thousand groups per bucket. (The portable SQL's ordered
-    aggregates cannot be hashed: it sorts either way.)
+    aggregates cannot be hashed: it sorts either way.) enable_incremental_sort off with
+    them too: for a day from hourly rows, the planner otherwise reads the rollup table
+    through its (workspace_id, hour) index, in workspace order, and sorts each workspace's
+    rows by day; the rows are stored hour by hour, so it fetches a page per row (50,000
+    workspaces: 12.5 s against 8 s for the hashed day, on a shared machine).
     """
     changes = {}
     if raw:
         changes["enable_indexscan"] = "off"
     if native:
         changes["enable_sort"] = "off"
+        changes["enable_incremental_sort"] = "off"
     return changes
 
 
