@@ -688,9 +688,13 @@ def up(
     from ..operations import up as stack
 
     settings = get_settings()
+    with translate_errors():
+        native, line = stack.native_for_embedded(settings)
+    if line:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     with session("up", require_schema=False) as conn:
         token = stack.prepare(
-            conn, settings, demo_days=demo_days, token_hours=token_hours,
+            conn, settings, demo_days=demo_days, token_hours=token_hours, native=native,
             loading=lambda days: console.print(f"loading {days} days of demo data ..."))
     address = f"http://127.0.0.1:{port}/?token={token.secret}"
     try:
