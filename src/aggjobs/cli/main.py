@@ -417,9 +417,10 @@ def verify_rollup(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: da
 def status(as_json: JsonFlag = False) -> None:
     """Per job the last run, its status and duration, the next scheduled time and the
     failures in a row; each worker and scheduler with the age of its last heartbeat; per
-    rollup and grain the watermark, lag and pending dirty groups; then what is wrong and
-    what to do. Exit 1 when something is unhealthy (usable as a check), no live worker or
-    scheduler for AGGJOBS_LIVENESS_SECONDS included."""
+    rollup and grain the watermark, lag and pending dirty groups, and which rollups the C
+    functions compute (else the portable SQL); then what is wrong and what to do. Exit 1
+    when something is unhealthy (usable as a check), no live worker or scheduler for
+    AGGJOBS_LIVENESS_SECONDS included."""
     from ..monitor import overview
 
     with session("status") as conn:
@@ -430,6 +431,7 @@ def status(as_json: JsonFlag = False) -> None:
         console.print(render.jobs_table(state["jobs"]))
         console.print(render.liveness_table(state["liveness"]))
         console.print(render.status_table(state["rollups"]))
+        console.print(render.path_line(state["rollups"]), markup=False, highlight=False)
         for line in render.quarantine_lines(state["rollups"]) + render.rebuild_lines(
                 state["rebuilds"]):
             console.print(line)

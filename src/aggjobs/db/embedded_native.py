@@ -82,9 +82,10 @@ def pg_config_value(pg_config: Path, option: str) -> str:
                           text=True, timeout=30).stdout.strip()
 
 
-def toolchain() -> Toolchain | str:
-    """What a build needs, or why it cannot be done (one line)."""
-    sources = source_dir()
+def toolchain(sources: Path | None = None) -> Toolchain | str:
+    """What a build of `sources` (default: the checkout's native/) needs, or why it cannot
+    be done (one line)."""
+    sources = sources or source_dir()
     if sources is None:
         return "no C sources in this installation (native/ of a source checkout has them)"
     pg_config = embedded_pg_config()
@@ -194,15 +195,15 @@ def uninstall(root: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def prepare(data_dir: Path, url: str) -> NativeBuild:
+def prepare(data_dir: Path, url: str, *, sources: Path | None = None) -> NativeBuild:
     """Build (if needed) and install the C functions for the embedded server of `data_dir`
     (running, at `url`) and point the server at them; never raises for a build that cannot
-    be done: the reason is in the result."""
+    be done: the reason is in the result. `sources`: another copy of native/ (tests)."""
     root = data_dir.expanduser().resolve() / NATIVE
     if ":" in str(root):  # the settings are colon-separated lists of directories
         return NativeBuild(False, reason=f"{root} has a ':' in its path")
     try:
-        tc = toolchain()
+        tc = toolchain(sources)
         if isinstance(tc, str):
             return NativeBuild(False, reason=tc)
         with locked(root):
