@@ -21,6 +21,8 @@ from aggjobs.db.embedded import embedded_url, stop_embedded
 from aggjobs.db.migrate import migrate
 from aggjobs.engine.recompute import native_installed
 from aggjobs.engine.status import rollup_status
+from aggjobs.operations.up import native_for_embedded
+from aggjobs.settings import Settings
 from tests.conftest import create_database
 from tests.integration.test_native import T0, assert_same_with_and_without
 
@@ -94,3 +96,12 @@ def test_the_flags_the_compiler_refuses_are_dropped() -> None:
     tc = require_compiler()
     flags = ["-Wall", "-Wformat-security", "-Wsuch-warning-at-all", "-O2"]
     assert embedded_native.accepted_flags(tc.cc, flags) == ["-Wall", "-Wformat-security", "-O2"]
+
+
+def test_aggjobs_native_false_builds_nothing_and_says_so(tmp_path: Path) -> None:
+    off = Settings(native=False, data_dir=tmp_path, database_url=None)
+    assert native_for_embedded(off) == (False, "rollups: portable SQL (AGGJOBS_NATIVE=false)")
+    assert not (tmp_path / "native").exists()
+    own = Settings(native=True, data_dir=tmp_path, database_url="postgresql://h/db")
+    assert native_for_embedded(own) == (True, None)  # the platform's server: `make native`
+    assert not (tmp_path / "native").exists()

@@ -682,11 +682,12 @@ def up(
         "when `up` stops anyway).")] = 12.0,
 ) -> None:
     """Everything in one process tree: the database (embedded when AGGJOBS_DATABASE_URL is
-    unset) migrated, demo data if it is empty, the rollups caught up, then the API with the
-    dashboard (`aggjobs serve` on 127.0.0.1:PORT) and a worker with the scheduler, their
-    output in AGGJOBS_DATA_DIR/logs. Once all runs, prints the dashboard's address with a
-    fresh admin token in it, last. Ctrl-C stops it all and revokes the token; the embedded
-    database and broker keep running (`aggjobs db stop`)."""
+    unset, with the C functions built for it where a C compiler is; one line says which
+    path the rollups run, and why) migrated, demo data if it is empty, the rollups caught
+    up, then the API with the dashboard (`aggjobs serve` on 127.0.0.1:PORT) and a worker
+    with the scheduler, their output in AGGJOBS_DATA_DIR/logs. Once all runs, prints the
+    dashboard's address with a fresh admin token in it, last. Ctrl-C stops it all and
+    revokes the token; the embedded database and broker keep running (`aggjobs db stop`)."""
     from ..operations import up as stack
 
     settings = get_settings()
