@@ -3,6 +3,7 @@
     python bench/suite.py [--hours 24] [--runs-per-hour 1000000] [--workspaces 5000]
                           [--repeat 3] [--history 3] [--url URL] [--db NAME] [--reuse]
                           [--only a,b] [--layout plain|partitioned] [--portable]
+                          [--embedded [--data-dir DIR]]
 
 Loads the reference workload (bench/workload.py) into a database (--db, default
 `aggjobs_bench`) on the server of --url, ending at today's 00:00 UTC (the views' windows
@@ -46,6 +47,12 @@ are relative to now), then measures, each --repeat times (median, min, max):
 --layout partitioned loads the same data into sources partitioned by UTC day (docs/rollups.md,
 "Partitioned sources"), a partition per day.
 
+--embedded runs on the embedded PostgreSQL 18 of `make run` instead of --url's server: the
+project's own (db/embedded.py), started under --data-dir (default bench/results/embedded, kept
+for --reuse, the server stopped at the end), with the C functions built for it as `aggjobs up`
+builds them where a C compiler is present (db/embedded_native.py; --portable: without). Its
+defaults: the hourly_step and daily sections, 250,000 runs/hour.
+
 Prints a table (figure, value, baseline, ratio, target), writes bench/results/suite.json and,
 if matplotlib is installed (`pip install -e '.[bench]'`), bench/results/suite.png.
 """
@@ -78,6 +85,8 @@ from workload import Workload, create_partitioned, load  # noqa: E402
 import aggjobs.catalog.declared as declared  # noqa: E402
 from aggjobs.catalog import BUILTIN_ROLLUPS, Grain, Quantile, Rollup, get_rollup  # noqa: E402
 from aggjobs.catalog.grains import chunks  # noqa: E402
+from aggjobs.db import embedded_native  # noqa: E402
+from aggjobs.db.embedded import embedded_url, stop_embedded  # noqa: E402
 from aggjobs.db.migrate import migrate  # noqa: E402
 from aggjobs.engine.backfill import backfill  # noqa: E402
 from aggjobs.engine.recompute import native_installed, recompute_range  # noqa: E402
@@ -999,6 +1008,24 @@ SECTIONS = ("hourly_step", "catch_up", "hourly_job", "late", "daily", "weekly", 
             "backfill", "views", "history", "live", "rebuild")  # rebuild last: it appends hours
 
 
+EMBEDDED_SECTIONS = ("hourly_step", "daily")
+
+
+def embedded_server(data_dir: Path, *, portable: bool) -> tuple[str, bool, str]:
+    """The embedded server under `data_dir` started, with the C functions built and
+    installed for it as `aggjobs up` does unless `portable`: its URL, whether they are
+    there, and a line saying which path the rollups run."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    url = embedded_url(data_dir)
+    if portable:
+        return url, False, "embedded server: portable SQL (--portable)"
+    got = embedded_native.prepare(data_dir, url)
+    if not got.ready:
+        return url, False, f"embedded server: portable SQL, no C functions: {got.reason}"
+    return url, True, (f"embedded server: C functions "
+                       f"({'built now' if got.built else 'up to date'}, {got.version})")
+
+
 def database(admin_url: str, name: str, *, fresh: bool) -> str:
     url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
     if fresh:
@@ -1014,7 +1041,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(__doc__.splitlines()[2:]))
     ap.add_argument("--hours", type=int, default=24)
-    ap.add_argument("--runs-per-hour", type=int, default=1_000_000)
+    ap.add_argument("--runs-per-hour", type=int, default=None,
+                    help="default 1,000,000 (--embedded: 250,000)")
     ap.add_argument("--workspaces", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--history", type=int, default=3,
@@ -1024,15 +1052,28 @@ def main() -> None:
     ap.add_argument("--db", default=DB, help="the database the suite creates (dropped first)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the loaded database of an earlier run with the same sizes")
-    ap.add_argument("--only", default=",".join(SECTIONS),
-                    help=f"comma-separated sections: {', '.join(SECTIONS)}")
+    ap.add_argument("--only", default=None,
+                    help=f"comma-separated sections: {', '.join(SECTIONS)} (default: all;"
+                    f" --embedded: {','.join(EMBEDDED_SECTIONS)})")
     ap.add_argument("--label", default="suite", help="results file name")
     ap.add_argument("--layout", choices=("plain", "partitioned"), default="plain",
                     help="the sources as plain tables or partitioned by day (a new database;"
                     " with --reuse, whatever the loaded one has)")
     ap.add_argument("--portable", action="store_true",
                     help="without the C functions of extension aggjobs_native (docs/native.md)")
+    ap.add_argument("--embedded", action="store_true",
+                    help="on the embedded PostgreSQL 18 (under --data-dir) instead of --url's")
+    ap.add_argument("--data-dir", type=Path, default=RESULTS / "embedded",
+                    help="the embedded server's AGGJOBS_DATA_DIR (with --embedded)")
     args = ap.parse_args()
+    if args.runs_per_hour is None:
+        args.runs_per_hour = 250_000 if args.embedded else 1_000_000
+    if args.only is None:
+        args.only = ",".join(EMBEDDED_SECTIONS if args.embedded else SECTIONS)
+    native_line, wanted = None, not args.portable
+    if args.embedded:
+        args.url, wanted, native_line = embedded_server(args.data_dir, portable=args.portable)
+        print(native_line, flush=True)
     # Data ends at midnight; the staleness alerts the jobs evaluate would fire all along.
     logging.getLogger("aggjobs").setLevel(logging.CRITICAL)
     only = [s for s in args.only.split(",") if s]
@@ -1048,10 +1089,11 @@ def main() -> None:
     results: dict = {"workload": {"hours": w.hours, "runs_per_hour": w.runs_per_hour,
                                   "workspaces": w.workspaces, "start": w.start.isoformat()},
                      "server": conn.execute("SHOW server_version").fetchone()[0],
-                     "date": datetime.now(UTC).isoformat(timespec="seconds")}
+                     "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                     "embedded": args.embedded, "native_build": native_line}
     if args.layout == "partitioned" and not args.reuse:
         create_partitioned(conn, w)
-    migrate(conn, native=not args.portable)  # also on --reuse: the code may have moved on
+    migrate(conn, native=wanted)  # also on --reuse: the code may have moved on
     results["layout"] = "partitioned" if conn.execute(
         "SELECT relkind = 'p' FROM pg_class WHERE oid = 'public.agent_runs'::regclass"
     ).fetchone()[0] else "plain"
@@ -1077,6 +1119,8 @@ def main() -> None:
             print(f"   failed: {exc}", flush=True)
         print(f"   {time.perf_counter() - started:.0f} s", flush=True)
     conn.close()
+    if args.embedded:
+        stop_embedded(args.data_dir)  # its data kept for --reuse
 
     results["verdicts"] = verdicts(results)
     RESULTS.mkdir(exist_ok=True)
@@ -1084,7 +1128,8 @@ def main() -> None:
     table = rows(results) or [("(no figure measured)", "", "", "")]
     width = max(len(r[0]) for r in table)
     print(f"\n{w.runs_per_hour:,} runs/hour x {w.hours} h, {w.workspaces:,} workspaces, "
-          f"PostgreSQL {results['server']}, {results['layout']} sources, "
+          f"PostgreSQL {results['server']}{' (embedded)' if args.embedded else ''}, "
+          f"{results['layout']} sources, "
           f"medians of {args.repeat}, "
           + ("C functions (aggjobs_native)" if results["native"] else "portable SQL"))
     print(f"{'figure':<{width}}  {'value':>24}  {'against':<34} target")

@@ -142,7 +142,8 @@ class Settings(BaseSettings):
     native: bool = Field(
         default=True,
         description="`aggjobs migrate` installs extension aggjobs_native where the server has "
-        "it (docs/native.md); false drops it and the rollups run the portable SQL.",
+        "it, and `aggjobs up` builds it for the embedded server (docs/native.md); false "
+        "drops it, builds nothing, and the rollups run the portable SQL.",
     )
     step_concurrency: int = Field(
         default=3, ge=1,

@@ -62,6 +62,10 @@ def test_dashboard_shows_jobs_charts_freshness_failures_backfills_problems(clien
     assert fresh["analytics.user_activity_hourly"] == "stale"
     assert fresh["analytics.execution_metrics_hourly"] == "unknown"  # never rolled up
     assert "user_activity_hourly" in part["problems"] and "10.0 h behind" in part["problems"]
+    computed = dict(re.findall(r'<tr class="fresh-row \w+" data-table="([\w.]+)">.*?'
+                               r'<td>([\w ,]+)</td></tr>', part["freshness"]))
+    assert computed["analytics.execution_metrics_daily"] in ("C functions", "portable SQL")
+    assert computed["analytics.user_activity_hourly"] == "SQL, no quantile"
 
     assert 'data-run=' in part["failures"] and "daily_rollup" in part["failures"]
     assert "refresh:user_activity:day" in part["failures"]

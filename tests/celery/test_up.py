@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from aggjobs.db import embedded_native
 from aggjobs.db.embedded import embedded_pid, embedded_url
 from tests.api.serve import free_port
 from tests.celery.conftest import poll
@@ -75,6 +76,7 @@ def check_running(install: DefaultInstall, printed: str, block: list[str], port:
     assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/\?token=agj_[\w-]+", address)
     assert f"http://127.0.0.1:{port}/\n" not in printed  # the address without its token
     assert "celery@" not in printed and "-------------- " not in printed  # no Celery banner
+    check_native_line(install, printed)
     worker_log = (install.data_dir / "logs" / "worker.log").read_text()
     assert " ready." in worker_log and "beat: Starting..." in worker_log
     with urllib.request.urlopen(address, timeout=30) as got:
@@ -86,6 +88,22 @@ def check_running(install: DefaultInstall, printed: str, block: list[str], port:
             "SELECT expires_at, revoked_at FROM aggjobs.api_tokens").fetchone()
     assert revoked is None
     assert abs(expires - datetime.now(UTC) - timedelta(hours=12)) < timedelta(minutes=5)
+
+
+def check_native_line(install: DefaultInstall, printed: str) -> None:
+    """One line says which path the rollups run: the C functions, built for the embedded
+    server where a compiler is, and installed under the data directory; else why not."""
+    said = [line for line in printed.splitlines() if line.startswith("rollups: ")]
+    assert len(said) == 1, printed
+    if isinstance(embedded_native.toolchain(), embedded_native.Toolchain):
+        where = install.data_dir.resolve() / "native"
+        assert said[0].startswith("rollups: C functions (aggjobs_native built now") and \
+            said[0].endswith(f"in {where})"), said
+        with psycopg.connect(embedded_url(install.data_dir)) as conn:
+            assert conn.execute("SELECT extversion FROM pg_extension"
+                                " WHERE extname = 'aggjobs_native'").fetchone() == ("1.1",)
+    else:
+        assert said[0].startswith("rollups: portable SQL, same results but slower"), said
 
 
 def check_stopped(install: DefaultInstall, printed: str, block: list[str], port: int) -> None:

@@ -3,7 +3,9 @@ SQL they replace: the same values bit for bit, from the functions up to whole ro
 
 They run where the server has the extension (`make native`); CI builds it for PostgreSQL 15
 and sets AGGJOBS_TEST_EXPECT_NATIVE=1 there, so these tests cannot skip silently. The
-embedded PostgreSQL run has no extension: the whole suite runs the portable SQL there.
+embedded PostgreSQL run's shared server has no extension (the whole suite runs the portable SQL
+there); tests/integration/test_embedded_native.py builds it for an embedded server of its own
+and runs the row-for-row comparison below there.
 """
 
 from __future__ import annotations
@@ -214,27 +216,35 @@ def live_views(conn: psycopg.Connection, *, expect_native: bool = True) -> dict:
 def test_every_rollup_table_is_the_same_with_and_without_the_c_functions(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         require_native(conn)
-        p.seed_sources(conn, T0 + timedelta(minutes=7), rows=6000, every=timedelta(minutes=3))
-        # values at the sketch's edges, an hour without runtimes, ties
-        for i, runtime in enumerate([None, 0.0, 1e-12, 1e300, 7.5, 7.5, 7.5, math.inf]):
-            p.run(conn, ws=9, at=T0 + timedelta(hours=30, minutes=i), runtime=runtime)
-        p.run(conn, ws=9, at=T0 + timedelta(hours=40), runtime=None)
-        native = recompute_everything(conn)
-        native_live = live_views(conn)
-        day = (T0 + timedelta(days=10)).date()  # health: the 7 days before merged
-        native_health, native_reports = health.inputs(conn, day), report_p95s(conn, day)
-        migrate(conn, native=False)  # remakes the live views portable, then drops the extension
-        assert not native_installed(conn)
-        portable = recompute_everything(conn)
-        assert sum(map(len, native.values())) > 1000
-        assert native == portable
-        assert live_views(conn, expect_native=False) == native_live
-        assert sum(r["prior_p95"] is not None for r in native_health) >= 3
-        assert native_health == health.inputs(conn, day)
-        assert native_reports == report_p95s(conn, day)
-        assert all(r["p95_runtime"] is not None for r in native_reports[1])
-        migrate(conn, native=True)
-        assert native_installed(conn)
+        assert_same_with_and_without(conn)
+
+
+def assert_same_with_and_without(conn: psycopg.Connection) -> None:
+    """On a migrated database with the C functions installed: 14 days of data rolled up at
+    every grain, with them and then without, give the same rows in every table, live view,
+    health input and report figure; the extension is installed again at the end. Also the
+    embedded server's test (tests/integration/test_embedded_native.py)."""
+    p.seed_sources(conn, T0 + timedelta(minutes=7), rows=6000, every=timedelta(minutes=3))
+    # values at the sketch's edges, an hour without runtimes, ties
+    for i, runtime in enumerate([None, 0.0, 1e-12, 1e300, 7.5, 7.5, 7.5, math.inf]):
+        p.run(conn, ws=9, at=T0 + timedelta(hours=30, minutes=i), runtime=runtime)
+    p.run(conn, ws=9, at=T0 + timedelta(hours=40), runtime=None)
+    native = recompute_everything(conn)
+    native_live = live_views(conn)
+    day = (T0 + timedelta(days=10)).date()  # health: the 7 days before merged
+    native_health, native_reports = health.inputs(conn, day), report_p95s(conn, day)
+    migrate(conn, native=False)  # remakes the live views portable, then drops the extension
+    assert not native_installed(conn)
+    portable = recompute_everything(conn)
+    assert sum(map(len, native.values())) > 1000
+    assert native == portable
+    assert live_views(conn, expect_native=False) == native_live
+    assert sum(r["prior_p95"] is not None for r in native_health) >= 3
+    assert native_health == health.inputs(conn, day)
+    assert native_reports == report_p95s(conn, day)
+    assert all(r["p95_runtime"] is not None for r in native_reports[1])
+    migrate(conn, native=True)
+    assert native_installed(conn)
 
 
 def test_migrate_updates_an_older_extension_and_the_views_follow(db_url: str) -> None:

@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 from ..catalog import rollups as declared_rollups
 from ..catalog.jobs import JOB_SPECS as JOBS
 from ..db.connect import scalar
+from ..engine.status import PATH_LABELS
 from ..monitor import overview, run_history
 from ..settings import Settings
 from ..sql import query
@@ -314,7 +315,8 @@ def freshness_rows(state: dict, now: datetime) -> str:
             f'<span class="meter"><span style="width:{ratio * 100:.0f}%"></span></span></td>'
             f'<td class="num">{esc(r["pending_groups"])}</td>'
             f'<td class="num{" bad" if r["quarantined_buckets"] else ""}">'
-            f'{esc(r["quarantined_buckets"])}</td></tr>')
+            f'{esc(r["quarantined_buckets"])}</td>'
+            f'<td>{esc(PATH_LABELS.get(r["path"], r["path"]))}</td></tr>')
     return "".join(rows)
 
 

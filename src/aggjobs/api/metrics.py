@@ -218,6 +218,10 @@ def rollup_state(conn: psycopg.Connection, now: datetime, settings: Settings
     quarantined = GaugeMetricFamily(
         "aggjobs_rollup_quarantined_buckets", "Buckets quarantined after repeated permanent "
         "failures (docs/jobs.md), skipped until fixed.", labels=labels)
+    c_functions = GaugeMetricFamily(
+        "aggjobs_rollup_c_functions", "1 when the C functions of aggjobs_native compute the "
+        "rollup, 0 when the portable SQL does (docs/native.md); absent for a rollup without "
+        "a quantile, the same SQL either way.", labels=labels)
     for row in rollup_status(conn, now=now):
         key = [row["rollup"], row["grain"]]
         if row["lag_seconds"] is not None:
@@ -225,7 +229,9 @@ def rollup_state(conn: psycopg.Connection, now: datetime, settings: Settings
         target.add_metric(key, settings.freshness_target(row["grain"]))
         pending.add_metric(key, row["pending_groups"])
         quarantined.add_metric(key, row["quarantined_buckets"])
-    yield from (lag, target, pending, quarantined)
+        if row["path"] != "sql":
+            c_functions.add_metric(key, 1.0 if row["path"] == "native" else 0.0)
+    yield from (lag, target, pending, quarantined, c_functions)
 
 
 def liveness_families(live: dict) -> Iterator[Metric]:

@@ -417,9 +417,10 @@ def verify_rollup(conn: psycopg.Connection, rollup: Rollup, lo: datetime, hi: da
 def status(as_json: JsonFlag = False) -> None:
     """Per job the last run, its status and duration, the next scheduled time and the
     failures in a row; each worker and scheduler with the age of its last heartbeat; per
-    rollup and grain the watermark, lag and pending dirty groups; then what is wrong and
-    what to do. Exit 1 when something is unhealthy (usable as a check), no live worker or
-    scheduler for AGGJOBS_LIVENESS_SECONDS included."""
+    rollup and grain the watermark, lag and pending dirty groups, and which rollups the C
+    functions compute (else the portable SQL); then what is wrong and what to do. Exit 1
+    when something is unhealthy (usable as a check), no live worker or scheduler for
+    AGGJOBS_LIVENESS_SECONDS included."""
     from ..monitor import overview
 
     with session("status") as conn:
@@ -430,6 +431,7 @@ def status(as_json: JsonFlag = False) -> None:
         console.print(render.jobs_table(state["jobs"]))
         console.print(render.liveness_table(state["liveness"]))
         console.print(render.status_table(state["rollups"]))
+        console.print(render.path_line(state["rollups"]), markup=False, highlight=False)
         for line in render.quarantine_lines(state["rollups"]) + render.rebuild_lines(
                 state["rebuilds"]):
             console.print(line)
@@ -680,17 +682,22 @@ def up(
         "when `up` stops anyway).")] = 12.0,
 ) -> None:
     """Everything in one process tree: the database (embedded when AGGJOBS_DATABASE_URL is
-    unset) migrated, demo data if it is empty, the rollups caught up, then the API with the
-    dashboard (`aggjobs serve` on 127.0.0.1:PORT) and a worker with the scheduler, their
-    output in AGGJOBS_DATA_DIR/logs. Once all runs, prints the dashboard's address with a
-    fresh admin token in it, last. Ctrl-C stops it all and revokes the token; the embedded
-    database and broker keep running (`aggjobs db stop`)."""
+    unset, with the C functions built for it where a C compiler is; one line says which
+    path the rollups run, and why) migrated, demo data if it is empty, the rollups caught
+    up, then the API with the dashboard (`aggjobs serve` on 127.0.0.1:PORT) and a worker
+    with the scheduler, their output in AGGJOBS_DATA_DIR/logs. Once all runs, prints the
+    dashboard's address with a fresh admin token in it, last. Ctrl-C stops it all and
+    revokes the token; the embedded database and broker keep running (`aggjobs db stop`)."""
     from ..operations import up as stack
 
     settings = get_settings()
+    with translate_errors():
+        native, line = stack.native_for_embedded(settings)
+    if line:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     with session("up", require_schema=False) as conn:
         token = stack.prepare(
-            conn, settings, demo_days=demo_days, token_hours=token_hours,
+            conn, settings, demo_days=demo_days, token_hours=token_hours, native=native,
             loading=lambda days: console.print(f"loading {days} days of demo data ..."))
     address = f"http://127.0.0.1:{port}/?token={token.secret}"
     try:

@@ -194,6 +194,24 @@ def status_table(rows: list[dict]) -> Table:
     return table
 
 
+# How each rollup computes, in the line under the rollups' table.
+PATH_LINES = {"native": "quantiles by the C functions (aggjobs_native)",
+              "portable": "quantiles by the portable SQL (no aggjobs_native: docs/native.md)",
+              "sql": "no quantile, the same SQL either way"}
+
+
+def path_line(rows: list[dict]) -> str:
+    """Under the rollups' table, which rollups the C functions compute (a line, not a
+    column: it is the same for every grain of a rollup, and the table fills 80 columns)."""
+    by_path: dict[str, list[str]] = {}
+    for row in rows:
+        names = by_path.setdefault(row["path"], [])
+        if row["rollup"] not in names:
+            names.append(row["rollup"])
+    return "; ".join(f"{', '.join(names)}: {PATH_LINES.get(path, path)}"
+                     for path, names in by_path.items())
+
+
 LIVENESS_COLOUR = {"up": "green", "stopped": "yellow", "silent": "red"}
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from ..catalog import Grain, rollups, sources
+from ..catalog import Grain, Quantile, Rollup, rollups, sources
 from ..catalog.definition import rollup_from
 from ..catalog.grains import SUPPORTED_PARAMS
 from ..db import definitions
@@ -25,6 +25,7 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict[str, 
     logged = {s: n for s, n, _ in conn.execute(query("unlogged_changes"))}
     quarantine = {(r, g): (q, f) for r, g, q, f in conn.execute(query("quarantine_counts"))}
     thresholds = {s: (t, broken) for s, t, broken in conn.execute(query("tracking_thresholds"))}
+    native = bool(scalar(conn, query("native_in_database")))
     rows = []
     for rollup in rollups():
         marks = state.watermarks(conn, rollup)
@@ -36,6 +37,7 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict[str, 
                 "rollup": rollup.name,
                 "grain": grain.value,
                 "table": f"{rollup.schema}.{rollup.table(grain)}",
+                "path": compute_path(rollup, native=native),
                 "watermark": wm,
                 "lag_seconds": None if wm is None else max(0, (complete - wm).total_seconds()),
                 "buckets_behind": None if wm is None else len(grain.buckets(wm, complete)),
@@ -51,6 +53,20 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict[str, 
                 if grain is rollup.grains[0] else None,
             })
     return rows
+
+
+# compute_path's values as `aggjobs status` and the dashboard say them.
+PATH_LABELS = {"native": "C functions", "portable": "portable SQL", "sql": "SQL, no quantile"}
+
+
+def compute_path(rollup: Rollup, *, native: bool) -> str:
+    """How the rollup's statements compute: `native` (the C functions of aggjobs_native,
+    docs/native.md), `portable` (the same numbers in SQL), or `sql` for a rollup without a
+    quantile measure, which runs the same SQL either way (the C functions only compute
+    quantiles and their sketches)."""
+    if not any(isinstance(m, Quantile) for m in rollup.measures):
+        return "sql"
+    return "native" if native else "portable"
 
 
 def rebuilds(conn: psycopg.Connection) -> list[dict[str, Any]]:

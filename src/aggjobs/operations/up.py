@@ -24,7 +24,8 @@ from pathlib import Path
 import psycopg
 
 from .. import audit
-from ..db.connect import connect, scalar
+from ..db import embedded_native
+from ..db.connect import connect, database_url, scalar
 from ..db.migrate import migrate
 from ..demo import DemoSpec, load_demo
 from ..errors import AggjobsError
@@ -54,11 +55,32 @@ class UpToken:
     expires_at: datetime
 
 
+def native_for_embedded(settings: Settings) -> tuple[bool, str | None]:
+    """Whether migrate installs the C functions, and the one line saying which path the
+    rollups run and why. On the embedded server they are built for it first, where a C
+    compiler is present (db/embedded_native.py); where they cannot be, the extension is
+    dropped if an earlier build had installed it, so the portable SQL runs. On the
+    platform's own server nothing is built (`make native`) and nothing is said."""
+    if settings.database_url:
+        return settings.native, None
+    if not settings.native:
+        return False, "rollups: portable SQL (AGGJOBS_NATIVE=false)"
+    got = embedded_native.prepare(settings.data_dir, database_url(settings))
+    if not got.ready:
+        return False, (f"rollups: portable SQL, same results but slower (docs/native.md): "
+                       f"{got.reason}")
+    where = settings.data_dir.expanduser().resolve() / embedded_native.NATIVE
+    return True, (f"rollups: C functions (aggjobs_native {'built now' if got.built else 'built'}"
+                  f" for the embedded {got.version}, in {where})")
+
+
 def prepare(conn: psycopg.Connection, settings: Settings, *, demo_days: int,
-            token_hours: float, loading: Callable[[int], None]) -> UpToken:
-    """Migrate; load `demo_days` days of demo data if the platform has no runs yet (saying
-    so through `loading` first); mint an admin token expiring after `token_hours`."""
-    migrate(conn, native=settings.native)
+            token_hours: float, loading: Callable[[int], None],
+            native: bool | None = None) -> UpToken:
+    """Migrate (with the C functions if `native`, default AGGJOBS_NATIVE); load
+    `demo_days` days of demo data if the platform has no runs yet (saying so through
+    `loading` first); mint an admin token expiring after `token_hours`."""
+    migrate(conn, native=settings.native if native is None else native)
     if scalar(conn, query("no_runs_yet")) and demo_days:
         loading(demo_days)
         load_demo(conn, DemoSpec(days=demo_days))

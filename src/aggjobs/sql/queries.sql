@@ -312,6 +312,12 @@ LEFT JOIN pg_type AS bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype
 SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'aggjobs_native' AND extversion = '1.1')
    AND has_schema_privilege('aggjobs_native', 'USAGE')
 
+-- name: native_in_database
+-- Whether the rollups' jobs run the C functions: extension aggjobs_native installed at the
+-- version native_installed asks for (`aggjobs status`, whoever its role: migrate grants the
+-- workers its schema).
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'aggjobs_native' AND extversion = '1.1')
+
 -- name: native_available
 -- Whether the server has the extension's files (built by `make native`, docs/native.md), of
 -- the version native_installed asks for.
