@@ -21,6 +21,7 @@ import pytest
 
 from aggjobs.db import embedded_native
 from aggjobs.db.embedded import embedded_pid, embedded_url
+from aggjobs.sql import NATIVE_VERSION
 from tests.api.serve import free_port
 from tests.celery.conftest import poll
 from tests.celery.default_install import DefaultInstall, default_install
@@ -101,7 +102,7 @@ def check_native_line(install: DefaultInstall, printed: str) -> None:
             said[0].endswith(f"in {where})"), said
         with psycopg.connect(embedded_url(install.data_dir)) as conn:
             assert conn.execute("SELECT extversion FROM pg_extension"
-                                " WHERE extname = 'aggjobs_native'").fetchone() == ("1.1",)
+                                " WHERE extname = 'aggjobs_native'").fetchone() == (NATIVE_VERSION,)
     else:
         assert said[0].startswith("rollups: portable SQL, same results but slower"), said
 

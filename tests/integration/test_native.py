@@ -25,6 +25,7 @@ from aggjobs.catalog import BUILTIN_ROLLUPS, Grain, Quantile
 from aggjobs.db.migrate import migrate
 from aggjobs.engine.recompute import native_installed, recompute_range
 from aggjobs.reports.build import fetch as report_query
+from aggjobs.sql import NATIVE_VERSION
 from aggjobs.sql.live import view_name
 from aggjobs.sql.rollup import table_ident, value_columns
 from tests import platform as p
@@ -258,7 +259,7 @@ def test_migrate_updates_an_older_extension_and_the_views_follow(db_url: str) ->
         assert not native_installed(conn)  # 1.0 lacks what this version's SQL calls
         migrate(conn, native=True)
         assert conn.execute("SELECT extversion FROM pg_extension"
-                            " WHERE extname = 'aggjobs_native'").fetchone()[0] == "1.1"
+                            " WHERE extname = 'aggjobs_native'").fetchone()[0] == NATIVE_VERSION
         assert native_installed(conn)
         hourly = conn.execute("SELECT pg_get_viewdef('analytics.execution_metrics_hourly_live')"
                               ).fetchone()[0]

@@ -1,5 +1,6 @@
 """The package root: `import aggjobs` loads nothing else, the Python API's names resolve on
-first use, and the version is one (docs/python.md)."""
+first use, and the version is one (docs/python.md); the C extension's version is the one
+the SQL calls."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 import aggjobs
 from aggjobs import python_api
+from aggjobs.sql import NATIVE_VERSION
 
 
 def test_import_aggjobs_loads_nothing_else() -> None:
@@ -36,6 +38,11 @@ def test_the_command_and_the_package_agree_on_the_version() -> None:
     out = subprocess.run([str(command), "--version"], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == f"aggjobs {aggjobs.__version__}"
+
+
+def test_the_sql_calls_the_extensions_default_version() -> None:
+    control = Path(__file__).resolve().parents[2] / "native" / "aggjobs_native.control"
+    assert f"default_version = '{NATIVE_VERSION}'" in control.read_text().splitlines()
 
 
 def test_the_package_is_typed() -> None:

@@ -13,7 +13,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ..catalog import Grain, Rollup
-from ..sql import live, query
+from ..sql import live, native_query, query
 from .connect import scalar
 
 
@@ -21,7 +21,7 @@ def bodies(conn: psycopg.Connection, rollup: Rollup) -> list[dict[str, str]]:
     """Per grain, in order: the view's name, the SQL after `CREATE VIEW ... AS`, and the
     comment that identifies it. With the C functions where they are installed: the SQL, so
     the digest, changes when they come or go."""
-    native = bool(scalar(conn, query("native_installed")))
+    native = bool(scalar(conn, native_query("native_installed")))
     out = []
     for grain in rollup.grains:
         body = live.body(rollup, grain, native=native).as_string(conn)

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from ..catalog import BUILTIN_SOURCES, Source, rollups, rollups_on, sources
 from ..errors import LockBusy
-from ..sql import query, tracking
+from ..sql import NATIVE_VERSION, native_query, query, tracking
 from ..sql import rollup as rollup_sql
 from . import definitions, live_views, locks
 from .check import check_sources
@@ -132,14 +132,15 @@ def sync_native(conn: psycopg.Connection, *, wanted: bool) -> None:
         conn.execute(query("drop_native_extension"))
         conn.execute(query("drop_native_schema"))
         return
-    if not scalar(conn, query("native_available")):
-        log.info("extension aggjobs_native (version 1.1) is not on this server: portable SQL")
+    if not scalar(conn, native_query("native_available")):
+        log.info("extension aggjobs_native (version %s) is not on this server: portable SQL",
+                 NATIVE_VERSION)
         return
     try:
         with conn.transaction():
             conn.execute(query("create_native_schema"))
             conn.execute(query("create_native_extension"))
-            conn.execute(query("update_native_extension"))
+            conn.execute(native_query("update_native_extension"))
     except psycopg.errors.InsufficientPrivilege as exc:
         log.warning("extension aggjobs_native not installed (%s): portable SQL", exc)
 

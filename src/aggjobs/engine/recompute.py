@@ -24,7 +24,7 @@ from ..catalog import Grain, Rollup
 from ..catalog.grains import SUPPORTED_PARAMS, as_utc, chunks
 from ..db.cluster import is_citus
 from ..db.connect import one_row, scalar
-from ..sql import query
+from ..sql import native_query, query
 from ..sql import rollup as rollup_sql
 from ..sql.rollup import Scope
 
@@ -56,7 +56,7 @@ def statements(rollup: Rollup, grain: Grain, scope: Scope, native: bool,
 def native_installed(conn: psycopg.Connection) -> bool:
     """Whether the database has the C functions of aggjobs_native (docs/native.md); asked
     on each recompute, in its transaction, so a DROP or CREATE EXTENSION takes effect at once."""
-    installed: bool = scalar(conn, query("native_installed"))
+    installed: bool = scalar(conn, native_query("native_installed"))
     return installed
 
 

@@ -12,7 +12,7 @@ from ..catalog.definition import rollup_from
 from ..catalog.grains import SUPPORTED_PARAMS
 from ..db import definitions
 from ..db.connect import scalar
-from ..sql import query
+from ..sql import native_query, query
 from ..sql import rollup as rollup_sql
 from . import rebuild, state
 
@@ -25,7 +25,7 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict[str, 
     logged = {s: n for s, n, _ in conn.execute(query("unlogged_changes"))}
     quarantine = {(r, g): (q, f) for r, g, q, f in conn.execute(query("quarantine_counts"))}
     thresholds = {s: (t, broken) for s, t, broken in conn.execute(query("tracking_thresholds"))}
-    native = bool(scalar(conn, query("native_in_database")))
+    native = bool(scalar(conn, native_query("native_in_database")))
     rows = []
     for rollup in rollups():
         marks = state.watermarks(conn, rollup)

@@ -8,6 +8,10 @@ from importlib.resources import files
 
 from psycopg import sql
 
+# The version of extension aggjobs_native (native/, docs/native.md) whose functions this
+# code's SQL calls: the control file's default_version (tests/unit/test_package.py checks).
+NATIVE_VERSION = "1.1"
+
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -47,3 +51,9 @@ def with_merges(blocks: dict[str, str], name: str, *, native: bool) -> sql.Compo
 
 def query(name: str) -> sql.SQL:
     return sql.SQL(queries()[name])
+
+
+def native_query(name: str) -> sql.Composed:
+    """A query about extension aggjobs_native, with `{native_version}` in it composed as
+    NATIVE_VERSION (a literal: ALTER EXTENSION ... UPDATE TO takes no parameter)."""
+    return query(name).format(native_version=sql.Literal(NATIVE_VERSION))

@@ -45,7 +45,7 @@ CREATE EXTENSION IF NOT EXISTS aggjobs_native SCHEMA aggjobs_native
 
 -- name: update_native_extension
 -- An install made by an earlier version of aggjobs: brought to the version its SQL calls.
-ALTER EXTENSION aggjobs_native UPDATE TO '1.1'
+ALTER EXTENSION aggjobs_native UPDATE TO {native_version}
 
 -- name: upsert_source
 -- A tracked source's relation, written only when it changed.

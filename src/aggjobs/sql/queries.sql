@@ -309,20 +309,20 @@ LEFT JOIN pg_type AS bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype
 -- Whether the C functions of extension aggjobs_native can be used by this session: those of
 -- the version this code's SQL calls (native/aggjobs_native.control); an older one is updated
 -- by `aggjobs migrate`, and the portable SQL runs until it is.
-SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'aggjobs_native' AND extversion = '1.1')
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'aggjobs_native' AND extversion = {native_version})
    AND has_schema_privilege('aggjobs_native', 'USAGE')
 
 -- name: native_in_database
 -- Whether the rollups' jobs run the C functions: extension aggjobs_native installed at the
 -- version native_installed asks for (`aggjobs status`, whoever its role: migrate grants the
 -- workers its schema).
-SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'aggjobs_native' AND extversion = '1.1')
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'aggjobs_native' AND extversion = {native_version})
 
 -- name: native_available
 -- Whether the server has the extension's files (built by `make native`, docs/native.md), of
 -- the version native_installed asks for.
 SELECT EXISTS (SELECT 1 FROM pg_available_extension_versions
-               WHERE name = 'aggjobs_native' AND version = '1.1')
+               WHERE name = 'aggjobs_native' AND version = {native_version})
 
 -- name: work_mem_bytes
 SELECT pg_catalog.pg_size_bytes(pg_catalog.current_setting('work_mem'))
