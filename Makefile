@@ -43,8 +43,10 @@ bench: $(BIN)/.installed
 # The optional C functions (docs/native.md), built and installed for the PostgreSQL server whose
 # pg_config is PG_CONFIG (its -dev headers needed); `aggjobs migrate` then creates the extension.
 PG_CONFIG ?= pg_config
+# In the package, so that a wheel has them too: `aggjobs up` builds them for its embedded server.
+NATIVE := src/aggjobs/native
 native:
-	$(MAKE) -C native PG_CONFIG=$(PG_CONFIG) install
+	$(MAKE) -C $(NATIVE) PG_CONFIG=$(PG_CONFIG) install
 
 # The embedded PostgreSQL and broker under .aggjobs are stopped first: deleting a running
 # server's files leaves it running on them. Without the virtual environment, by their pid files.
@@ -57,4 +59,4 @@ clean:
 	    || [ -f .aggjobs/broker/valkey.pid ] || break; sleep 1; done; \
 	fi
 	rm -rf $(VENV) .aggjobs
-	$(MAKE) -C native clean PG_CONFIG=$(PG_CONFIG) 2>/dev/null || true
+	$(MAKE) -C $(NATIVE) clean PG_CONFIG=$(PG_CONFIG) 2>/dev/null || true

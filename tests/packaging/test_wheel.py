@@ -2,7 +2,8 @@
 new virtual environment (no site packages of this one, no source tree on the path), has the
 SQL files, the migrations, the dashboard's assets and py.typed; its `aggjobs --version` and
 `aggjobs.__version__` agree; it migrates and loads a day of demo data on the embedded
-PostgreSQL. The optional C functions are not in it (docs/native.md: built separately).
+PostgreSQL. The C functions' sources are in it (`aggjobs up` compiles them for its embedded
+server, docs/native.md), not their build.
 
 Needs the package index pip is configured with (the build's setuptools and the
 dependencies are installed from it, as `pip install .` does): marked `packaging`. Runs in the
@@ -33,6 +34,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "aggjobs"
+BUILT = (".o", ".so", ".bc")  # what `make native` leaves in the package's native/
 
 
 def run(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
@@ -88,12 +90,15 @@ def clean_env(data_dir: Path) -> dict[str, str]:
 def test_the_wheel_has_the_data_files(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     data = sorted(str(f.relative_to(PACKAGE.parent)) for f in PACKAGE.rglob("*")
-                  if f.is_file() and f.suffix not in (".py", ".pyc"))
+                  if f.is_file() and f.suffix not in (".py", ".pyc", *BUILT)
+                  and not f.name.startswith("."))
     assert [f for f in data if f not in names] == []
     assert {"aggjobs/py.typed", "aggjobs/db/migrations/0001_initial.sql",
             "aggjobs/api/dashboard.html", "aggjobs/api/dashboard.js"} <= names
     assert wheel.name.startswith(f"aggjobs-{aggjobs.__version__}-")
-    assert not any(n.startswith("native/") or n.endswith(".so") for n in names)
+    assert {"aggjobs/native/aggjobs_native.c", "aggjobs/native/aggjobs_native.control",
+            "aggjobs/native/Makefile"} <= names
+    assert not any(n.endswith(BUILT) for n in names)
 
 
 def test_the_installed_wheel_migrates_and_loads_a_demo_day(venv: Path, short_dir: Path) -> None:
@@ -105,6 +110,12 @@ def test_the_installed_wheel_migrates_and_loads_a_demo_day(venv: Path, short_dir
     assert where[0].startswith(str(venv)), where  # the installed package, not the tree
     assert run([str(bin_dir / "aggjobs"), "--version"], env=env,
                cwd=short_dir).strip() == f"aggjobs {where[1]}"
+    # `aggjobs up` would compile the C functions from the wheel's own copy of their sources.
+    found = run([str(bin_dir / "python"), "-c",
+                 "from aggjobs.db import embedded_native as e; t = e.toolchain();"
+                 " print(t if isinstance(t, str) else t.sources)"], env=env, cwd=short_dir)
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert found.strip().startswith(str(venv)), found
     try:
         run([str(bin_dir / "aggjobs"), "migrate"], env=env, cwd=short_dir)
         out = run([str(bin_dir / "aggjobs"), "demo", "--days", "1"], env=env, cwd=short_dir)

@@ -41,7 +41,7 @@ def test_the_command_and_the_package_agree_on_the_version() -> None:
 
 
 def test_the_sql_calls_the_extensions_default_version() -> None:
-    control = Path(__file__).resolve().parents[2] / "native" / "aggjobs_native.control"
+    control = Path(aggjobs.__file__).parent / "native" / "aggjobs_native.control"
     assert f"default_version = '{NATIVE_VERSION}'" in control.read_text().splitlines()
 
 

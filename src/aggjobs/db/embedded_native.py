@@ -54,7 +54,7 @@ class NativeBuild:
 
 @dataclass(frozen=True)
 class Toolchain:
-    sources: Path  # native/ of the source checkout
+    sources: Path  # the package's native/
     pg_config: Path
     cc: str  # the compiler's path
     cflags: list[str]  # pg_config's, as the server was built with (before filtering)
@@ -62,9 +62,9 @@ class Toolchain:
 
 
 def source_dir() -> Path | None:
-    """native/ of the source checkout this package runs from (`make run` installs it
-    editable); None for an installed wheel, which holds no C sources."""
-    here = Path(__file__).resolve().parents[3] / NATIVE
+    """The package's native/: the C sources, in a source checkout and in a wheel alike
+    (package data); None if an installation lost them."""
+    here = Path(__file__).resolve().parents[1] / NATIVE
     return here if (here / "aggjobs_native.c").is_file() else None
 
 
@@ -83,11 +83,11 @@ def pg_config_value(pg_config: Path, option: str) -> str:
 
 
 def toolchain(sources: Path | None = None) -> Toolchain | str:
-    """What a build of `sources` (default: the checkout's native/) needs, or why it cannot
+    """What a build of `sources` (default: the package's native/) needs, or why it cannot
     be done (one line)."""
     sources = sources or source_dir()
     if sources is None:
-        return "no C sources in this installation (native/ of a source checkout has them)"
+        return "no C sources in this installation (aggjobs/native/ is missing)"
     pg_config = embedded_pg_config()
     if pg_config is None:
         return "the embedded PostgreSQL has no pg_config"
