@@ -100,16 +100,19 @@ ORDER BY days.day
 
 -- name: hourly_by_workspace
 -- Per workspace and hour of the day: runs, failures, exact hourly p95 and credits (runs'
--- and the ledger's usage), from the hourly rollups.
+-- and the ledger's usage), from the hourly rollups; for the workspaces from `first` to
+-- `last` (the reports are built a chunk of workspaces at a time).
 WITH e AS (
     SELECT workspace_id, hour, total_executions, successful_executions, failed_executions,
            p95_runtime, total_credits
     FROM analytics.execution_metrics_hourly
     WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz
+      AND workspace_id BETWEEN %(first)s AND %(last)s
 ), c AS (
     SELECT workspace_id, hour, credits_used
     FROM analytics.credit_consumption_hourly
     WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz
+      AND workspace_id BETWEEN %(first)s AND %(last)s
 ), k AS (
     SELECT workspace_id, hour FROM e UNION SELECT workspace_id, hour FROM c
 )
@@ -236,16 +239,22 @@ SELECT EXISTS (SELECT 1 FROM analytics.execution_metrics_daily WHERE workspace_i
     OR EXISTS (SELECT 1 FROM analytics.user_activity_daily WHERE workspace_id = %(ws)s)
     OR EXISTS (SELECT 1 FROM analytics.credit_consumption_daily WHERE workspace_id = %(ws)s)
 
--- name: upsert_report
-INSERT INTO analytics.daily_reports (day, workspace_id, report, generated_at, updated_at)
-VALUES (%(day)s, %(ws)s, %(report)s, %(generated_at)s, now())
-ON CONFLICT (day, workspace_id) DO UPDATE
-SET report = EXCLUDED.report, generated_at = EXCLUDED.generated_at, updated_at = now()
+-- name: delete_day_reports
+-- The day's reports, replaced in the same transaction by the new set (copy_reports): a
+-- workspace no longer active that day (its rows were deleted) is left without one.
+DELETE FROM analytics.daily_reports WHERE day = %(day)s
 
--- name: delete_inactive_reports
--- Workspace reports of the day whose workspace is no longer active (its rows were deleted).
-DELETE FROM analytics.daily_reports
-WHERE day = %(day)s AND workspace_id IS NOT NULL AND workspace_id <> ALL(%(active)s::bigint[])
+-- name: copy_reports
+-- The new set, streamed (updated_at: the column's default, now()).
+COPY analytics.daily_reports (day, workspace_id, report, generated_at) FROM STDIN
+
+-- name: has_lz4
+-- Whether the server was built with lz4 (PostgreSQL's own packages are; some builds are not).
+SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings
+WHERE name = 'default_toast_compression'
+
+-- name: compress_lz4
+SET LOCAL default_toast_compression = 'lz4'
 
 -- name: stored_report
 SELECT report, generated_at FROM analytics.daily_reports
