@@ -286,7 +286,7 @@ def report_batches(conn: psycopg.Connection,
     """The reports of `day` (workspace None: the platform's), a batch at a time: the
     platform's, then CHUNK workspaces each. Advancing the outer iterator runs the queries;
     a batch itself only builds, so the connection is free (for a COPY) while it is read.
-    Only one chunk's hourly rows and reports are in memory at once."""
+    Only one chunk's hourly rows and reports are Python objects at once."""
     days = Days(day, datetime.now(UTC).isoformat())
     rows = read_rows(conn, days)
     active = sorted(ws for (ws, d), r in rows.by_workspace.items()
@@ -294,11 +294,36 @@ def report_batches(conn: psycopg.Connection,
     today_ws = {ws: rows.by_workspace[(ws, day)] for ws in active}
     yield iter([(None, platform_report(days, rows, today_ws))])
     lo, hi = day_bounds(day)
-    for i in range(0, len(active), CHUNK):
-        chunk = active[i:i + CHUNK]
-        hourly = fetch(conn, "hourly_by_workspace", lo=lo, hi=hi, first=chunk[0],
-                       last=chunk[-1])
-        yield workspace_reports(days, rows, chunk, by_workspace(hourly))
+    with conn.cursor(row_factory=dict_row) as cur:
+        # The whole result waits in the driver (a few kB a workspace); Python rows are made
+        # a chunk at a time, and the connection stays free for the COPYs meanwhile.
+        cur.execute(queries()["hourly_by_workspace"], {"lo": lo, "hi": hi})
+        hourly = HourlyRows(cur)
+        for i in range(0, len(active), CHUNK):
+            chunk = active[i:i + CHUNK]
+            yield workspace_reports(days, rows, chunk, hourly.up_to(chunk[-1]))
+
+
+class HourlyRows:
+    """The rows of hourly_by_workspace (one a workspace, in workspace order), read off
+    `cur` up to a workspace at a time, each as that workspace's list of hourly rows."""
+
+    COLUMNS = ("hour", "runs", "successful_runs", "failed_runs", "p95_runtime",
+               "run_credits", "credits_used")
+
+    def __init__(self, cur: psycopg.Cursor[dict]) -> None:
+        self.cur = cur
+        self.row = cur.fetchone()
+
+    def up_to(self, last: int) -> dict[int, list[dict]]:
+        out: dict[int, list[dict]] = {}
+        while self.row is not None and self.row["workspace_id"] <= last:
+            r = self.row
+            out[r["workspace_id"]] = [dict(zip(self.COLUMNS, values, strict=True))
+                                      for values in zip(*(r[c] for c in self.COLUMNS),
+                                                        strict=True)]
+            self.row = self.cur.fetchone()
+        return out
 
 
 def workspace_reports(days: Days, rows: Rows, chunk: list[int],

@@ -99,34 +99,36 @@ LEFT JOIN c USING (day)
 ORDER BY days.day
 
 -- name: hourly_by_workspace
--- Per workspace and hour of the day: runs, failures, exact hourly p95 and credits (runs'
--- and the ledger's usage), from the hourly rollups; for the workspaces from `first` to
--- `last` (the reports are built a chunk of workspaces at a time).
+-- Per workspace, its hours of the day (one row a workspace, arrays in hour order): runs,
+-- failures, exact hourly p95 and credits (runs' and the ledger's usage), from the hourly
+-- rollups. One scan of the day's rows: the reports are built a chunk of workspaces at a time
+-- out of this one result (a query per chunk read each of the day's pages once per chunk,
+-- the rollups' rows of an hour being in no workspace order).
 WITH e AS (
     SELECT workspace_id, hour, total_executions, successful_executions, failed_executions,
            p95_runtime, total_credits
     FROM analytics.execution_metrics_hourly
     WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz
-      AND workspace_id BETWEEN %(first)s AND %(last)s
 ), c AS (
     SELECT workspace_id, hour, credits_used
     FROM analytics.credit_consumption_hourly
     WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz
-      AND workspace_id BETWEEN %(first)s AND %(last)s
 ), k AS (
     SELECT workspace_id, hour FROM e UNION SELECT workspace_id, hour FROM c
 )
-SELECT k.workspace_id, k.hour,
-       coalesce(e.total_executions, 0) AS runs,
-       coalesce(e.successful_executions, 0) AS successful_runs,
-       coalesce(e.failed_executions, 0) AS failed_runs,
-       e.p95_runtime,
-       coalesce(e.total_credits, 0) AS run_credits,
-       coalesce(c.credits_used, 0) AS credits_used
+SELECT k.workspace_id,
+       array_agg(k.hour ORDER BY k.hour) AS hour,
+       array_agg(coalesce(e.total_executions, 0) ORDER BY k.hour) AS runs,
+       array_agg(coalesce(e.successful_executions, 0) ORDER BY k.hour) AS successful_runs,
+       array_agg(coalesce(e.failed_executions, 0) ORDER BY k.hour) AS failed_runs,
+       array_agg(e.p95_runtime ORDER BY k.hour) AS p95_runtime,
+       array_agg(coalesce(e.total_credits, 0) ORDER BY k.hour) AS run_credits,
+       array_agg(coalesce(c.credits_used, 0) ORDER BY k.hour) AS credits_used
 FROM k
 LEFT JOIN e USING (workspace_id, hour)
 LEFT JOIN c USING (workspace_id, hour)
-ORDER BY k.workspace_id, k.hour
+GROUP BY k.workspace_id
+ORDER BY k.workspace_id
 
 -- name: hourly_platform
 -- Per hour of the day, the whole platform; p95 from the workspaces' hourly sketches merged.
