@@ -392,16 +392,17 @@ def test_store_is_one_transaction(loaded: Settings, conn: psycopg.Connection,
     reports.store(conn, DAY)
     before = stored_rows(conn, DAY)
     b = importlib.import_module("aggjobs.reports.build")
+    original = b.workspace_report
 
-    original = b.queries()
+    def broken(days, rows, ws, hourly):  # fails mid-stream: rows 1 and 2 already sent
+        if ws == 3:
+            raise ZeroDivisionError("boom")
+        return original(days, rows, ws, hourly)
 
-    def broken() -> dict:
-        return {**original, "delete_inactive_reports": "SELECT 1/0"}
-
-    monkeypatch.setattr(b, "queries", broken)
-    with pytest.raises(psycopg.errors.DivisionByZero):
+    monkeypatch.setattr(b, "workspace_report", broken)
+    with pytest.raises(ZeroDivisionError):
         reports.store(conn, DAY)
-    assert stored_rows(conn, DAY) == before  # the upserts were rolled back
+    assert stored_rows(conn, DAY) == before  # the delete and the rows sent were rolled back
 
 
 def test_step_stores_the_last_complete_day_or_skips(loaded: Settings,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from importlib.resources import files
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from ..catalog import Grain, get_rollup
 from ..engine import state
@@ -19,28 +21,63 @@ from .formula import BURST_MIN_RUNS, Health, Inputs, score
 INPUTS = named(files(__package__).joinpath("inputs.sql").read_text())
 
 
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # jsonb keeps no formatting
+CHUNK = 5_000  # workspaces scored and written at a time: the worker's memory stays bounded
+
+
+def statement(conn: psycopg.Connection) -> sql.Composed:
+    return with_merges(INPUTS, "inputs", native=native_installed(conn))
+
+
 def inputs(conn: psycopg.Connection, day: date) -> list[dict]:
     """Every active workspace's inputs (inputs.sql), one dict each."""
-    statement = with_merges(INPUTS, "inputs", native=native_installed(conn))
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(statement, {"day": day, "burst_min_runs": BURST_MIN_RUNS}).fetchall()
+        return cur.execute(statement(conn), params(day)).fetchall()
+
+
+def params(day: date) -> dict[str, object]:
+    return {"day": day, "burst_min_runs": BURST_MIN_RUNS}
 
 
 def compute(conn: psycopg.Connection, day: date) -> list[Health]:
     return [score(Inputs(**row)) for row in inputs(conn, day)]
 
 
-def store(conn: psycopg.Connection, day: date, healths: list[Health]) -> int:
-    """Replace the day's scores (one transaction: readers see the old set or the new)."""
+def store(conn: psycopg.Connection, day: date, healths: Iterable[Health]) -> int:
+    """Replace the day's scores (one transaction: readers see the old set or the new).
+    COPY, not one INSERT a row: at 50,000 workspaces the INSERTs' round trips were most of
+    the step."""
     with conn.transaction():
         conn.execute(query("delete_health_day"), (day,))
-        with conn.cursor() as cur:
-            cur.executemany(
-                query("insert_health"),
-                [(h.workspace_id, day, h.score, h.status, Jsonb(h.components))
-                 for h in healths],
-            )
-    return len(healths)
+        return copy_scores(conn, day, healths)
+
+
+def copy_scores(conn: psycopg.Connection, day: date, healths: Iterable[Health]) -> int:
+    n = 0
+    with conn.cursor() as cur, cur.copy(query("copy_health")) as copy:
+        for h in healths:
+            copy.write_row((h.workspace_id, day, h.score, h.status,
+                            COMPACT_JSON.encode(h.components)))
+            n += 1
+    return n
+
+
+def score_and_store(conn: psycopg.Connection, day: date) -> dict[str, int]:
+    """Score every active workspace of `day` and replace the day's scores, CHUNK workspaces
+    at a time: one transaction. The inputs' result stays in libpq's memory (a few hundred
+    bytes a workspace), made into Python rows a chunk at a time; not a server-side cursor,
+    whose plan is chosen for its first rows (cursor_tuple_fraction: 30x the CPU here)."""
+    by_status: dict[str, int] = {}
+    with conn.transaction():
+        conn.execute(query("delete_health_day"), (day,))
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(statement(conn), params(day))
+            while rows := cur.fetchmany(CHUNK):
+                healths = [score(Inputs(**row)) for row in rows]
+                copy_scores(conn, day, healths)
+                for h in healths:
+                    by_status[h.status] = by_status.get(h.status, 0) + 1
+    return by_status
 
 
 def last_complete_day(conn: psycopg.Connection, as_of_day: date) -> tuple[date, str | None]:
@@ -69,8 +106,5 @@ def score_last_day(conn: psycopg.Connection, as_of_day: date) -> DayScores:
     day, waiting = last_complete_day(conn, as_of_day)
     if waiting:
         return DayScores(day, waiting=waiting)
-    healths = compute(conn, day)
-    by_status: dict[str, int] = {}
-    for h in healths:
-        by_status[h.status] = by_status.get(h.status, 0) + 1
-    return DayScores(day, rows=store(conn, day, healths), by_status=by_status)
+    by_status = score_and_store(conn, day)
+    return DayScores(day, rows=sum(by_status.values()), by_status=by_status)

@@ -8,7 +8,9 @@ so that every renderer works on either. docs/reports.md describes each section.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -19,7 +21,6 @@ from typing import Any, overload
 import psycopg
 from psycopg import pq
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from ..db.connect import scalar
 from ..engine.recompute import native_installed
@@ -32,6 +33,7 @@ TOP_N = 10  # top workspaces by runs / by credits
 MOVERS_N = 5  # per direction
 HOT_SPOTS_N = 5  # worst hours, worst workspaces; worst agents: TOP_N platform-wide
 LEDGER_LISTED = 100  # mismatches listed in the platform report (all are counted)
+CHUNK = 2_000  # workspace reports built and written at a time (memory: one chunk's rows)
 ROLLUPS_READ = ("execution_metrics", "user_activity", "credit_consumption")
 # Read by the worst agents alone, which say so while it lags (a deployment that has just
 # added it catches its history up) instead of holding the whole report back.
@@ -150,25 +152,35 @@ def totals(today: dict, previous: dict | None, last_week: dict | None) -> dict:
     return out
 
 
+@cache
+def day_hours(day: date) -> tuple[tuple[datetime, str], ...]:
+    """The day's 24 UTC hours and their ISO strings (made once a day, not once a report)."""
+    lo, _ = day_bounds(day)
+    return tuple((h, h.isoformat()) for h in (lo + timedelta(hours=i) for i in range(24)))
+
+
 def hourly_series(day: date, rows: list[dict]) -> list[dict]:
     """24 entries, one per UTC hour (zeros where no rollup row)."""
-    lo, _ = day_bounds(day)
-    by_hour = {r["hour"].astimezone(UTC): r for r in rows}
+    # Aware datetimes hash and compare as instants: a row's hour in the session's time zone
+    # finds its UTC hour.
+    by_hour = {r["hour"]: r for r in rows}
     out = []
-    for h in range(24):
-        start = lo + timedelta(hours=h)
+    for start, iso in day_hours(day):
         r = by_hour.get(start)
-        runs = r["runs"] if r else 0
-        failed = r["failed_runs"] if r else 0
+        if r is None:
+            out.append({"hour": iso, "runs": 0, "successful_runs": 0, "failed_runs": 0,
+                        "failure_rate": None, "p95_runtime": None, "run_credits": 0.0,
+                        "credits_used": 0.0})
+            continue
         out.append({
-            "hour": start.isoformat(),
-            "runs": runs,
-            "successful_runs": r["successful_runs"] if r else 0,
-            "failed_runs": failed,
-            "failure_rate": ratio(failed, runs),
-            "p95_runtime": num(r["p95_runtime"]) if r else None,
-            "run_credits": num(r["run_credits"], 4) if r else 0.0,
-            "credits_used": num(r["credits_used"], 4) if r else 0.0,
+            "hour": iso,
+            "runs": r["runs"],
+            "successful_runs": r["successful_runs"],
+            "failed_runs": r["failed_runs"],
+            "failure_rate": ratio(r["failed_runs"], r["runs"]),
+            "p95_runtime": num(r["p95_runtime"]),
+            "run_credits": num(r["run_credits"], 4),
+            "credits_used": num(r["credits_used"], 4),
         })
     return out
 
@@ -230,7 +242,6 @@ class Rows:
     platform: dict[date, dict]  # the day and the two compared with
     by_workspace: dict[tuple[int, date], dict]
     hourly: list[dict]
-    hourly_of: dict[int, list[dict]]
     agents_missing: str | None  # why there are no worst agents, if there are none
     agents: list[dict]
     agents_of: dict[int, list[dict]]  # per workspace, in the query's order
@@ -254,13 +265,12 @@ def read_rows(conn: psycopg.Connection, days: Days) -> Rows:
     ws_rows = {(r["workspace_id"], r["day"]): r
                for r in fetch(conn, "daily_by_workspace", days=days.all)}
     hourly = fetch(conn, "hourly_platform", lo=lo, hi=hi)
-    hourly_ws = fetch(conn, "hourly_by_workspace", lo=lo, hi=hi)
     agents_missing = agents_unavailable(conn, days.day)
     agent_rows = [] if agents_missing else fetch(conn, "worst_agents", day=days.day)
     health = fetch(conn, "health", day=days.day)
     ledger = fetch(conn, "ledger", day=days.day, tolerance=LEDGER_TOLERANCE)
     return Rows(platform=platform, by_workspace=ws_rows, hourly=hourly,
-                hourly_of=by_workspace(hourly_ws), agents_missing=agents_missing,
+                agents_missing=agents_missing,
                 agents=agent_rows, agents_of=by_workspace(agent_rows),
                 health_of={r["workspace_id"]: r for r in health}, ledger=ledger,
                 ledger_of={r["workspace_id"]: r for r in ledger})
@@ -268,15 +278,58 @@ def read_rows(conn: psycopg.Connection, days: Days) -> Rows:
 
 def build(conn: psycopg.Connection, day: date) -> dict[int | None, dict]:
     """The platform report (key None) and one per active workspace for the UTC `day`."""
+    return {ws: report for batch in report_batches(conn, day) for ws, report in batch}
+
+
+def report_batches(conn: psycopg.Connection,
+                   day: date) -> Iterator[Iterator[tuple[int | None, dict]]]:
+    """The reports of `day` (workspace None: the platform's), a batch at a time: the
+    platform's, then CHUNK workspaces each. Advancing the outer iterator runs the queries;
+    a batch itself only builds, so the connection is free (for a COPY) while it is read.
+    Only one chunk's hourly rows and reports are Python objects at once."""
     days = Days(day, datetime.now(UTC).isoformat())
     rows = read_rows(conn, days)
-    active = sorted({ws for (ws, d), r in rows.by_workspace.items()
-                     if d == day and (r["has_runs"] or r["has_events"])})
+    active = sorted(ws for (ws, d), r in rows.by_workspace.items()
+                    if d == day and (r["has_runs"] or r["has_events"]))
     today_ws = {ws: rows.by_workspace[(ws, day)] for ws in active}
-    reports: dict[int | None, dict] = {None: platform_report(days, rows, today_ws)}
-    for ws in active:
-        reports[ws] = workspace_report(days, rows, ws)
-    return reports
+    yield iter([(None, platform_report(days, rows, today_ws))])
+    lo, hi = day_bounds(day)
+    with conn.cursor(row_factory=dict_row) as cur:
+        # The whole result waits in the driver (a few kB a workspace); Python rows are made
+        # a chunk at a time, and the connection stays free for the COPYs meanwhile.
+        cur.execute(queries()["hourly_by_workspace"], {"lo": lo, "hi": hi})
+        hourly = HourlyRows(cur)
+        for i in range(0, len(active), CHUNK):
+            chunk = active[i:i + CHUNK]
+            yield workspace_reports(days, rows, chunk, hourly.up_to(chunk[-1]))
+
+
+class HourlyRows:
+    """The rows of hourly_by_workspace (one a workspace, in workspace order), read off
+    `cur` up to a workspace at a time, each as that workspace's list of hourly rows."""
+
+    COLUMNS = ("hour", "runs", "successful_runs", "failed_runs", "p95_runtime",
+               "run_credits", "credits_used")
+
+    def __init__(self, cur: psycopg.Cursor[dict]) -> None:
+        self.cur = cur
+        self.row = cur.fetchone()
+
+    def up_to(self, last: int) -> dict[int, list[dict]]:
+        out: dict[int, list[dict]] = {}
+        while self.row is not None and self.row["workspace_id"] <= last:
+            r = self.row
+            out[r["workspace_id"]] = [dict(zip(self.COLUMNS, values, strict=True))
+                                      for values in zip(*(r[c] for c in self.COLUMNS),
+                                                        strict=True)]
+            self.row = self.cur.fetchone()
+        return out
+
+
+def workspace_reports(days: Days, rows: Rows, chunk: list[int],
+                      hourly_of: dict[int, list[dict]]) -> Iterator[tuple[int | None, dict]]:
+    for ws in chunk:
+        yield ws, workspace_report(days, rows, ws, hourly_of.get(ws, []))
 
 
 def platform_report(days: Days, rows: Rows, today_ws: dict[int, dict]) -> dict:
@@ -317,14 +370,14 @@ def worst_workspaces(today_ws: dict[int, dict]) -> list[dict]:
             for r in worst[:HOT_SPOTS_N]]
 
 
-def workspace_report(days: Days, rows: Rows, ws: int) -> dict:
-    """The report of the active workspace `ws`."""
+def workspace_report(days: Days, rows: Rows, ws: int, hourly: list[dict]) -> dict:
+    """The report of the active workspace `ws`; `hourly`: its rows of hourly_by_workspace."""
     prev = rows.by_workspace.get((ws, days.previous))
     week = rows.by_workspace.get((ws, days.week_before))
     report = days.head("workspace", ws, True, prev is not None, week is not None)
     report["totals"] = totals(figures(rows.by_workspace[(ws, days.day)]), figures(prev),
                               figures(week))
-    ws_hourly = hourly_series(days.day, rows.hourly_of.get(ws, []))
+    ws_hourly = hourly_series(days.day, hourly)
     report["failure_hot_spots"] = {
         "worst_hours": worst_hours(ws_hourly),
         "worst_agents": agents(rows.agents_of.get(ws, []), HOT_SPOTS_N, rows.agents_missing),
@@ -451,26 +504,49 @@ def agents_unavailable(conn: psycopg.Connection, day: date) -> str | None:
 
 
 def store(conn: psycopg.Connection, day: date) -> int:
-    """Build the day's reports and replace the stored ones, in one transaction: upsert each,
-    delete those of workspaces no longer active. Returns the number of rows written."""
+    """Build the day's reports and replace the stored ones, in one transaction: the day's
+    rows deleted, the new ones streamed in with COPY a batch at a time (report_batches).
+    Readers see the old set or the new one. Returns the number of rows written."""
     outermost = conn.info.transaction_status == pq.TransactionStatus.IDLE
+    written = 0
     with conn.transaction():
         if outermost:  # one snapshot for every query of the build
             conn.execute(query("one_snapshot"))
-        reports = build(conn, day)
+        lighter_compression(conn)
+        conn.execute(queries()["delete_day_reports"], {"day": day})
         with conn.cursor() as cur:
-            cur.executemany(queries()["upsert_report"], [
-                {"day": day, "ws": ws, "report": Jsonb(finite(r)),
-                 "generated_at": r["generated_at"]}
-                for ws, r in reports.items()])
-            cur.execute(queries()["delete_inactive_reports"],
-                        {"day": day, "active": [ws for ws in reports if ws is not None]})
-    return len(reports)
+            for batch in report_batches(conn, day):
+                with cur.copy(queries()["copy_reports"]) as copy:
+                    for ws, report in batch:
+                        copy.write_row((day, ws, encode(report), report["generated_at"]))
+                        written += 1
+    return written
+
+
+def lighter_compression(conn: psycopg.Connection) -> None:
+    """lz4 for the reports written in this transaction, where the server has it: a day's
+    reports are 380 MB of JSON at 50,000 workspaces, and pglz (the default) compressing
+    them took longer than parsing them (docs/reports.md, "Cost")."""
+    if scalar(conn, queries()["has_lz4"]):
+        conn.execute(queries()["compress_lz4"])
+
+
+# No spaces: jsonb keeps no formatting, and the server parses 15% fewer bytes.
+STRICT_JSON = json.JSONEncoder(allow_nan=False, check_circular=False, separators=(",", ":"))
+
+
+def encode(report: dict) -> str:
+    """The report as JSON text, each NaN or infinite number as null (JSON has no such
+    numbers, and the report's figures and charts none to show; hostile rows give them:
+    docs/rollups.md). Checked by the encoder, not by a walk of every report: they are rare."""
+    try:
+        return STRICT_JSON.encode(report)
+    except ValueError:
+        return STRICT_JSON.encode(finite(report))
 
 
 def finite(value: object) -> object:
-    """`value` with each NaN or infinite number as null: JSON has no such numbers, and the
-    report's figures and charts none to show (hostile rows give them: docs/rollups.md)."""
+    """`value` with each NaN or infinite number as null."""
     if isinstance(value, dict):
         return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

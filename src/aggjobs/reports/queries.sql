@@ -99,31 +99,31 @@ LEFT JOIN c USING (day)
 ORDER BY days.day
 
 -- name: hourly_by_workspace
--- Per workspace and hour of the day: runs, failures, exact hourly p95 and credits (runs'
--- and the ledger's usage), from the hourly rollups.
-WITH e AS (
-    SELECT workspace_id, hour, total_executions, successful_executions, failed_executions,
-           p95_runtime, total_credits
-    FROM analytics.execution_metrics_hourly
-    WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz
-), c AS (
-    SELECT workspace_id, hour, credits_used
-    FROM analytics.credit_consumption_hourly
-    WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz
-), k AS (
-    SELECT workspace_id, hour FROM e UNION SELECT workspace_id, hour FROM c
-)
-SELECT k.workspace_id, k.hour,
-       coalesce(e.total_executions, 0) AS runs,
-       coalesce(e.successful_executions, 0) AS successful_runs,
-       coalesce(e.failed_executions, 0) AS failed_runs,
-       e.p95_runtime,
-       coalesce(e.total_credits, 0) AS run_credits,
-       coalesce(c.credits_used, 0) AS credits_used
-FROM k
-LEFT JOIN e USING (workspace_id, hour)
-LEFT JOIN c USING (workspace_id, hour)
-ORDER BY k.workspace_id, k.hour
+-- Per workspace, its hours of the day (one row a workspace, arrays in hour order): runs,
+-- failures, exact hourly p95 and credits (runs' and the ledger's usage), from the hourly
+-- rollups. One scan of the day's rows: the reports are built a chunk of workspaces at a time
+-- out of this one result (a query per chunk read each of the day's pages once per chunk,
+-- the rollups' rows of an hour being in no workspace order).
+SELECT workspace_id,
+       array_agg(hour ORDER BY hour) AS hour,
+       array_agg(coalesce(e.total_executions, 0) ORDER BY hour) AS runs,
+       array_agg(coalesce(e.successful_executions, 0) ORDER BY hour) AS successful_runs,
+       array_agg(coalesce(e.failed_executions, 0) ORDER BY hour) AS failed_runs,
+       array_agg(e.p95_runtime ORDER BY hour) AS p95_runtime,
+       array_agg(coalesce(e.total_credits, 0) ORDER BY hour) AS run_credits,
+       array_agg(coalesce(c.credits_used, 0) ORDER BY hour) AS credits_used
+FROM (SELECT workspace_id, hour, total_executions, successful_executions, failed_executions,
+             p95_runtime, total_credits
+      FROM analytics.execution_metrics_hourly
+      WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz) AS e
+-- A full join, not the union of keys joined twice: 7.0 s against 12.2 s at 24 hours x
+-- 50,000 workspaces (EXPLAIN ANALYZE).
+FULL JOIN (SELECT workspace_id, hour, credits_used
+           FROM analytics.credit_consumption_hourly
+           WHERE hour >= %(lo)s::timestamptz AND hour < %(hi)s::timestamptz) AS c
+     USING (workspace_id, hour)
+GROUP BY workspace_id
+ORDER BY workspace_id
 
 -- name: hourly_platform
 -- Per hour of the day, the whole platform; p95 from the workspaces' hourly sketches merged.
@@ -236,16 +236,22 @@ SELECT EXISTS (SELECT 1 FROM analytics.execution_metrics_daily WHERE workspace_i
     OR EXISTS (SELECT 1 FROM analytics.user_activity_daily WHERE workspace_id = %(ws)s)
     OR EXISTS (SELECT 1 FROM analytics.credit_consumption_daily WHERE workspace_id = %(ws)s)
 
--- name: upsert_report
-INSERT INTO analytics.daily_reports (day, workspace_id, report, generated_at, updated_at)
-VALUES (%(day)s, %(ws)s, %(report)s, %(generated_at)s, now())
-ON CONFLICT (day, workspace_id) DO UPDATE
-SET report = EXCLUDED.report, generated_at = EXCLUDED.generated_at, updated_at = now()
+-- name: delete_day_reports
+-- The day's reports, replaced in the same transaction by the new set (copy_reports): a
+-- workspace no longer active that day (its rows were deleted) is left without one.
+DELETE FROM analytics.daily_reports WHERE day = %(day)s
 
--- name: delete_inactive_reports
--- Workspace reports of the day whose workspace is no longer active (its rows were deleted).
-DELETE FROM analytics.daily_reports
-WHERE day = %(day)s AND workspace_id IS NOT NULL AND workspace_id <> ALL(%(active)s::bigint[])
+-- name: copy_reports
+-- The new set, streamed (updated_at: the column's default, now()).
+COPY analytics.daily_reports (day, workspace_id, report, generated_at) FROM STDIN
+
+-- name: has_lz4
+-- Whether the server was built with lz4 (PostgreSQL's own packages are; some builds are not).
+SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings
+WHERE name = 'default_toast_compression'
+
+-- name: compress_lz4
+SET LOCAL default_toast_compression = 'lz4'
 
 -- name: stored_report
 SELECT report, generated_at FROM analytics.daily_reports

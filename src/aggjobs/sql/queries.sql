@@ -374,10 +374,10 @@ SELECT (now() AT TIME ZONE 'UTC')::date
 -- name: delete_health_day
 DELETE FROM analytics.workspace_health_daily WHERE day = %s
 
--- name: insert_health
-INSERT INTO analytics.workspace_health_daily
-(workspace_id, day, score, status, components, updated_at)
-VALUES (%s, %s, %s, %s, %s, now())
+-- name: copy_health
+-- A day's scores, streamed (updated_at: the column's default, now()).
+COPY analytics.workspace_health_daily (workspace_id, day, score, status, components)
+FROM STDIN
 
 -- name: ping
 SELECT 1
