@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from aggjobs.health import compute, store
+from aggjobs.health import score_and_store
 from aggjobs.health.formula import PARTS, Inputs, score
 from aggjobs.jobs.runner import RunRequest, run_job
 from tests import platform as p
@@ -195,10 +195,10 @@ def test_scores_wait_for_the_day_to_be_materialized(workspaces, settings) -> Non
 def test_store_replaces_the_days_scores(conn, settings) -> None:
     day_runs(conn, 1, DAY, 20)
     p.refresh_all(conn, settings, T + timedelta(days=1))
-    store(conn, DAY, compute(conn, DAY))
+    score_and_store(conn, DAY)
     conn.execute("DELETE FROM agent_runs")
     p.refresh_all(conn, settings, T + timedelta(days=1))
-    store(conn, DAY, compute(conn, DAY))
+    score_and_store(conn, DAY)
     assert conn.execute("SELECT count(*) FROM analytics.workspace_health_daily"
                         ).fetchone()[0] == 0
 

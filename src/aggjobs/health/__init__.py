@@ -39,34 +39,20 @@ def params(day: date) -> dict[str, object]:
     return {"day": day, "burst_min_runs": BURST_MIN_RUNS}
 
 
-def compute(conn: psycopg.Connection, day: date) -> list[Health]:
-    return [score(Inputs(**row)) for row in inputs(conn, day)]
-
-
-def store(conn: psycopg.Connection, day: date, healths: Iterable[Health]) -> int:
-    """Replace the day's scores (one transaction: readers see the old set or the new).
-    COPY, not one INSERT a row: at 50,000 workspaces the INSERTs' round trips were most of
-    the step."""
-    with conn.transaction():
-        conn.execute(query("delete_health_day"), (day,))
-        return copy_scores(conn, day, healths)
-
-
-def copy_scores(conn: psycopg.Connection, day: date, healths: Iterable[Health]) -> int:
-    n = 0
+def copy_scores(conn: psycopg.Connection, day: date, healths: Iterable[Health]) -> None:
     with conn.cursor() as cur, cur.copy(query("copy_health")) as copy:
         for h in healths:
             copy.write_row((h.workspace_id, day, h.score, h.status,
                             COMPACT_JSON.encode(h.components)))
-            n += 1
-    return n
 
 
 def score_and_store(conn: psycopg.Connection, day: date) -> dict[str, int]:
     """Score every active workspace of `day` and replace the day's scores, CHUNK workspaces
-    at a time: one transaction. The inputs' result stays in libpq's memory (a few hundred
-    bytes a workspace), made into Python rows a chunk at a time; not a server-side cursor,
-    whose plan is chosen for its first rows (cursor_tuple_fraction: 30x the CPU here)."""
+    at a time: one transaction (readers see the old set or the new). The inputs' result stays
+    in libpq's memory (a few hundred bytes a workspace), made into Python rows a chunk at a
+    time; not a server-side cursor, whose plan is chosen for its first rows
+    (cursor_tuple_fraction: 30x the CPU here). COPY, not one INSERT a row: at 50,000
+    workspaces the INSERTs' round trips were most of the step."""
     by_status: dict[str, int] = {}
     with conn.transaction():
         conn.execute(query("delete_health_day"), (day,))
