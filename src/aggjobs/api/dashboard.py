@@ -24,7 +24,6 @@ from psycopg.rows import dict_row
 from ..catalog import rollups as declared_rollups
 from ..catalog.jobs import JOB_SPECS as JOBS
 from ..db.connect import scalar
-from ..engine.status import PATH_LABELS
 from ..monitor import overview, run_history
 from ..settings import Settings
 from ..sql import query
@@ -35,6 +34,8 @@ BAD = ("failed", "abandoned")
 BACKFILLS_SHOWN = 20  # the newest; queued and running ones first
 UNDER_WAY = ("queued", "running")  # a backfill that can still be cancelled
 CLEANUP_JOB = "cleanup_old_data"  # deletes data: only an admin's page offers to run it
+# The freshness table's "computed by" column: engine.status.compute_path's values.
+PATH_LABELS = {"native": "C functions", "portable": "portable SQL", "sql": "SQL, no quantile"}
 
 
 def esc(value: object) -> str:

@@ -55,10 +55,6 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict[str, 
     return rows
 
 
-# compute_path's values as `aggjobs status` and the dashboard say them.
-PATH_LABELS = {"native": "C functions", "portable": "portable SQL", "sql": "SQL, no quantile"}
-
-
 def compute_path(rollup: Rollup, *, native: bool) -> str:
     """How the rollup's statements compute: `native` (the C functions of aggjobs_native,
     docs/native.md), `portable` (the same numbers in SQL), or `sql` for a rollup without a
