@@ -34,6 +34,9 @@ from psycopg import sql
 
 NATIVE = "native"  # under AGGJOBS_DATA_DIR
 LIBRARY = "aggjobs_native.so"
+# What `make native` leaves beside the sources (another server's build): neither copied nor
+# part of the fingerprint.
+BUILD_OUTPUT = ("*.o", "*.so", "*.bc")
 BUILD_TIMEOUT_S = 300
 # The server reads the settings below once its configuration is reloaded: new sessions may
 # start before that, so the caller's next one waits for them (at most this long).
@@ -127,7 +130,8 @@ def compiler_id(cc: str) -> str:
 def fingerprint(tc: Toolchain) -> str:
     """What the installed build depends on: sources, server version, compiler, flags."""
     h = hashlib.sha256()
-    for f in sorted(p for p in tc.sources.iterdir() if p.is_file()):
+    for f in sorted(p for p in tc.sources.iterdir() if p.is_file()
+                    and not any(p.match(pattern) for pattern in BUILD_OUTPUT)):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     h.update("\0".join([tc.version, compiler_id(tc.cc), *tc.cflags]).encode())
     return h.hexdigest()
@@ -152,7 +156,7 @@ def build(tc: Toolchain, root: Path) -> str | None:
     server's); None, or why it failed with the log's path."""
     work, log = root / "build", root / "build.log"
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(tc.sources, work, ignore=shutil.ignore_patterns("*.o", "*.so", "*.bc"))
+    shutil.copytree(tc.sources, work, ignore=shutil.ignore_patterns(*BUILD_OUTPUT))
     flags = accepted_flags(tc.cc, tc.cflags)
     with open(log, "w") as out:
         out.write(f"# {tc.version}, {compiler_id(tc.cc)}; flags kept: {' '.join(flags)}\n")
