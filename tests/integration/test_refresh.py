@@ -236,3 +236,23 @@ def test_agents_are_a_dimension_and_runs_without_an_agent_one_group(conn, settin
     repair(conn, agents, Grain.HOUR, report.mismatches)
     assert verify_grain(conn, agents, Grain.HOUR, T0, T0 + timedelta(hours=1)).mismatches == []
     assert_all_match(conn, agents)
+
+
+def test_sketches_and_sets_are_written_with_lz4_where_the_server_has_it(
+        conn, settings: Settings) -> None:
+    """Storage only (engine.recompute.storage_changes): the rows are the raw rows' as ever,
+    and a day's sketch, large enough to be compressed, is compressed with lz4 where the
+    server was built with it (PostgreSQL 15 here), with the default where not (the
+    embedded server)."""
+    for i in range(3000):  # 3,000 distinct run times: a day sketch of several kB
+        p.run(conn, ws=1, at=T0 + timedelta(seconds=20 * i), runtime=1.0 + i * 0.05)
+    p.refresh_all(conn, settings, T0 + timedelta(days=2))
+    assert_all_match(conn)
+    has_lz4 = conn.execute("SELECT 'lz4' = ANY(enumvals) FROM pg_settings"
+                           " WHERE name = 'default_toast_compression'").fetchone()[0]
+    method = conn.execute(
+        "SELECT pg_column_compression(p95_runtime__counts) FROM"
+        " analytics.execution_metrics_daily WHERE workspace_id = 1").fetchone()[0]
+    assert method == ("lz4" if has_lz4 else "pglz")
+    # the setting was the statement's only
+    assert conn.execute("SHOW default_toast_compression").fetchone()[0] == "pglz"

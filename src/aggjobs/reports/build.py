@@ -23,7 +23,7 @@ from psycopg import pq
 from psycopg.rows import dict_row
 
 from ..db.connect import scalar
-from ..engine.recompute import native_installed
+from ..engine.recompute import native_installed, set_local, storage_changes
 from ..errors import AggjobsError
 from ..sql import named, query, with_merges
 
@@ -527,8 +527,8 @@ def lighter_compression(conn: psycopg.Connection) -> None:
     """lz4 for the reports written in this transaction, where the server has it: a day's
     reports are 380 MB of JSON at 50,000 workspaces, and pglz (the default) compressing
     them took longer than parsing them (docs/reports.md, "Cost")."""
-    if scalar(conn, queries()["has_lz4"]):
-        conn.execute(queries()["compress_lz4"])
+    for name, value in storage_changes(conn).items():
+        conn.execute(set_local(name, value))
 
 
 # No spaces: jsonb keeps no formatting, and the server parses 15% fewer bytes.

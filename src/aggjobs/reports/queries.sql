@@ -245,14 +245,6 @@ DELETE FROM analytics.daily_reports WHERE day = %(day)s
 -- The new set, streamed (updated_at: the column's default, now()).
 COPY analytics.daily_reports (day, workspace_id, report, generated_at) FROM STDIN
 
--- name: has_lz4
--- Whether the server was built with lz4 (PostgreSQL's own packages are; some builds are not).
-SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings
-WHERE name = 'default_toast_compression'
-
--- name: compress_lz4
-SET LOCAL default_toast_compression = 'lz4'
-
 -- name: stored_report
 SELECT report, generated_at FROM analytics.daily_reports
 WHERE day = %(day)s AND workspace_id IS NOT DISTINCT FROM %(ws)s::bigint

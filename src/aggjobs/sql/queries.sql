@@ -348,6 +348,12 @@ SELECT aggjobs.move_tracking_threshold(%s, %s, %s)
 -- name: current_setting
 SELECT current_setting(%s)
 
+-- name: has_lz4
+-- Whether the server was built with lz4 (PostgreSQL's own packages are; some builds, the
+-- embedded server's among them, are not).
+SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings
+WHERE name = 'default_toast_compression'
+
 -- name: set_session_setting
 -- A setting for the rest of the session (SET with a bound value).
 SELECT set_config(%s, %s, false)
