@@ -16,12 +16,13 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import psycopg
 import pytest
+from psycopg import sql
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from aggjobs import health
-from aggjobs.catalog import BUILTIN_ROLLUPS, Grain, Quantile
+from aggjobs.catalog import BUILTIN_ROLLUPS, DistinctCount, Grain, Quantile
 from aggjobs.db.migrate import migrate
 from aggjobs.engine.recompute import native_installed, recompute_range
 from aggjobs.reports.build import fetch as report_query
@@ -148,6 +149,77 @@ def test_merged_sketches_and_their_quantile_are_the_portable_ones(
         assert same_float(n_quantile, quantile), (sketches, q)
 
 
+KEY_RANGES = st.sampled_from([(-200, 600), (-1400, 32766), (-40, 40)])
+
+
+@st.composite
+def sketch_lists(draw: st.DrawFn) -> list[tuple[list[int], list[int]] | None]:
+    """Sketches as keys and counts (not from values): keys close together, as a day's are,
+    or spread past the span the merge counts in an array (4,096 keys), so that it switches
+    to sorted arrays part-way; the two reserved keys; counts of 0 (a key is kept all the
+    same) and counts large enough to add past 2^32."""
+    out: list[tuple[list[int], list[int]] | None] = []
+    for lo, hi in draw(st.lists(KEY_RANGES, min_size=1, max_size=24)):
+        if draw(st.booleans()) and draw(st.booleans()):
+            out.append(None)
+            continue
+        keys = draw(st.lists(st.one_of(st.integers(lo, hi), st.sampled_from([-32768, 32767])),
+                             max_size=60, unique=True))
+        counts = draw(st.lists(st.one_of(st.integers(0, 3), st.integers(0, 2 ** 40)),
+                               min_size=len(keys), max_size=len(keys)))
+        pairs = sorted(zip(keys, counts, strict=True))
+        out.append(([k for k, _ in pairs], [c for _, c in pairs]))
+    return out
+
+
+@given(sketches=sketch_lists())
+@SETTINGS
+def test_merge_in_an_array_or_sorted_is_the_portable_merge(
+        db: psycopg.Connection, sketches: list[tuple[list[int], list[int]] | None]) -> None:
+    params = {"keys": [array_text(s[0]) if s else None for s in sketches],
+              "counts": [array_text(s[1]) if s else None for s in sketches], "q": 0.95}
+    keys, counts, quantile = db.execute(PORTABLE_MERGE, params).fetchone()
+    n_keys, n_counts, n_quantile = db.execute(NATIVE_MERGE, params).fetchone()
+    assert (n_keys, n_counts) == (keys, counts)
+    assert (n_quantile is None) == (quantile is None)
+    if quantile is not None:  # NaN where every count is 0, as the SQL walk gives
+        assert same_float(n_quantile, quantile)
+
+
+USER_ID = st.one_of(st.integers(-3, 40), st.integers(-2 ** 63, 2 ** 63 - 1))
+
+
+@given(sets=st.lists(st.one_of(st.none(), st.lists(USER_ID, max_size=40)), min_size=1,
+                     max_size=30),
+       sorted_sets=st.booleans())
+@SETTINGS
+def test_set_union_and_set_of_are_the_distinct_sorted_arrays(
+        db: psycopg.Connection, sets: list[list[int] | None], sorted_sets: bool) -> None:
+    """set_union over hourly sets (as stored: ascending and distinct, or not), set_of over
+    the values themselves: what array_agg(DISTINCT v ORDER BY v) gives, NULL for none; with
+    enough members (30 sets of 40) to compact the buffer part-way."""
+    if sorted_sets:
+        sets = [sorted(set(s)) if s is not None else None for s in sets]
+    texts = [array_text(s) for s in sets]
+    union = db.execute(
+        "WITH s AS (SELECT x::bigint[] AS s FROM unnest(%(s)s::text[]) AS x)"
+        " SELECT (SELECT aggjobs_native.set_union(s) FROM s),"
+        " (SELECT array_agg(DISTINCT v ORDER BY v) FROM s, unnest(s) AS v)",
+        {"s": texts}).fetchone()
+    assert union[0] == union[1]
+    values = [v for s in sets for v in (s if s is not None else [None])]
+    of = db.execute(
+        "SELECT aggjobs_native.set_of(v), array_agg(DISTINCT v ORDER BY v)"
+        " FILTER (WHERE v IS NOT NULL) FROM unnest(%s::bigint[]) AS v", (values,)).fetchone()
+    assert of[0] == of[1]
+
+
+def test_a_set_with_a_null_member_is_refused(db: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="NULL member"):
+        db.execute("SELECT aggjobs_native.set_union(s) FROM (VALUES ('{1,NULL}'::bigint[]))"
+                   " AS v(s)")
+
+
 def test_malformed_sketches_are_refused(db: psycopg.Connection) -> None:
     merge = "SELECT aggjobs_native.sketch_merge(k, c) FROM (VALUES (%s::int[], %s::bigint[])) v(k, c)"
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="keys must ascend"):
@@ -197,16 +269,16 @@ def report_p95s(conn: psycopg.Connection, day: date) -> tuple[list[dict], list[d
 
 def live_views(conn: psycopg.Connection, *, expect_native: bool = True) -> dict:
     """Every live view's rows but their `updated_at` (the instant of the read), each view
-    checked to use the C functions (those with a p95) or not. No watermark is set: every row
+    checked to use the C functions (those with a p95 or a distinct count) or not. No watermark is set: every row
     is computed."""
     out = {}
     for rollup in BUILTIN_ROLLUPS:
-        sketched = any(isinstance(m, Quantile) for m in rollup.measures)
+        in_c = any(isinstance(m, Quantile | DistinctCount) for m in rollup.measures)
         for grain in rollup.grains:
             name = view_name(rollup, grain)
             text = conn.execute("SELECT pg_get_viewdef(%s::regclass)",
                                 (f"analytics.{name}",)).fetchone()[0]
-            assert ("aggjobs_native." in text) is (expect_native and sketched), name
+            assert ("aggjobs_native." in text) is (expect_native and in_c), name
             cur = conn.execute(f"SELECT * FROM analytics.{name}")
             keep = [i for i, c in enumerate(cur.description) if c.name != "updated_at"]
             out[name] = sorted((tuple(row[i] for i in keep) for row in cur), key=repr)
@@ -248,15 +320,19 @@ def assert_same_with_and_without(conn: psycopg.Connection) -> None:
     assert native_installed(conn)
 
 
-def test_migrate_updates_an_older_extension_and_the_views_follow(db_url: str) -> None:
-    """An install made with aggjobs_native 1.0 (before aggregate `collect`): the SQL runs
-    portable until `migrate` updates the extension, then the live views use the C path."""
+@pytest.mark.parametrize("older", ["1.0", "1.1"])
+def test_migrate_updates_an_older_extension_and_the_views_follow(db_url: str, older: str
+                                                                 ) -> None:
+    """An install made with aggjobs_native 1.0 (before aggregate `collect`) or 1.1 (before
+    the set aggregates): the SQL runs portable until `migrate` updates the extension, then
+    the live views use the C path."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         require_native(conn)
         migrate(conn, native=False)
         conn.execute("CREATE SCHEMA aggjobs_native")
-        conn.execute("CREATE EXTENSION aggjobs_native SCHEMA aggjobs_native VERSION '1.0'")
-        assert not native_installed(conn)  # 1.0 lacks what this version's SQL calls
+        conn.execute(sql.SQL("CREATE EXTENSION aggjobs_native SCHEMA aggjobs_native"
+                             " VERSION {}").format(sql.Literal(older)))
+        assert not native_installed(conn)  # it lacks what this version's SQL calls
         migrate(conn, native=True)
         assert conn.execute("SELECT extversion FROM pg_extension"
                             " WHERE extname = 'aggjobs_native'").fetchone()[0] == NATIVE_VERSION
@@ -264,6 +340,9 @@ def test_migrate_updates_an_older_extension_and_the_views_follow(db_url: str) ->
         hourly = conn.execute("SELECT pg_get_viewdef('analytics.execution_metrics_hourly_live')"
                               ).fetchone()[0]
         assert "aggjobs_native.collect(" in hourly
+        users = conn.execute("SELECT pg_get_viewdef('analytics.user_activity_hourly_live')"
+                             ).fetchone()[0]
+        assert "aggjobs_native.set_of(" in users
         values = [3.5, None, -1.0, 2.0]
         got = conn.execute("SELECT aggjobs_native.collect(x ORDER BY i), array_agg(x ORDER BY i)"
                            " FROM unnest(%s::float8[]) WITH ORDINALITY AS t(x, i)",

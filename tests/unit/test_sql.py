@@ -63,17 +63,24 @@ def test_hourly_p95_is_exact_and_merged_p95_reads_the_sketch() -> None:
 
 def test_the_c_functions_replace_the_per_value_sql() -> None:
     """With aggjobs_native the hour's values are collected unordered (the groups can be
-    hashed) and digested in C; merged grains use the C aggregate; the reference is unchanged."""
+    hashed) and digested in C; merged grains use the C aggregates; the reference is
+    unchanged."""
     em = get_rollup("execution_metrics")
     hourly = r.insert_target(em, r.Grain.HOUR, r.Scope.RANGE, native=True).as_string(None)
     daily = r.insert_target(em, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
     assert "aggjobs_native.digest(" in hourly and "ORDER BY" not in hourly
     assert "unnest" not in daily and "aggjobs_native.sketch_merge(" in daily
     assert "aggjobs_native.sketch_quantile(" in daily
-    # the other rollups have no quantile: nothing changes for them
+    # distinct sets: hashed set_of over the hour's values, set_union over finer sets
     ua = get_rollup("user_activity")
-    assert (r.insert_target(ua, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
-            == r.insert_target(ua, r.Grain.DAY, r.Scope.RANGE).as_string(None))
+    ua_hourly = r.insert_target(ua, r.Grain.HOUR, r.Scope.RANGE, native=True).as_string(None)
+    ua_daily = r.insert_target(ua, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
+    assert "aggjobs_native.set_of(" in ua_hourly and "array_agg(DISTINCT" not in ua_hourly
+    assert "aggjobs_native.set_union(" in ua_daily and "unnest" not in ua_daily
+    # a rollup with neither: nothing changes
+    cc = get_rollup("credit_consumption")
+    assert (r.insert_target(cc, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
+            == r.insert_target(cc, r.Grain.DAY, r.Scope.RANGE).as_string(None))
 
 
 def test_tracking_triggers_compare_with_a_constant() -> None:

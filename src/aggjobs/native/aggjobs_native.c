@@ -9,6 +9,7 @@
  *   digest(vals, q)        percentile_cont(q) of vals and their sketch (keys, counts)
  *   sketch_merge(k, c)     aggregate: sketches merged, counts summed per key
  *   sketch_quantile(k,c,q) aggjobs.sketch_quantile
+ *   set_union(s), set_of(v) aggregates: a set of bigint, ascending and distinct (1.2)
  *
  * The arithmetic is PostgreSQL's own: percentile_cont_final_common and float8_lerp for the
  * exact quantile, aggjobs.sketch_key / sketch_value / sketch_quantile (migration 0001) for
@@ -256,29 +257,214 @@ sketch_arguments(ArrayType *ka, ArrayType *ca, int32 **keys, int64 **counts)
 	return nk;
 }
 
-PG_FUNCTION_INFO_V1(aggjobs_sketch_merge_step);
+/*
+ * Add a sketch (keys ascending) into s in place: the keys both hold are counted first, to
+ * know the merged length, then the two are merged from the back, so that each of the
+ * state's entries is moved once and read before anything is written over it. (Merging
+ * into a new buffer each time copied the whole state for every hourly row: 24 times a
+ * day's sketch for one day row.)
+ */
+static void
+sketch_add(Sketch *s, const int32 *keys, const int64 *counts, int n)
+{
+	int			common = 0,
+				i = 0,
+				j = 0,
+				out;
+
+	while (i < s->n && j < n)
+	{
+		if (s->keys[i] < keys[j])
+			i++;
+		else if (keys[j] < s->keys[i])
+			j++;
+		else
+		{
+			common++;
+			i++;
+			j++;
+		}
+	}
+	sketch_reserve(s, s->n + n - common);
+	i = s->n - 1;
+	j = n - 1;
+	out = s->n + n - common - 1;
+	s->n = out + 1;
+	/* once the sketch's keys are placed, what is left of the state is already in place */
+	while (j >= 0)
+	{
+		if (i >= 0 && s->keys[i] > keys[j])
+		{
+			s->keys[out] = s->keys[i];
+			s->counts[out--] = s->counts[i--];
+		}
+		else if (i >= 0 && s->keys[i] == keys[j])
+		{
+			s->keys[out] = keys[j];
+			s->counts[out--] = s->counts[i--] + counts[j--];
+		}
+		else
+		{
+			s->keys[out] = keys[j];
+			s->counts[out--] = counts[j--];
+		}
+	}
+}
 
 /*
- * sketch_merge's transition: merge one sketch into the state. A sketch whose keys do not
- * ascend is added key by key (rare: the rollups store them ascending).
+ * sketch_merge's state. A day's sketches hold keys close together (a few hundred apart: run
+ * times within a few decades), so while their finite keys span at most DENSE_MAX the
+ * counts are added into an array indexed by key: one store per (key, count) pair, where a
+ * merge of sorted arrays compares each key of the state with the next one of the sketch,
+ * an unpredictable branch per key that took half the day step's time. The two reserved
+ * keys (values <= 1e-9, +Infinity and NaN) are counted apart, so as not to stretch the
+ * span. Keys spread further (hostile run times) switch the state to the merge of sorted
+ * arrays, so that a state never holds more than DENSE_MAX slots.
  */
+#define DENSE_MAX 4096
+#define DENSE_SLACK 64			/* slots added beyond a new key, so that the array grows rarely */
+
+typedef struct MergeState
+{
+	bool		sparse;			/* merged as sorted arrays (sketch_add) */
+	Sketch		sorted;
+	int32		base;			/* dense: slot i counts key base + i */
+	int			span;
+	int64	   *slots;
+	bool	   *seen;			/* a key that came with a count of 0 is kept, as the SQL merge keeps it */
+	int64		low,
+				high;			/* KEY_LOW and KEY_HIGH */
+	bool		seen_low,
+				seen_high;
+} MergeState;
+
+/* Slots for keys lo .. hi (finite), the counts so far kept at their keys. */
+static void
+dense_cover(MergeState *st, int32 lo, int32 hi)
+{
+	int32		new_base;
+	int32		new_end;
+	int			new_span;
+	int64	   *slots;
+	bool	   *seen;
+
+	if (st->span > 0 && lo >= st->base && hi < st->base + st->span)
+		return;
+	new_base = st->span > 0 ? Min(lo, st->base) : lo;
+	new_end = st->span > 0 ? Max(hi, st->base + st->span - 1) : hi;
+	if (st->span > 0 && new_base < st->base)
+		new_base = Max((int32) KEY_LOW + 1, new_base - DENSE_SLACK);
+	if (st->span > 0 && new_end > st->base + st->span - 1)
+		new_end = Min((int32) KEY_HIGH - 1, new_end + DENSE_SLACK);
+	new_span = new_end - new_base + 1;
+	slots = palloc0(sizeof(int64) * new_span);
+	seen = palloc0(sizeof(bool) * new_span);
+	if (st->span > 0)
+	{
+		memcpy(slots + (st->base - new_base), st->slots, sizeof(int64) * st->span);
+		memcpy(seen + (st->base - new_base), st->seen, sizeof(bool) * st->span);
+		pfree(st->slots);
+		pfree(st->seen);
+	}
+	st->base = new_base;
+	st->span = new_span;
+	st->slots = slots;
+	st->seen = seen;
+}
+
+/* The state's keys and counts in ascending order, into `out` (empty). */
+static void
+dense_emit(const MergeState *st, Sketch *out)
+{
+	int			n = st->seen_low + st->seen_high;
+
+	for (int i = 0; i < st->span; i++)
+		n += st->seen[i];
+	sketch_reserve(out, Max(n, 1));
+	if (st->seen_low)
+	{
+		out->keys[out->n] = KEY_LOW;
+		out->counts[out->n++] = st->low;
+	}
+	for (int i = 0; i < st->span; i++)
+		if (st->seen[i])
+		{
+			out->keys[out->n] = st->base + i;
+			out->counts[out->n++] = st->slots[i];
+		}
+	if (st->seen_high)
+	{
+		out->keys[out->n] = KEY_HIGH;
+		out->counts[out->n++] = st->high;
+	}
+}
+
+/* Add a sketch whose keys ascend. */
+static void
+merge_add(MergeState *st, const int32 *keys, const int64 *counts, int n)
+{
+	int			first = 0,
+				last = n - 1;
+
+	if (n == 0)
+		return;
+	if (!st->sparse)
+	{
+		/* the reserved keys sort first and last */
+		if (keys[first] == KEY_LOW)
+		{
+			st->low += counts[first++];
+			st->seen_low = true;
+		}
+		if (last >= first && keys[last] == KEY_HIGH)
+		{
+			st->high += counts[last--];
+			st->seen_high = true;
+		}
+		if (last < first)
+			return;
+		if ((int64) Max(keys[last], st->span > 0 ? st->base + st->span - 1 : keys[last]) -
+			Min(keys[first], st->span > 0 ? st->base : keys[first]) < DENSE_MAX)
+		{
+			dense_cover(st, keys[first], keys[last]);
+			for (int i = first; i <= last; i++)
+			{
+				st->slots[keys[i] - st->base] += counts[i];
+				st->seen[keys[i] - st->base] = true;
+			}
+			return;
+		}
+		/* too far apart: from now on, sorted arrays (the reserved keys' counts included) */
+		dense_emit(st, &st->sorted);
+		if (st->span > 0)
+		{
+			pfree(st->slots);
+			pfree(st->seen);
+		}
+		st->sparse = true;
+		sketch_add(&st->sorted, keys + first, counts + first, last - first + 1);
+		return;
+	}
+	sketch_add(&st->sorted, keys, counts, n);
+}
+
+PG_FUNCTION_INFO_V1(aggjobs_sketch_merge_step);
+
+/* sketch_merge's transition: merge one sketch into the state. */
 Datum
 aggjobs_sketch_merge_step(PG_FUNCTION_ARGS)
 {
 	MemoryContext agg_context;
 	MemoryContext old;
-	Sketch	   *state;
+	MergeState *state;
 	int32	   *keys;
 	int64	   *counts;
 	int			n;
-	Sketch		merged = {0};
-	int			i = 0,
-				j = 0;
 
 	if (!AggCheckCallContext(fcinfo, &agg_context))
 		elog(ERROR, "aggjobs_native.sketch_merge_step called outside an aggregate");
 	old = MemoryContextSwitchTo(agg_context);
-	state = PG_ARGISNULL(0) ? palloc0(sizeof(Sketch)) : (Sketch *) PG_GETARG_POINTER(0);
+	state = PG_ARGISNULL(0) ? palloc0(sizeof(MergeState)) : (MergeState *) PG_GETARG_POINTER(0);
 	if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
 	{
 		MemoryContextSwitchTo(old);
@@ -290,32 +476,7 @@ aggjobs_sketch_merge_step(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("aggjobs_native.sketch_merge: keys must ascend")));
-
-	sketch_reserve(&merged, state->n + n);
-	while (i < state->n || j < n)
-	{
-		if (j >= n || (i < state->n && state->keys[i] < keys[j]))
-		{
-			merged.keys[merged.n] = state->keys[i];
-			merged.counts[merged.n++] = state->counts[i++];
-		}
-		else if (i >= state->n || keys[j] < state->keys[i])
-		{
-			merged.keys[merged.n] = keys[j];
-			merged.counts[merged.n++] = counts[j++];
-		}
-		else
-		{
-			merged.keys[merged.n] = keys[j];
-			merged.counts[merged.n++] = state->counts[i++] + counts[j++];
-		}
-	}
-	if (state->cap > 0)
-	{
-		pfree(state->keys);
-		pfree(state->counts);
-	}
-	*state = merged;
+	merge_add(state, keys, counts, n);
 	MemoryContextSwitchTo(old);
 	PG_RETURN_POINTER(state);
 }
@@ -326,18 +487,158 @@ PG_FUNCTION_INFO_V1(aggjobs_sketch_merge_final);
 Datum
 aggjobs_sketch_merge_final(PG_FUNCTION_ARGS)
 {
-	Sketch	   *state;
+	MergeState *state;
+	Sketch		dense = {0};
+	Sketch	   *merged;
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
-	state = (Sketch *) PG_GETARG_POINTER(0);
+	state = (MergeState *) PG_GETARG_POINTER(0);
+	merged = &state->sorted;
+	if (!state->sparse)
+	{
+		dense_emit(state, &dense);
+		merged = &dense;
+	}
+	if (merged->n == 0)
+		PG_RETURN_NULL();
+	values[0] = PointerGetDatum(int4_array(merged->keys, merged->n));
+	values[1] = PointerGetDatum(int8_array(merged->counts, merged->n));
+	return composite(fcinfo, values, nulls);
+}
+
+/*
+ * A set of bigint (user ids): values appended as they come, sorted and made distinct when
+ * the buffer has doubled since it last was (so it holds at most about twice the distinct
+ * values) and at the end. Replaces array_agg(DISTINCT v ORDER BY v), which sorts every
+ * value of every group through a tuplesort (the day's user sets: a sort of all the hours'
+ * members, to disk at 5,000 workspaces) and cannot be hashed.
+ */
+typedef struct IdSet
+{
+	int			n;
+	int			cap;
+	int			distinct_n;		/* n just after the last compaction */
+	int64	   *items;
+} IdSet;
+
+static int
+int64_order(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+static void
+idset_compact(IdSet *s)
+{
+	int			m = 0;
+
+	if (s->n == 0)
+		return;
+	qsort(s->items, s->n, sizeof(int64), int64_order);
+	for (int i = 0; i < s->n; i++)
+		if (m == 0 || s->items[m - 1] != s->items[i])
+			s->items[m++] = s->items[i];
+	s->n = s->distinct_n = m;
+}
+
+static void
+idset_add(IdSet *s, const int64 *items, int n)
+{
+	if (s->n + n > s->cap)
+	{
+		if (s->n > 2 * s->distinct_n + 1024)
+			idset_compact(s);
+		if (s->n + n > s->cap)
+		{
+			int			cap = Max(s->n + n, Max(2 * s->cap, 16));
+
+			s->items = s->cap == 0 ? palloc(sizeof(int64) * cap)
+				: repalloc(s->items, sizeof(int64) * cap);
+			s->cap = cap;
+		}
+	}
+	memcpy(s->items + s->n, items, sizeof(int64) * n);
+	s->n += n;
+}
+
+/* The aggregate's state, made in its memory context on the first call. */
+static IdSet *
+idset_state(FunctionCallInfo fcinfo, MemoryContext *old)
+{
+	MemoryContext agg_context;
+
+	if (!AggCheckCallContext(fcinfo, &agg_context))
+		elog(ERROR, "aggjobs_native: a set aggregate's step called outside an aggregate");
+	*old = MemoryContextSwitchTo(agg_context);
+	return PG_ARGISNULL(0) ? palloc0(sizeof(IdSet)) : (IdSet *) PG_GETARG_POINTER(0);
+}
+
+PG_FUNCTION_INFO_V1(aggjobs_set_union_step);
+
+/* set_union's transition: a set (bigint[], no NULL element) added. */
+Datum
+aggjobs_set_union_step(PG_FUNCTION_ARGS)
+{
+	MemoryContext old;
+	IdSet	   *state = idset_state(fcinfo, &old);
+
+	if (!PG_ARGISNULL(1))
+	{
+		ArrayType  *a = PG_GETARG_ARRAYTYPE_P(1);
+		int			n = ArrayGetNItems(ARR_NDIM(a), ARR_DIMS(a));
+
+		if (ARR_HASNULL(a))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("aggjobs_native.set_union: a set holds a NULL member")));
+		if (n > 0 && ARR_ELEMTYPE(a) != INT8OID)
+			elog(ERROR, "aggjobs_native.set_union: bigint[] expected");
+		idset_add(state, (int64 *) ARR_DATA_PTR(a), n);
+	}
+	MemoryContextSwitchTo(old);
+	PG_RETURN_POINTER(state);
+}
+
+PG_FUNCTION_INFO_V1(aggjobs_set_of_step);
+
+/* set_of's transition: one value added (NULLs are skipped, as the FILTER of the SQL). */
+Datum
+aggjobs_set_of_step(PG_FUNCTION_ARGS)
+{
+	MemoryContext old;
+	IdSet	   *state = idset_state(fcinfo, &old);
+
+	if (!PG_ARGISNULL(1))
+	{
+		int64		v = PG_GETARG_INT64(1);
+
+		idset_add(state, &v, 1);
+	}
+	MemoryContextSwitchTo(old);
+	PG_RETURN_POINTER(state);
+}
+
+PG_FUNCTION_INFO_V1(aggjobs_set_final);
+
+/* The members ascending and distinct, or NULL when there is none (as array_agg's). */
+Datum
+aggjobs_set_final(PG_FUNCTION_ARGS)
+{
+	IdSet	   *state;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	state = (IdSet *) PG_GETARG_POINTER(0);
+	idset_compact(state);
 	if (state->n == 0)
 		PG_RETURN_NULL();
-	values[0] = PointerGetDatum(int4_array(state->keys, state->n));
-	values[1] = PointerGetDatum(int8_array(state->counts, state->n));
-	return composite(fcinfo, values, nulls);
+	PG_RETURN_ARRAYTYPE_P(int8_array(state->items, state->n));
 }
 
 PG_FUNCTION_INFO_V1(aggjobs_sketch_quantile);

@@ -487,13 +487,21 @@ def add_distinct(parts: Parts, m: DistinctCount, ctx: Context, *, with_state: bo
         parts.aggs.append((m.name, S("count(DISTINCT {})").format(rcol(m.column))))
         parts.finals[m.name] = I("g", m.name)
         return
-    if ctx.inp.is_raw:  # one distinct sort gives the set and, by its size, the count
-        parts.aggs.append(
-            (state, S("array_agg(DISTINCT {0} ORDER BY {0}) FILTER (WHERE {0} IS NOT NULL)")
-             .format(rcol(m.column)))
-        )
+    if ctx.inp.is_raw or ctx.native:
+        # One aggregate gives the set and, by its size, the count: a distinct sort of the
+        # values, or with the C functions (hashable: docs/native.md) set_of over the values
+        # and set_union over finer sets.
+        if ctx.native:
+            fn = "set_of" if ctx.inp.is_raw else "set_union"
+            agg = S("aggjobs_native.{}({})").format(S(fn), rcol(m.column if ctx.inp.is_raw
+                                                                else state))
+        else:
+            agg = S("array_agg(DISTINCT {0} ORDER BY {0}) FILTER (WHERE {0} IS NOT NULL)"
+                    ).format(rcol(m.column))
+        parts.aggs.append((state, agg))
         parts.finals[m.name] = S("coalesce(cardinality({}), 0)").format(I("g", state))
-        parts.finals[state] = I("g", state)
+        if with_state:
+            parts.finals[state] = I("g", state)
         return
     alias = f"d_{m.name}"
     names = S(", ").join(I(a) for a, _ in ctx.groups)
