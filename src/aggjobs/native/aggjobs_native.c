@@ -316,13 +316,16 @@ sketch_add(Sketch *s, const int32 *keys, const int64 *counts, int n)
  * times within a few decades), so while their finite keys span at most DENSE_MAX the
  * counts are added into an array indexed by key: one store per (key, count) pair, where a
  * merge of sorted arrays compares each key of the state with the next one of the sketch,
- * an unpredictable branch per key that took half the day step's time. The two reserved
- * keys (values <= 1e-9, +Infinity and NaN) are counted apart, so as not to stretch the
- * span. Keys spread further (hostile run times) switch the state to the merge of sorted
- * arrays, so that a state never holds more than DENSE_MAX slots.
+ * an unpredictable branch per key that took half the day step's time. The array holds
+ * 32-bit counts and a bitmap of the keys seen, in one allocation of a power of two bytes
+ * (what palloc takes anyway), so that a day's state at 50,000 workspaces is 2 kB and the
+ * day's groups fit in a refresh's work_mem. The two reserved keys (values <= 1e-9,
+ * +Infinity and NaN) are counted apart, so as not to stretch the span. Keys spread further
+ * (hostile run times), a negative count or counts adding up past 2^31 switch the state to
+ * the merge of sorted arrays of 64-bit counts.
  */
 #define DENSE_MAX 4096
-#define DENSE_SLACK 64			/* slots added beyond a new key, so that the array grows rarely */
+#define DENSE_MIN_BYTES 512
 
 typedef struct MergeState
 {
@@ -330,44 +333,59 @@ typedef struct MergeState
 	Sketch		sorted;
 	int32		base;			/* dense: slot i counts key base + i */
 	int			span;
-	int64	   *slots;
-	bool	   *seen;			/* a key that came with a count of 0 is kept, as the SQL merge keeps it */
+	int32	   *slots;
+	uint8	   *seen;			/* a key that came with a count of 0 is kept, as the SQL merge keeps it */
+	int64		total;			/* the counts added: below 2^31, no slot can overflow */
 	int64		low,
 				high;			/* KEY_LOW and KEY_HIGH */
 	bool		seen_low,
 				seen_high;
 } MergeState;
 
-/* Slots for keys lo .. hi (finite), the counts so far kept at their keys. */
+static inline bool
+dense_seen(const MergeState *st, int i)
+{
+	return (st->seen[i >> 3] >> (i & 7)) & 1;
+}
+
+/*
+ * Slots for keys lo .. hi (finite), the counts so far kept at their keys; the slots the
+ * allocation has room for beyond them go half below, half above.
+ */
 static void
 dense_cover(MergeState *st, int32 lo, int32 hi)
 {
-	int32		new_base;
-	int32		new_end;
-	int			new_span;
-	int64	   *slots;
-	bool	   *seen;
+	int32		need_lo = st->span > 0 ? Min(lo, st->base) : lo;
+	int32		need_hi = st->span > 0 ? Max(hi, st->base + st->span - 1) : hi;
+	int			need = need_hi - need_lo + 1;
+	Size		bytes = DENSE_MIN_BYTES;
+	int			span;
+	int32		base;
+	int32	   *slots;
+	uint8	   *seen;
 
 	if (st->span > 0 && lo >= st->base && hi < st->base + st->span)
 		return;
-	new_base = st->span > 0 ? Min(lo, st->base) : lo;
-	new_end = st->span > 0 ? Max(hi, st->base + st->span - 1) : hi;
-	if (st->span > 0 && new_base < st->base)
-		new_base = Max((int32) KEY_LOW + 1, new_base - DENSE_SLACK);
-	if (st->span > 0 && new_end > st->base + st->span - 1)
-		new_end = Min((int32) KEY_HIGH - 1, new_end + DENSE_SLACK);
-	new_span = new_end - new_base + 1;
-	slots = palloc0(sizeof(int64) * new_span);
-	seen = palloc0(sizeof(bool) * new_span);
-	if (st->span > 0)
+	while (bytes < (Size) need * 4 + need / 8 + 1)
+		bytes *= 2;
+	span = (int) (bytes * 8 / 33);	/* 4 bytes and a bit a slot */
+	base = need_lo - (span - need) / 2;
+	base = Max(base, (int32) KEY_LOW + 1);
+	base = Min(base, (int32) KEY_HIGH - span);
+	slots = palloc0(bytes);
+	seen = (uint8 *) (slots + span);
+	for (int i = 0; i < st->span; i++)
 	{
-		memcpy(slots + (st->base - new_base), st->slots, sizeof(int64) * st->span);
-		memcpy(seen + (st->base - new_base), st->seen, sizeof(bool) * st->span);
-		pfree(st->slots);
-		pfree(st->seen);
+		int			j = st->base + i - base;
+
+		slots[j] = st->slots[i];
+		if (dense_seen(st, i))
+			seen[j >> 3] |= 1 << (j & 7);
 	}
-	st->base = new_base;
-	st->span = new_span;
+	if (st->span > 0)
+		pfree(st->slots);
+	st->base = base;
+	st->span = span;
 	st->slots = slots;
 	st->seen = seen;
 }
@@ -379,7 +397,7 @@ dense_emit(const MergeState *st, Sketch *out)
 	int			n = st->seen_low + st->seen_high;
 
 	for (int i = 0; i < st->span; i++)
-		n += st->seen[i];
+		n += dense_seen(st, i);
 	sketch_reserve(out, Max(n, 1));
 	if (st->seen_low)
 	{
@@ -387,7 +405,7 @@ dense_emit(const MergeState *st, Sketch *out)
 		out->counts[out->n++] = st->low;
 	}
 	for (int i = 0; i < st->span; i++)
-		if (st->seen[i])
+		if (dense_seen(st, i))
 		{
 			out->keys[out->n] = st->base + i;
 			out->counts[out->n++] = st->slots[i];
@@ -399,6 +417,26 @@ dense_emit(const MergeState *st, Sketch *out)
 	}
 }
 
+/* Whether a sketch's finite keys keys[first .. last], with these counts, fit the array. */
+static bool
+dense_fits(const MergeState *st, const int32 *keys, const int64 *counts, int first, int last)
+{
+	int64		sum = 0;
+	int32		lo = st->span > 0 ? Min(keys[first], st->base) : keys[first];
+	int32		hi = st->span > 0 ? Max(keys[last], st->base + st->span - 1) : keys[last];
+
+	/* keys past the reserved ones are no sketch_key's, but are merged all the same */
+	if ((int64) hi - lo >= DENSE_MAX || keys[first] < KEY_LOW || keys[last] > KEY_HIGH)
+		return false;
+	for (int i = first; i <= last; i++)
+	{
+		if (counts[i] < 0 || counts[i] > PG_INT32_MAX)
+			return false;
+		sum += counts[i];
+	}
+	return st->total + sum <= PG_INT32_MAX;
+}
+
 /* Add a sketch whose keys ascend. */
 static void
 merge_add(MergeState *st, const int32 *keys, const int64 *counts, int n)
@@ -408,44 +446,43 @@ merge_add(MergeState *st, const int32 *keys, const int64 *counts, int n)
 
 	if (n == 0)
 		return;
-	if (!st->sparse)
+	if (st->sparse)
 	{
-		/* the reserved keys sort first and last */
-		if (keys[first] == KEY_LOW)
-		{
-			st->low += counts[first++];
-			st->seen_low = true;
-		}
-		if (last >= first && keys[last] == KEY_HIGH)
-		{
-			st->high += counts[last--];
-			st->seen_high = true;
-		}
-		if (last < first)
-			return;
-		if ((int64) Max(keys[last], st->span > 0 ? st->base + st->span - 1 : keys[last]) -
-			Min(keys[first], st->span > 0 ? st->base : keys[first]) < DENSE_MAX)
-		{
-			dense_cover(st, keys[first], keys[last]);
-			for (int i = first; i <= last; i++)
-			{
-				st->slots[keys[i] - st->base] += counts[i];
-				st->seen[keys[i] - st->base] = true;
-			}
-			return;
-		}
-		/* too far apart: from now on, sorted arrays (the reserved keys' counts included) */
-		dense_emit(st, &st->sorted);
-		if (st->span > 0)
-		{
-			pfree(st->slots);
-			pfree(st->seen);
-		}
-		st->sparse = true;
-		sketch_add(&st->sorted, keys + first, counts + first, last - first + 1);
+		sketch_add(&st->sorted, keys, counts, n);
 		return;
 	}
-	sketch_add(&st->sorted, keys, counts, n);
+	/* the reserved keys sort first and last */
+	if (keys[first] == KEY_LOW)
+	{
+		st->low += counts[first++];
+		st->seen_low = true;
+	}
+	if (last >= first && keys[last] == KEY_HIGH)
+	{
+		st->high += counts[last--];
+		st->seen_high = true;
+	}
+	if (last < first)
+		return;
+	if (dense_fits(st, keys, counts, first, last))
+	{
+		dense_cover(st, keys[first], keys[last]);
+		for (int i = first; i <= last; i++)
+		{
+			int			j = keys[i] - st->base;
+
+			st->slots[j] += (int32) counts[i];
+			st->seen[j >> 3] |= 1 << (j & 7);
+			st->total += counts[i];
+		}
+		return;
+	}
+	/* from now on, sorted arrays (the reserved keys' counts included) */
+	dense_emit(st, &st->sorted);
+	if (st->span > 0)
+		pfree(st->slots);
+	st->sparse = true;
+	sketch_add(&st->sorted, keys + first, counts + first, last - first + 1);
 }
 
 PG_FUNCTION_INFO_V1(aggjobs_sketch_merge_step);
@@ -457,25 +494,22 @@ aggjobs_sketch_merge_step(PG_FUNCTION_ARGS)
 	MemoryContext agg_context;
 	MemoryContext old;
 	MergeState *state;
-	int32	   *keys;
-	int64	   *counts;
-	int			n;
+	int32	   *keys = NULL;
+	int64	   *counts = NULL;
+	int			n = 0;
 
 	if (!AggCheckCallContext(fcinfo, &agg_context))
 		elog(ERROR, "aggjobs_native.sketch_merge_step called outside an aggregate");
-	old = MemoryContextSwitchTo(agg_context);
-	state = PG_ARGISNULL(0) ? palloc0(sizeof(MergeState)) : (MergeState *) PG_GETARG_POINTER(0);
-	if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
-	{
-		MemoryContextSwitchTo(old);
-		PG_RETURN_POINTER(state);
-	}
-	n = sketch_arguments(PG_GETARG_ARRAYTYPE_P(1), PG_GETARG_ARRAYTYPE_P(2), &keys, &counts);
+	/* detoasted in the row's memory, reset after it: only the state lives on */
+	if (!PG_ARGISNULL(1) && !PG_ARGISNULL(2))
+		n = sketch_arguments(PG_GETARG_ARRAYTYPE_P(1), PG_GETARG_ARRAYTYPE_P(2), &keys, &counts);
 	for (int k = 1; k < n; k++)
 		if (keys[k] <= keys[k - 1])
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("aggjobs_native.sketch_merge: keys must ascend")));
+	old = MemoryContextSwitchTo(agg_context);
+	state = PG_ARGISNULL(0) ? palloc0(sizeof(MergeState)) : (MergeState *) PG_GETARG_POINTER(0);
 	merge_add(state, keys, counts, n);
 	MemoryContextSwitchTo(old);
 	PG_RETURN_POINTER(state);
@@ -550,6 +584,8 @@ idset_compact(IdSet *s)
 static void
 idset_add(IdSet *s, const int64 *items, int n)
 {
+	if (n == 0)
+		return;
 	if (s->n + n > s->cap)
 	{
 		if (s->n > 2 * s->distinct_n + 1024)
@@ -567,42 +603,46 @@ idset_add(IdSet *s, const int64 *items, int n)
 	s->n += n;
 }
 
-/* The aggregate's state, made in its memory context on the first call. */
-static IdSet *
-idset_state(FunctionCallInfo fcinfo, MemoryContext *old)
+/* Add n members to the aggregate's state (made in its memory context on the first call). */
+static Datum
+idset_step(FunctionCallInfo fcinfo, const int64 *items, int n)
 {
 	MemoryContext agg_context;
+	MemoryContext old;
+	IdSet	   *state;
 
 	if (!AggCheckCallContext(fcinfo, &agg_context))
 		elog(ERROR, "aggjobs_native: a set aggregate's step called outside an aggregate");
-	*old = MemoryContextSwitchTo(agg_context);
-	return PG_ARGISNULL(0) ? palloc0(sizeof(IdSet)) : (IdSet *) PG_GETARG_POINTER(0);
+	old = MemoryContextSwitchTo(agg_context);
+	state = PG_ARGISNULL(0) ? palloc0(sizeof(IdSet)) : (IdSet *) PG_GETARG_POINTER(0);
+	idset_add(state, items, n);
+	MemoryContextSwitchTo(old);
+	PG_RETURN_POINTER(state);
 }
 
 PG_FUNCTION_INFO_V1(aggjobs_set_union_step);
 
-/* set_union's transition: a set (bigint[], no NULL element) added. */
+/*
+ * set_union's transition: a set (bigint[], no NULL member) added; detoasted in the row's
+ * memory, not the aggregate's.
+ */
 Datum
 aggjobs_set_union_step(PG_FUNCTION_ARGS)
 {
-	MemoryContext old;
-	IdSet	   *state = idset_state(fcinfo, &old);
+	ArrayType  *a;
+	int			n;
 
-	if (!PG_ARGISNULL(1))
-	{
-		ArrayType  *a = PG_GETARG_ARRAYTYPE_P(1);
-		int			n = ArrayGetNItems(ARR_NDIM(a), ARR_DIMS(a));
-
-		if (ARR_HASNULL(a))
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("aggjobs_native.set_union: a set holds a NULL member")));
-		if (n > 0 && ARR_ELEMTYPE(a) != INT8OID)
-			elog(ERROR, "aggjobs_native.set_union: bigint[] expected");
-		idset_add(state, (int64 *) ARR_DATA_PTR(a), n);
-	}
-	MemoryContextSwitchTo(old);
-	PG_RETURN_POINTER(state);
+	if (PG_ARGISNULL(1))
+		return idset_step(fcinfo, NULL, 0);
+	a = PG_GETARG_ARRAYTYPE_P(1);
+	n = ArrayGetNItems(ARR_NDIM(a), ARR_DIMS(a));
+	if (ARR_HASNULL(a))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("aggjobs_native.set_union: a set holds a NULL member")));
+	if (n > 0 && ARR_ELEMTYPE(a) != INT8OID)
+		elog(ERROR, "aggjobs_native.set_union: bigint[] expected");
+	return idset_step(fcinfo, (int64 *) ARR_DATA_PTR(a), n);
 }
 
 PG_FUNCTION_INFO_V1(aggjobs_set_of_step);
@@ -611,17 +651,12 @@ PG_FUNCTION_INFO_V1(aggjobs_set_of_step);
 Datum
 aggjobs_set_of_step(PG_FUNCTION_ARGS)
 {
-	MemoryContext old;
-	IdSet	   *state = idset_state(fcinfo, &old);
+	int64		v;
 
-	if (!PG_ARGISNULL(1))
-	{
-		int64		v = PG_GETARG_INT64(1);
-
-		idset_add(state, &v, 1);
-	}
-	MemoryContextSwitchTo(old);
-	PG_RETURN_POINTER(state);
+	if (PG_ARGISNULL(1))
+		return idset_step(fcinfo, NULL, 0);
+	v = PG_GETARG_INT64(1);
+	return idset_step(fcinfo, &v, 1);
 }
 
 PG_FUNCTION_INFO_V1(aggjobs_set_final);
