@@ -327,12 +327,13 @@ def test_refresh_verify_repair_and_status(conn, db_url) -> None:
     assert {(r["rollup"], r["grain"]) for r in rows} == {
         (r.name, g.value) for r in BUILTIN_ROLLUPS for g in r.grains}
     by_key = {(r["rollup"], r["grain"]): r for r in rows}
-    # which path computes: only execution_metrics has a quantile, the C functions' one job
+    # which path computes: the rollups with a quantile or a distinct set, the C functions'
     c_path = "native" if native_installed(conn) else "portable"
+    in_c = {"execution_metrics", "user_activity"}
     assert {(r["rollup"], r["path"]) for r in rows} == {
-        (r.name, c_path if r.name == "execution_metrics" else "sql") for r in BUILTIN_ROLLUPS}
+        (r.name, c_path if r.name in in_c else "sql") for r in BUILTIN_ROLLUPS}
     printed = cli("status", url=db_url).stdout
-    assert ("execution_metrics: quantiles by the "
+    assert ("execution_metrics, user_activity: quantiles and distinct sets by the "
             + ("C functions" if c_path == "native" else "portable SQL")) in printed, printed
     for rollup in BUILTIN_ROLLUPS:
         row = by_key[(rollup.name, "hour")]

@@ -65,7 +65,8 @@ def test_dashboard_shows_jobs_charts_freshness_failures_backfills_problems(clien
     computed = dict(re.findall(r'<tr class="fresh-row \w+" data-table="([\w.]+)">.*?'
                                r'<td>([\w ,]+)</td></tr>', part["freshness"]))
     assert computed["analytics.execution_metrics_daily"] in ("C functions", "portable SQL")
-    assert computed["analytics.user_activity_hourly"] == "SQL, no quantile"
+    assert computed["analytics.user_activity_hourly"] in ("C functions", "portable SQL")
+    assert computed["analytics.credit_consumption_hourly"] == "SQL, no quantile or distinct count"
 
     assert 'data-run=' in part["failures"] and "daily_rollup" in part["failures"]
     assert "refresh:user_activity:day" in part["failures"]

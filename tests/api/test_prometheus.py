@@ -103,7 +103,8 @@ def test_metrics_of_a_real_server_pass_promtool(scraped: str, promtool: str) -> 
     assert 'aggjobs_worker_up{name="w1@h"} 1.0' in scraped
     c_path = {(s.labels["rollup"], s.value) for f in text_string_to_metric_families(scraped)
               if f.name == "aggjobs_rollup_c_functions" for s in f.samples}
-    assert {r for r, _ in c_path} == {"execution_metrics"}  # the built-in one with a quantile
+    # the built-in ones with a quantile or a distinct count
+    assert {r for r, _ in c_path} == {"execution_metrics", "user_activity"}
     assert {v for _, v in c_path} in ({0.0}, {1.0})  # one path for all its grains
     assert 'aggjobs_worker_up{name="w0@h"} 0.0' in scraped  # stopped
     assert "aggjobs_workers_up 1.0" in scraped and "aggjobs_schedulers_up 1.0" in scraped

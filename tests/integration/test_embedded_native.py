@@ -65,11 +65,13 @@ def test_the_embedded_server_computes_the_same_rows_with_the_c_functions(
         migrate(conn)
         assert native_installed(conn)
         paths = {r["rollup"]: r["path"] for r in rollup_status(conn, now=T0)}
-        assert paths["execution_metrics"] == "native" and paths["user_activity"] == "sql"
+        assert paths["execution_metrics"] == paths["user_activity"] == "native"
+        assert paths["credit_consumption"] == "sql"
         assert_same_with_and_without(conn)
         migrate(conn, native=False)
         paths = {r["rollup"]: r["path"] for r in rollup_status(conn, now=T0)}
-        assert paths["execution_metrics"] == "portable" and paths["user_activity"] == "sql"
+        assert paths["execution_metrics"] == paths["user_activity"] == "portable"
+        assert paths["credit_consumption"] == "sql"
 
 
 def test_a_failed_build_is_one_line_and_leaves_nothing_installed(

@@ -35,7 +35,8 @@ BACKFILLS_SHOWN = 20  # the newest; queued and running ones first
 UNDER_WAY = ("queued", "running")  # a backfill that can still be cancelled
 CLEANUP_JOB = "cleanup_old_data"  # deletes data: only an admin's page offers to run it
 # The freshness table's "computed by" column: engine.status.compute_path's values.
-PATH_LABELS = {"native": "C functions", "portable": "portable SQL", "sql": "SQL, no quantile"}
+PATH_LABELS = {"native": "C functions", "portable": "portable SQL",
+               "sql": "SQL, no quantile or distinct count"}
 
 
 def esc(value: object) -> str:

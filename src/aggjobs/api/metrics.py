@@ -221,7 +221,7 @@ def rollup_state(conn: psycopg.Connection, now: datetime, settings: Settings
     c_functions = GaugeMetricFamily(
         "aggjobs_rollup_c_functions", "1 when the C functions of aggjobs_native compute the "
         "rollup, 0 when the portable SQL does (docs/native.md); absent for a rollup without "
-        "a quantile, the same SQL either way.", labels=labels)
+        "a quantile or a distinct count, the same SQL either way.", labels=labels)
     for row in rollup_status(conn, now=now):
         key = [row["rollup"], row["grain"]]
         if row["lag_seconds"] is not None:

@@ -195,9 +195,10 @@ def status_table(rows: list[dict]) -> Table:
 
 
 # How each rollup computes, in the line under the rollups' table.
-PATH_LINES = {"native": "quantiles by the C functions (aggjobs_native)",
-              "portable": "quantiles by the portable SQL (no aggjobs_native: docs/native.md)",
-              "sql": "no quantile, the same SQL either way"}
+PATH_LINES = {"native": "quantiles and distinct sets by the C functions (aggjobs_native)",
+              "portable": "quantiles and distinct sets by the portable SQL"
+                          " (no aggjobs_native: docs/native.md)",
+              "sql": "no quantile or distinct count, the same SQL either way"}
 
 
 def path_line(rows: list[dict]) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from ..catalog import Grain, Quantile, Rollup, rollups, sources
+from ..catalog import DistinctCount, Grain, Quantile, Rollup, rollups, sources
 from ..catalog.definition import rollup_from
 from ..catalog.grains import SUPPORTED_PARAMS
 from ..db import definitions
@@ -58,9 +58,9 @@ def rollup_status(conn: psycopg.Connection, *, now: datetime) -> list[dict[str, 
 def compute_path(rollup: Rollup, *, native: bool) -> str:
     """How the rollup's statements compute: `native` (the C functions of aggjobs_native,
     docs/native.md), `portable` (the same numbers in SQL), or `sql` for a rollup without a
-    quantile measure, which runs the same SQL either way (the C functions only compute
-    quantiles and their sketches)."""
-    if not any(isinstance(m, Quantile) for m in rollup.measures):
+    quantile or distinct count, which runs the same SQL either way (the C functions only
+    compute quantiles, their sketches and distinct sets)."""
+    if not any(isinstance(m, Quantile | DistinctCount) for m in rollup.measures):
         return "sql"
     return "native" if native else "portable"
 
