@@ -159,30 +159,43 @@ def day_hours(day: date) -> tuple[tuple[datetime, str], ...]:
     return tuple((h, h.isoformat()) for h in (lo + timedelta(hours=i) for i in range(24)))
 
 
-def hourly_series(day: date, rows: list[dict]) -> list[dict]:
-    """24 entries, one per UTC hour (zeros where no rollup row)."""
+HOUR_COLUMNS = ("hour", "runs", "successful_runs", "failed_runs", "p95_runtime",
+                "run_credits", "credits_used")
+NO_HOURS: dict[str, list] = {c: [] for c in HOUR_COLUMNS}  # a workspace without hourly rows
+
+
+def hourly_series(day: date, hours: dict[str, list]) -> list[dict]:
+    """24 entries, one per UTC hour (zeros where no rollup row). `hours`: the rows' columns,
+    one list per name of HOUR_COLUMNS, as hourly_by_workspace returns them (50,000 reports
+    a day: no dict per row on the way)."""
     # Aware datetimes hash and compare as instants: a row's hour in the session's time zone
     # finds its UTC hour.
-    by_hour = {r["hour"]: r for r in rows}
+    at = {h: i for i, h in enumerate(hours["hour"])}
+    runs, successful, failed, p95, run_credits, used = (hours[c] for c in HOUR_COLUMNS[1:])
     out = []
     for start, iso in day_hours(day):
-        r = by_hour.get(start)
-        if r is None:
+        i = at.get(start)
+        if i is None:
             out.append({"hour": iso, "runs": 0, "successful_runs": 0, "failed_runs": 0,
                         "failure_rate": None, "p95_runtime": None, "run_credits": 0.0,
                         "credits_used": 0.0})
             continue
         out.append({
             "hour": iso,
-            "runs": r["runs"],
-            "successful_runs": r["successful_runs"],
-            "failed_runs": r["failed_runs"],
-            "failure_rate": ratio(r["failed_runs"], r["runs"]),
-            "p95_runtime": num(r["p95_runtime"]),
-            "run_credits": num(r["run_credits"], 4),
-            "credits_used": num(r["credits_used"], 4),
+            "runs": runs[i],
+            "successful_runs": successful[i],
+            "failed_runs": failed[i],
+            "failure_rate": ratio(failed[i], runs[i]),
+            "p95_runtime": num(p95[i]),
+            "run_credits": num(run_credits[i], 4),
+            "credits_used": num(used[i], 4),
         })
     return out
+
+
+def columns(rows: list[dict]) -> dict[str, list]:
+    """Query rows (dicts) as HOUR_COLUMNS' lists, for hourly_series."""
+    return {c: [r[c] for r in rows] for c in HOUR_COLUMNS}
 
 
 def worst_hours(hourly: list[dict]) -> list[dict]:
@@ -306,30 +319,24 @@ def report_batches(conn: psycopg.Connection,
 
 class HourlyRows:
     """The rows of hourly_by_workspace (one a workspace, in workspace order), read off
-    `cur` up to a workspace at a time, each as that workspace's list of hourly rows."""
-
-    COLUMNS = ("hour", "runs", "successful_runs", "failed_runs", "p95_runtime",
-               "run_credits", "credits_used")
+    `cur` up to a workspace at a time: each its columns of the day's hours."""
 
     def __init__(self, cur: psycopg.Cursor[dict]) -> None:
         self.cur = cur
         self.row = cur.fetchone()
 
-    def up_to(self, last: int) -> dict[int, list[dict]]:
-        out: dict[int, list[dict]] = {}
+    def up_to(self, last: int) -> dict[int, dict[str, list]]:
+        out: dict[int, dict[str, list]] = {}
         while self.row is not None and self.row["workspace_id"] <= last:
-            r = self.row
-            out[r["workspace_id"]] = [dict(zip(self.COLUMNS, values, strict=True))
-                                      for values in zip(*(r[c] for c in self.COLUMNS),
-                                                        strict=True)]
+            out[self.row["workspace_id"]] = self.row
             self.row = self.cur.fetchone()
         return out
 
 
 def workspace_reports(days: Days, rows: Rows, chunk: list[int],
-                      hourly_of: dict[int, list[dict]]) -> Iterator[tuple[int | None, dict]]:
+                      hourly_of: dict[int, dict[str, list]]) -> Iterator[tuple[int | None, dict]]:
     for ws in chunk:
-        yield ws, workspace_report(days, rows, ws, hourly_of.get(ws, []))
+        yield ws, workspace_report(days, rows, ws, hourly_of.get(ws, NO_HOURS))
 
 
 def platform_report(days: Days, rows: Rows, today_ws: dict[int, dict]) -> dict:
@@ -338,7 +345,7 @@ def platform_report(days: Days, rows: Rows, today_ws: dict[int, dict]) -> dict:
     today_fig = figures(p_today)
     prev_fig = figures(p_prev) if p_prev["has_data"] else None
     week_fig = figures(p_week) if p_week["has_data"] else None
-    hourly = hourly_series(days.day, rows.hourly)
+    hourly = hourly_series(days.day, columns(rows.hourly))
     platform = days.head("platform", None, p_today["has_data"], prev_fig is not None,
                          week_fig is not None)
     platform["active_workspaces"] = len(today_ws)
@@ -370,8 +377,8 @@ def worst_workspaces(today_ws: dict[int, dict]) -> list[dict]:
             for r in worst[:HOT_SPOTS_N]]
 
 
-def workspace_report(days: Days, rows: Rows, ws: int, hourly: list[dict]) -> dict:
-    """The report of the active workspace `ws`; `hourly`: its rows of hourly_by_workspace."""
+def workspace_report(days: Days, rows: Rows, ws: int, hourly: dict[str, list]) -> dict:
+    """The report of the active workspace `ws`; `hourly`: its row of hourly_by_workspace."""
     prev = rows.by_workspace.get((ws, days.previous))
     week = rows.by_workspace.get((ws, days.week_before))
     report = days.head("workspace", ws, True, prev is not None, week is not None)
