@@ -272,7 +272,8 @@ def recompute_everything(conn: psycopg.Connection) -> dict:
 
 
 def report_p95s(conn: psycopg.Connection, day: date) -> tuple[list[dict], list[dict]]:
-    """The daily reports' platform figures: p95s of merged daily and hourly sketches."""
+    """The daily reports' platform figures: p95s of merged daily and hourly sketches, the
+    distinct users of merged sets."""
     lo = datetime.combine(day, time(), UTC)
     return (report_query(conn, "daily_platform", days=[day, day - timedelta(days=1)]),
             report_query(conn, "hourly_platform", lo=lo, hi=lo + timedelta(days=1)))
@@ -280,8 +281,8 @@ def report_p95s(conn: psycopg.Connection, day: date) -> tuple[list[dict], list[d
 
 def live_views(conn: psycopg.Connection, *, expect_native: bool = True) -> dict:
     """Every live view's rows but their `updated_at` (the instant of the read), each view
-    checked to use the C functions (those with a p95 or a distinct count) or not. No watermark is set: every row
-    is computed."""
+    checked to use the C functions (those with a p95 or a distinct count) or not. No
+    watermark is set: every row is computed."""
     out = {}
     for rollup in BUILTIN_ROLLUPS:
         in_c = any(isinstance(m, Quantile | DistinctCount) for m in rollup.measures)
@@ -327,6 +328,7 @@ def assert_same_with_and_without(conn: psycopg.Connection) -> None:
     assert native_health == health.inputs(conn, day)
     assert native_reports == report_p95s(conn, day)
     assert all(r["p95_runtime"] is not None for r in native_reports[1])
+    assert all(r["active_users"] > 0 for r in native_reports[0])
     migrate(conn, native=True)
     assert native_installed(conn)
 

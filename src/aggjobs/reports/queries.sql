@@ -66,10 +66,7 @@ WITH days AS (
     FROM analytics.user_activity_daily WHERE day = ANY(%(days)s::date[])
     GROUP BY day
 ), users AS (
-    SELECT d.day, count(DISTINCT u.id) AS active_users
-    FROM analytics.user_activity_daily AS d, unnest(d.active_users__set) AS u(id)
-    WHERE d.day = ANY(%(days)s::date[])
-    GROUP BY d.day
+    {daily_users}
 ), c AS (
     SELECT day, count(*) AS n, sum(credits_used) AS credits_used,
            sum(credits_refunded) AS credits_refunded, sum(credits_granted) AS credits_granted,
@@ -172,6 +169,20 @@ FROM (SELECT day, aggjobs_native.sketch_merge(p95_runtime__keys, p95_runtime__co
       FROM analytics.execution_metrics_daily
       WHERE day = ANY(%(days)s::date[])
       GROUP BY day) AS merged
+
+-- name: daily_users__portable
+-- {daily_users}: the distinct union of the workspaces' sets, counted in SQL or by the C
+-- aggregate (a day's sets at 50,000 workspaces hold millions of members).
+SELECT d.day, count(DISTINCT u.id) AS active_users
+FROM analytics.user_activity_daily AS d, unnest(d.active_users__set) AS u(id)
+WHERE d.day = ANY(%(days)s::date[])
+GROUP BY d.day
+
+-- name: daily_users__native
+SELECT day, coalesce(cardinality(aggjobs_native.set_union(active_users__set)), 0) AS active_users
+FROM analytics.user_activity_daily
+WHERE day = ANY(%(days)s::date[])
+GROUP BY day
 
 -- name: hourly_p95__portable
 SELECT hour, aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(c ORDER BY k), 0.95)
