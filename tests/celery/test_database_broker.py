@@ -3,6 +3,7 @@ database itself, what `aggjobs up` uses on a fresh machine. A real worker runs a
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -85,3 +86,31 @@ def test_the_queue_is_declared_before_worker_and_beat_start(db_url, conn, tmp_pa
         app.close()
     names = [n for (n,) in conn.execute("SELECT name FROM kombu_queue")]
     assert names == [queue_for(db_url)]
+
+
+def test_a_forked_child_does_not_share_the_parents_broker_connections(db_url, tmp_path
+                                                                     ) -> None:
+    """What keeps the embedded beat's sends from failing now and then: the beat is a forked
+    child of the worker, which declared the queue before the fork; the child drops the
+    inherited engines (aggjobs.jobs.app.forget_inherited_broker_engines) and connects anew,
+    the parent keeps its own."""
+    from kombu.transport.sqlalchemy import Channel
+
+    from aggjobs.jobs.app import create_app
+
+    app = create_app(Settings(database_url=db_url, broker_url=None, data_dir=tmp_path,
+                              queue=queue_for(db_url)))
+    try:
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_declare(queue=queue_for(db_url))
+        assert Channel._engines
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: how many engines it inherited
+            os.write(write, str(len(Channel._engines)).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.read(read, 16) == b"0"
+        assert Channel._engines
+    finally:
+        app.close()

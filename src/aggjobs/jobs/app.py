@@ -16,6 +16,7 @@ aggjobs.jobs.app worker`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,23 @@ def declare_queue_once(**_: object) -> None:
         for queue in queues_of(app):
             # kombu's stubs type default_channel as StdChannel, which lacks queue_declare
             connection.default_channel.queue_declare(queue=queue)  # type: ignore[attr-defined]
+
+
+def forget_inherited_broker_engines() -> None:
+    """In a forked child (the embedded beat of `worker --beat` is one), drop the SQLAlchemy
+    engines of kombu's transport inherited from the parent, without closing their
+    connections: the parent declared the queue on one before the fork, and both processes
+    then spoke on that socket ("This result object does not return rows"; a transaction
+    left open until idle_in_transaction_session_timeout ended the session), so the beat's
+    sends failed now and then. The child connects anew."""
+    from kombu.transport.sqlalchemy import Channel
+
+    for engine, _session in Channel._engines.values():
+        engine.dispose(close=False)
+    Channel._engines.clear()
+
+
+os.register_at_fork(after_in_child=forget_inherited_broker_engines)
 
 
 def create_app(settings: Settings | None = None) -> Celery:
