@@ -258,11 +258,10 @@ sketch_arguments(ArrayType *ka, ArrayType *ca, int32 **keys, int64 **counts)
 }
 
 /*
- * Add a sketch (keys ascending) into s in place: the keys both hold are counted first, to
- * know the merged length, then the two are merged from the back, so that each of the
- * state's entries is moved once and read before anything is written over it. (Merging
- * into a new buffer each time copied the whole state for every hourly row: 24 times a
- * day's sketch for one day row.)
+ * Add a sketch (keys ascending) into s in place, for sketch_merge's sorted form (below: keys
+ * too far apart for its array): the keys both hold are counted first, to know the merged
+ * length, then the two are merged from the back, so that each of the state's entries is
+ * moved once and read before anything is written over it.
  */
 static void
 sketch_add(Sketch *s, const int32 *keys, const int64 *counts, int n)

@@ -487,18 +487,8 @@ def add_distinct(parts: Parts, m: DistinctCount, ctx: Context, *, with_state: bo
         parts.aggs.append((m.name, S("count(DISTINCT {})").format(rcol(m.column))))
         parts.finals[m.name] = I("g", m.name)
         return
-    if ctx.inp.is_raw or ctx.native:
-        # One aggregate gives the set and, by its size, the count: a distinct sort of the
-        # values, or with the C functions (hashable: docs/native.md) set_of over the values
-        # and set_union over finer sets.
-        if ctx.native:
-            fn = "set_of" if ctx.inp.is_raw else "set_union"
-            agg = S("aggjobs_native.{}({})").format(S(fn), rcol(m.column if ctx.inp.is_raw
-                                                                else state))
-        else:
-            agg = S("array_agg(DISTINCT {0} ORDER BY {0}) FILTER (WHERE {0} IS NOT NULL)"
-                    ).format(rcol(m.column))
-        parts.aggs.append((state, agg))
+    if ctx.inp.is_raw or ctx.native:  # one aggregate: the set, and by its size the count
+        parts.aggs.append((state, set_aggregate(m, ctx)))
         parts.finals[m.name] = S("coalesce(cardinality({}), 0)").format(I("g", state))
         if with_state:
             parts.finals[state] = I("g", state)
@@ -513,6 +503,18 @@ def add_distinct(parts: Parts, m: DistinctCount, ctx: Context, *, with_state: bo
     parts.finals[m.name] = S("coalesce(cardinality({}), 0)").format(I(alias, "members"))
     if with_state:
         parts.finals[state] = I(alias, "members")
+
+
+def set_aggregate(m: DistinctCount, ctx: Context) -> Composable:
+    """The group's set of distinct values, ascending: a distinct sort of the raw values, or
+    with the C functions (hashable: docs/native.md) set_of over the raw values and set_union
+    over the finer grain's sets."""
+    if ctx.native and ctx.inp.is_raw:
+        return S("aggjobs_native.set_of({})").format(rcol(m.column))
+    if ctx.native:
+        return S("aggjobs_native.set_union({})").format(rcol(m.name + STATE_SET))
+    return S("array_agg(DISTINCT {0} ORDER BY {0}) FILTER (WHERE {0} IS NOT NULL)").format(
+        rcol(m.column))
 
 
 def collect(ctx: Context, *, with_state: bool) -> Parts:
