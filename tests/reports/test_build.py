@@ -14,7 +14,7 @@ import pytest
 from aggjobs import reports
 from aggjobs.jobs.model import Step, StepContext, StepResult
 from aggjobs.jobs.steps import reports_step
-from aggjobs.reports.build import METRICS
+from aggjobs.reports.build import HOURLY_FIELDS, METRICS, hourly_series, worst_hours
 from aggjobs.settings import Settings
 from tests import platform as p
 from tests.reports.conftest import (
@@ -161,8 +161,8 @@ def test_hourly_series_and_failure_hot_spots(loaded: Settings, conn: psycopg.Con
         " FROM credit_transactions WHERE kind = 'usage'"
         " AND (created_at AT TIME ZONE 'UTC')::date = %s GROUP BY 1, 2", (DAY,)).fetchall()}
     for ws in (None, 1, 2, 3, 4, 5):
-        hourly = built[ws]["hourly"]
-        assert len(hourly) == 24
+        hourly = reports.hour_rows(built[ws]["hourly"])
+        assert len(hourly) == 24 and all(len(c) == 24 for c in built[ws]["hourly"].values())
         for h in hourly:
             start = datetime.fromisoformat(h["hour"]).replace(tzinfo=None)
             rows = [r for r in raw_hours if r[1] == start and (ws is None or r[0] == ws)]
@@ -180,8 +180,8 @@ def test_hourly_series_and_failure_hot_spots(loaded: Settings, conn: psycopg.Con
         assert [w["failed_runs"] for w in worst] == by_failed[:5]
     # Hourly rollup cross-check for the platform: the series sums to the day.
     p_hourly = built[None]["hourly"]
-    assert sum(h["runs"] for h in p_hourly) == built[None]["totals"]["runs"]["value"]
-    assert sum(h["failed_runs"] for h in p_hourly) == built[None]["totals"]["failed_runs"]["value"]
+    assert sum(p_hourly["runs"]) == built[None]["totals"]["runs"]["value"]
+    assert sum(p_hourly["failed_runs"]) == built[None]["totals"]["failed_runs"]["value"]
     # Worst agents (read from analytics.agent_executions_daily): against the raw runs.
     want = conn.execute(
         "SELECT workspace_id, agent_id, count(*), count(*) FILTER (WHERE status = 'failed')"
@@ -252,6 +252,28 @@ def test_top_workspaces_and_movers(loaded: Settings, conn: psycopg.Connection) -
 
 
 # -- edge cases ---------------------------------------------------------------------------------
+def test_hourly_series_places_each_value_by_its_hour() -> None:
+    """hourly_by_workspace's arrays come in no particular order (one order for all of them):
+    each value lands on its own hour, hours without a row are zeros, and hour_rows gives the
+    series back by hour."""
+    rows = {"hour": [23, 0, 5], "runs": [4, 2, 0], "successful_runs": [3, 1, 0],
+            "failed_runs": [1, 1, 0], "p95_runtime": [2.5, None, None],
+            "run_credits": [1.25, 0.5, 0.0], "credits_used": [1.0, 0.0, 7.5]}
+    series = hourly_series(DAY, rows)
+    assert set(series) == set(HOURLY_FIELDS)
+    assert all(len(column) == 24 for column in series.values())
+    by_hour = reports.hour_rows(series)
+    assert by_hour[23] == {"hour": f"{DAY.isoformat()}T23:00:00+00:00", "runs": 4,
+                           "successful_runs": 3, "failed_runs": 1, "failure_rate": 0.25,
+                           "p95_runtime": 2.5, "run_credits": 1.25, "credits_used": 1.0}
+    assert by_hour[0]["runs"] == 2 and by_hour[0]["failure_rate"] == 0.5
+    assert by_hour[5]["credits_used"] == 7.5 and by_hour[5]["failure_rate"] is None
+    assert by_hour[7] == {"hour": f"{DAY.isoformat()}T07:00:00+00:00", "runs": 0,
+                          "successful_runs": 0, "failed_runs": 0, "failure_rate": None,
+                          "p95_runtime": None, "run_credits": 0.0, "credits_used": 0.0}
+    assert [w["hour"][11:13] for w in worst_hours(series)] == ["00", "23"]
+
+
 def test_edge_cases_no_runs_all_failed_mid_week(loaded: Settings,
                                                 conn: psycopg.Connection) -> None:
     built = reports.build(conn, DAY)
@@ -261,7 +283,7 @@ def test_edge_cases_no_runs_all_failed_mid_week(loaded: Settings,
     assert t5["p95_runtime"]["value"] is None and t5["events"]["value"] > 0
     assert t5["runs"]["previous_day"] == 6 and t5["runs"]["day_over_day_pct"] == -100.0
     assert built[5]["failure_hot_spots"]["worst_hours"] == []
-    assert all(h["runs"] == 0 for h in built[5]["hourly"])
+    assert built[5]["hourly"]["runs"] == [0] * 24
     # 4: every run failed.
     t4 = built[4]["totals"]
     assert t4["failed_runs"]["value"] == t4["runs"]["value"] == 3

@@ -116,7 +116,7 @@ def test_html_report_in_headless_chromium(shared: Loaded, tmp_path: Path) -> Non
             rf'data-series="{re.escape(series)}" data-hour="([\d:]+)" data-value="([\d.e+-]+)"',
             bodies[chart])}
 
-    hourly = report["hourly"]
+    hourly = reports.hour_rows(report["hourly"])
     failed = points("chart-runs", "failed")
     assert failed and sum(failed.values()) == report["totals"]["failed_runs"]["value"]
     succeeded = points("chart-runs", "succeeded")

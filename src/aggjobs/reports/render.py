@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from html import escape
 from typing import Any
 
-from .build import METRICS
+from .build import METRICS, hour_rows
 from .charts import Series, chart
 
 FORMATS = ("md", "html", "json", "csv")
@@ -86,7 +86,7 @@ def sections(report: dict) -> Iterator[Section]:
                       "credits used (ledger)"],
            [[hour_label(h["hour"]), fmt(h["runs"]), fmt(h["failed_runs"]),
              fmt(h["p95_runtime"], "seconds"), fmt(h["run_credits"], "credits"),
-             fmt(h["credits_used"], "credits")] for h in report["hourly"]], None)
+             fmt(h["credits_used"], "credits")] for h in hour_rows(report["hourly"])], None)
 
 
 def totals_section(report: dict) -> Section:
@@ -257,7 +257,8 @@ def csv_rows(report: dict) -> Iterator[tuple[str, str, str, Any]]:
             else:
                 yield section, k, "", v
 
-    yield from walk(report, "report")
+    # The hourly columns as one entry per hour (key: 1-24), like the report's other lists.
+    yield from walk({**report, "hourly": hour_rows(report["hourly"])}, "report")
 
 
 def to_csv(report: dict) -> str:
@@ -328,21 +329,22 @@ def card(key: str, label: str, t: dict) -> str:
 
 def charts(report: dict) -> list[tuple[str, str]]:
     hourly = report["hourly"]
-    labels = [hour_label(h["hour"]) for h in hourly]
-    other = [h["runs"] - h["successful_runs"] - h["failed_runs"] for h in hourly]
+    labels = [hour_label(h) for h in hourly["hour"]]
+    other = [r - s - f for r, s, f in zip(hourly["runs"], hourly["successful_runs"],
+                                          hourly["failed_runs"], strict=True)]
     return [
         (chart("chart-runs", "Runs and failures per hour", labels, [
-            Series("succeeded", [h["successful_runs"] for h in hourly], "#4c78a8"),
+            Series("succeeded", hourly["successful_runs"], "#4c78a8"),
             Series("other (running, cancelled)", other, "#bab0ac"),
-            Series("failed", [h["failed_runs"] for h in hourly], "#e45756"),
+            Series("failed", hourly["failed_runs"], "#e45756"),
         ]), "Runs started in each UTC hour, stacked by outcome (execution_metrics_hourly)."),
         (chart("chart-p95", "p95 runtime per hour (seconds)", labels, [
-            Series("p95 runtime", [h["p95_runtime"] for h in hourly], "#f58518", "line"),
+            Series("p95 runtime", hourly["p95_runtime"], "#f58518", "line"),
         ], unit=" s"), ("95th percentile of the runtime of the runs started in each hour; "
                          "gaps: no finished run.")),
         (chart("chart-credits", "Credits per hour", labels, [
-            Series("used (ledger)", [h["credits_used"] for h in hourly], "#54a24b"),
-            Series("consumed by runs", [h["run_credits"] for h in hourly], "#2b6cb0", "line"),
+            Series("used (ledger)", hourly["credits_used"], "#54a24b"),
+            Series("consumed by runs", hourly["run_credits"], "#2b6cb0", "line"),
         ]), ("Usage transactions in the credit ledger (bars) against the credits of the "
              "runs started in the hour (line).")),
     ]
