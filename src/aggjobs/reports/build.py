@@ -76,7 +76,7 @@ def queries() -> dict[str, str]:
 
 def fetch(conn: psycopg.Connection, name: str, **params: Any) -> list[dict]:
     statement = with_merges(queries(), name, native=native_installed(conn))
-    with conn.cursor(row_factory=dict_row) as cur:
+    with conn.cursor(row_factory=dict_row, binary=True) as cur:
         return cur.execute(statement, params).fetchall()
 
 
@@ -316,7 +316,7 @@ def report_batches(conn: psycopg.Connection,
     today_ws = {ws: rows.by_workspace[(ws, day)] for ws in active}
     yield iter([(None, platform_report(days, rows, today_ws))])
     lo, hi = day_bounds(day)
-    with conn.cursor(row_factory=dict_row) as cur:
+    with conn.cursor(row_factory=dict_row, binary=True) as cur:
         # The whole result waits in the driver (a few kB a workspace); Python rows are made
         # a chunk at a time, and the connection stays free for the COPYs meanwhile.
         cur.execute(queries()["hourly_by_workspace"], {"lo": lo, "hi": hi})
