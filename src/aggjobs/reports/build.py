@@ -186,7 +186,7 @@ def hourly_series(day: date, hours: dict[str, list]) -> dict[str, list]:
         "runs": runs,
         "successful_runs": spread("successful_runs", 0),
         "failed_runs": failed,
-        "failure_rate": [f / r if r else None for f, r in zip(failed, runs, strict=True)],
+        "failure_rate": [ratio(f, r) for f, r in zip(failed, runs, strict=True)],
         "p95_runtime": spread("p95_runtime", None),
         # Sums of numeric(14,4): as floats, already what num(·, 4) would make of them.
         "run_credits": spread("run_credits", 0.0),
