@@ -158,7 +158,8 @@ class Workers:
                             f"{worker.text()[-4000:]}")
             return " ready." in worker.text()
 
-        poll(ready, READY_TIMEOUT_S, f"worker {worker.name} to be ready")
+        poll(ready, READY_TIMEOUT_S, f"worker {worker.name} to be ready",
+             context=lambda: f"its log:\n{worker.text()[-4000:]}")
 
     def stop_all(self) -> None:
         for worker in self.started:
