@@ -22,11 +22,9 @@ def dispose_broker_engines():
     """kombu caches one SQLAlchemy engine per broker host in this process (the test's client
     app): close their connections, or they outlive the test databases."""
     yield
-    from kombu.transport.sqlalchemy import Channel
+    from aggjobs.jobs.app import forget_broker_engines
 
-    for engine, _session in Channel._engines.values():
-        engine.dispose()
-    Channel._engines.clear()
+    forget_broker_engines(close=True)
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
 
@@ -45,6 +43,7 @@ def test_a_task_through_the_database_broker_runs_the_job(db_url, conn, tmp_path)
                              kwargs={"as_of": (T0 + timedelta(hours=6)).isoformat()})
         rows = poll(lambda: [r for r in job_runs(conn, "hourly_rollup")
                              if r["status"] != "running"] or None, 90, "the run to finish")
+        assert broker_sessions(conn), "the worker's broker sessions carry their name"
     finally:
         pool.stop_all()
         app.close()
@@ -82,17 +81,30 @@ def test_the_queue_is_declared_before_worker_and_beat_start(db_url, conn, tmp_pa
     try:
         module.declare_queue_once()
         module.declare_queue_once()  # idempotent: the second start finds it
+        # and it closed what it opened: the worker forks its pool and beat next, and a
+        # child must inherit no broker connection (it once left one in a transaction)
+        assert broker_sessions(conn) == []
     finally:
         app.close()
     names = [n for (n,) in conn.execute("SELECT name FROM kombu_queue")]
     assert names == [queue_for(db_url)]
 
 
+def broker_sessions(conn) -> list[tuple[int, str]]:
+    """The database broker's sessions on the test database: (pid, state)."""
+    from aggjobs.jobs.app import BROKER_APPLICATION_NAME
+
+    return conn.execute(
+        "SELECT pid, state FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = %s",
+        [BROKER_APPLICATION_NAME]).fetchall()
+
+
 def test_a_forked_child_does_not_share_the_parents_broker_connections(db_url, tmp_path
                                                                      ) -> None:
     """What keeps the embedded beat's sends from failing now and then: the beat is a forked
     child of the worker, which declared the queue before the fork; the child drops the
-    inherited engines (aggjobs.jobs.app.forget_inherited_broker_engines) and connects anew,
+    inherited engines (aggjobs.jobs.app.forget_broker_engines) and connects anew,
     the parent keeps its own."""
     from kombu.transport.sqlalchemy import Channel
 

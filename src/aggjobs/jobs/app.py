@@ -43,6 +43,7 @@ __all__ = ["BACKFILL_TASK", "HEAVY_SLOT_RETRY", "app", "beat_schedule", "create_
 log = logging.getLogger(__name__)
 
 BACKFILL_TASK = "backfill"  # the backfills queued by the API and the dashboard
+BROKER_APPLICATION_NAME = "aggjobs:broker"  # the database broker's sessions
 
 
 def broker_url(settings: Settings) -> str:
@@ -84,30 +85,42 @@ def structured_logs(logger: logging.Logger, **_: object) -> None:
 def declare_queue_once(**_: object) -> None:
     """kombu's SQLAlchemy transport (the default broker) creates its queue row on first use,
     racily: a worker and its embedded beat creating it at once leave the loser's session
-    broken, and every later send of that beat fails. Create it before either starts."""
+    broken, and every later send of that beat fails. Create it before either starts, then
+    close every broker connection this made: the worker forks its pool and its beat next,
+    and a connection the children inherit must not exist (below)."""
     if not app.conf.broker_url.startswith("sqla+"):
         return
     with app.connection_for_write() as connection:
+        # kombu's stubs type default_channel as StdChannel, which lacks the SQLAlchemy
+        # channel's attributes
+        channel: Any = connection.default_channel
         for queue in queues_of(app):
-            # kombu's stubs type default_channel as StdChannel, which lacks queue_declare
-            connection.default_channel.queue_declare(queue=queue)  # type: ignore[attr-defined]
+            channel.queue_declare(queue=queue)
+        # queue_declare leaves a transaction open (its message count), its connection
+        # checked out until the garbage collector finds the session
+        channel.session.close()
+    forget_broker_engines(close=True)
 
 
-def forget_inherited_broker_engines() -> None:
-    """In a forked child (the embedded beat of `worker --beat` is one), drop the SQLAlchemy
-    engines of kombu's transport inherited from the parent, without closing their
-    connections: the parent declared the queue on one before the fork, and both processes
-    then spoke on that socket ("This result object does not return rows"; a transaction
-    left open until idle_in_transaction_session_timeout ended the session), so the beat's
-    sends failed now and then. The child connects anew."""
+def forget_broker_engines(close: bool = False) -> None:
+    """Drop the SQLAlchemy engines kombu's transport caches per process; `close` their
+    pooled connections too, or (in a forked child) leave them to the parent, which owns
+    them.
+
+    Run in every forked child (the pool's processes, the embedded beat of `worker
+    --beat`): a child that spoke on a socket inherited from the parent would take the
+    parent's replies. Seen as the embedded beat's sends failing ("This result object does
+    not return rows"; a transaction left open until idle_in_transaction_session_timeout
+    ended the session), and as a worker that never became ready after its children had
+    inherited a connection checked out in a transaction (declare_queue_once now closes it)."""
     from kombu.transport.sqlalchemy import Channel
 
     for engine, _session in Channel._engines.values():
-        engine.dispose(close=False)
+        engine.dispose(close=close)
     Channel._engines.clear()
 
 
-os.register_at_fork(after_in_child=forget_inherited_broker_engines)
+os.register_at_fork(after_in_child=forget_broker_engines)
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -148,12 +161,16 @@ def queues_of(app: Celery) -> list[str]:
     return list(dict.fromkeys([app.conf.task_default_queue, *routes]))
 
 
-def transport_options(broker: str, settings: Settings) -> dict[str, int]:
+def transport_options(broker: str, settings: Settings) -> dict[str, Any]:
     """Redis redelivers a task unacknowledged for `visibility_timeout`: longer than any job
     may run, so that only a dead worker's task comes back (a duplicate would be skipped
-    anyway). Other transports take no such option (SQLAlchemy's refuses unknown ones)."""
+    anyway). The database broker's connections are named, as every aggjobs session is, so
+    that pg_stat_activity tells them apart. Other transports take no such option
+    (SQLAlchemy's passes its options to its engine and refuses unknown ones)."""
     if broker.startswith(("redis://", "rediss://", "redis+socket://", "socket://")):
         return {"visibility_timeout": longest_limit(settings) + 600}
+    if broker.startswith("sqla+"):
+        return {"connect_args": {"application_name": BROKER_APPLICATION_NAME}}
     return {}
 
 
