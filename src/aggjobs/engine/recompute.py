@@ -80,21 +80,24 @@ def plan_changes(*, raw: bool, native: bool) -> dict[str, str]:
     index's high correlation with time and picks the index scan, 1.5x slower on a 1M-run
     hour (docs/benchmarks.md).
 
-    enable_sort off with the C functions: their aggregates can be hashed, but the planner
-    has no statistics for a bucket expression (date_bin, a UTC date) and expects one group
-    per input row, so it sorts the whole input instead (a 54 MB spill for a 1M-run hour,
-    0.6 s); there are a few thousand groups per bucket. (The portable SQL's ordered
-    aggregates cannot be hashed: it sorts either way.) enable_incremental_sort off with
-    them too: for a day from hourly rows, the planner otherwise reads the rollup table
-    through its (workspace_id, hour) index, in workspace order, and sorts each workspace's
-    rows by day; the rows are stored hour by hour, so it fetches a page per row (50,000
-    workspaces: 12.5 s against 8 s for the hashed day, on a shared machine).
+    enable_sort off with the C functions, and on raw rows without them: their aggregates can
+    be hashed (the portable quantile collects its values unordered and sorts each group's
+    apart), but the planner has no statistics for a bucket expression (date_bin, a UTC date)
+    and expects one group per input row, so it sorts the whole input instead (a 54 MB spill
+    for a 1M-run hour, 0.6 s); there are a few thousand groups per bucket. (An ordered
+    aggregate, the portable distinct count's, cannot be hashed: its rollup sorts either
+    way.) enable_incremental_sort off with the C functions too: for a day from hourly rows,
+    the planner otherwise reads the rollup table through its (workspace_id, hour) index, in
+    workspace order, and sorts each workspace's rows by day; the rows are stored hour by
+    hour, so it fetches a page per row (50,000 workspaces: 12.5 s against 8 s for the hashed
+    day, on a shared machine).
     """
     changes = {}
     if raw:
         changes["enable_indexscan"] = "off"
-    if native:
+    if native or raw:
         changes["enable_sort"] = "off"
+    if native:
         changes["enable_incremental_sort"] = "off"
     return changes
 

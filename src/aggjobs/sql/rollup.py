@@ -442,15 +442,17 @@ def sketch_domain(x: Composable) -> sql.Composed:
 
 
 def add_raw_quantile(parts: Parts, m: Quantile, alias: str) -> None:
-    """Exact quantile and its sketch from one sort: the group's values are collected in
-    order (the sort percentile_cont would do), the quantile is read off by position and the
-    sketch is counted from the same array, so the input is scanned once."""
-    values = m.name + "__sorted"
+    """Exact quantile and its sketch from the group's values: collected unordered (so that
+    the group can be hashed), sorted once per group, the quantile read off by position and
+    the sketch counted from the same array, so the input is scanned once."""
+    values, ordered = m.name + "__values", f"s_{m.name}"
     parts.aggs.append(
-        (values, S("array_agg({0} ORDER BY {0}) FILTER (WHERE {0} IS NOT NULL)").format(
-            rcol(m.column)))
+        (values, S("array_agg({0}) FILTER (WHERE {0} IS NOT NULL)").format(rcol(m.column)))
     )
-    parts.finals[m.name] = S("aggjobs.sorted_quantile({}, {})").format(I("g", values), L(m.q))
+    parts.laterals.append((ordered, S(
+        "SELECT array_agg(x ORDER BY x) AS v FROM unnest({}) AS x").format(I("g", values))))
+    parts.finals[m.name] = S("aggjobs.sorted_quantile({}, {})").format(I(ordered, "v"),
+                                                                        L(m.q))
     parts.laterals.append((alias, S(
         "SELECT array_agg(k ORDER BY k) AS keys, array_agg(c ORDER BY k) AS counts"
         " FROM (SELECT aggjobs.sketch_key(x) AS k, count(*) AS c FROM unnest({}) AS x"
