@@ -17,7 +17,6 @@ from aggjobs.cli.main import app
 from aggjobs.db.doctor import diagnose
 from aggjobs.db.migrate import migrations
 from aggjobs.db.script import statements
-from aggjobs.engine import recompute
 from aggjobs.engine.recompute import estimated_rows, input_rows, statement_ranges
 from aggjobs.jobs.cleanup import batch_delete
 from aggjobs.sql import rollup as rollup_sql
@@ -62,23 +61,6 @@ def test_the_insert_target_is_aliased_in_returning() -> None:
             for scope in Scope:
                 text = rollup_sql.insert_target(rollup, grain, scope).as_string(None)
                 assert " AS target (" in text and "RETURNING target." in text, text
-
-
-def test_on_citus_the_merges_read_no_group_again() -> None:
-    """Citus pushes down no correlated subquery grouped by other than the distribution
-    column: on Citus (`statements(..., citus=True)`) the day and week merges of sketches and
-    sets read their range once, grouped by (group, key); elsewhere each group's rows again
-    (rollup.add_group_merge). Their rows are the same: tests/integration/test_native.py."""
-    again = '"r"."workspace_id" = "g"."workspace_id"'
-    merged = 0
-    for rollup in BUILTIN_ROLLUPS:
-        for grain in rollup.grains[1:]:
-            for scope in Scope:
-                _, on_citus = recompute.statements(rollup, grain, scope, False, citus=True)
-                _, elsewhere = recompute.statements(rollup, grain, scope, False)
-                assert again not in on_citus.as_string(None)
-                merged += again in elsewhere.as_string(None)
-    assert merged == 2 * 2 * len(Scope)  # execution_metrics and user_activity, day and week
 
 
 def test_no_ctid_in_deletes_of_distributable_tables(conn: psycopg.Connection) -> None:

