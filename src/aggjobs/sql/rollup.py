@@ -275,8 +275,8 @@ class Context:
     inp: Input
     rel: Composable
     native: bool = False  # the C functions of extension aggjobs_native (native/) are installed
-    # One group's input rows, correlated to the group `g` (group_rows): where the input is
-    # a table the engine scopes, not a view or a computed relation (sql/live.py).
+    # One group's input rows, correlated to the group `g` (function group_rows); None where
+    # the input is a view or a computed relation (sql/live.py): merged range-wide there.
     group_rows: Composable | None = None
 
     @property
