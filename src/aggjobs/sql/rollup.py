@@ -420,16 +420,8 @@ def add_quantile(parts: Parts, m: Quantile, ctx: Context, *, with_state: bool) -
         add_raw_quantile(parts, m, alias)
     elif ctx.native:
         add_native_merge(parts, m, alias)
-    elif ctx.group_rows is not None:
-        add_group_merge(parts, m, alias, ctx.group_rows)
     else:
-        inner = S("u.k AS k, sum(u.c)::bigint AS c")
-        frm = S("{}, unnest({}, {}) AS u(k, c)").format(ctx.rel, rcol(keys), rcol(counts))
-        parts.finals[m.name] = S("aggjobs.sketch_quantile({}, {}, {})").format(
-            I(alias, "keys"), I(alias, "counts"), L(m.q)
-        )
-        outer = S("array_agg(k ORDER BY k) AS keys, array_agg(c ORDER BY k) AS counts")
-        parts.auxes.append((alias, aux_query(ctx, inner, frm, S("true"), outer)))
+        add_portable_merge(parts, m, ctx, alias)
     if with_state:
         parts.finals[keys], parts.finals[counts] = I(alias, "keys"), I(alias, "counts")
 
@@ -448,8 +440,8 @@ def sketch_domain(x: Composable) -> sql.Composed:
 
 def add_raw_quantile(parts: Parts, m: Quantile, alias: str) -> None:
     """Exact quantile and its sketch from the group's values: collected unordered (so that
-    the group can be hashed), sorted once per group, the quantile read off by position and
-    the sketch counted from the same array, so the input is scanned once."""
+    the group can be hashed), then per group sorted once, the quantile read off by position,
+    and counted into the sketch's keys; the input rows are scanned once."""
     values, ordered = m.name + "__values", f"s_{m.name}"
     parts.aggs.append(
         (values, S("array_agg({0}) FILTER (WHERE {0} IS NOT NULL)").format(rcol(m.column)))
@@ -488,21 +480,28 @@ def add_native_merge(parts: Parts, m: Quantile, alias: str) -> None:
         I(alias, "keys"), I(alias, "counts"), L(m.q))
 
 
-def add_group_merge(parts: Parts, m: Quantile, alias: str, group_rows: Composable) -> None:
-    """The portable merge of the finer grain's sketches, one group at a time: the group's
-    rows found again by the (workspace, bucket) index, their pairs unnested in the select
-    list and added in a hash table the size of one group's keys, which stays in the
-    processor's cache. One hash aggregate of every (group, key) of the range was 3 to 4
-    times slower (docs/native.md).
+def add_portable_merge(parts: Parts, m: Quantile, ctx: Context, alias: str) -> None:
+    """The finer grain's sketches merged in SQL. Where each group's rows can be found again
+    (ctx.group_rows), one group at a time: its rows found by the (workspace, bucket) index,
+    their pairs unnested in the select list and added in a hash table the size of one
+    group's keys, which stays in the processor's cache; one hash aggregate of every
+    (group, key) of the range, as over a view (sql/live.py), was 3 to 4 times slower
+    (docs/native.md).
 
-    unnest is in a select list, where its rows are streamed: in FROM, each call's rows are
-    stored in a tuplestore first, which took twice the time (12.6M pairs: 2.1 s against
-    0.6-0.9 s)."""
+    unnest is in a select list there, where its rows are streamed: in FROM, each call's
+    rows are stored in a tuplestore first, which took twice the time (12.6M pairs: 2.1 s
+    against 0.6-0.9 s)."""
     keys, counts = m.name + STATE_KEYS, m.name + STATE_COUNTS
-    parts.laterals.append((alias, S(
-        "SELECT array_agg(k ORDER BY k) AS keys, array_agg(c ORDER BY k) AS counts"
-        " FROM (SELECT k, sum(c)::bigint AS c FROM (SELECT unnest({}) AS k, unnest({}) AS c"
-        " FROM {}) AS p GROUP BY k) AS u").format(rcol(keys), rcol(counts), group_rows)))
+    ordered = S("array_agg(k ORDER BY k) AS keys, array_agg(c ORDER BY k) AS counts")
+    if ctx.group_rows is not None:
+        parts.laterals.append((alias, S(
+            "SELECT {} FROM (SELECT k, sum(c)::bigint AS c FROM (SELECT unnest({}) AS k,"
+            " unnest({}) AS c FROM {}) AS p GROUP BY k) AS u").format(
+            ordered, rcol(keys), rcol(counts), ctx.group_rows)))
+    else:
+        inner = S("u.k AS k, sum(u.c)::bigint AS c")
+        frm = S("{}, unnest({}, {}) AS u(k, c)").format(ctx.rel, rcol(keys), rcol(counts))
+        parts.auxes.append((alias, aux_query(ctx, inner, frm, S("true"), ordered)))
     parts.finals[m.name] = S("aggjobs.sketch_quantile({}, {}, {})").format(
         I(alias, "keys"), I(alias, "counts"), L(m.q))
 
@@ -520,7 +519,7 @@ def add_distinct(parts: Parts, m: DistinctCount, ctx: Context, *, with_state: bo
             parts.finals[state] = I("g", state)
         return
     alias = f"d_{m.name}"
-    if ctx.group_rows is not None:  # one group at a time, as add_group_merge
+    if ctx.group_rows is not None:  # one group at a time, as add_portable_merge
         parts.laterals.append((alias, S(
             "SELECT array_agg(DISTINCT v ORDER BY v) AS members"
             " FROM (SELECT unnest({}) AS v FROM {}) AS p").format(rcol(state), ctx.group_rows)))
