@@ -10,7 +10,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from aggjobs.health import inputs as health_inputs
 from aggjobs.health import score_and_store
+from aggjobs.health.formula import BURST_MIN_RUNS
 from aggjobs.health.formula import PARTS, Inputs, score
 from aggjobs.jobs.runner import RunRequest, run_job
 from tests import platform as p
@@ -202,3 +204,26 @@ def test_store_replaces_the_days_scores(conn, settings) -> None:
     assert conn.execute("SELECT count(*) FROM analytics.workspace_health_daily"
                         ).fetchone()[0] == 0
 
+
+
+def test_worst_hour_equals_the_raw_rows_earliest_of_equal_rates(conn, settings) -> None:
+    """failure_bursts' hour, rate and runs against the raw rows: the highest failure rate
+    among hours with BURST_MIN_RUNS finished runs, the earliest of equal rates, hours with
+    fewer left out, running runs not counted."""
+    hours = {3: (6, 3), 9: (8, 4), 15: (10, 2), 20: (4, 4), 22: (12, 0)}  # hour: (runs, failed)
+    for hour, (n, failed) in hours.items():
+        for i in range(n):
+            p.run(conn, ws=7, at=T + hour * H + timedelta(minutes=i),
+                  status="failed" if i < failed else "completed")
+    p.run(conn, ws=7, at=T + 20 * H + timedelta(minutes=30), status="running")
+    p.refresh_all(conn, settings, T + timedelta(days=1))
+    got = next(r for r in health_inputs(conn, DAY) if r["workspace_id"] == 7)
+    expected = conn.execute(
+        """SELECT h, f::float8 / n, n FROM (
+               SELECT date_trunc('hour', started_at, 'UTC') AS h,
+                      count(*) FILTER (WHERE status = 'failed') AS f,
+                      count(*) FILTER (WHERE status IN ('completed', 'failed')) AS n
+               FROM agent_runs WHERE workspace_id = 7 GROUP BY 1) AS x
+           WHERE n >= %s ORDER BY f::float8 / n DESC, h LIMIT 1""", (BURST_MIN_RUNS,)).fetchone()
+    assert expected == (T + 3 * H, 0.5, 6)  # the data has the tie it means to test
+    assert (got["worst_hour"], got["worst_hour_rate"], got["worst_hour_runs"]) == expected
