@@ -8,12 +8,14 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.rows import dict_row
 
+from aggjobs import health
+from aggjobs.engine.recompute import planner_settings
 from aggjobs.health import inputs as health_inputs
-from aggjobs.health import score_and_store
-from aggjobs.health.formula import BURST_MIN_RUNS
-from aggjobs.health.formula import PARTS, Inputs, score
+from aggjobs.health import params, score_and_store, statement
+from aggjobs.health.formula import BURST_MIN_RUNS, PARTS, Inputs, score
 from aggjobs.jobs.runner import RunRequest, run_job
 from tests import platform as p
 
@@ -227,3 +229,30 @@ def test_worst_hour_equals_the_raw_rows_earliest_of_equal_rates(conn, settings) 
            WHERE n >= %s ORDER BY f::float8 / n DESC, h LIMIT 1""", (BURST_MIN_RUNS,)).fetchone()
     assert expected == (T + 3 * H, 0.5, 6)  # the data has the tie it means to test
     assert (got["worst_hour"], got["worst_hour_rate"], got["worst_hour_runs"]) == expected
+
+
+def test_inputs_never_nest_loops_where_statistics_say_a_table_is_empty(conn, settings) -> None:
+    """Statistics taken while execution_metrics_daily was empty, its pages kept (as after a
+    reset, until autovacuum analyzes it again): the planner expects one row and nests loops
+    over every workspace (at 50,000 workspaces, past 11 minutes). The inputs are planned
+    without, and are the same."""
+    for ws in range(1, 41):
+        day_runs(conn, ws, DAY - timedelta(days=1), 6, failed=1)
+        day_runs(conn, ws, DAY, 6, failed=ws % 3)
+    p.refresh_all(conn, settings, T + timedelta(days=1))
+    before = health_inputs(conn, DAY)
+    conn.execute("CREATE TEMP TABLE kept AS SELECT * FROM analytics.execution_metrics_daily")
+    conn.execute("DELETE FROM analytics.execution_metrics_daily")
+    conn.execute("VACUUM (ANALYZE, TRUNCATE false) analytics.execution_metrics_daily")
+    conn.execute("INSERT INTO analytics.execution_metrics_daily SELECT * FROM kept")
+
+    def plan() -> str:
+        rows = conn.execute(sql.SQL("EXPLAIN ") + statement(conn), params(DAY)).fetchall()
+        return "\n".join(r[0] for r in rows)
+
+    with conn.transaction():
+        assert "Nested Loop" in plan()  # what the statistics lead the planner to
+    with conn.transaction(), planner_settings(conn, health.PLAN):
+        assert "Nested Loop" not in plan()
+    assert health_inputs(conn, DAY) == before
+    assert sum(score_and_store(conn, DAY).values()) == 40
