@@ -625,6 +625,40 @@ def test_the_rollups_of_a_run_go_side_by_side_on_sessions_of_their_own(conn, fas
     assert_hours_match(conn, T0 + 3 * H)
 
 
+def test_steps_side_by_side_start_longest_first_by_the_last_runs_times(fast, monkeypatch):
+    """Three steps, two sessions: the first run starts them in the job's order, so the
+    long one waits for a session; the next run starts it first. The history lists them in
+    the job's order either way."""
+    from aggjobs.jobs import registry
+    from aggjobs.jobs.model import Job, Step, StepResult
+
+    def sleeps(seconds: float):
+        def run(ctx):
+            time.sleep(seconds)
+            return StepResult()
+        return run
+
+    steps = [Step("a", sleeps(0.3), concurrent=True), Step("b", sleeps(0.3), concurrent=True),
+             Step("long", sleeps(1.5), concurrent=True)]
+    monkeypatch.setitem(registry.JOBS, "test_job",
+                        Job("test_job", "0 0 * * *", False, 600, "test", lambda s: steps))
+    settings = fast.model_copy(update={"step_concurrency": 2})
+
+    def end(s) -> datetime:
+        return s.started_at + timedelta(seconds=s.seconds)
+
+    slack = timedelta(seconds=0.1)
+    first = run_job(RunRequest(job="test_job"), settings)
+    a, b, long = first.steps
+    assert [s.name for s in first.steps] == ["a", "b", "long"]
+    assert long.started_at >= min(end(a), end(b)) - slack  # it waited for a session
+    second = run_job(RunRequest(job="test_job"), settings)
+    a, b, long = second.steps
+    assert [s.name for s in second.steps] == ["a", "b", "long"]
+    assert long.started_at < b.started_at  # it started first; b waited for a's session
+    assert b.started_at >= end(a) - slack
+
+
 class Interrupt(Exception):
     """Stands for Celery's soft time limit: an exception that ends the whole run."""
 

@@ -67,6 +67,15 @@ WHERE job = %(job)s AND status = 'running' ORDER BY started_at DESC LIMIT 1
 SELECT id, status FROM aggjobs.job_runs
 WHERE job = %(job)s AND slot = %(slot)s AND status IN ('running', 'succeeded', 'failed')
 
+-- name: last_step_seconds
+-- How long each step took in the job's last finished run: the steps that run side by side
+-- start longest first (jobs/run.py, Run.longest_first).
+SELECT s.step ->> 'name', coalesce((s.step ->> 'seconds')::float8, 0)
+FROM (SELECT steps FROM aggjobs.job_runs
+      WHERE job = %(job)s AND status IN ('succeeded', 'failed')
+      ORDER BY started_at DESC LIMIT 1) AS r
+CROSS JOIN LATERAL jsonb_array_elements(r.steps) AS s(step)
+
 -- name: record_steps
 UPDATE aggjobs.job_runs SET steps = %(steps)s, backend_pid = pg_backend_pid()
 WHERE id = %(id)s
