@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -14,7 +15,13 @@ import pytest
 from aggjobs import reports
 from aggjobs.jobs.model import Step, StepContext, StepResult
 from aggjobs.jobs.steps import reports_step
-from aggjobs.reports.build import HOURLY_FIELDS, METRICS, hourly_series, worst_hours
+from aggjobs.reports.build import (
+    HOURLY_FIELDS,
+    METRICS,
+    HourlyRead,
+    hourly_series,
+    worst_hours,
+)
 from aggjobs.settings import Settings
 from tests import platform as p
 from tests.reports.conftest import (
@@ -409,8 +416,57 @@ def test_store_replaces_the_days_rows(loaded: Settings, conn: psycopg.Connection
     assert conn.execute("SELECT count(*) FROM analytics.daily_reports").fetchone()[0] == 11
 
 
+def beside(db_url: str) -> Callable[[], psycopg.Connection]:
+    """A second session, as the job's runner opens one for the reports' longest query."""
+    return lambda: psycopg.connect(db_url, autocommit=True, application_name="aggjobs:beside")
+
+
+def sessions_beside(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM pg_stat_activity"
+                        " WHERE application_name = 'aggjobs:beside'").fetchone()[0]
+
+
+def test_store_with_a_second_session_stores_the_same_reports(
+        loaded: Settings, conn: psycopg.Connection, db_url: str) -> None:
+    reports.store(conn, DAY)
+    alone = stored_rows(conn, DAY)
+    assert reports.store(conn, DAY, beside(db_url)) == 6
+    both = stored_rows(conn, DAY)
+    assert {ws: {**r, "generated_at": None} for ws, (r, _) in both.items()} == {
+        ws: {**r, "generated_at": None} for ws, (r, _) in alone.items()}
+    assert sessions_beside(conn) == 0  # closed once read
+
+
+def test_the_second_session_reads_the_transactions_snapshot(
+        loaded: Settings, conn: psycopg.Connection, db_url: str) -> None:
+    """A change committed after the transaction took its snapshot is not in the hourly rows
+    read beside it, though a plain session sees it."""
+    lo = datetime.combine(DAY, datetime.min.time(), tzinfo=UTC)
+    ws, hour, before = conn.execute(
+        "SELECT workspace_id, hour, total_executions FROM analytics.execution_metrics_hourly"
+        " WHERE hour >= %s AND hour < %s ORDER BY 1, 2 LIMIT 1", (lo, lo + timedelta(days=1))
+    ).fetchone()
+    change = ("UPDATE analytics.execution_metrics_hourly SET total_executions ="
+              " total_executions + %s WHERE workspace_id = %s AND hour = %s")
+    runs = "SELECT total_executions FROM analytics.execution_metrics_hourly" \
+           " WHERE workspace_id = %s AND hour = %s"
+    with psycopg.connect(db_url, autocommit=True) as other, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute("SELECT count(*) FROM analytics.daily_reports")  # the snapshot
+        other.execute(change, (1000, ws, hour))
+        assert other.execute(runs, (ws, hour)).fetchone()[0] == before + 1000
+        read = HourlyRead(conn, DAY, beside(db_url))
+        with read.cursor() as cur:
+            row = next(r for r in cur.fetchall() if r["workspace_id"] == ws)
+        assert row["runs"][row["hour"].index(hour.hour)] == before
+        other.execute(change, (-1000, ws, hour))
+    assert sessions_beside(conn) == 0
+
+
+@pytest.mark.parametrize("second_session", [False, True], ids=["one session", "two"])
 def test_store_is_one_transaction(loaded: Settings, conn: psycopg.Connection,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                  monkeypatch: pytest.MonkeyPatch, db_url: str,
+                                  second_session: bool) -> None:
     reports.store(conn, DAY)
     before = stored_rows(conn, DAY)
     b = importlib.import_module("aggjobs.reports.build")
@@ -423,8 +479,9 @@ def test_store_is_one_transaction(loaded: Settings, conn: psycopg.Connection,
 
     monkeypatch.setattr(b, "workspace_report", broken)
     with pytest.raises(ZeroDivisionError):
-        reports.store(conn, DAY)
+        reports.store(conn, DAY, beside(db_url) if second_session else None)
     assert stored_rows(conn, DAY) == before  # the delete and the rows sent were rolled back
+    assert sessions_beside(conn) == 0
 
 
 def test_step_stores_the_last_complete_day_or_skips(loaded: Settings,

@@ -25,6 +25,9 @@ class StepContext:
     as_of: datetime
     settings: Settings
     source: str | None = None  # where the run was asked for, for audit rows (aggjobs.audit)
+    # Another session like the run's, for a step that reads beside itself (daily_reports);
+    # the step closes it.
+    open_session: Callable[[], psycopg.Connection] | None = None
 
 
 @dataclass(frozen=True)

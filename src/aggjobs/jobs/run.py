@@ -278,7 +278,8 @@ class Run:
             outcome.status, outcome.error = "failed", "stopped: the run was interrupted"
             return
         try:
-            done = fn(StepContext(session.conn, self.as_of, self.settings, self.source))
+            done = fn(StepContext(session.conn, self.as_of, self.settings, self.source,
+                                  open_session=self.connect))
         except TRANSIENT:
             raise  # for run_step's retries
         except Exception as exc:

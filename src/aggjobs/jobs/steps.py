@@ -94,7 +94,7 @@ def reports_step() -> Step:
     are materialized (else skipped, saying which lag): aggjobs.reports."""
 
     def run(ctx: StepContext) -> StepResult:
-        done = reports.store_last_day(ctx.conn, as_utc(ctx.as_of))
+        done = reports.store_last_day(ctx.conn, as_utc(ctx.as_of), ctx.open_session)
         if done.waiting:
             return StepResult.skipped(done.waiting, day=done.day.isoformat())
         return StepResult(rows=done.rows, detail={"day": done.day.isoformat()})

@@ -9,6 +9,7 @@ docs/reports.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -59,9 +60,11 @@ class DayReports:
     rows: int = 0
 
 
-def store_last_day(conn: psycopg.Connection, as_of: datetime) -> DayReports:
+def store_last_day(conn: psycopg.Connection, as_of: datetime,
+                   open_session: Callable[[], psycopg.Connection] | None = None) -> DayReports:
     """Build and store the reports of the last complete UTC day before `as_of`, once its day
-    grains are materialized (else nothing done, saying which lag)."""
+    grains are materialized (else nothing done, saying which lag). `open_session`: a second
+    session for the longest query, read beside the others (build.HourlyRead)."""
     day = as_utc(as_of).date() - timedelta(days=1)
     behind = lagging_rollups(conn, day)
     if behind:
@@ -69,7 +72,7 @@ def store_last_day(conn: psycopg.Connection, as_of: datetime) -> DayReports:
                           for name, wm in behind.items())
         return DayReports(day, waiting=f"{day} is not complete in the daily rollups yet "
                                        f"(day watermarks: {marks})")
-    return DayReports(day, rows=store(conn, day))
+    return DayReports(day, rows=store(conn, day, open_session))
 
 
 @dataclass(frozen=True)

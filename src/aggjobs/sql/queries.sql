@@ -369,6 +369,14 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 -- The transaction's statements all read one snapshot.
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ
 
+-- name: export_snapshot
+-- The transaction's snapshot, for another session to read the same rows (reports/build.py).
+SELECT pg_export_snapshot()
+
+-- name: read_only_repeatable_read
+-- Before SET TRANSACTION SNAPSHOT, which needs it.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
+
 -- name: definitions_table
 -- The table of rollup definitions, NULL before the migration that makes it.
 SELECT to_regclass('aggjobs.rollup_definitions')
