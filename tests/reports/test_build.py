@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from aggjobs import reports
+from aggjobs.errors import DatabaseUnavailable
 from aggjobs.jobs.model import Step, StepContext, StepResult
 from aggjobs.jobs.steps import reports_step
 from aggjobs.reports.build import (
@@ -435,6 +436,21 @@ def test_store_with_a_second_session_stores_the_same_reports(
     assert {ws: {**r, "generated_at": None} for ws, (r, _) in both.items()} == {
         ws: {**r, "generated_at": None} for ws, (r, _) in alone.items()}
     assert sessions_beside(conn) == 0  # closed once read
+
+
+def test_without_a_second_session_to_spare_the_step_reads_on_its_own(
+        loaded: Settings, conn: psycopg.Connection, db_url: str) -> None:
+    """The role's or the server's connection limit reached: the same reports, read on one
+    session, and a warning."""
+    reports.store(conn, DAY)
+    alone = stored_rows(conn, DAY)
+
+    def refused() -> psycopg.Connection:
+        raise DatabaseUnavailable("cannot connect to the database: too many clients already")
+
+    assert reports.store(conn, DAY, refused) == 6
+    assert {ws: {**r, "generated_at": None} for ws, (r, _) in stored_rows(conn, DAY).items()
+            } == {ws: {**r, "generated_at": None} for ws, (r, _) in alone.items()}
 
 
 def test_the_second_session_reads_the_transactions_snapshot(

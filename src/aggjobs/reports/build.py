@@ -8,6 +8,7 @@ so that every renderer works on either. docs/reports.md describes each section.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,8 +27,10 @@ from psycopg.rows import dict_row
 from ..db.cluster import is_citus
 from ..db.connect import scalar
 from ..engine.recompute import native_installed, set_local, storage_changes
-from ..errors import AggjobsError
+from ..errors import AggjobsError, DatabaseUnavailable
 from ..sql import named, query, with_merges
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: `hourly` as columns (docs/reports.md, "The report")
 LEDGER_TOLERANCE = Decimal("0.01")  # credits: a difference beyond this is a mismatch
@@ -333,7 +336,8 @@ class HourlyRead:
     50,000 workspaces). Given `open_session`, it starts at once on a session of its own,
     reading the snapshot of `conn`'s transaction (exported, imported: the same rows as a
     read on `conn` would give), while `conn` runs the other queries; its rows then wait in
-    that session's driver. Otherwise it runs on `conn` when asked for. Not on Citus, whose
+    that session's driver. Otherwise (or if no second session can be opened: the server's
+    or the role's connection limit) it runs on `conn` when asked for. Not on Citus, whose
     distributed reads do not take an imported snapshot."""
 
     def __init__(self, conn: psycopg.Connection, day: date,
@@ -342,15 +346,20 @@ class HourlyRead:
         self.conn, self.params = conn, {"lo": lo, "hi": hi}
         self.session: psycopg.Connection | None = None
         self.pool: ThreadPoolExecutor | None = None
-        self.started: Future[psycopg.Cursor[dict]] | None = None
+        self.started: Future[psycopg.Cursor[dict] | None] | None = None
         if open_session is not None and not is_citus(conn):
             snapshot: str = scalar(conn, query("export_snapshot"))
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="reports-hourly")
             self.started = self.pool.submit(self.read_beside, open_session, snapshot)
 
     def read_beside(self, open_session: Callable[[], psycopg.Connection],
-                    snapshot: str) -> psycopg.Cursor[dict]:
-        self.session = open_session()
+                    snapshot: str) -> psycopg.Cursor[dict] | None:
+        try:
+            self.session = open_session()
+        except DatabaseUnavailable as exc:  # no session to spare: read on the step's own
+            log.warning("daily reports: no second session (%s); the hourly rows are read"
+                        " after the other queries", exc)
+            return None
         with self.session.transaction():
             self.session.execute(query("read_only_repeatable_read"))
             self.session.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
@@ -365,7 +374,7 @@ class HourlyRead:
     def cursor(self) -> Iterator[psycopg.Cursor[dict]]:
         """The rows' cursor, once they are all read; the other session closed after."""
         try:
-            cur = self.started.result() if self.started else self.read(self.conn)
+            cur = (self.started.result() if self.started else None) or self.read(self.conn)
             with cur:
                 yield cur
         finally:
