@@ -374,7 +374,8 @@ class HourlyRead:
     def cursor(self) -> Iterator[psycopg.Cursor[dict]]:
         """The rows' cursor, once they are all read; the other session closed after."""
         try:
-            cur = (self.started.result() if self.started else None) or self.read(self.conn)
+            beside = self.started.result() if self.started else None
+            cur = beside if beside is not None else self.read(self.conn)
             with cur:
                 yield cur
         finally:
