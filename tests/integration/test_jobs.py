@@ -627,8 +627,9 @@ def test_the_rollups_of_a_run_go_side_by_side_on_sessions_of_their_own(conn, fas
 
 def test_steps_side_by_side_start_longest_first_by_the_last_runs_times(fast, monkeypatch):
     """Three steps, two sessions: the first run starts them in the job's order, so the
-    long one waits for a session; the next run starts it first. The history lists them in
-    the job's order either way."""
+    long one waits for a session; the next run starts them longest first, so the shortest
+    waits. The history lists them in the job's order either way. (The short ones' times
+    differ by 0.2 s, past any jitter: equal ones would start in either order.)"""
     from aggjobs.jobs import registry
     from aggjobs.jobs.model import Job, Step, StepResult
 
@@ -638,7 +639,7 @@ def test_steps_side_by_side_start_longest_first_by_the_last_runs_times(fast, mon
             return StepResult()
         return run
 
-    steps = [Step("a", sleeps(0.3), concurrent=True), Step("b", sleeps(0.3), concurrent=True),
+    steps = [Step("a", sleeps(0.2), concurrent=True), Step("b", sleeps(0.4), concurrent=True),
              Step("long", sleeps(1.5), concurrent=True)]
     monkeypatch.setitem(registry.JOBS, "test_job",
                         Job("test_job", "0 0 * * *", False, 600, "test", lambda s: steps))
@@ -655,8 +656,8 @@ def test_steps_side_by_side_start_longest_first_by_the_last_runs_times(fast, mon
     second = run_job(RunRequest(job="test_job"), settings)
     a, b, long = second.steps
     assert [s.name for s in second.steps] == ["a", "b", "long"]
-    assert long.started_at < b.started_at  # it started first; b waited for a's session
-    assert b.started_at >= end(a) - slack
+    assert long.started_at < a.started_at  # it started first, then b; a waited for b's
+    assert a.started_at >= end(b) - slack  # session
 
 
 class Interrupt(Exception):
