@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).parent))
-from suite import BUILTIN_ROLLUPS, database  # noqa: E402
+from suite import BUILTIN_ROLLUPS, daily_job_time, database  # noqa: E402
 
 from aggjobs.catalog import Grain  # noqa: E402
 from aggjobs.jobs.runner import RunRequest, RunResult, run_job  # noqa: E402
@@ -87,7 +87,7 @@ def main() -> None:
             order = orders[i % len(orders)]
             start = day_undone(conn, forget_runs=order == "declared")
             started = time.perf_counter()
-            as_of = start + timedelta(days=1, hours=1)
+            as_of = daily_job_time(start + timedelta(days=1))
             result = run_job(RunRequest(job="daily_rollup", as_of=as_of, trigger="manual",
                                         who="bench"), settings)
             seconds = time.perf_counter() - started
