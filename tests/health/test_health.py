@@ -162,6 +162,9 @@ def test_stored_scores_equal_the_formula_on_raw_inputs(workspaces, settings) -> 
     steps = {s.name: s for s in result.steps}
     assert steps["health_scores"].status == "succeeded", steps["health_scores"]
     assert steps["health_scores"].rows == 5
+    for read in ("execution_metrics.day", "credit_consumption.day"):  # started after them
+        ended = steps[read].started_at + timedelta(seconds=steps[read].seconds)
+        assert steps["health_scores"].started_at >= ended - timedelta(seconds=0.05)
     with conn.cursor(row_factory=dict_row) as cur:
         stored = {r["workspace_id"]: r for r in cur.execute(
             "SELECT * FROM analytics.workspace_health_daily WHERE day = %s", (DAY,))}

@@ -660,6 +660,56 @@ def test_steps_side_by_side_start_longest_first_by_the_last_runs_times(fast, mon
     assert a.started_at >= end(b) - slack  # session
 
 
+def test_a_step_waits_for_the_steps_it_reads_and_they_start_first(fast, monkeypatch):
+    """Two sessions; `reads` waits for `written` (after=). First run, in the job's order:
+    `written` starts when `mid` ends (0.4 s), and `reads` not when `long` ends (0.5 s) but
+    after `written` (0.7 s). Next run, the longest path first: `written` + `reads` (0.6 s)
+    and `long` start at once; `mid` (0.4 s) once `written` ends, before `reads` (0.3 s)."""
+    from aggjobs.jobs import registry
+    from aggjobs.jobs.model import Job, Step, StepResult
+
+    def sleeps(seconds: float):
+        def run(ctx):
+            time.sleep(seconds)
+            return StepResult()
+        return run
+
+    steps = [Step("long", sleeps(0.5), concurrent=True), Step("mid", sleeps(0.4), concurrent=True),
+             Step("written", sleeps(0.3), concurrent=True),
+             Step("reads", sleeps(0.3), concurrent=True, after=("written", "not in the job"))]
+    monkeypatch.setitem(registry.JOBS, "test_job",
+                        Job("test_job", "0 0 * * *", False, 600, "test", lambda s: steps))
+    settings = fast.model_copy(update={"step_concurrency": 2})
+
+    def end(s) -> datetime:
+        return s.started_at + timedelta(seconds=s.seconds)
+
+    slack = timedelta(seconds=0.05)
+    first = run_job(RunRequest(job="test_job"), settings)
+    long, mid, written, reads = first.steps
+    assert first.status == "succeeded"
+    assert written.started_at >= end(mid) - slack
+    assert reads.started_at >= end(written) - slack > end(long)  # a session was free
+    second = run_job(RunRequest(job="test_job"), settings)
+    long, mid, written, reads = second.steps
+    assert [s.name for s in second.steps] == ["long", "mid", "written", "reads"]
+    assert written.started_at < mid.started_at and long.started_at < mid.started_at
+    assert mid.started_at >= end(written) - slack
+    assert reads.started_at >= end(long) - slack  # after mid, on the next free session
+
+
+def test_steps_that_wait_for_each_other_fail_the_run_clearly(fast, monkeypatch):
+    from aggjobs.jobs import registry
+    from aggjobs.jobs.model import Job, Step, StepResult
+
+    steps = [Step(n, lambda ctx: StepResult(), concurrent=True, after=(w,))
+             for n, w in (("a", "b"), ("b", "a"))]
+    monkeypatch.setitem(registry.JOBS, "test_job",
+                        Job("test_job", "0 0 * * *", False, 600, "test", lambda s: steps))
+    with pytest.raises(RuntimeError, match=r"steps \['a', 'b'\] wait in a circle"):
+        run_job(RunRequest(job="test_job"), fast.model_copy(update={"step_concurrency": 2}))
+
+
 class Interrupt(Exception):
     """Stands for Celery's soft time limit: an exception that ends the whole run."""
 

@@ -19,6 +19,9 @@ from ..sql import named, query, with_merges
 from .formula import BURST_MIN_RUNS, Health, Inputs, score
 
 INPUTS = named(files(__package__).joinpath("inputs.sql").read_text())
+# The rollups inputs.sql reads (their hours and days): in the daily job, the scores start as
+# these have ended, beside the others (docs/jobs.md).
+ROLLUPS_READ = ("execution_metrics", "credit_consumption")
 
 
 CHUNK = 5_000  # workspaces scored and written at a time: the worker's memory stays bounded

@@ -55,6 +55,9 @@ class Step:
     # Independent of its concurrent neighbours: consecutive concurrent steps run at once,
     # each on its own session (AGGJOBS_STEP_CONCURRENCY); the next other step waits for all.
     concurrent: bool = False
+    # Concurrent neighbours it reads what they write: it starts once they have ended (as it
+    # would after them one at a time, whatever became of them). Listed before it in the job.
+    after: tuple[str, ...] = ()
 
 
 def batches(steps: list[Step]) -> list[list[Step]]:

@@ -24,8 +24,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -214,12 +214,10 @@ class Run:
                 session.close()
 
         with ThreadPoolExecutor(workers, thread_name_prefix=f"{self.job.name}-step") as pool:
-            futures = {step.name: pool.submit(one, step) for step in self.longest_first(batch)}
+            futures: dict[str, Future[StepOutcome]] = {}
             try:
-                wait(futures.values(), return_when=FIRST_EXCEPTION)
-                for f in futures.values():  # a step's exception that ends the run, first
-                    if f.done() and (exc := f.exception()) is not None:
-                        raise exc
+                for step in self.as_sessions_free(batch, futures, workers):
+                    futures[step.name] = pool.submit(one, step)
                 return [futures[step.name].result() for step in batch]
             except BaseException:  # e.g. the soft time limit: stop the others' statements
                 self.stopping.set()
@@ -227,13 +225,44 @@ class Run:
                     session.cancel()
                 raise
 
-    def longest_first(self, batch: list[Step]) -> list[Step]:
-        """The steps in the order they start: the longest in the job's last run first, one
-        never timed before them all, ties in the job's order. With fewer sessions than
-        steps, the longest then does not wait for a session to free up: daily_rollup at
-        50,000 workspaces, where agent_executions.day (6-7 s) started last, when the
-        first of the three others ended (docs/jobs.md)."""
-        return sorted(batch, key=lambda step: -self.last_seconds.get(step.name, math.inf))
+    def as_sessions_free(self, batch: list[Step], futures: dict[str, Future[StepOutcome]],
+                         workers: int) -> Iterator[Step]:
+        """The steps of `batch` to start, each when a session is free and the steps it
+        waits for (`after`) have ended, in start_order; `futures`: those started. Returns
+        once all have ended; raises the first exception that ends the run."""
+        waiting = self.start_order(batch)
+        names = {step.name for step in batch}
+        while True:
+            running = [f for f in futures.values() if not f.done()]
+            ended = {name for name, f in futures.items() if f.done()}
+            ready = [s for s in waiting if names.intersection(s.after) <= ended]
+            for step in ready[:workers - len(running)]:
+                waiting.remove(step)
+                yield step
+            running = [f for f in futures.values() if not f.done()]
+            if not running:
+                if waiting:  # each waits for another: a job defined wrong
+                    raise RuntimeError(f"steps {[s.name for s in waiting]} wait in a circle")
+                return
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in done:  # a step's exception that ends the run
+                if (exc := f.exception()) is not None:
+                    raise exc
+
+    def start_order(self, batch: list[Step]) -> list[Step]:
+        """The steps in the order they start when a session frees up: the longest path
+        first, by the steps' times in the job's last run (a step's own, plus the longest of
+        the steps that wait for it: `after`); one never timed before them all; ties in the
+        job's order. With fewer sessions than steps, the longest then does not wait for a
+        session (daily_rollup at 50,000 workspaces: agent_executions.day, 6-7 s, started
+        last, when the first of the three others ended), and a step others wait for starts
+        before one none does (health_scores waits for two of the four rollups; docs/jobs.md)."""
+        path: dict[str, float] = {}
+        for step in reversed(batch):  # a step's waiters come after it in the job
+            waiters = [path.get(s.name, 0.0) for s in batch if step.name in s.after]
+            path[step.name] = (self.last_seconds.get(step.name, math.inf)
+                               + max(waiters, default=0.0))
+        return sorted(batch, key=lambda step: -path[step.name])
 
     def run_step(self, name: str, fn: StepFn,
                  should_stop: Callable[[BaseException], bool],

@@ -86,7 +86,9 @@ def health_step() -> Step:
             return StepResult.skipped(done.waiting, day=done.day.isoformat())
         return StepResult(rows=done.rows, detail={"day": done.day.isoformat(), **done.by_status})
 
-    return Step("health_scores", run)
+    # Once the rollups it reads have ended, beside the others still running.
+    return Step("health_scores", run, concurrent=True,
+                after=tuple(f"{name}.{Grain.DAY.value}" for name in health.ROLLUPS_READ))
 
 
 def reports_step() -> Step:

@@ -69,7 +69,7 @@ WHERE job = %(job)s AND slot = %(slot)s AND status IN ('running', 'succeeded', '
 
 -- name: last_step_seconds
 -- How long each step took in the job's last finished run: the steps that run side by side
--- start longest first (jobs/run.py, Run.longest_first).
+-- start longest first (jobs/run.py, Run.start_order).
 SELECT s.step ->> 'name', coalesce((s.step ->> 'seconds')::float8, 0)
 FROM (SELECT steps FROM aggjobs.job_runs
       WHERE job = %(job)s AND status IN ('succeeded', 'failed')
