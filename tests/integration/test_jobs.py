@@ -27,6 +27,8 @@ from psycopg.rows import dict_row
 from aggjobs.catalog import BUILTIN_ROLLUPS, Grain, get_rollup
 from aggjobs.engine.verify import verify_grain
 from aggjobs.errors import UnknownJob
+from aggjobs.jobs import registry
+from aggjobs.jobs.model import Job, Step, StepResult
 from aggjobs.jobs.runner import RunRequest, RunResult, run_job
 from aggjobs.settings import Settings
 from aggjobs.sql import query
@@ -598,6 +600,24 @@ def test_heavy_jobs_wait_for_a_slot_then_are_skipped_for_a_retry(conn, fast, db_
 
 
 # -- steps side by side ----------------------------------------------------------------------------
+def register_test_job(monkeypatch, steps) -> None:
+    """`test_job`, made of `steps`, in the job registry for this test only."""
+    monkeypatch.setitem(registry.JOBS, "test_job",
+                        Job("test_job", "0 0 * * *", False, 600, "test", lambda s: steps))
+
+
+def sleeping_step(name: str, seconds: float, **options):
+    """A concurrent step that only sleeps: its time is known in advance."""
+    def run(ctx):
+        time.sleep(seconds)
+        return StepResult()
+    return Step(name, run, concurrent=True, **options)
+
+
+def ended(step) -> datetime:
+    return step.started_at + timedelta(seconds=step.seconds)
+
+
 def test_the_rollups_of_a_run_go_side_by_side_on_sessions_of_their_own(conn, fast, table_lock,
                                                                       background):
     """One rollup held up does not hold up the others; the views wait for all of them."""
@@ -619,9 +639,9 @@ def test_the_rollups_of_a_run_go_side_by_side_on_sessions_of_their_own(conn, fas
     assert result.status == "succeeded", result
     by_name = {s.name: s for s in result.steps}
     em, ua = by_name["execution_metrics.hour"], by_name["user_activity.hour"]
-    assert em.started_at < ua.started_at + timedelta(seconds=ua.seconds)  # they overlapped
+    assert em.started_at < ended(ua)  # they overlapped
     views = [s for s in result.steps if s.name.startswith("view.")]
-    assert all(v.started_at >= em.started_at + timedelta(seconds=em.seconds) for v in views)
+    assert all(v.started_at >= ended(em) for v in views)
     assert_hours_match(conn, T0 + 3 * H)
 
 
@@ -630,34 +650,20 @@ def test_steps_side_by_side_start_longest_first_by_the_last_runs_times(fast, mon
     long one waits for a session; the next run starts them longest first, so the shortest
     waits. The history lists them in the job's order either way. (The short ones' times
     differ by 0.2 s, past any jitter: equal ones would start in either order.)"""
-    from aggjobs.jobs import registry
-    from aggjobs.jobs.model import Job, Step, StepResult
-
-    def sleeps(seconds: float):
-        def run(ctx):
-            time.sleep(seconds)
-            return StepResult()
-        return run
-
-    steps = [Step("a", sleeps(0.2), concurrent=True), Step("b", sleeps(0.4), concurrent=True),
-             Step("long", sleeps(1.5), concurrent=True)]
-    monkeypatch.setitem(registry.JOBS, "test_job",
-                        Job("test_job", "0 0 * * *", False, 600, "test", lambda s: steps))
+    register_test_job(monkeypatch, [sleeping_step("a", 0.2), sleeping_step("b", 0.4),
+                                    sleeping_step("long", 1.5)])
     settings = fast.model_copy(update={"step_concurrency": 2})
-
-    def end(s) -> datetime:
-        return s.started_at + timedelta(seconds=s.seconds)
 
     slack = timedelta(seconds=0.1)
     first = run_job(RunRequest(job="test_job"), settings)
     a, b, long = first.steps
     assert [s.name for s in first.steps] == ["a", "b", "long"]
-    assert long.started_at >= min(end(a), end(b)) - slack  # it waited for a session
+    assert long.started_at >= min(ended(a), ended(b)) - slack  # it waited for a session
     second = run_job(RunRequest(job="test_job"), settings)
     a, b, long = second.steps
     assert [s.name for s in second.steps] == ["a", "b", "long"]
     assert long.started_at < a.started_at  # it started first, then b; a waited for b's
-    assert a.started_at >= end(b) - slack  # session
+    assert a.started_at >= ended(b) - slack  # session
 
 
 def test_a_step_waits_for_the_steps_it_reads_and_they_start_first(fast, monkeypatch):
@@ -665,47 +671,28 @@ def test_a_step_waits_for_the_steps_it_reads_and_they_start_first(fast, monkeypa
     `written` starts when `mid` ends (0.4 s), and `reads` not when `long` ends (0.5 s) but
     after `written` (0.7 s). Next run, the longest path first: `written` + `reads` (0.6 s)
     and `long` start at once; `mid` (0.4 s) once `written` ends, before `reads` (0.3 s)."""
-    from aggjobs.jobs import registry
-    from aggjobs.jobs.model import Job, Step, StepResult
-
-    def sleeps(seconds: float):
-        def run(ctx):
-            time.sleep(seconds)
-            return StepResult()
-        return run
-
-    steps = [Step("long", sleeps(0.5), concurrent=True), Step("mid", sleeps(0.4), concurrent=True),
-             Step("written", sleeps(0.3), concurrent=True),
-             Step("reads", sleeps(0.3), concurrent=True, after=("written", "not in the job"))]
-    monkeypatch.setitem(registry.JOBS, "test_job",
-                        Job("test_job", "0 0 * * *", False, 600, "test", lambda s: steps))
+    register_test_job(monkeypatch, [
+        sleeping_step("long", 0.5), sleeping_step("mid", 0.4), sleeping_step("written", 0.3),
+        sleeping_step("reads", 0.3, after=("written", "not in the job"))])
     settings = fast.model_copy(update={"step_concurrency": 2})
-
-    def end(s) -> datetime:
-        return s.started_at + timedelta(seconds=s.seconds)
 
     slack = timedelta(seconds=0.05)
     first = run_job(RunRequest(job="test_job"), settings)
     long, mid, written, reads = first.steps
     assert first.status == "succeeded"
-    assert written.started_at >= end(mid) - slack
-    assert reads.started_at >= end(written) - slack > end(long)  # a session was free
+    assert written.started_at >= ended(mid) - slack
+    assert reads.started_at >= ended(written) - slack > ended(long)  # a session was free
     second = run_job(RunRequest(job="test_job"), settings)
     long, mid, written, reads = second.steps
     assert [s.name for s in second.steps] == ["long", "mid", "written", "reads"]
     assert written.started_at < mid.started_at and long.started_at < mid.started_at
-    assert mid.started_at >= end(written) - slack
-    assert reads.started_at >= end(long) - slack  # after mid, on the next free session
+    assert mid.started_at >= ended(written) - slack
+    assert reads.started_at >= ended(long) - slack  # after mid, on the next free session
 
 
 def test_steps_that_wait_for_each_other_fail_the_run_clearly(fast, monkeypatch):
-    from aggjobs.jobs import registry
-    from aggjobs.jobs.model import Job, Step, StepResult
-
-    steps = [Step(n, lambda ctx: StepResult(), concurrent=True, after=(w,))
-             for n, w in (("a", "b"), ("b", "a"))]
-    monkeypatch.setitem(registry.JOBS, "test_job",
-                        Job("test_job", "0 0 * * *", False, 600, "test", lambda s: steps))
+    register_test_job(monkeypatch, [sleeping_step("a", 0, after=("b",)),
+                                    sleeping_step("b", 0, after=("a",))])
     with pytest.raises(RuntimeError, match=r"steps \['a', 'b'\] wait in a circle"):
         run_job(RunRequest(job="test_job"), fast.model_copy(update={"step_concurrency": 2}))
 
@@ -716,9 +703,6 @@ class Interrupt(Exception):
 
 def test_an_interrupted_run_stops_the_steps_beside_the_one_interrupted(conn, fast, db_url,
                                                                        monkeypatch):
-    from aggjobs.jobs import registry
-    from aggjobs.jobs.model import Job, Step, StepResult
-
     def sleeper(ctx):
         ctx.conn.execute("SELECT pg_sleep(60)")
         return StepResult()
@@ -727,9 +711,8 @@ def test_an_interrupted_run_stops_the_steps_beside_the_one_interrupted(conn, fas
         time.sleep(0.5)
         raise Interrupt("soft time limit")
 
-    steps = [Step("sleeps", sleeper, concurrent=True), Step("stops", interrupted, concurrent=True)]
-    monkeypatch.setitem(registry.JOBS, "test_job",
-                        Job("test_job", "0 0 * * *", False, 600, "test", lambda s: steps))
+    register_test_job(monkeypatch, [Step("sleeps", sleeper, concurrent=True),
+                                    Step("stops", interrupted, concurrent=True)])
     started = time.monotonic()
     with pytest.raises(Interrupt):
         run_job(RunRequest(job="test_job"), fast,
