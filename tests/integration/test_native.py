@@ -73,6 +73,11 @@ SELECT (SELECT percentile_cont(%(q)s) WITHIN GROUP (ORDER BY x) FROM v),
                                              FROM v GROUP BY 1) c)
 """
 NATIVE_DIGEST = "SELECT quantile, keys, counts FROM aggjobs_native.digest(%(xs)s, %(q)s)"
+# The aggregate the hourly step runs (1.3): the same, over a group's rows.
+NATIVE_DIGEST_OF = """
+SELECT (d).quantile, (d).keys, (d).counts
+FROM (SELECT aggjobs_native.digest_of(x, %(q)s) AS d FROM unnest(%(xs)s::float8[]) AS x) AS s
+"""
 
 
 def same_float(ours: float, exact: float) -> bool:
@@ -89,9 +94,10 @@ def test_digest_is_percentile_cont_and_the_portable_sketch(db: psycopg.Connectio
                                                            xs: list[float], q: float) -> None:
     params = {"xs": xs, "q": q}
     exact, keys, counts = db.execute(PORTABLE_DIGEST, params).fetchone()
-    quantile, n_keys, n_counts = db.execute(NATIVE_DIGEST, params).fetchone()
-    assert same_float(quantile, exact), (xs, q, quantile, exact)
-    assert (n_keys, n_counts) == (keys, counts)
+    for native in (NATIVE_DIGEST, NATIVE_DIGEST_OF):
+        quantile, n_keys, n_counts = db.execute(native, params).fetchone()
+        assert same_float(quantile, exact), (native, xs, q, quantile, exact)
+        assert (n_keys, n_counts) == (keys, counts)
 
 
 def test_digest_of_no_values_is_null_and_bad_input_is_refused(db: psycopg.Connection) -> None:
@@ -102,6 +108,20 @@ def test_digest_of_no_values_is_null_and_bad_input_is_refused(db: psycopg.Connec
         db.execute(NATIVE_DIGEST, {"xs": [1.0, None], "q": 0.95})
     with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="not between 0 and 1"):
         db.execute(NATIVE_DIGEST, {"xs": [1.0], "q": 1.5})
+
+
+def test_digest_of_skips_nulls_and_refuses_a_bad_quantile(db: psycopg.Connection) -> None:
+    """The aggregate: NULL values skipped (the FILTER of the SQL path), a group without
+    values NULL, and the quantile checked as digest's."""
+    for xs in ([], [None, None]):
+        assert db.execute(NATIVE_DIGEST_OF, {"xs": xs, "q": 0.95}).fetchone() == (None,) * 3
+    with_nulls = db.execute(NATIVE_DIGEST_OF, {"xs": [3.5, None, -1.0, 2.0], "q": 0.5})
+    assert with_nulls.fetchone() == db.execute(NATIVE_DIGEST, {"xs": [3.5, -1.0, 2.0],
+                                                                "q": 0.5}).fetchone()
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="not between 0 and 1"):
+        db.execute(NATIVE_DIGEST_OF, {"xs": [1.0], "q": -0.1})
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="the quantile is NULL"):
+        db.execute(NATIVE_DIGEST_OF, {"xs": [1.0], "q": None})
 
 
 # ------------------------------------------------------------------------------ merge
@@ -333,12 +353,12 @@ def assert_same_with_and_without(conn: psycopg.Connection) -> None:
     assert native_installed(conn)
 
 
-@pytest.mark.parametrize("older", ["1.0", "1.1"])
+@pytest.mark.parametrize("older", ["1.0", "1.1", "1.2"])
 def test_migrate_updates_an_older_extension_and_the_views_follow(db_url: str, older: str
                                                                  ) -> None:
-    """An install made with aggjobs_native 1.0 (before aggregate `collect`) or 1.1 (before
-    the set aggregates): the SQL runs portable until `migrate` updates the extension, then
-    the live views use the C path."""
+    """An install made with aggjobs_native 1.0 (before aggregate `collect`), 1.1 (before
+    the set aggregates) or 1.2 (before `digest_of`): the SQL runs portable until `migrate`
+    updates the extension, then the live views use the C path."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         require_native(conn)
         migrate(conn, native=False)
@@ -352,12 +372,7 @@ def test_migrate_updates_an_older_extension_and_the_views_follow(db_url: str, ol
         assert native_installed(conn)
         hourly = conn.execute("SELECT pg_get_viewdef('analytics.execution_metrics_hourly_live')"
                               ).fetchone()[0]
-        assert "aggjobs_native.collect(" in hourly
+        assert "aggjobs_native.digest_of(" in hourly
         users = conn.execute("SELECT pg_get_viewdef('analytics.user_activity_hourly_live')"
                              ).fetchone()[0]
         assert "aggjobs_native.set_of(" in users
-        values = [3.5, None, -1.0, 2.0]
-        got = conn.execute("SELECT aggjobs_native.collect(x ORDER BY i), array_agg(x ORDER BY i)"
-                           " FROM unnest(%s::float8[]) WITH ORDINALITY AS t(x, i)",
-                           (values,)).fetchone()
-        assert got[0] == got[1] == values

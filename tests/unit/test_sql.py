@@ -68,7 +68,7 @@ def test_the_c_functions_replace_the_per_value_sql() -> None:
     em = get_rollup("execution_metrics")
     hourly = r.insert_target(em, r.Grain.HOUR, r.Scope.RANGE, native=True).as_string(None)
     daily = r.insert_target(em, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
-    assert "aggjobs_native.digest(" in hourly and "ORDER BY" not in hourly
+    assert "aggjobs_native.digest_of(" in hourly and "ORDER BY" not in hourly
     assert "unnest" not in daily and "aggjobs_native.sketch_merge(" in daily
     assert "aggjobs_native.sketch_quantile(" in daily
     # distinct sets: hashed set_of over the hour's values, set_union over finer sets

@@ -422,8 +422,9 @@ def add_quantile(parts: Parts, m: Quantile, ctx: Context, *, with_state: bool) -
         add_native_merge(parts, m, alias)
     else:
         add_portable_merge(parts, m, ctx, alias)
-    if with_state:
-        parts.finals[keys], parts.finals[counts] = I(alias, "keys"), I(alias, "counts")
+    if with_state:  # (the native digest's are fields of its aggregate's result)
+        parts.finals.setdefault(keys, I(alias, "keys"))
+        parts.finals.setdefault(counts, I(alias, "counts"))
 
 
 def sketch_domain(x: Composable) -> sql.Composed:
@@ -458,15 +459,15 @@ def add_raw_quantile(parts: Parts, m: Quantile, alias: str) -> None:
 
 
 def add_native_digest(parts: Parts, m: Quantile, alias: str) -> None:
-    """The same outputs from aggjobs_native.digest: the values are collected unordered (so
-    the group can be hashed: aggjobs_native.collect is array_agg with its state's size
-    declared), then sorted once in C, quantile and sketch read off them."""
-    values = m.name + "__values"
-    parts.aggs.append((values, S("aggjobs_native.collect({0}) FILTER (WHERE {0} IS NOT NULL)"
-                                 ).format(rcol(m.column))))
-    parts.laterals.append((alias, S("SELECT * FROM aggjobs_native.digest({}, {})").format(
-        I("g", values), L(m.q))))
-    parts.finals[m.name] = I(alias, "quantile")
+    """The same outputs from the C aggregate aggjobs_native.digest_of, in the main GROUP BY:
+    each group's values collected unordered (so the group can be hashed) in one array, then
+    sorted once, quantile and sketch read off them."""
+    parts.aggs.append((alias, S("aggjobs_native.digest_of({}, {})").format(
+        rcol(m.column), L(m.q))))
+    digest = I("g", alias)
+    parts.finals[m.name] = S("({}).quantile").format(digest)
+    parts.finals[m.name + STATE_KEYS] = S("({}).keys").format(digest)
+    parts.finals[m.name + STATE_COUNTS] = S("({}).counts").format(digest)
 
 
 def add_native_merge(parts: Parts, m: Quantile, alias: str) -> None:
