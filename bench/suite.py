@@ -258,13 +258,13 @@ class Bench:
         better than they are)."""
         self.conn.execute("VACUUM public.bench_seed")
 
-    def hourly_vacuumed(self) -> None:
-        """Our hourly table vacuumed before each of our runs, as the seed's is: each
-        rolled-back run leaves the hour's rows dead in the table and its three indexes (50,000
-        at 50,000 workspaces: after 107 runs, 5.4M dead rows in 2.1 GB, and our step 1.1 s
-        became 1.6-1.9 s, where autovacuum would have cleaned up)."""
-        self.conn.execute(sql.SQL("VACUUM {}").format(
-            sql.Identifier("analytics", EM.table(Grain.HOUR))))
+    def em_vacuumed(self, grain: Grain) -> Callable[[], None]:
+        """Our table of `grain` vacuumed before each of our runs, as the seed's is: each
+        rolled-back run leaves its rows dead in the table and its three indexes (an hour's
+        50,000 at 50,000 workspaces: after 107 runs, 5.4M dead rows in 2.1 GB, and our hourly
+        step's 1.1 s became 1.6-1.9 s, where autovacuum would have cleaned up)."""
+        table = sql.Identifier("analytics", EM.table(grain))
+        return lambda: self.conn.execute(sql.SQL("VACUUM {}").format(table))
 
     def hourly_step(self) -> dict:
         lo, hi = self.last_hour
@@ -276,8 +276,9 @@ class Bench:
             warm_up()  # (the floor's index-only scan leaves the heap's pages unread)
         floor = timed(floor_sql, self.repeat)
         seed = timed(seed_sql, self.repeat, before=self.seed_vacuumed)
-        ours = timed(lambda: self.new_hour(lo, hi), self.repeat, before=self.hourly_vacuumed)
-        closed = timed(ours_sql, self.repeat, before=self.hourly_vacuumed)
+        vacuumed = self.em_vacuumed(Grain.HOUR)
+        ours = timed(lambda: self.new_hour(lo, hi), self.repeat, before=vacuumed)
+        closed = timed(ours_sql, self.repeat, before=vacuumed)
         return {"floor": with_ratio(floor, seed), "seed": with_ratio(seed, seed),
                 "ours": with_ratio(ours, seed), "closed_hour": with_ratio(closed, seed),
                 "runs": self.runs_in(lo, hi)}
@@ -391,7 +392,8 @@ class Bench:
         for rollup in BUILTIN_ROLLUPS:  # hours first: the daily step merges them
             refresh(self.conn, rollup, as_of=as_of, settings=self.settings, grains=[Grain.HOUR])
         step = timed(self.rolled_back(
-            lambda: recompute_range(self.conn, EM, Grain.DAY, lo, hi)), self.repeat)
+            lambda: recompute_range(self.conn, EM, Grain.DAY, lo, hi)), self.repeat,
+            before=self.em_vacuumed(Grain.DAY))
         seed = timed(lambda: self.conn.execute(SEED_DAILY, {"lo": lo, "hi": hi}), 1)
         job = self.job("daily_rollup", daily_job_time(as_of))
         med, worst, groups = self.conn.execute(P95_ERROR, {"day": lo.date()}).fetchone()
