@@ -233,8 +233,8 @@ PG_FUNCTION_INFO_V1(aggjobs_digest_of_step);
 /*
  * digest_of's transition: one value kept (NULLs skipped, as the SQL path's FILTER). The
  * values grow in one array in the aggregate's memory, where array_agg (collect, 1.1) gives
- * each group a memory context of its own: at 50,000 groups an hour that cost more than the
- * sort (docs/native.md).
+ * each group a memory context of its own: at 50,000 groups an hour, a large part of the
+ * aggregate's time (docs/native.md).
  */
 Datum
 aggjobs_digest_of_step(PG_FUNCTION_ARGS)
