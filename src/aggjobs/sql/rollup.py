@@ -422,9 +422,8 @@ def add_quantile(parts: Parts, m: Quantile, ctx: Context, *, with_state: bool) -
         add_native_merge(parts, m, alias)
     else:
         add_portable_merge(parts, m, ctx, alias)
-    if with_state:  # (the native digest's are fields of its aggregate's result)
-        parts.finals.setdefault(keys, I(alias, "keys"))
-        parts.finals.setdefault(counts, I(alias, "counts"))
+    if with_state:
+        parts.finals[keys], parts.finals[counts] = I(alias, "keys"), I(alias, "counts")
 
 
 def sketch_domain(x: Composable) -> sql.Composed:
@@ -461,13 +460,15 @@ def add_raw_quantile(parts: Parts, m: Quantile, alias: str) -> None:
 def add_native_digest(parts: Parts, m: Quantile, alias: str) -> None:
     """The same outputs from the C aggregate aggjobs_native.digest_of, in the main GROUP BY:
     each group's values collected unordered (so the group can be hashed) in one array, then
-    sorted once, quantile and sketch read off them."""
-    parts.aggs.append((alias, S("aggjobs_native.digest_of({}, {})").format(
+    sorted once, quantile and sketch read off them; its result's fields exposed as
+    add_native_merge's are."""
+    digest = m.name + "__digest"
+    parts.aggs.append((digest, S("aggjobs_native.digest_of({}, {})").format(
         rcol(m.column), L(m.q))))
-    digest = I("g", alias)
-    parts.finals[m.name] = S("({}).quantile").format(digest)
-    parts.finals[m.name + STATE_KEYS] = S("({}).keys").format(digest)
-    parts.finals[m.name + STATE_COUNTS] = S("({}).counts").format(digest)
+    parts.laterals.append((alias, S(
+        "SELECT ({0}).quantile AS quantile, ({0}).keys AS keys, ({0}).counts AS counts"
+    ).format(I("g", digest))))
+    parts.finals[m.name] = I(alias, "quantile")
 
 
 def add_native_merge(parts: Parts, m: Quantile, alias: str) -> None:
