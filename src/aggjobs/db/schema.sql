@@ -635,6 +635,15 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     END
 $$;
 
+-- 0021: the sum of bigint counts, as a bigint, with its state in the group (sql/rollup.py,
+-- merged_count): sum(bigint)'s int128 state is an allocation apart, a cache miss a row.
+CREATE AGGREGATE aggjobs.int8_sum(bigint) (
+    SFUNC = int8pl,
+    STYPE = bigint,
+    COMBINEFUNC = int8pl,
+    PARALLEL = SAFE
+);
+
 -- 0007: the materialized views' caches (kept by the step view.caches).
 CREATE TABLE analytics.platform_daily_stats (
     day date PRIMARY KEY,

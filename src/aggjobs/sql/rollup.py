@@ -301,7 +301,7 @@ def add_measure(parts: Parts, m: Measure, ctx: Context, *, with_state: bool) -> 
     match m:
         case Count():
             agg = (filtered(S("count(*)"), m.where) if raw
-                   else S("sum({})::bigint").format(rcol(m.name)))
+                   else merged_count(rcol(m.name)))
             parts.aggs.append((m.name, agg))
             parts.finals[m.name] = g(m.name)
         case Sum():
@@ -321,6 +321,12 @@ def add_measure(parts: Parts, m: Measure, ctx: Context, *, with_state: bool) -> 
             )
 
 
+def merged_count(x: Composable) -> sql.Composed:
+    """The finer grain's counts summed: as sum(x)::bigint, its state kept in the group's
+    hash entry (migration 0021)."""
+    return S("aggjobs.int8_sum({})").format(x)
+
+
 def add_avg(parts: Parts, m: Avg, ctx: Context, *, with_state: bool) -> None:
     s, n = m.name + STATE_SUM, m.name + STATE_N
     raw = ctx.inp.is_raw
@@ -334,7 +340,7 @@ def add_avg(parts: Parts, m: Avg, ctx: Context, *, with_state: bool) -> None:
     else:
         parts.aggs += [
             (s, float_sum(rcol(s))),
-            (n, S("sum({})::bigint").format(rcol(n))),
+            (n, merged_count(rcol(n))),
         ]
     parts.finals[m.name] = S("{} / nullif({}, 0)::float8").format(I("g", s), I("g", n))
     if with_state:
