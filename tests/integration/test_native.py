@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from aggjobs import health
-from aggjobs.catalog import BUILTIN_ROLLUPS, DistinctCount, Grain, Quantile
+from aggjobs.catalog import BUILTIN_ROLLUPS, DistinctCount, Grain, Quantile, Sum
 from aggjobs.db.migrate import migrate
 from aggjobs.engine.recompute import native_installed, recompute_range
 from aggjobs.reports.build import fetch as report_query
@@ -245,6 +245,38 @@ def test_set_union_and_set_of_are_the_distinct_sorted_arrays(
     assert of[0] == of[1]
 
 
+# numeric values as text: every display scale up to 20, magnitudes up to 40 digits (past the
+# state's 36-digit integer), NaN and the infinities, NULLs; runs of a few repeated values.
+NUMERIC = st.one_of(
+    st.none(),
+    st.builds(lambda units, scale: f"{units}e-{scale}", st.integers(-10**12, 10**12),
+              st.integers(0, 20)),
+    st.decimals(allow_nan=False, allow_infinity=False, places=4,
+                min_value=-10**10, max_value=10**10).map(str),
+    st.builds(lambda d, e: f"{d}e{e}", st.integers(-9, 9), st.integers(20, 40)),
+    st.sampled_from(["0", "0.000", "-0.0001", "NaN", "Infinity", "-Infinity",
+                     "99999999999999999999999999999999999.9", "1e-20"]),
+)
+
+
+@given(values=st.one_of(
+    st.lists(NUMERIC, max_size=60),
+    st.lists(NUMERIC, min_size=1, max_size=3).flatmap(
+        lambda pool: st.lists(st.sampled_from(pool), max_size=60))))
+@example(values=["99999999999999999999999999999999999", "1"])  # the integer's bound
+@example(values=["1.5", "-1.50"])  # zero keeps the display scale
+@example(values=[None, None])
+@example(values=["1e-40", "2"])  # a display scale past the integer's
+@SETTINGS
+def test_numeric_sum_is_sum(db: psycopg.Connection, values: list[str | None]) -> None:
+    """The same value and display scale (compared as text), NaN and infinities as sum gives
+    them, NULL over no values."""
+    ours, theirs = db.execute(
+        "SELECT aggjobs_native.numeric_sum(x)::text, sum(x)::text"
+        " FROM unnest(%s::numeric[]) AS x", (values,)).fetchone()
+    assert ours == theirs
+
+
 def test_a_set_with_a_null_member_is_refused(db: psycopg.Connection) -> None:
     with pytest.raises(psycopg.errors.NullValueNotAllowed, match="NULL member"):
         db.execute("SELECT aggjobs_native.set_union(s) FROM (VALUES ('{1,NULL}'::bigint[]))"
@@ -305,8 +337,10 @@ def live_views(conn: psycopg.Connection, *, expect_native: bool = True) -> dict:
     watermark is set: every row is computed."""
     out = {}
     for rollup in BUILTIN_ROLLUPS:
-        in_c = any(isinstance(m, Quantile | DistinctCount) for m in rollup.measures)
         for grain in rollup.grains:
+            merged = rollup.finer(grain) is not None
+            in_c = any(isinstance(m, Quantile | DistinctCount) or (merged and isinstance(m, Sum))
+                       for m in rollup.measures)
             name = view_name(rollup, grain)
             text = conn.execute("SELECT pg_get_viewdef(%s::regclass)",
                                 (f"analytics.{name}",)).fetchone()[0]
@@ -353,12 +387,13 @@ def assert_same_with_and_without(conn: psycopg.Connection) -> None:
     assert native_installed(conn)
 
 
-@pytest.mark.parametrize("older", ["1.0", "1.1", "1.2"])
+@pytest.mark.parametrize("older", ["1.0", "1.1", "1.2", "1.3"])
 def test_migrate_updates_an_older_extension_and_the_views_follow(db_url: str, older: str
                                                                  ) -> None:
     """An install made with aggjobs_native 1.0 (before aggregate `collect`), 1.1 (before
-    the set aggregates) or 1.2 (before `digest_of`): the SQL runs portable until `migrate`
-    updates the extension, then the live views use the C path."""
+    the set aggregates), 1.2 (before `digest_of`) or 1.3 (before `numeric_sum`): the SQL
+    runs portable until `migrate` updates the extension, then the live views use the C
+    path."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         require_native(conn)
         migrate(conn, native=False)

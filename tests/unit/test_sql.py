@@ -77,9 +77,13 @@ def test_the_c_functions_replace_the_per_value_sql() -> None:
     ua_daily = r.insert_target(ua, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
     assert "aggjobs_native.set_of(" in ua_hourly and "array_agg(DISTINCT" not in ua_hourly
     assert "aggjobs_native.set_union(" in ua_daily and "unnest" not in ua_daily
-    # a rollup with neither: nothing changes
+    # numeric sums: numeric_sum over finer sums; a raw column's sum (of any type) stays sum()
     cc = get_rollup("credit_consumption")
-    assert (r.insert_target(cc, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
+    cc_hourly = r.insert_target(cc, r.Grain.HOUR, r.Scope.RANGE, native=True).as_string(None)
+    cc_daily = r.insert_target(cc, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
+    assert cc_hourly == r.insert_target(cc, r.Grain.HOUR, r.Scope.RANGE).as_string(None)
+    assert 'coalesce(aggjobs_native.numeric_sum("r"."credits_used"), 0)' in cc_daily
+    assert (cc_daily.replace("aggjobs_native.numeric_sum(", "sum(")
             == r.insert_target(cc, r.Grain.DAY, r.Scope.RANGE).as_string(None))
 
 

@@ -11,6 +11,7 @@
  *   sketch_merge(k, c)     aggregate: sketches merged, counts summed per key
  *   sketch_quantile(k,c,q) aggjobs.sketch_quantile
  *   set_union(s), set_of(v) aggregates: a set of bigint, ascending and distinct (1.2)
+ *   numeric_sum(x)         aggregate: sum(numeric), in a 128-bit integer while it fits (1.4)
  *
  * The arithmetic is PostgreSQL's own: percentile_cont_final_common and float8_lerp for the
  * exact quantile, aggjobs.sketch_key / sketch_value / sketch_quantile (migration 0001) for
@@ -25,6 +26,8 @@
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/float.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/lsyscache.h"
 
 PG_MODULE_MAGIC;
@@ -801,4 +804,254 @@ aggjobs_sketch_quantile(PG_FUNCTION_ARGS)
 	if (!have_lo)
 		PG_RETURN_NULL();
 	PG_RETURN_FLOAT8(lo_value);
+}
+
+/*
+ * numeric_sum: sum(numeric), the same value and display scale (the largest of its
+ * values'), for the coarser grains' sums of numeric columns. PostgreSQL's sum keeps a state
+ * and two arrays of digits apart from the group, each a cache miss a row once a day's
+ * groups are past the processor's caches, and copies every short value to read it; this
+ * state is one allocation holding the sum as an integer of its scale's units, read off the
+ * value's stored digits in place. Past 10^36 units, or at a NaN or an infinity, the state
+ * becomes PostgreSQL's own numeric_add of the values, which gives what sum gives.
+ *
+ * The layout read is numeric's on-disk format (src/backend/utils/adt/numeric.c, fixed by
+ * pg_upgrade's compatibility): a 16-bit header, then for the long form a 16-bit weight,
+ * then base-10000 digits, the first of weight `weight`.
+ */
+#ifdef HAVE_INT128
+typedef int128 NumSumInt;
+#define NUMSUM_MAX_UNITS_DIGITS 36	/* 10^36 < 2^127 / 10^2: room for a rescale's check */
+#else
+typedef int64 NumSumInt;
+#define NUMSUM_MAX_UNITS_DIGITS 17
+#endif
+
+typedef struct NumSum
+{
+	NumSumInt	units;			/* the sum times 10^scale */
+	int			scale;			/* the largest display scale of the values so far */
+	bool		exact;			/* false: `total` holds the sum, as numeric */
+	Datum		total;
+} NumSum;
+
+#define NUMERIC_FORM_MASK 0xC000
+#define NUMERIC_FORM_NEG 0x4000
+#define NUMERIC_FORM_SHORT 0x8000
+#define NUMERIC_FORM_SPECIAL 0xC000
+#define NUMERIC_SHORT_NEG 0x2000
+#define NUMERIC_SHORT_DSCALE_MASK 0x1F80
+#define NUMERIC_SHORT_DSCALE_SHIFT 7
+#define NUMERIC_SHORT_WEIGHT_SIGN 0x0040
+#define NUMERIC_SHORT_WEIGHT_MASK 0x003F
+#define NUMERIC_LONG_DSCALE_MASK 0x3FFF
+
+static const int64 pow10_int64[19] = {
+	1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000,
+	INT64CONST(10000000000), INT64CONST(100000000000), INT64CONST(1000000000000),
+	INT64CONST(10000000000000), INT64CONST(100000000000000),
+	INT64CONST(1000000000000000), INT64CONST(10000000000000000),
+	INT64CONST(100000000000000000), INT64CONST(1000000000000000000)
+};
+
+/* x * 10^e into *out, false past NUMSUM_MAX_UNITS_DIGITS digits */
+static bool
+numsum_shift(NumSumInt x, int e, NumSumInt *out)
+{
+	while (e > 0)
+	{
+		int			step = Min(e, 18);
+
+		if (__builtin_mul_overflow(x, (NumSumInt) pow10_int64[step], &x))
+			return false;
+		e -= step;
+	}
+	*out = x;
+	return true;
+}
+
+static bool
+numsum_fits(NumSumInt x)
+{
+	NumSumInt	bound = 1;
+
+	(void) numsum_shift(1, NUMSUM_MAX_UNITS_DIGITS, &bound);
+	return x < bound && x > -bound;
+}
+
+/*
+ * The value of a finite numeric in units of 10^-scale (scale >= its display scale), or
+ * false if it is NaN or infinite or too large.
+ */
+static bool
+numeric_units(Datum d, int scale_at_least, NumSumInt *units, int *scale)
+{
+	struct varlena *v = (struct varlena *) DatumGetPointer(d);
+	const char *p;
+	int			len;
+	uint16		header;
+	int			weight,
+				dscale,
+				ndigits;
+	bool		negative;
+	NumSumInt	x = 0;
+
+	if (VARATT_IS_EXTENDED(v) && !VARATT_IS_SHORT(v))
+		v = pg_detoast_datum_packed(v);	/* compressed or toasted: rare for a numeric */
+	p = VARDATA_ANY(v);
+	len = VARSIZE_ANY_EXHDR(v);
+	memcpy(&header, p, sizeof(uint16));
+	if ((header & NUMERIC_FORM_MASK) == NUMERIC_FORM_SPECIAL)
+		return false;
+	if ((header & NUMERIC_FORM_MASK) == NUMERIC_FORM_SHORT)
+	{
+		negative = (header & NUMERIC_SHORT_NEG) != 0;
+		dscale = (header & NUMERIC_SHORT_DSCALE_MASK) >> NUMERIC_SHORT_DSCALE_SHIFT;
+		weight = (header & NUMERIC_SHORT_WEIGHT_MASK);
+		if (header & NUMERIC_SHORT_WEIGHT_SIGN)
+			weight |= ~NUMERIC_SHORT_WEIGHT_MASK;
+		p += sizeof(uint16);
+		len -= sizeof(uint16);
+	}
+	else
+	{
+		int16		w;
+
+		negative = (header & NUMERIC_FORM_MASK) == NUMERIC_FORM_NEG;
+		dscale = header & NUMERIC_LONG_DSCALE_MASK;
+		memcpy(&w, p + sizeof(uint16), sizeof(int16));
+		weight = w;
+		p += sizeof(uint16) + sizeof(int16);
+		len -= sizeof(uint16) + sizeof(int16);
+	}
+	ndigits = len / (int) sizeof(int16);
+	*scale = Max(scale_at_least, dscale);
+	if (*scale > NUMSUM_MAX_UNITS_DIGITS || (ndigits > 0 && 4 * (weight + 1) + *scale > NUMSUM_MAX_UNITS_DIGITS))
+		return false;
+	for (int i = 0; i < ndigits; i++)
+	{
+		int16		digit;
+		int			e = 4 * (weight - i) + *scale;	/* digit i counts 10^e units */
+		NumSumInt	term;
+
+		memcpy(&digit, p + i * sizeof(int16), sizeof(int16));
+		if (e >= 0)
+		{
+			if (!numsum_shift(digit, e, &term))
+				return false;
+		}
+		else
+		{
+			/* below the display scale: only zeros are stored there */
+			if (e < -3 || digit % pow10_int64[-e] != 0)
+				return false;
+			term = digit / pow10_int64[-e];
+		}
+		x += term;
+	}
+	*units = negative ? -x : x;
+	return true;
+}
+
+/* The sum in units of 10^-scale as a numeric of that display scale. */
+static Datum
+numsum_numeric(NumSumInt units, int scale)
+{
+	char		buf[64];
+	char	   *end = buf + sizeof(buf) - 1;
+	char	   *q = end;
+	bool		negative = units < 0;
+	int			written = 0;
+
+	*q = '\0';
+	do
+	{
+		int			digit = (int) (units % 10);
+
+		*--q = '0' + (negative ? -digit : digit);
+		units /= 10;
+		if (++written == scale)
+			*--q = '.';
+	} while (units != 0 || written < scale);
+	if (scale > 0 && written == scale)
+		*--q = '0';				/* 0.xx */
+	if (negative)
+		*--q = '-';
+	return DirectFunctionCall3(numeric_in, CStringGetDatum(q),
+							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+}
+
+/* From now on the state adds with numeric_add: what sum(numeric) gives past the integer. */
+static void
+numsum_to_numeric(NumSum *st, MemoryContext agg_context)
+{
+	MemoryContext old = MemoryContextSwitchTo(agg_context);
+
+	st->total = numsum_numeric(st->units, st->scale);
+	st->exact = false;
+	MemoryContextSwitchTo(old);
+}
+
+PG_FUNCTION_INFO_V1(aggjobs_numeric_sum_step);
+
+Datum
+aggjobs_numeric_sum_step(PG_FUNCTION_ARGS)
+{
+	MemoryContext agg_context;
+	MemoryContext old;
+	NumSum	   *st;
+	NumSumInt	units,
+				sum;
+	int			scale;
+	Datum		added;
+
+	if (!AggCheckCallContext(fcinfo, &agg_context))
+		elog(ERROR, "aggjobs_native.numeric_sum_step called outside an aggregate");
+	st = PG_ARGISNULL(0) ? NULL : (NumSum *) PG_GETARG_POINTER(0);
+	if (PG_ARGISNULL(1))
+	{
+		if (st == NULL)
+			PG_RETURN_NULL();	/* no value yet: the state stays NULL, as sum's */
+		PG_RETURN_POINTER(st);
+	}
+	if (st == NULL)
+	{
+		st = MemoryContextAllocZero(agg_context, sizeof(NumSum));
+		st->exact = true;
+	}
+	if (st->exact
+		&& numeric_units(PG_GETARG_DATUM(1), st->scale, &units, &scale)
+		&& numsum_shift(st->units, scale - st->scale, &sum)
+		&& !__builtin_add_overflow(sum, units, &sum)
+		&& numsum_fits(sum))
+	{
+		st->units = sum;
+		st->scale = scale;
+		PG_RETURN_POINTER(st);
+	}
+	/* added in the row's memory (numeric_add copies a short value to read it), kept in the state's */
+	if (st->exact)
+		numsum_to_numeric(st, agg_context);
+	added = DirectFunctionCall2(numeric_add, st->total, PG_GETARG_DATUM(1));
+	old = MemoryContextSwitchTo(agg_context);
+	pfree(DatumGetPointer(st->total));
+	st->total = datumCopy(added, false, -1);
+	MemoryContextSwitchTo(old);
+	PG_RETURN_POINTER(st);
+}
+
+PG_FUNCTION_INFO_V1(aggjobs_numeric_sum_final);
+
+/* The sum, NULL when no value was given (as sum). */
+Datum
+aggjobs_numeric_sum_final(PG_FUNCTION_ARGS)
+{
+	NumSum	   *st;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	st = (NumSum *) PG_GETARG_POINTER(0);
+	if (!st->exact)
+		PG_RETURN_DATUM(datumCopy(st->total, false, -1));
+	PG_RETURN_DATUM(numsum_numeric(st->units, st->scale));
 }

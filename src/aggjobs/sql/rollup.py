@@ -305,8 +305,8 @@ def add_measure(parts: Parts, m: Measure, ctx: Context, *, with_state: bool) -> 
             parts.aggs.append((m.name, agg))
             parts.finals[m.name] = g(m.name)
         case Sum():
-            src = rcol(m.column) if raw else rcol(m.name)
-            agg = filtered(S("sum({})").format(src), m.where if raw else None)
+            agg = (filtered(S("sum({})").format(rcol(m.column)), m.where) if raw
+                   else merged_sum(rcol(m.name), native=ctx.native))
             parts.aggs.append((m.name, zero_if(agg, m.zero_if_empty)))
             parts.finals[m.name] = g(m.name)
         case Avg():
@@ -319,6 +319,12 @@ def add_measure(parts: Parts, m: Measure, ctx: Context, *, with_state: bool) -> 
             parts.finals[m.name] = S("coalesce({}, 0) - coalesce({}, 0)").format(
                 parts.finals[m.minuend], parts.finals[m.subtrahend]
             )
+
+
+def merged_sum(x: Composable, *, native: bool) -> sql.Composed:
+    """The finer grain's numeric sums summed; with the C functions by numeric_sum, which
+    gives sum()'s value and scale from a state of one allocation (docs/native.md)."""
+    return S("aggjobs_native.numeric_sum({})" if native else "sum({})").format(x)
 
 
 def merged_count(x: Composable) -> sql.Composed:
