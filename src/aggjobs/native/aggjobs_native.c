@@ -821,7 +821,7 @@ aggjobs_sketch_quantile(PG_FUNCTION_ARGS)
  */
 #ifdef HAVE_INT128
 typedef int128 NumSumInt;
-#define NUMSUM_MAX_UNITS_DIGITS 36	/* 10^36 < 2^127 / 10^2: room for a rescale's check */
+#define NUMSUM_MAX_UNITS_DIGITS 36	/* two sums below 10^36 add below 2^127 */
 #else
 typedef int64 NumSumInt;
 #define NUMSUM_MAX_UNITS_DIGITS 17
