@@ -244,7 +244,13 @@ def schema_objects(conn: psycopg.Connection) -> list[tuple]:
         FROM pg_trigger t WHERE NOT tgisinternal
         UNION ALL
         SELECT 'function', n.nspname, p.proname, md5(pg_get_functiondef(p.oid)) FROM pg_proc p
-        JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'aggjobs'
+        JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'aggjobs' AND p.prokind <> 'a'
+        UNION ALL  -- pg_get_functiondef refuses an aggregate: its functions name it
+        SELECT 'aggregate', n.nspname, p.proname, concat_ws(' ', a.aggtransfn, a.aggfinalfn,
+               a.aggcombinefn, a.aggtranstype::regtype) FROM pg_aggregate a
+        JOIN pg_proc p ON p.oid = a.aggfnoid JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'aggjobs'
         ORDER BY 1, 2, 3
         """
     ).fetchall()
