@@ -39,11 +39,13 @@ PG_MODULE_MAGIC;
 static double ln_gamma;		/* ln(1.015), as SQL's ln() computes it */
 
 void		_PG_init(void);
+static void numsum_init(void);
 
 void
 _PG_init(void)
 {
 	ln_gamma = log(GAMMA);
+	numsum_init();
 }
 
 /*
@@ -870,13 +872,18 @@ numsum_shift(NumSumInt x, int e, NumSumInt *out)
 	return true;
 }
 
+static NumSumInt numsum_bound;	/* 10^NUMSUM_MAX_UNITS_DIGITS, set at load (_PG_init) */
+
 static bool
 numsum_fits(NumSumInt x)
 {
-	NumSumInt	bound = 1;
+	return x < numsum_bound && x > -numsum_bound;
+}
 
-	(void) numsum_shift(1, NUMSUM_MAX_UNITS_DIGITS, &bound);
-	return x < bound && x > -bound;
+static void
+numsum_init(void)
+{
+	(void) numsum_shift(1, NUMSUM_MAX_UNITS_DIGITS, &numsum_bound);
 }
 
 /*
