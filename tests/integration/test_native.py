@@ -23,12 +23,13 @@ from psycopg import sql
 
 from aggjobs import health
 from aggjobs.catalog import BUILTIN_ROLLUPS, DistinctCount, Grain, Quantile, Sum
+from aggjobs.catalog.model import Rollup, Source
 from aggjobs.db.migrate import migrate
-from aggjobs.engine.recompute import native_installed, recompute_range
+from aggjobs.engine.recompute import native_installed, numeric_columns, recompute_range
 from aggjobs.reports.build import fetch as report_query
 from aggjobs.sql import NATIVE_VERSION
 from aggjobs.sql.live import view_name
-from aggjobs.sql.rollup import table_ident, value_columns
+from aggjobs.sql.rollup import create_table, reference, table_ident, value_columns
 from tests import platform as p
 
 SETTINGS = hsettings(max_examples=200, deadline=None, database=None,
@@ -275,6 +276,44 @@ def test_numeric_sum_is_sum(db: psycopg.Connection, values: list[str | None]) ->
         "SELECT aggjobs_native.numeric_sum(x)::text, sum(x)::text"
         " FROM unnest(%s::numeric[]) AS x", (values,)).fetchone()
     assert ours == theirs
+
+
+SUMMED = Rollup(name="summed", source=Source(name="summed", table="summed_src",
+                                              time_column="at"),
+                grains=(Grain.HOUR,), measures=tuple(
+                    Sum(name=f"sum_{c}", column=c) for c in ("n", "s", "d", "f", "i")))
+
+
+def test_raw_sums_of_every_number_type_are_sum(db: psycopg.Connection) -> None:
+    """A raw column's sum with the C functions: numeric_sum for a numeric column (a domain
+    over one too), sum() for the others (a float8 sum adds floats), each equal as text to
+    sum()'s over the raw rows, scale included."""
+    db.execute("DROP TABLE IF EXISTS public.summed_src")
+    db.execute("DROP DOMAIN IF EXISTS public.credits")
+    db.execute("CREATE DOMAIN public.credits AS numeric(14, 4)")
+    db.execute("CREATE TABLE public.summed_src (workspace_id bigint NOT NULL, at timestamptz"
+               " NOT NULL, n numeric, s numeric(10, 2), d public.credits, f float8, i int4)")
+    db.execute("INSERT INTO public.summed_src SELECT k %% 7, %s::timestamptz + k * interval"
+               " '1 minute', (k * 1.25) / 3, k * 0.5, k * 0.0001, k * 0.1, k"
+               " FROM generate_series(1, 500) AS k", (T0,))
+    db.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table_ident(SUMMED, Grain.HOUR)))
+    db.execute(create_table(SUMMED, Grain.HOUR))
+    assert numeric_columns(db, SUMMED, Grain.HOUR) == {"n", "s", "d"}
+    lo, hi = T0, T0 + timedelta(hours=10)
+    with db.transaction():
+        recompute_range(db, SUMMED, Grain.HOUR, lo, hi)
+    # as the numeric columns hold them: a float8 sum stored is its numeric
+    names = sql.SQL(", ").join(sql.SQL("{}::numeric::text").format(sql.Identifier(c))
+                               for c in value_columns(SUMMED, Grain.HOUR))
+    stored, expected = (db.execute(sql.SQL(
+        "SELECT workspace_id, hour, {} FROM {} AS x ORDER BY 1, 2").format(names, rel),
+        {"lo": lo, "hi": hi}).fetchall()
+        for rel in (table_ident(SUMMED, Grain.HOUR),
+                    sql.SQL("({})").format(reference(SUMMED, Grain.HOUR))))
+    assert len(stored) > 50 and stored == expected
+    db.execute(sql.SQL("DROP TABLE {}").format(table_ident(SUMMED, Grain.HOUR)))
+    db.execute("DROP TABLE public.summed_src")
+    db.execute("DROP DOMAIN public.credits")
 
 
 def test_a_set_with_a_null_member_is_refused(db: psycopg.Connection) -> None:

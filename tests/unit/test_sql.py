@@ -21,6 +21,10 @@ from aggjobs.sql import rollup as r
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
 
+# The contract's source columns of type numeric (docs/contract.md): the credits.
+CONTRACT_NUMERIC = frozenset({"credits_consumed", "amount"})
+
+
 def generated(rollup: Rollup) -> str:
     parts = []
     for grain in rollup.grains:
@@ -28,7 +32,8 @@ def generated(rollup: Rollup) -> str:
             "create_table": r.create_table(rollup, grain),
             "insert_range": r.insert_target(rollup, grain, r.Scope.RANGE),
             "insert_keys": r.insert_target(rollup, grain, r.Scope.KEYS),
-            "insert_range_native": r.insert_target(rollup, grain, r.Scope.RANGE, native=True),
+            "insert_range_native": r.insert_target(rollup, grain, r.Scope.RANGE, native=True,
+                                                   numeric_columns=CONTRACT_NUMERIC),
             "insert_bucket": r.insert_target(rollup, grain, r.Scope.BUCKET),
             "delete_bucket": r.delete_target(rollup, grain, r.Scope.BUCKET),
             "delete_range": r.delete_target(rollup, grain, r.Scope.RANGE),
@@ -77,11 +82,18 @@ def test_the_c_functions_replace_the_per_value_sql() -> None:
     ua_daily = r.insert_target(ua, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
     assert "aggjobs_native.set_of(" in ua_hourly and "array_agg(DISTINCT" not in ua_hourly
     assert "aggjobs_native.set_union(" in ua_daily and "unnest" not in ua_daily
-    # numeric sums: numeric_sum over finer sums; a raw column's sum (of any type) stays sum()
+    # numeric sums: numeric_sum over finer sums, and over a raw column known to be numeric;
+    # over a raw column of another type (float8: float additions) sum() stays
     cc = get_rollup("credit_consumption")
     cc_hourly = r.insert_target(cc, r.Grain.HOUR, r.Scope.RANGE, native=True).as_string(None)
     cc_daily = r.insert_target(cc, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
     assert cc_hourly == r.insert_target(cc, r.Grain.HOUR, r.Scope.RANGE).as_string(None)
+    cc_numeric = r.insert_target(cc, r.Grain.HOUR, r.Scope.RANGE, native=True,
+                                 numeric_columns=CONTRACT_NUMERIC).as_string(None)
+    assert 'aggjobs_native.numeric_sum("r"."amount")' in cc_numeric
+    assert cc_numeric.replace("aggjobs_native.numeric_sum(", "sum(") == cc_hourly
+    assert r.insert_target(cc, r.Grain.HOUR, r.Scope.RANGE, numeric_columns=CONTRACT_NUMERIC
+                           ).as_string(None) == cc_hourly  # portable: sum() whatever the type
     assert 'coalesce(aggjobs_native.numeric_sum("r"."credits_used"), 0)' in cc_daily
     assert (cc_daily.replace("aggjobs_native.numeric_sum(", "sum(")
             == r.insert_target(cc, r.Grain.DAY, r.Scope.RANGE).as_string(None))

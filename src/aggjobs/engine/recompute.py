@@ -22,6 +22,7 @@ from psycopg import sql
 
 from ..catalog import Grain, Rollup
 from ..catalog.grains import SUPPORTED_PARAMS, as_utc, chunks
+from ..catalog.model import Sum
 from ..db.cluster import is_citus
 from ..db.connect import one_row, scalar
 from ..sql import native_query, query
@@ -45,11 +46,13 @@ class Written:
 
 
 @cache
-def statements(rollup: Rollup, grain: Grain, scope: Scope, native: bool,
-               marks: bool = True) -> tuple[sql.Composed, sql.Composed]:
+def statements(rollup: Rollup, grain: Grain, scope: Scope, native: bool, marks: bool = True,
+               numeric_columns: frozenset[str] = frozenset()
+               ) -> tuple[sql.Composed, sql.Composed]:
     return (
         rollup_sql.delete_target(rollup, grain, scope, marks=marks),
-        rollup_sql.insert_target(rollup, grain, scope, native=native, marks=marks),
+        rollup_sql.insert_target(rollup, grain, scope, native=native, marks=marks,
+                                 numeric_columns=numeric_columns),
     )
 
 
@@ -60,10 +63,23 @@ def native_installed(conn: psycopg.Connection) -> bool:
     return installed
 
 
+def numeric_columns(conn: psycopg.Connection, rollup: Rollup, grain: Grain) -> frozenset[str]:
+    """The source's columns of type numeric that the grain sums from raw rows (with the C
+    functions, by numeric_sum: sql/rollup.py, raw_sum); asked on each recompute, as
+    native_installed, so that an ALTER TABLE of the source takes effect at once."""
+    summed = sorted({m.column for m in rollup.measures if isinstance(m, Sum)})
+    if not summed or rollup.finer(grain) is not None:
+        return frozenset()
+    source = rollup.source
+    return frozenset(scalar(conn, query("numeric_columns"), {
+        "schema": source.schema, "table": source.table, "columns": summed}))
+
+
 def replace(conn: psycopg.Connection, rollup: Rollup, grain: Grain, scope: Scope,
             params: dict[str, object], *, marks: bool = True) -> Written:
     native = native_installed(conn)
-    delete, insert = statements(rollup, grain, scope, native, marks)
+    numeric = numeric_columns(conn, rollup, grain) if native else frozenset()
+    delete, insert = statements(rollup, grain, scope, native, marks, numeric)
     deleted, marked_old = one_row(conn, delete, params)
     changes = plan_changes(raw=rollup.finer(grain) is None, native=native)
     with planner_settings(conn, changes | storage_changes(conn)):

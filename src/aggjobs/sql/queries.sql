@@ -305,6 +305,16 @@ LEFT JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.att
 LEFT JOIN pg_type AS t ON t.oid = a.atttypid
 LEFT JOIN pg_type AS bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
 
+-- name: numeric_columns
+-- Which of `columns` of a source table are numeric (a domain's base type too): their raw sums
+-- run as aggjobs_native.numeric_sum with the C functions (engine/recompute.py).
+SELECT coalesce(array_agg(a.attname::text ORDER BY a.attname), '{}')
+FROM pg_attribute AS a
+JOIN pg_type AS t ON t.oid = a.atttypid
+WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY(%(columns)s::text[])
+  AND CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END = 'numeric'::regtype
+
 -- name: native_installed
 -- Whether the C functions of extension aggjobs_native can be used by this session: those of
 -- the version this code's SQL calls (native/aggjobs_native.control); an older one is updated
