@@ -29,7 +29,7 @@ from aggjobs.engine.recompute import native_installed, numeric_columns, recomput
 from aggjobs.reports.build import fetch as report_query
 from aggjobs.sql import NATIVE_VERSION
 from aggjobs.sql.live import view_name
-from aggjobs.sql.rollup import create_table, reference, table_ident, value_columns
+from aggjobs.sql.rollup import create_table, float_sum, reference, table_ident, value_columns
 from tests import platform as p
 
 SETTINGS = hsettings(max_examples=200, deadline=None, database=None,
@@ -101,6 +101,35 @@ def test_digest_is_percentile_cont_and_the_portable_sketch(db: psycopg.Connectio
         assert (n_keys, n_counts) == (keys, counts)
 
 
+# The aggregate an hour runs where an average reads the quantile's column (1.5): digest_of's
+# fields, then the average's state as the SQL path makes it (float_sum, count).
+NATIVE_DIGEST_MEAN_OF = """
+SELECT (d).quantile, (d).keys, (d).counts, (d).sum, (d).n
+FROM (SELECT aggjobs_native.digest_mean_of(x, %(q)s) AS d FROM unnest(%(xs)s::float8[]) AS x) AS s
+"""
+PORTABLE_MEAN = sql.SQL("SELECT {}, count(x) FROM unnest(%(xs)s::float8[]) AS x").format(
+    float_sum(sql.Identifier("x")))
+HUGE = st.sampled_from([1e300, -1e300, 1.7976931348623157e308, 2.0 ** 960, -(2.0 ** 960),
+                        math.inf, -math.inf, math.nan, 1e-300, -0.0])
+
+
+@given(xs=st.one_of(VALUES, st.lists(st.one_of(HUGE, VALUE), min_size=1, max_size=40)), q=Q)
+@example(xs=[-0.0], q=0.5)  # sum() starts from its first value: -0, not 0 + -0
+@example(xs=[1.7976931348623157e308] * 3, q=0.5)  # past the float range: +Infinity
+@example(xs=[1e300, -1e300, 1.0], q=0.5)
+@SETTINGS
+def test_digest_mean_of_is_the_digest_with_the_averages_state(
+        db: psycopg.Connection, xs: list[float], q: float) -> None:
+    """The same digest, and the values' sum and count as the SQL path's average keeps them:
+    float_sum's bits (the sign of a zero included, compared as text), count(x)."""
+    params = {"xs": xs, "q": q}
+    quantile, keys, counts, total, n = db.execute(NATIVE_DIGEST_MEAN_OF, params).fetchone()
+    digest = db.execute(NATIVE_DIGEST_OF, params).fetchone()
+    assert same_float(quantile, digest[0]) and (keys, counts) == digest[1:]
+    exact, count = db.execute(PORTABLE_MEAN, params).fetchone()
+    assert n == count and repr(total) == repr(exact), (xs, total, exact)
+
+
 def test_digest_of_no_values_is_null_and_bad_input_is_refused(db: psycopg.Connection) -> None:
     for xs in (None, []):
         row = db.execute(NATIVE_DIGEST, {"xs": xs, "q": 0.95}).fetchone()
@@ -112,10 +141,13 @@ def test_digest_of_no_values_is_null_and_bad_input_is_refused(db: psycopg.Connec
 
 
 def test_digest_of_skips_nulls_and_refuses_a_bad_quantile(db: psycopg.Connection) -> None:
-    """The aggregate: NULL values skipped (the FILTER of the SQL path), a group without
+    """The aggregates: NULL values skipped (the FILTER of the SQL path), a group without
     values NULL, and the quantile checked as digest's."""
     for xs in ([], [None, None]):
         assert db.execute(NATIVE_DIGEST_OF, {"xs": xs, "q": 0.95}).fetchone() == (None,) * 3
+        assert db.execute(NATIVE_DIGEST_MEAN_OF, {"xs": xs, "q": 0.95}).fetchone() == (None,) * 5
+    mean = db.execute(NATIVE_DIGEST_MEAN_OF, {"xs": [3.5, None, -1.0, 2.0], "q": 0.5}).fetchone()
+    assert mean[3:] == (4.5, 3)
     with_nulls = db.execute(NATIVE_DIGEST_OF, {"xs": [3.5, None, -1.0, 2.0], "q": 0.5})
     assert with_nulls.fetchone() == db.execute(NATIVE_DIGEST, {"xs": [3.5, -1.0, 2.0],
                                                                 "q": 0.5}).fetchone()
@@ -426,13 +458,13 @@ def assert_same_with_and_without(conn: psycopg.Connection) -> None:
     assert native_installed(conn)
 
 
-@pytest.mark.parametrize("older", ["1.0", "1.1", "1.2", "1.3"])
+@pytest.mark.parametrize("older", ["1.0", "1.1", "1.2", "1.3", "1.4"])
 def test_migrate_updates_an_older_extension_and_the_views_follow(db_url: str, older: str
                                                                  ) -> None:
     """An install made with aggjobs_native 1.0 (before aggregate `collect`), 1.1 (before
-    the set aggregates), 1.2 (before `digest_of`) or 1.3 (before `numeric_sum`): the SQL
-    runs portable until `migrate` updates the extension, then the live views use the C
-    path."""
+    the set aggregates), 1.2 (before `digest_of`), 1.3 (before `numeric_sum`) or 1.4
+    (before `digest_mean_of`): the SQL runs portable until `migrate` updates the extension,
+    then the live views use the C path."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         require_native(conn)
         migrate(conn, native=False)
@@ -446,7 +478,7 @@ def test_migrate_updates_an_older_extension_and_the_views_follow(db_url: str, ol
         assert native_installed(conn)
         hourly = conn.execute("SELECT pg_get_viewdef('analytics.execution_metrics_hourly_live')"
                               ).fetchone()[0]
-        assert "aggjobs_native.digest_of(" in hourly
+        assert "aggjobs_native.digest_mean_of(" in hourly
         users = conn.execute("SELECT pg_get_viewdef('analytics.user_activity_hourly_live')"
                              ).fetchone()[0]
         assert "aggjobs_native.set_of(" in users

@@ -73,7 +73,10 @@ def test_the_c_functions_replace_the_per_value_sql() -> None:
     em = get_rollup("execution_metrics")
     hourly = r.insert_target(em, r.Grain.HOUR, r.Scope.RANGE, native=True).as_string(None)
     daily = r.insert_target(em, r.Grain.DAY, r.Scope.RANGE, native=True).as_string(None)
-    assert "aggjobs_native.digest_of(" in hourly and "ORDER BY" not in hourly
+    assert "aggjobs_native.digest_mean_of(" in hourly and "ORDER BY" not in hourly
+    # the average over the p95's column: its sum and count from that digest
+    assert "float_sum" not in hourly and 'count("r"."runtime_seconds")' not in hourly
+    assert '"q_p95_runtime"."sum" AS "avg_runtime__sum"' in hourly
     assert "unnest" not in daily and "aggjobs_native.sketch_merge(" in daily
     assert "aggjobs_native.sketch_quantile(" in daily
     # distinct sets: hashed set_of over the hour's values, set_union over finer sets

@@ -19,6 +19,7 @@
  */
 #include "postgres.h"
 
+#include <float.h>
 #include <math.h>
 
 #include "catalog/pg_type.h"
@@ -148,15 +149,12 @@ float8_elements(ArrayType *arr, int *n)
 }
 
 /*
- * The digest of n values (n > 0), sorted here in place: (quantile, keys, counts) as the
- * function's composite result.
+ * The digest of n values (n > 0), sorted here in place: (quantile, keys, counts) into
+ * values[0 .. 2].
  */
-static Datum
-digest_values(FunctionCallInfo fcinfo, float8 *v, int n, double q)
+static void
+digest_fields(float8 *v, int n, double q, Datum *values)
 {
-	Datum		values[3];
-	bool		nulls[3] = {false, false, false};
-
 	qsort(v, n, sizeof(float8), float8_order);
 
 	{
@@ -194,6 +192,16 @@ digest_values(FunctionCallInfo fcinfo, float8 *v, int n, double q)
 		values[1] = PointerGetDatum(int4_array(keys, m));
 		values[2] = PointerGetDatum(int8_array(counts, m));
 	}
+}
+
+/* The digest of n values (n > 0) as the function's composite result. */
+static Datum
+digest_values(FunctionCallInfo fcinfo, float8 *v, int n, double q)
+{
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	digest_fields(v, n, q, values);
 	return composite(fcinfo, values, nulls);
 }
 
@@ -293,6 +301,86 @@ aggjobs_digest_of_final(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	state = (Values *) PG_GETARG_POINTER(0);
 	return digest_values(fcinfo, state->items, state->n, state->q);
+}
+
+/*
+ * The sum of the values in their order as the SQL path's float_sum makes it (schema.sql,
+ * 0012): sum(x) over |x| < 2^960 ("small"), sum(x * 2^-64) over the rest ("big": larger
+ * values, the infinities, NaN), then aggjobs.float_sum(small, big); the same constants,
+ * comparisons (NaN above every number) and additions, so the same bits. False: NULL (no
+ * value). sum() starts from its first value, not from 0 (-0.0 stays -0.0).
+ */
+#define FLOAT_SUM_SMALL 9.7453140114e+288	/* the SQL's literal for 2^960 */
+#define FLOAT_SUM_SCALE 5.421010862427522e-20	/* the SQL's literal for 2^-64 */
+
+static bool
+float_sum(const float8 *v, int n, float8 *result)
+{
+	bool		any_small = false,
+				any_big = false;
+	float8		small = 0,
+				big = 0,
+				t;
+
+	for (int i = 0; i < n; i++)
+	{
+		if (float8_lt(fabs(v[i]), FLOAT_SUM_SMALL))
+		{
+			small = any_small ? float8_pl(small, v[i]) : v[i];
+			any_small = true;
+		}
+		else
+		{
+			float8		y = float8_mul(v[i], FLOAT_SUM_SCALE);
+
+			big = any_big ? float8_pl(big, y) : y;
+			any_big = true;
+		}
+	}
+	if (!any_big)
+	{
+		*result = small;
+		return any_small;
+	}
+	if (float8_eq(big, 0))
+		*result = any_small ? small : 0;
+	else if (!float8_lt(fabs(big), get_float8_infinity()))
+		*result = big;
+	else
+	{
+		t = float8_pl(big, any_small && float8_ge(fabs(small), pow(2, -900))
+					  ? float8_mul(small, pow(2, -64)) : 0);
+		if (float8_le(fabs(t), DBL_MAX * pow(2, -64)))
+			*result = float8_mul(t, pow(2, 64));
+		else
+			*result = float8_gt(t, 0) ? get_float8_infinity() : -get_float8_infinity();
+	}
+	return true;
+}
+
+PG_FUNCTION_INFO_V1(aggjobs_digest_mean_of_final);
+
+/*
+ * digest_mean_of's result: digest_of's fields, then the values' float_sum and count, what
+ * an average over the same column keeps (sum, n); NULL when the group had no value.
+ */
+Datum
+aggjobs_digest_mean_of_final(PG_FUNCTION_ARGS)
+{
+	Values	   *state;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+	float8		sum;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	state = (Values *) PG_GETARG_POINTER(0);
+	/* summed in their order before digest_fields sorts them */
+	nulls[3] = !float_sum(state->items, state->n, &sum);
+	values[3] = Float8GetDatum(sum);
+	values[4] = Int64GetDatum(state->n);
+	digest_fields(state->items, state->n, state->q, values);
+	return composite(fcinfo, values, nulls);
 }
 
 /* A sketch as C arrays; keys strictly ascending. */

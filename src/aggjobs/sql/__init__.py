@@ -10,7 +10,7 @@ from psycopg import sql
 
 # The version of extension aggjobs_native (native/, docs/native.md) whose functions this
 # code's SQL calls: the control file's default_version (tests/unit/test_package.py checks).
-NATIVE_VERSION = "1.4"
+NATIVE_VERSION = "1.5"
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")

@@ -351,6 +351,14 @@ def add_avg(parts: Parts, m: Avg, ctx: Context, *, with_state: bool) -> None:
     if raw and not with_state:  # the reference: from the raw rows, with the same definition
         add_reference_avg(parts, m, ctx)
         return
+    if raw and (digest := mean_digest(ctx, m.column)) is not None:
+        # the C digest of a quantile over the same column sums and counts its values
+        state: tuple[Composable, Composable] = (
+            I(digest, "sum"), S("coalesce({}, 0)").format(I(digest, "n")))
+        parts.finals[m.name] = S("{} / nullif({}, 0)::float8").format(*state)
+        if with_state:
+            parts.finals[s], parts.finals[n] = state
+        return
     if raw:
         # avg(x) is sum(x) / count(x), summed in the same order (float8_accum's Sx): the
         # state columns give it without a third aggregate over every row.
@@ -439,7 +447,7 @@ def add_quantile(parts: Parts, m: Quantile, ctx: Context, *, with_state: bool) -
         parts.finals[m.name] = I("g", m.name)
         return
     if ctx.inp.is_raw and ctx.native:
-        add_native_digest(parts, m, alias)
+        add_native_digest(parts, m, ctx, alias)
     elif ctx.inp.is_raw:
         add_raw_quantile(parts, m, alias)
     elif ctx.native:
@@ -481,18 +489,34 @@ def add_raw_quantile(parts: Parts, m: Quantile, alias: str) -> None:
     ).format(I("g", values))))
 
 
-def add_native_digest(parts: Parts, m: Quantile, alias: str) -> None:
+def add_native_digest(parts: Parts, m: Quantile, ctx: Context, alias: str) -> None:
     """The same outputs from the C aggregate aggjobs_native.digest_of, in the main GROUP BY:
     each group's values collected unordered (so the group can be hashed) in one array, then
     sorted once, quantile and sketch read off them; its result's fields exposed as
-    add_native_merge's are."""
+    add_native_merge's are. The digest an average over the column reads (mean_digest) is
+    digest_mean_of's, which also gives the values' sum and count."""
     digest = m.name + "__digest"
-    parts.aggs.append((digest, S("aggjobs_native.digest_of({}, {})").format(
-        rcol(m.column), L(m.q))))
-    parts.laterals.append((alias, S(
-        "SELECT ({0}).quantile AS quantile, ({0}).keys AS keys, ({0}).counts AS counts"
-    ).format(I("g", digest))))
+    mean = mean_digest(ctx, m.column) == alias and any(
+        isinstance(a, Avg) and a.column == m.column for a in ctx.rollup.measures)
+    parts.aggs.append((digest, S("aggjobs_native.{}({}, {})").format(
+        S("digest_mean_of" if mean else "digest_of"), rcol(m.column), L(m.q))))
+    fields = ["quantile", "keys", "counts"] + (["sum", "n"] if mean else [])
+    parts.laterals.append((alias, S("SELECT {}").format(S(", ").join(
+        S("({}).{} AS {}").format(I("g", digest), I(f), I(f)) for f in fields))))
     parts.finals[m.name] = I(alias, "quantile")
+
+
+def mean_digest(ctx: Context, column: str) -> str | None:
+    """With the C functions, on raw rows: the lateral alias of the first quantile over
+    `column`, whose digest (digest_mean_of) gives an average over the same column its sum
+    and count, the values summed in their order as float_sum sums them: two filtered sums
+    and a count less over every row (50,000 workspaces: -60 ms of the hourly step,
+    docs/native.md). None elsewhere."""
+    if not (ctx.native and ctx.inp.is_raw):
+        return None
+    first = next((m for m in ctx.rollup.measures
+                  if isinstance(m, Quantile) and m.column == column), None)
+    return None if first is None else f"q_{first.name}"
 
 
 def add_native_merge(parts: Parts, m: Quantile, alias: str) -> None:
