@@ -434,7 +434,7 @@ def aux_query(ctx: Context, inner_select: Composable, inner_from: Composable,
 
 def add_quantile(parts: Parts, m: Quantile, ctx: Context, *, with_state: bool) -> None:
     keys, counts = m.name + STATE_KEYS, m.name + STATE_COUNTS
-    alias = f"q_{m.name}"
+    alias = quantile_alias(m)
     if ctx.inp.is_raw and not with_state:
         # The reference: the seed's own aggregate (docs/contract.md#the-seed); for merged
         # grains over the values as the sketch holds them.
@@ -516,7 +516,12 @@ def mean_digest(ctx: Context, column: str) -> str | None:
         return None
     first = next((m for m in ctx.rollup.measures
                   if isinstance(m, Quantile) and m.column == column), None)
-    return None if first is None else f"q_{first.name}"
+    return None if first is None else quantile_alias(first)
+
+
+def quantile_alias(m: Quantile) -> str:
+    """The subquery (lateral or joined) that gives a quantile's result and sketch."""
+    return f"q_{m.name}"
 
 
 def add_native_merge(parts: Parts, m: Quantile, alias: str) -> None:
