@@ -448,6 +448,19 @@ def record(conn: psycopg.Connection, rollup: Rollup, version: int | None) -> Non
         "definition": Jsonb(d)})
 
 
+def bucket_index_include(conn: psycopg.Connection, live: Rollup, shadow: Rollup,
+                         grain: Grain) -> list[str]:
+    """The columns the live table's bucket index includes (views.sql's covering hourly
+    ones) that the new version's table has: its index is made the same, so that the swap
+    keeps every index as it was (the swap re-makes only the indexes it finds missing)."""
+    if grain not in live.grains:
+        return []
+    include: list[str] = scalar(conn, query("bucket_index_include"), {
+        "schema": live.schema, "index": rollup_sql.bucket_index_name(live, grain)})
+    columns = {c.name for c in rollup_sql.target_columns(shadow, grain)}
+    return [c for c in include if c in columns]
+
+
 def start_build(conn: psycopg.Connection, p: RollupPlan, live: Rollup) -> None:
     """Create version N+1's tables in aggjobs_build, its watermarks and its row; buckets
     before retention's cut keep the live version's values (or, --force over changed groups,
@@ -460,7 +473,8 @@ def start_build(conn: psycopg.Connection, p: RollupPlan, live: Rollup) -> None:
                          for c in rollup_sql.measure_columns(m))
     for grain in shadow.grains:
         conn.execute(rollup_sql.create_table(shadow, grain, nullable=nullable))
-        conn.execute(rollup_sql.create_bucket_index(shadow, grain))
+        conn.execute(rollup_sql.create_bucket_index(
+            shadow, grain, bucket_index_include(conn, live, shadow, grain)))
         conn.execute(query("init_watermark"), {
             "rollup": shadow.name, "grain": grain.value,
             "watermark": grain.ceil(p.horizon) if p.horizon else None, "horizon": p.horizon})

@@ -61,6 +61,15 @@ WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::te
   AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 
+-- name: bucket_index_include
+-- The columns a bucket index includes past its key, in order; none if it does not exist.
+SELECT coalesce(array_agg(a.attname::text ORDER BY k.n), '{}')
+FROM pg_index AS x
+CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+JOIN pg_attribute AS a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+WHERE x.indexrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(index)s::text))
+  AND k.n > x.indnkeyatts
+
 -- name: forget_grains
 -- The engine's state of grains whose tables are retired.
 WITH w AS (

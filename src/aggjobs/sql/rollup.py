@@ -14,6 +14,7 @@ and the final expression of each target column.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import pairwise
@@ -130,10 +131,18 @@ def create_table(rollup: Rollup, grain: Grain, *, nullable: frozenset[str] = fro
     )
 
 
-def create_bucket_index(rollup: Rollup, grain: Grain) -> sql.Composed:
-    """Range recomputes delete and verify by bucket alone."""
-    return S("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
-        I(f"{rollup.table(grain)}_{grain.column}_idx"), table_ident(rollup, grain), I(grain.column)
+def bucket_index_name(rollup: Rollup, grain: Grain) -> str:
+    return f"{rollup.table(grain)}_{grain.column}_idx"
+
+
+def create_bucket_index(rollup: Rollup, grain: Grain, include: Sequence[str] = ()
+                        ) -> sql.Composed:
+    """Range recomputes delete and verify by bucket alone. `include`: the columns it also
+    holds, for index-only reads (views.sql makes the hourly ones so; a rebuilt version's
+    index is made as the live one is: db/definitions.py, start_build)."""
+    extra = S(" INCLUDE ({})").format(S(", ").join(map(I, include))) if include else S("")
+    return S("CREATE INDEX IF NOT EXISTS {} ON {} ({}){}").format(
+        I(bucket_index_name(rollup, grain)), table_ident(rollup, grain), I(grain.column), extra
     )
 
 
