@@ -67,12 +67,14 @@ def numeric_columns(conn: psycopg.Connection, rollup: Rollup, grain: Grain) -> f
     """The source's columns of type numeric that the grain sums from raw rows (with the C
     functions, by numeric_sum: sql/rollup.py, raw_sum); asked on each recompute, as
     native_installed, so that an ALTER TABLE of the source takes effect at once."""
-    summed = sorted({m.column for m in rollup.measures if isinstance(m, Sum)})
+    summed = {m.column for m in rollup.measures if isinstance(m, Sum)}
     if not summed or rollup.finer(grain) is not None:
         return frozenset()
-    source = rollup.source
-    return frozenset(scalar(conn, query("numeric_columns"), {
-        "schema": source.schema, "table": source.table, "columns": summed}))
+    # the columns' base types as migrate's source check reads them (db/check.py)
+    rows = conn.execute(query("source_columns"), {
+        "schema": rollup.source.schema, "table": rollup.source.table}).fetchall()
+    return frozenset(column for _, column, typname, *_ in rows
+                     if column in summed and typname == "numeric")
 
 
 def replace(conn: psycopg.Connection, rollup: Rollup, grain: Grain, scope: Scope,

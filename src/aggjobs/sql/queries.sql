@@ -296,24 +296,15 @@ UPDATE aggjobs.backfills SET status = %(status)s, error = %(error)s, finished_at
 WHERE id = %(id)s
 
 -- name: source_columns
--- A source table's columns (db/check.py): whether it exists, then each column with its type
--- (a domain's base type: typname, category, typtype) and the type as written.
+-- A source table's columns (db/check.py; engine/recompute.py, numeric_columns): whether it
+-- exists, then each column with its type (a domain's base type: typname, category,
+-- typtype) and the type as written.
 SELECT c.oid IS NOT NULL, a.attname, bt.typname, bt.typcategory, bt.typtype,
        format_type(a.atttypid, a.atttypmod)
 FROM (SELECT to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) AS oid) AS c
 LEFT JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 LEFT JOIN pg_type AS t ON t.oid = a.atttypid
 LEFT JOIN pg_type AS bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
-
--- name: numeric_columns
--- Which of `columns` of a source table are numeric (a domain's base type too): their raw sums
--- run as aggjobs_native.numeric_sum with the C functions (engine/recompute.py).
-SELECT coalesce(array_agg(a.attname::text ORDER BY a.attname), '{}')
-FROM pg_attribute AS a
-JOIN pg_type AS t ON t.oid = a.atttypid
-WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
-  AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY(%(columns)s::text[])
-  AND CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END = 'numeric'::regtype
 
 -- name: native_installed
 -- Whether the C functions of extension aggjobs_native can be used by this session: those of
